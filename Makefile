@@ -1,0 +1,62 @@
+# Build, install and test the SOCI snapshotter.
+#   make            build bin/soci-snapshotter-grpc and bin/soci
+#   make demo       run an image lazily end to end on a private containerd + registry
+#   make test       unit tests, containerd's snapshotter conformance suite, integration tests
+#   make install    install binaries, systemd units and the containerd config snippet
+
+VERSION  ?= v0.17.0-dev
+REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+TOOLS    ?= $(CURDIR)/.tools
+GO       ?= go
+GOTEST_FLAGS ?=
+
+LDFLAGS := -X github.com/fastsoci/soci-snapshotter/internal/version.Version=$(VERSION) \
+           -X github.com/fastsoci/soci-snapshotter/internal/version.Revision=$(REVISION)
+
+BINARIES := bin/soci-snapshotter-grpc bin/soci
+
+.PHONY: all build deps demo test unit integration install vet clean FORCE
+
+all: build
+
+build: $(BINARIES)
+
+bin/%: FORCE
+	$(GO) build -ldflags "$(LDFLAGS)" -o $@ ./cmd/$*
+
+# Pinned containerd, registry, nerdctl, runc and build packages in $(TOOLS).
+deps:
+	scripts/install-deps.sh $(TOOLS)
+
+demo: deps build
+	SOCI_TOOLS=$(TOOLS)/bin SOCI_BIN=$(CURDIR)/bin $(GO) run ./integration/cmd/demo
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v /integration$$)
+
+integration: deps build
+	SOCI_TOOLS=$(TOOLS)/bin SOCI_BIN=$(CURDIR)/bin $(GO) test $(GOTEST_FLAGS) -count=1 -timeout 25m -v ./integration/
+
+test: deps build
+	$(GO) vet ./...
+	$(MAKE) unit
+	$(MAKE) integration
+
+install: build
+	install -D -m 0755 bin/soci-snapshotter-grpc $(DESTDIR)$(PREFIX)/bin/soci-snapshotter-grpc
+	install -D -m 0755 bin/soci $(DESTDIR)$(PREFIX)/bin/soci
+	install -D -m 0644 deploy/soci-snapshotter.service $(DESTDIR)/etc/systemd/system/soci-snapshotter.service
+	install -D -m 0644 deploy/soci-snapshotter.socket $(DESTDIR)/etc/systemd/system/soci-snapshotter.socket
+	install -D -m 0644 deploy/containerd-proxy-plugin.toml $(DESTDIR)$(PREFIX)/share/soci-snapshotter/containerd-proxy-plugin.toml
+	@test -e $(DESTDIR)/etc/soci-snapshotter-grpc/config.toml || \
+		install -D -m 0644 config/testdata/default.toml $(DESTDIR)/etc/soci-snapshotter-grpc/config.toml
+	@echo "Add $(PREFIX)/share/soci-snapshotter/containerd-proxy-plugin.toml to /etc/containerd/config.toml, then:"
+	@echo "  systemctl daemon-reload && systemctl enable --now soci-snapshotter.socket soci-snapshotter.service && systemctl restart containerd"
+
+clean:
+	rm -rf bin out

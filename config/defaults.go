@@ -1,0 +1,82 @@
+package config
+
+// Defaults that differ from Go's zero values. A setting written as 0 in the
+// file is replaced by its default during normalization.
+const (
+	defaultMaxConcurrency            = 100
+	defaultMountTimeoutSec           = 30
+	defaultFuseMetricsEmitWaitSec    = 60
+	defaultDialTimeoutMsec           = 3_000
+	defaultResponseHeaderTimeoutMsec = 3_000
+	defaultRequestTimeoutMsec        = 300_000
+	defaultMaxRetries                = 8
+	defaultMinWaitMsec               = 30
+	defaultMaxWaitMsec               = 300_000
+	defaultValidIntervalSec          = 60
+	defaultFetchTimeoutSec           = 300
+	defaultFuseTimeoutSec            = 1
+	defaultSilencePeriodMsec         = 30_000
+	defaultFetchPeriodMsec           = 500
+	defaultMaxQueueSize              = 300
+	defaultEmitMetricPeriodSec       = 10
+	defaultAuthClientTTLSec          = 3600
+	defaultDownloadsPerImage         = 3
+	defaultUnpacksPerImage           = 1
+)
+
+// Default returns the configuration used when no file is present. It is
+// already normalized and valid.
+func Default() *Config {
+	return &Config{
+		MaxConcurrency:                 defaultMaxConcurrency,
+		MountTimeoutSec:                defaultMountTimeoutSec,
+		FuseMetricsEmitWaitDurationSec: defaultFuseMetricsEmitWaitSec,
+		MetricsNetwork:                 NetworkTCP,
+		MetadataStore:                  MetadataStoreDB,
+		HTTP: HTTPConfig{
+			DialTimeoutMsec:           defaultDialTimeoutMsec,
+			ResponseHeaderTimeoutMsec: defaultResponseHeaderTimeoutMsec,
+			RequestTimeoutMsec:        defaultRequestTimeoutMsec,
+			MaxRetries:                defaultMaxRetries,
+			MinWaitMsec:               defaultMinWaitMsec,
+			MaxWaitMsec:               defaultMaxWaitMsec,
+		},
+		Blob: BlobConfig{
+			ValidIntervalSec: defaultValidIntervalSec,
+			FetchTimeoutSec:  defaultFetchTimeoutSec,
+			MaxRetries:       defaultMaxRetries,
+			MinWaitMsec:      defaultMinWaitMsec,
+			MaxWaitMsec:      defaultMaxWaitMsec,
+		},
+		DirectoryCache: DirectoryCacheConfig{Direct: true},
+		Fuse: FuseConfig{
+			AttrTimeoutSec:     defaultFuseTimeoutSec,
+			EntryTimeoutSec:    defaultFuseTimeoutSec,
+			NegativeTimeoutSec: defaultFuseTimeoutSec,
+		},
+		BackgroundFetch: BackgroundFetchConfig{
+			SilencePeriodMsec:   defaultSilencePeriodMsec,
+			FetchPeriodMsec:     defaultFetchPeriodMsec,
+			MaxQueueSize:        defaultMaxQueueSize,
+			DropPolicy:          DropNewest,
+			EmitMetricPeriodSec: defaultEmitMetricPeriodSec,
+		},
+		ContentStore: ContentStoreConfig{
+			Type:              ContentStoreSOCI,
+			ContainerdAddress: DefaultContainerdAddress,
+			Namespace:         DefaultContentStoreNamespace,
+		},
+		PullModes: PullModesConfig{
+			SOCIv2: SOCIv2Config{Enable: true},
+			Parallel: ParallelPullConfig{
+				MaxConcurrentDownloads:         Unbounded,
+				MaxConcurrentDownloadsPerImage: defaultDownloadsPerImage,
+				ConcurrentDownloadChunkSize:    Unbounded,
+				MaxConcurrentUnpacks:           Unbounded,
+				MaxConcurrentUnpacksPerImage:   defaultUnpacksPerImage,
+			},
+		},
+		CRIKeychain: CRIKeychainConfig{ImageServicePath: DefaultContainerdAddress},
+		Resolver:    ResolverConfig{AuthClientTTLSec: defaultAuthClientTTLSec},
+	}
+}

@@ -1,0 +1,142 @@
+// Command demo runs the main job end to end on a private node: it starts a
+// registry, containerd and our daemon in a temporary directory, pushes a
+// generated image, runs it with nerdctl --snapshotter soci, prints what
+// happened and tears everything down. `make demo` runs it.
+package main
+
+import (
+	"archive/tar"
+	"context"
+	"flag"
+	"fmt"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/fastsoci/soci-snapshotter/integration/harness"
+	"github.com/fastsoci/soci-snapshotter/integration/image"
+)
+
+func main() {
+	keep := flag.Bool("keep", false, "keep the demo's state directory")
+	flag.Parse()
+	if err := run(*keep); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+func run(keep bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	tools, err := harness.ToolsFromEnv()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "soci-demo")
+	if err != nil {
+		return err
+	}
+	if !keep {
+		defer os.RemoveAll(dir)
+	}
+	probe, err := buildProbe(dir)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("state directory: %s\n", dir)
+	env, err := harness.Start(ctx, tools, filepath.Join(dir, "node"), "")
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	ref, size, err := pushDemoImage(ctx, env.Registry.Host, probe)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("pushed %s (%d layers, %.1f MiB compressed)\n", ref, 3, float64(size)/(1<<20))
+	return pullAndRun(ctx, env, ref)
+}
+
+func pullAndRun(ctx context.Context, env *harness.Env, ref string) error {
+	start := time.Now()
+	if _, err := env.Nerdctl(ctx, "--snapshotter", "soci", "pull", "--quiet", ref); err != nil {
+		return err
+	}
+	pulled := time.Since(start)
+	out, err := env.Nerdctl(ctx, "--snapshotter", "soci", "run", "--rm", "--net", "none", ref,
+		"sha256", "/etc/motd", "/data/blob-0", "--", "ready")
+	if err != nil {
+		return err
+	}
+	ready := time.Since(start)
+	fuse := 0
+	if mounts, err := harness.Mounts(env.Daemon.Root); err == nil {
+		for _, typ := range mounts {
+			if strings.HasPrefix(typ, "fuse") {
+				fuse++
+			}
+		}
+	}
+	served, err := harness.RegistryBytesServed(env.Registry.Log())
+	if err != nil {
+		return err
+	}
+	fmt.Printf("container output:\n%s", indent(out))
+	fmt.Printf("pull: %s, ready: %s (pull + run)\n", pulled.Round(time.Millisecond), ready.Round(time.Millisecond))
+	fmt.Printf("registry bytes served: %.1f MiB; lazily loaded (FUSE) layers mounted: %d\n", float64(served)/(1<<20), fuse)
+	return nil
+}
+
+func pushDemoImage(ctx context.Context, host string, probe []byte) (string, int64, error) {
+	mtime := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	base := image.Layer{Entries: []image.Entry{
+		{Name: "bin", Type: tar.TypeDir, Mode: 0o755, ModTime: mtime},
+		{Name: "bin/probe", Type: tar.TypeReg, Mode: 0o755, ModTime: mtime, Data: probe},
+		{Name: "etc", Type: tar.TypeDir, Mode: 0o755, ModTime: mtime},
+		{Name: "etc/motd", Type: tar.TypeReg, Mode: 0o644, ModTime: mtime, Data: []byte("hello from a SOCI demo image\n")},
+	}}
+	spec := image.Spec{Layers: []image.Layer{base}, Entrypoint: []string{"/bin/probe"}}
+	for i := 0; i < 2; i++ {
+		data := make([]byte, 16<<20)
+		rand.New(rand.NewSource(int64(i))).Read(data)
+		spec.Layers = append(spec.Layers, image.Layer{Entries: []image.Entry{
+			{Name: "data", Type: tar.TypeDir, Mode: 0o755, ModTime: mtime},
+			{Name: fmt.Sprintf("data/blob-%d", i), Type: tar.TypeReg, Mode: 0o644, ModTime: mtime, Data: data},
+		}})
+	}
+	img, err := image.Build(spec)
+	if err != nil {
+		return "", 0, err
+	}
+	ref := host + "/demo/app:latest"
+	if err := image.Push(ctx, ref, img); err != nil {
+		return "", 0, err
+	}
+	var size int64
+	for _, l := range img.LayerDescs {
+		size += l.Size
+	}
+	return ref, size, nil
+}
+
+func buildProbe(dir string) ([]byte, error) {
+	out := filepath.Join(dir, "probe")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "./integration/probe")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build probe: %v\n%s", err, b)
+	}
+	return os.ReadFile(out)
+}
+
+func indent(s string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		b.WriteString("  " + l + "\n")
+	}
+	return b.String()
+}

@@ -1,0 +1,95 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+)
+
+// Containerd is a containerd daemon with a proxy snapshotter named "soci".
+type Containerd struct {
+	Address string
+	Root    string
+	State   string
+	proc    *Process
+}
+
+const containerdConfig = `version = 3
+root = %[1]q
+state = %[2]q
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.cri.v1.images",
+  "io.containerd.cri.v1.runtime",
+  "io.containerd.podsandbox.controller.v1.podsandbox",
+  "io.containerd.sandbox.controller.v1.shim",
+  "io.containerd.nri.v1.nri",
+]
+
+[grpc]
+  address = %[3]q
+
+[ttrpc]
+  address = %[4]q
+
+[debug]
+  level = "debug"
+
+[proxy_plugins.soci]
+  type = "snapshot"
+  address = %[5]q
+  [proxy_plugins.soci.exports]
+    enable_remote_snapshot_annotations = "true"
+
+[plugins."io.containerd.transfer.v1.local"]
+  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
+    platform = %[6]q
+    snapshotter = "overlayfs"
+  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
+    platform = %[6]q
+    snapshotter = "soci"
+`
+
+// StartContainerd starts containerd (binaries in toolsBin) with its state
+// under dir and a proxy snapshotter "soci" at sociAddress.
+func StartContainerd(ctx context.Context, toolsBin, dir, sociAddress string) (*Containerd, error) {
+	c := &Containerd{
+		Address: filepath.Join(dir, "containerd.sock"),
+		Root:    filepath.Join(dir, "root"),
+		State:   filepath.Join(dir, "state"),
+	}
+	cfg := filepath.Join(dir, "config.toml")
+	platform := "linux/" + runtime.GOARCH
+	text := fmt.Sprintf(containerdConfig, c.Root, c.State, c.Address, c.Address+".ttrpc", sociAddress, platform)
+	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+		return nil, fmt.Errorf("write containerd config: %w", err)
+	}
+	env := []string{"PATH=" + toolsBin + ":" + os.Getenv("PATH")}
+	p, err := StartProcess("containerd", filepath.Join(dir, "containerd.log"), env,
+		filepath.Join(toolsBin, "containerd"), "--config", cfg)
+	if err != nil {
+		return nil, err
+	}
+	c.proc = p
+	ctr := filepath.Join(toolsBin, "ctr")
+	err = waitFor(ctx, p, 30*time.Second, func() error {
+		_, err := Run(ctx, nil, ctr, "--address", c.Address, "version")
+		return err
+	})
+	if err != nil {
+		p.Stop(5 * time.Second)
+		return nil, fmt.Errorf("start containerd: %w", err)
+	}
+	return c, nil
+}
+
+// Stop stops containerd.
+func (c *Containerd) Stop() error {
+	return stoppedBySignal(c.proc.Stop(10 * time.Second))
+}
+
+// Log is the path of containerd's log.
+func (c *Containerd) Log() string { return c.proc.LogPath }

@@ -1,0 +1,72 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Daemon is our soci-snapshotter-grpc.
+type Daemon struct {
+	Address string
+	Root    string
+	Config  string
+	bin     string
+	logPath string
+	proc    *Process
+}
+
+// NewDaemon prepares a daemon whose socket, root and config live under dir.
+// configTOML is written as its config file.
+func NewDaemon(bin, dir, configTOML string) (*Daemon, error) {
+	d := &Daemon{
+		Address: filepath.Join(dir, "run", "soci.sock"),
+		Root:    filepath.Join(dir, "root"),
+		Config:  filepath.Join(dir, "config.toml"),
+		bin:     bin,
+		logPath: filepath.Join(dir, "daemon.log"),
+	}
+	if err := os.WriteFile(d.Config, []byte(configTOML), 0o644); err != nil {
+		return nil, fmt.Errorf("write daemon config: %w", err)
+	}
+	return d, nil
+}
+
+// Start starts the daemon and waits until its socket accepts connections.
+func (d *Daemon) Start(ctx context.Context) error {
+	p, err := StartProcess("soci-snapshotter-grpc", d.logPath, nil, d.bin,
+		"--address", d.Address, "--root", d.Root, "--config", d.Config, "--log-level", "debug")
+	if err != nil {
+		return err
+	}
+	d.proc = p
+	err = waitFor(ctx, p, 20*time.Second, func() error {
+		c, err := net.DialTimeout("unix", d.Address, time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	if err != nil {
+		p.Stop(5 * time.Second)
+		return fmt.Errorf("start daemon: %w", err)
+	}
+	return nil
+}
+
+// Stop sends SIGTERM and returns how the daemon exited.
+func (d *Daemon) Stop() error {
+	if d.proc == nil {
+		return nil
+	}
+	return d.proc.Stop(40 * time.Second)
+}
+
+// Log is the path of the daemon's log.
+func (d *Daemon) Log() string { return d.logPath }
+
+// LogTail returns the last n lines of the daemon's log.
+func (d *Daemon) LogTail(n int) string { return tailFile(d.logPath, n) }

@@ -1,0 +1,98 @@
+package service
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
+)
+
+// Listen opens the socket the daemon serves on. address is a path, a
+// "unix://" URL, or "fd://" for a socket handed over by systemd.
+//
+// The socket's directory is created with mode 0700. A socket file left by a
+// daemon that is gone is replaced; one that still answers is an error, so
+// two daemons never share an address.
+func Listen(address string) (net.Listener, error) {
+	if address == "fd://" {
+		return systemdListener()
+	}
+	path := strings.TrimPrefix(address, "unix://")
+	if path == "" {
+		return nil, errors.New("listen: empty socket address")
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create socket directory for %s: %w", path, err)
+	}
+	if err := removeStaleSocket(path); err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("restrict permissions of %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// removeStaleSocket deletes a socket file at path unless a live process is
+// accepting connections on it.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("inspect socket %s: %w", path, err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("socket address %s exists and is not a socket", path)
+	}
+	conn, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		conn.Close()
+		return fmt.Errorf("socket %s is in use by another running daemon", path)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("probe socket %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	return nil
+}
+
+// systemdListener returns the single socket passed by systemd socket
+// activation (LISTEN_FDS).
+func systemdListener() (net.Listener, error) {
+	ls, err := activation.Listeners()
+	if err != nil {
+		return nil, fmt.Errorf("take sockets from systemd: %w", err)
+	}
+	var found []net.Listener
+	for _, l := range ls {
+		if l != nil {
+			found = append(found, l)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return nil, errors.New("fd://: systemd passed no listening socket (is the .socket unit active?)")
+	case 1:
+		return found[0], nil
+	default:
+		for _, l := range found {
+			l.Close()
+		}
+		return nil, fmt.Errorf("fd://: systemd passed %d sockets, want 1", len(found))
+	}
+}
