@@ -1,0 +1,52 @@
+package span
+
+import (
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Span is one independently decompressible piece of a layer blob.
+// Compressed ranges of neighbouring gzip spans may overlap by one byte (a
+// checkpoint that starts inside a byte); uncompressed ranges tile the layer.
+type Span struct {
+	CompressedStart, CompressedEnd     int64 // [start, end) in the blob
+	UncompressedStart, UncompressedEnd int64 // [start, end) in the tar stream
+	// Digest is the sha256 of blob[CompressedStart:CompressedEnd], from the zTOC.
+	Digest digest.Digest
+}
+
+// Table is the span layout of one layer blob.
+type Table struct {
+	Spans            []Span
+	CompressedSize   int64 // size of the blob
+	UncompressedSize int64 // size of the tar stream
+}
+
+// Validate checks that the spans are ordered, non-empty except possibly the
+// last, tile [0, UncompressedSize) without gaps and stay inside the blob.
+func (t Table) Validate() error {
+	if len(t.Spans) == 0 {
+		return fmt.Errorf("span table: no spans")
+	}
+	var next int64
+	for i, s := range t.Spans {
+		if s.UncompressedStart != next {
+			return fmt.Errorf("span table: span %d starts at %d, want %d", i, s.UncompressedStart, next)
+		}
+		if s.UncompressedEnd < s.UncompressedStart || s.CompressedEnd < s.CompressedStart {
+			return fmt.Errorf("span table: span %d has a negative size", i)
+		}
+		if s.CompressedStart < 0 || s.CompressedEnd > t.CompressedSize {
+			return fmt.Errorf("span table: span %d [%d, %d) outside the blob of %d bytes", i, s.CompressedStart, s.CompressedEnd, t.CompressedSize)
+		}
+		if err := s.Digest.Validate(); err != nil {
+			return fmt.Errorf("span table: span %d: %w", i, err)
+		}
+		next = s.UncompressedEnd
+	}
+	if next != t.UncompressedSize {
+		return fmt.Errorf("span table: spans end at %d, want %d", next, t.UncompressedSize)
+	}
+	return nil
+}
