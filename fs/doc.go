@@ -1,7 +1,5 @@
 // Package fs is step 4 of the flow in DESIGN.md: it mounts, checks and
-// unmounts the lazily loaded filesystem of one layer. It satisfies the
-// snapshotter's Mounter interface.
-//
-// Lazy loading is not wired in yet: every Mount answers "not found", so the
-// snapshotter falls back to letting containerd unpack each layer.
+// unmounts the lazily loaded filesystem of one layer, and satisfies the
+// snapshotter's Mounter interface. mount.go reads top to bottom as the flow
+// of one layer: labels → SOCI index → zTOC → span manager → FUSE tree.
 package fs

@@ -2,41 +2,139 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
 
-	"github.com/containerd/errdefs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/fastsoci/soci-snapshotter/fs/cache"
+	"github.com/fastsoci/soci-snapshotter/fs/index"
+	"github.com/fastsoci/soci-snapshotter/fs/remote"
+	"github.com/fastsoci/soci-snapshotter/fs/span"
 )
 
 // Options configures an FS.
 type Options struct {
-	// Root is the directory under which the filesystem keeps its state.
+	// Root is the directory under which the filesystem keeps its state:
+	// index/ (SOCI indices and zTOCs) and cache/ (decompressed spans).
 	Root string
+	// Registry reaches the registries the images come from.
+	Registry *remote.Client
+	// V1 and V2 enable SOCI index discovery through the referrers API and
+	// through the image manifest's annotation.
+	V1, V2 bool
+	// MinLayerSize: smaller layers are not lazily loaded (0: all layers).
+	MinLayerSize int64
+	// FetchTimeout bounds one shared span fetch.
+	FetchTimeout time.Duration
+	// MountTimeout bounds resolving a layer (index, zTOC) on Mount.
+	MountTimeout time.Duration
 }
 
-// FS mounts remote layers.
+// FS mounts remote layers. It is safe for concurrent use.
 type FS struct {
-	root string
+	opts    Options
+	indices *index.Store
+	cache   *cache.Disk
+	mu      sync.Mutex
+	mounted map[string]*mountedLayer // by mountpoint
+}
+
+// mountedLayer is everything that serves one mounted layer.
+type mountedLayer struct {
+	server *fuse.Server
+	spans  *span.Manager
+	layer  *index.Layer
+	name   string // layer digest, for logs
 }
 
 // New returns an FS keeping its state under opts.Root.
-func New(opts Options) *FS {
-	return &FS{root: opts.Root}
+func New(opts Options) (*FS, error) {
+	if opts.Registry == nil {
+		return nil, errors.New("fs: no registry client")
+	}
+	if opts.MountTimeout <= 0 {
+		opts.MountTimeout = 30 * time.Second
+	}
+	indices, err := index.New(index.Options{
+		Root: filepath.Join(opts.Root, "index"), Registry: opts.Registry, V1: opts.V1, V2: opts.V2,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open index store: %w", err)
+	}
+	spanCache, err := cache.NewDisk(filepath.Join(opts.Root, "cache"))
+	if err != nil {
+		return nil, fmt.Errorf("open span cache: %w", err)
+	}
+	return &FS{opts: opts, indices: indices, cache: spanCache, mounted: map[string]*mountedLayer{}}, nil
 }
 
-// Mount would mount the layer described by labels at mountpoint. No layer
-// can be lazily loaded yet, so it reports that no index was found and the
-// caller unpacks the layer instead.
-func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]string) error {
-	return fmt.Errorf("no SOCI index: %w", errdefs.ErrNotFound)
-}
-
-// Check reports whether the layer at mountpoint is still served.
+// Check reports whether the layer at mountpoint is still served by this
+// process and answers.
 func (f *FS) Check(ctx context.Context, mountpoint string, labels map[string]string) error {
-	return fmt.Errorf("no lazily loaded layer: %w", errdefs.ErrNotFound)
+	f.mu.Lock()
+	_, ok := f.mounted[mountpoint]
+	f.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("check layer at %s: not mounted by this daemon", mountpoint)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(mountpoint, &st); err != nil {
+		return fmt.Errorf("check layer at %s: %w", mountpoint, err)
+	}
+	if st.Type != unix.FUSE_SUPER_MAGIC {
+		return fmt.Errorf("check layer at %s: no FUSE filesystem mounted there", mountpoint)
+	}
+	return nil
 }
 
-// Unmount releases the layer at mountpoint; with nothing mounted there is
-// nothing to do.
+// Unmount stops serving the layer at mountpoint and unmounts it. A mount
+// left by an earlier daemon is detached.
 func (f *FS) Unmount(ctx context.Context, mountpoint string) error {
-	return nil
+	f.mu.Lock()
+	m, ok := f.mounted[mountpoint]
+	delete(f.mounted, mountpoint)
+	f.mu.Unlock()
+	if !ok {
+		return detach(mountpoint)
+	}
+	return m.close(mountpoint)
+}
+
+// Close unmounts every layer this FS serves. Containers still using them
+// keep their (detached) mounts until they stop.
+func (f *FS) Close() error {
+	f.mu.Lock()
+	all := f.mounted
+	f.mounted = map[string]*mountedLayer{}
+	f.mu.Unlock()
+	var errs []error
+	for mp, m := range all {
+		errs = append(errs, m.close(mp))
+	}
+	return errors.Join(errs...)
+}
+
+func (m *mountedLayer) close(mountpoint string) error {
+	var errs []error
+	if err := m.server.Unmount(); err != nil {
+		errs = append(errs, fmt.Errorf("unmount layer %s at %s: %w", m.name, mountpoint, err))
+		errs = append(errs, detach(mountpoint))
+	}
+	errs = append(errs, m.spans.Close(), m.layer.Close())
+	return errors.Join(errs...)
+}
+
+// detach lazily unmounts whatever is mounted at mountpoint, if anything.
+func detach(mountpoint string) error {
+	err := unix.Unmount(mountpoint, unix.MNT_DETACH)
+	if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return fmt.Errorf("detach %s: %w", mountpoint, err)
 }

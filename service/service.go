@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -15,8 +16,12 @@ import (
 
 	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/fs"
+	"github.com/fastsoci/soci-snapshotter/fs/remote"
 	"github.com/fastsoci/soci-snapshotter/snapshot"
 )
+
+// defaultHostsDir is where containerd keeps per-registry hosts.toml files.
+const defaultHostsDir = "/etc/containerd/certs.d"
 
 // stopGrace bounds how long a graceful stop waits for in-flight calls.
 const stopGrace = 30 * time.Second
@@ -24,6 +29,7 @@ const stopGrace = 30 * time.Second
 // Service is a running daemon: the snapshotter behind a gRPC server.
 type Service struct {
 	lock        *rootLock
+	fs          *fs.FS
 	snapshotter *snapshot.Snapshotter
 	server      *grpc.Server
 }
@@ -34,19 +40,53 @@ func New(ctx context.Context, cfg *config.Config, root string) (*Service, error)
 	if err != nil {
 		return nil, err
 	}
-	mounter := fs.New(fs.Options{Root: filepath.Join(root, "fs")})
+	mounter, err := fs.New(fsOptions(cfg, filepath.Join(root, "fs")))
+	if err != nil {
+		lock.release()
+		return nil, fmt.Errorf("start lazy filesystem under %s: %w", root, err)
+	}
 	sn, err := snapshot.New(ctx, snapshot.Options{
 		Root:                        filepath.Join(root, "snapshotter"),
 		Mounter:                     mounter,
 		AllowInvalidMountsOnRestart: cfg.Snapshotter.AllowInvalidMountsOnRestart,
 	})
 	if err != nil {
+		mounter.Close()
 		lock.release()
 		return nil, fmt.Errorf("start snapshotter under %s: %w", root, err)
 	}
 	server := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(server, snapshotservice.FromSnapshotter(sn))
-	return &Service{lock: lock, snapshotter: sn, server: server}, nil
+	return &Service{lock: lock, fs: mounter, snapshotter: sn, server: server}, nil
+}
+
+// fsOptions maps the configuration onto the lazy filesystem's options.
+func fsOptions(cfg *config.Config, root string) fs.Options {
+	dockerConfig := filepath.Join(os.Getenv("HOME"), ".docker", "config.json")
+	if dir := os.Getenv("DOCKER_CONFIG"); dir != "" {
+		dockerConfig = filepath.Join(dir, "config.json")
+	}
+	var insecure []string
+	for _, h := range cfg.Resolver.Host {
+		for _, m := range h.Mirrors {
+			if m.Insecure {
+				insecure = append(insecure, m.Host)
+			}
+		}
+	}
+	registry := remote.New(remote.Options{
+		HostsDirs:   []string{defaultHostsDir},
+		Credentials: remote.DockerConfigCredentials(dockerConfig),
+		Insecure:    insecure,
+	})
+	return fs.Options{
+		Root:         root,
+		Registry:     registry,
+		V1:           cfg.PullModes.SOCIv1.Enable,
+		V2:           cfg.PullModes.SOCIv2.Enable,
+		MinLayerSize: cfg.Snapshotter.MinLayerSize,
+		MountTimeout: time.Duration(cfg.MountTimeoutSec) * time.Second,
+	}
 }
 
 // Serve answers containerd on l until ctx is done, then stops gracefully:
@@ -82,10 +122,10 @@ func (s *Service) Serve(ctx context.Context, l net.Listener) error {
 	return nil
 }
 
-// Close releases the snapshotter and the root lock. Lazily loaded layers stay
-// mounted so that running containers survive a daemon restart.
+// Close releases the snapshotter, unmounts the lazily loaded layers (their
+// FUSE server is this process) and releases the root lock.
 func (s *Service) Close() error {
-	err := s.snapshotter.Close()
+	err := errors.Join(s.snapshotter.Close(), s.fs.Close())
 	if lerr := s.lock.release(); err == nil {
 		err = lerr
 	}

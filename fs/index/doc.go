@@ -3,10 +3,9 @@
 // fetches and verifies the zTOC of a layer, keeps both on local disk, and
 // converts the zTOC into our own TOC and span table. It is the only package
 // that imports soci-snapshotter's ztoc code (and so the only cgo user).
+//
+// Everything read from a registry or from disk is untrusted: digests are
+// checked, the zTOC flatbuffer is bounded before it is decoded, and Convert
+// validates every offset, size, name and type before the C checkpoint code
+// ever sees the data.
 package index
-
-import (
-	_ "github.com/awslabs/soci-snapshotter/soci"
-	_ "github.com/awslabs/soci-snapshotter/ztoc"
-	_ "github.com/hanwen/go-fuse/v2/fs"
-)

@@ -1,6 +1,12 @@
 package layer
 
-import "time"
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+)
 
 // EntryType is the kind of a tar entry.
 type EntryType uint8
@@ -45,4 +51,70 @@ type Entry struct {
 // TOC is every entry of a layer, in tar order.
 type TOC struct {
 	Entries []Entry
+}
+
+// maxNameLen is the longest path component Linux accepts (NAME_MAX).
+const maxNameLen = 255
+
+// validate checks the fields NewRoot relies on. It does not allocate unless
+// it fails.
+func (e *Entry) validate() error {
+	if err := validatePath(e.Name); err != nil {
+		return fmt.Errorf("name: %w", err)
+	}
+	switch e.Type {
+	case TypeReg:
+		if e.Size < 0 || e.Offset < 0 || e.Offset > math.MaxInt64-e.Size {
+			return fmt.Errorf("bad data range: offset %d size %d", e.Offset, e.Size)
+		}
+	case TypeHardlink:
+		if err := validatePath(e.Linkname); err != nil {
+			return fmt.Errorf("hardlink target: %w", err)
+		}
+	case TypeSymlink:
+		if e.Linkname == "" || strings.IndexByte(e.Linkname, 0) >= 0 {
+			return fmt.Errorf("bad symlink target %q", e.Linkname)
+		}
+	case TypeDir, TypeChar, TypeBlock, TypeFifo:
+	default:
+		return fmt.Errorf("unknown entry type %d", e.Type)
+	}
+	if e.UID < 0 || e.GID < 0 || int64(e.UID) > math.MaxUint32 || int64(e.GID) > math.MaxUint32 {
+		return fmt.Errorf("owner %d:%d out of range", e.UID, e.GID)
+	}
+	return nil
+}
+
+// validatePath accepts a clean, relative, slash-separated path: not empty,
+// no leading or trailing "/", no empty, "." or ".." components, no NUL
+// byte, no component longer than NAME_MAX. The single name "." (the layer
+// root) is accepted.
+func validatePath(p string) error {
+	if p == "." {
+		return nil
+	}
+	if p == "" {
+		return errors.New("empty path")
+	}
+	if p[0] == '/' {
+		return fmt.Errorf("path %q is absolute", p)
+	}
+	if strings.IndexByte(p, 0) >= 0 {
+		return fmt.Errorf("path %q contains a NUL byte", p)
+	}
+	for rest := p; ; {
+		comp, tail, more := strings.Cut(rest, "/")
+		switch {
+		case comp == "..":
+			return fmt.Errorf("path %q has a \"..\" component", p)
+		case comp == "" || comp == ".":
+			return fmt.Errorf("path %q is not clean", p)
+		case len(comp) > maxNameLen:
+			return fmt.Errorf("path %q has a component longer than %d bytes", p, maxNameLen)
+		}
+		if !more {
+			return nil
+		}
+		rest = tail
+	}
 }

@@ -2,6 +2,7 @@ package span
 
 import (
 	"fmt"
+	"sort"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -49,4 +50,14 @@ func (t Table) Validate() error {
 		return fmt.Errorf("span table: spans end at %d, want %d", next, t.UncompressedSize)
 	}
 	return nil
+}
+
+// Len is the number of uncompressed bytes in the span.
+func (s Span) Len() int64 { return s.UncompressedEnd - s.UncompressedStart }
+
+// Find returns the index of the span holding uncompressed offset off by
+// binary search; off must be in [0, UncompressedSize). Empty spans are never
+// returned.
+func (t Table) Find(off int64) int {
+	return sort.Search(len(t.Spans), func(k int) bool { return t.Spans[k].UncompressedEnd > off })
 }

@@ -1,0 +1,12 @@
+// Package cache is the span cache of step 5 of the flow in DESIGN.md: it keeps
+// the uncompressed data of fetched spans, keyed by content (layer digest plus
+// uncompressed range), so identical layers share entries and a restart needs
+// no refetch. Disk is the real cache; Memory serves tests and is a fallback
+// when the disk is unusable.
+//
+// Keys are slash-separated; a ':' also separates (so "sha256:ab/0-10" is
+// stored as sha256/ab/0-10 and names the same entry as "sha256/ab/0-10").
+// Empty, "." or ".." components, components starting with '.', absolute keys
+// and NUL bytes are rejected with errdefs.ErrInvalidArgument. A key must not
+// also be a prefix of another key (it cannot be both a file and a directory).
+package cache

@@ -1,0 +1,134 @@
+package layer
+
+import (
+	"context"
+	"errors"
+	"io"
+	"syscall"
+
+	"github.com/containerd/log"
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// inode is the go-fuse face of a node. One is made per Lookup and dropped
+// when the kernel forgets it, so only nodes in use cost a go-fuse Inode.
+type inode struct {
+	fusefs.Inode
+	n *node
+	t *tree
+}
+
+var (
+	_ fusefs.InodeEmbedder      = (*inode)(nil)
+	_ fusefs.NodeLookuper       = (*inode)(nil)
+	_ fusefs.NodeGetattrer      = (*inode)(nil)
+	_ fusefs.NodeOpendirHandler = (*inode)(nil)
+	_ fusefs.NodeReadlinker     = (*inode)(nil)
+	_ fusefs.NodeOpener         = (*inode)(nil)
+	_ fusefs.NodeReader         = (*inode)(nil)
+	_ fusefs.NodeGetxattrer     = (*inode)(nil)
+	_ fusefs.NodeListxattrer    = (*inode)(nil)
+	_ fusefs.NodeStatfser       = (*inode)(nil)
+)
+
+// Lookup finds a child by name: a map or short linear search.
+func (i *inode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	if !i.n.isDir() {
+		return nil, syscall.ENOTDIR
+	}
+	child := i.n.dir.get(name)
+	if child == nil {
+		return nil, syscall.ENOENT
+	}
+	fillAttr(child, &out.Attr)
+	stable := fusefs.StableAttr{Mode: child.mode & syscall.S_IFMT, Ino: child.ino}
+	return i.NewInode(ctx, &inode{n: child, t: i.t}, stable), 0
+}
+
+// Getattr reports the node's attributes.
+func (i *inode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	fillAttr(i.n, &out.Attr)
+	return 0
+}
+
+// fillAttr converts a node to FUSE attributes. Atime and ctime, which an
+// unpacked layer does not preserve either, equal mtime.
+func fillAttr(n *node, a *fuse.Attr) {
+	a.Ino = n.ino
+	a.Mode = n.mode
+	a.Nlink = n.nlinks()
+	a.Uid, a.Gid = n.uid, n.gid
+	a.Rdev = n.rdev
+	a.Size = uint64(n.size)
+	a.Blksize = blockSize
+	a.Blocks = 0
+	switch n.mode & syscall.S_IFMT {
+	case syscall.S_IFDIR:
+		a.Size = dirSize
+		a.Blocks = blocksOf(dirSize) * (blockSize / 512)
+	case syscall.S_IFREG:
+		a.Blocks = blocksOf(n.size) * (blockSize / 512)
+	}
+	a.Mtime, a.Mtimensec = uint64(n.mtime), n.mtimeN
+	a.Atime, a.Atimensec = a.Mtime, a.Mtimensec
+	a.Ctime, a.Ctimensec = a.Mtime, a.Mtimensec
+}
+
+// Readlink returns a symlink's target.
+func (i *inode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	if i.n.mode&syscall.S_IFMT != syscall.S_IFLNK {
+		return nil, syscall.EINVAL
+	}
+	return []byte(i.n.link), 0
+}
+
+// Open allows reading only. The kernel may keep cached pages across opens:
+// the content never changes.
+func (i *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// Read serves file data from the layer's tar stream. Reader failures are
+// logged at debug level and reported as EIO.
+//
+// go-fuse cancels a request's context when the reading process gets any
+// signal (even Go's preemption signal); programs rarely retry a read of a
+// regular file that fails with EINTR, so the Reader gets a context that is
+// not cancelled and must bound its own time. A killed reader does not wait:
+// the kernel abandons the request.
+func (i *inode) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n := i.n
+	if off < 0 {
+		return nil, syscall.EINVAL
+	}
+	if off >= n.size || len(dest) == 0 {
+		return fuse.ReadResultData(nil), 0
+	}
+	want := min(int64(len(dest)), n.size-off)
+	got, err := i.t.r.FetchAt(context.WithoutCancel(ctx), dest[:want], n.offset+off)
+	if int64(got) == want && (err == nil || errors.Is(err, io.EOF)) {
+		return fuse.ReadResultData(dest[:got]), 0
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	log.G(ctx).WithError(err).WithField("ino", n.ino).WithField("offset", off).
+		Debugf("layer read of %d bytes failed after %d", want, got)
+	return nil, syscall.EIO
+}
+
+// Statfs describes the layer: its data blocks and inodes, nothing free.
+func (i *inode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	*out = fuse.StatfsOut{
+		Blocks:  i.t.blocks,
+		Files:   i.t.files,
+		Bsize:   blockSize,
+		Frsize:  blockSize,
+		NameLen: maxNameLen,
+	}
+	return 0
+}

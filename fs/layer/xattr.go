@@ -1,0 +1,69 @@
+package layer
+
+import (
+	"context"
+	"slices"
+	"syscall"
+)
+
+// Getxattr returns one extended attribute. Following go-fuse, a dest too
+// small for the value (including the size probe with an empty dest)
+// yields the value's size and ERANGE.
+func (i *inode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	var (
+		v  string
+		ok bool
+	)
+	switch {
+	case attr == opaqueXattr && i.n.opaque:
+		v, ok = opaqueXattrValue, true
+	case !i.t.disableXattrs:
+		v, ok = i.n.xattrs[attr]
+	}
+	if !ok {
+		return 0, syscall.ENODATA
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), 0
+}
+
+// Listxattr writes the NUL-terminated names of the node's extended
+// attributes, sorted. A dest too small for the list yields its size and
+// ERANGE.
+func (i *inode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	names := i.xattrNames()
+	size := 0
+	for _, name := range names {
+		size += len(name) + 1
+	}
+	if len(dest) < size {
+		return uint32(size), syscall.ERANGE
+	}
+	off := 0
+	for _, name := range names {
+		off += copy(dest[off:], name)
+		dest[off] = 0
+		off++
+	}
+	return uint32(size), 0
+}
+
+// xattrNames lists the names Getxattr answers for.
+func (i *inode) xattrNames() []string {
+	var names []string
+	if !i.t.disableXattrs {
+		names = make([]string, 0, len(i.n.xattrs)+1)
+		for k := range i.n.xattrs {
+			if k != opaqueXattr || !i.n.opaque {
+				names = append(names, k)
+			}
+		}
+	}
+	if i.n.opaque {
+		names = append(names, opaqueXattr)
+	}
+	slices.Sort(names)
+	return names
+}

@@ -1,0 +1,228 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Blob reads one blob of a repository by ranges or as a whole stream. When
+// the registry redirects a range read to blob storage, the storage URL is
+// remembered and later ranges go there directly until it fails (expired,
+// 403, 404, ...), after which the registry is asked again. A Blob is safe for
+// concurrent use.
+type Blob struct {
+	c    *Client
+	ref  string
+	desc ocispec.Descriptor
+
+	mu     sync.Mutex
+	direct *directURL
+}
+
+// directURL is a blob storage location a registry redirected to.
+type directURL struct {
+	url  string
+	host docker.RegistryHost // the endpoint that redirected; its HTTP client is reused
+}
+
+// Blob returns a reader of desc in ref's repository. desc.Size <= 0 means
+// the size is unknown: reads then learn the end of the blob from the
+// registry. Errors in ref show up on the first read.
+func (c *Client) Blob(ref string, desc ocispec.Descriptor) *Blob {
+	return &Blob{c: c, ref: ref, desc: desc}
+}
+
+// FetchAt reads len(p) bytes at offset off of the compressed blob, like
+// io.ReaderAt: it returns fewer bytes only at the end of the blob, and then
+// io.EOF. Reads are HTTP range requests; a registry that ignores the range
+// (200) is handled by skipping to off.
+func (b *Blob) FetchAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("read blob %s at %d: negative offset: %w", b.desc.Digest, off, errdefs.ErrInvalidArgument)
+	}
+	if err := b.desc.Digest.Validate(); err != nil {
+		return 0, fmt.Errorf("read blob %q: %v: %w", b.desc.Digest, err, errdefs.ErrInvalidArgument)
+	}
+	want := int64(len(p))
+	if b.desc.Size > 0 {
+		if off >= b.desc.Size {
+			return 0, io.EOF
+		}
+		want = min(want, b.desc.Size-off)
+	}
+	if want == 0 {
+		return 0, nil
+	}
+	n, err := b.readRange(ctx, p[:want], off)
+	if err == nil && want < int64(len(p)) {
+		err = io.EOF
+	}
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("read %d bytes at %d of blob %s of %s: %w", want, off, b.desc.Digest, b.ref, err)
+	}
+	return n, err
+}
+
+// readRange reads exactly len(p) bytes at off, or up to the blob's end with
+// io.EOF when its size is unknown.
+func (b *Blob) readRange(ctx context.Context, p []byte, off int64) (int, error) {
+	if d := b.remembered(); d != nil {
+		n, err := b.readDirect(ctx, d, p, off)
+		if err == nil || err == io.EOF || ctx.Err() != nil {
+			return n, err
+		}
+		b.forget(d)
+		log.G(ctx).WithError(err).WithField("blob", b.desc.Digest).Debug("blob storage URL failed, asking the registry again")
+	}
+	var (
+		n   int
+		err error
+	)
+	for attempt := 1; attempt <= 2; attempt++ { // a body cut short is retried once
+		n, err = b.readViaRegistry(ctx, p, off)
+		var be *bodyError
+		if !errors.As(err, &be) || ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+			break
+		}
+		log.G(ctx).WithError(err).WithField("blob", b.desc.Digest).Debug("retrying range read")
+	}
+	return n, err
+}
+
+func (b *Blob) readViaRegistry(ctx context.Context, p []byte, off int64) (int, error) {
+	repo, err := parseRef(b.ref)
+	if err != nil {
+		return 0, err
+	}
+	wctx, wd := startWatchdog(ctx, b.c.timeout)
+	defer wd.stop()
+	header := http.Header{"Range": {rangeValue(off, len(p))}}
+	resp, host, err := b.c.get(wctx, repo, docker.HostCapabilityPull, "blobs/"+b.desc.Digest.String(), nil, header)
+	if err != nil {
+		return 0, b.endOfBlob(wd.explain(err))
+	}
+	wd.pause()
+	defer resp.Body.Close()
+	if u, moved := finalURL(resp); moved {
+		b.remember(&directURL{url: u.String(), host: host})
+	}
+	return readRangeBody(resp, watchedReader{r: resp.Body, w: wd}, p, off, b.desc.Size > 0)
+}
+
+func (b *Blob) readDirect(ctx context.Context, d *directURL, p []byte, off int64) (int, error) {
+	wctx, wd := startWatchdog(ctx, b.c.timeout)
+	defer wd.stop()
+	req, err := http.NewRequestWithContext(wctx, http.MethodGet, d.url, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Range", rangeValue(off, len(p)))
+	resp, err := httpClient(wctx, d.host).Do(req)
+	if err != nil {
+		return 0, wd.explain(&netError{url: redact(d.url), err: unwrapURLError(err)})
+	}
+	wd.pause()
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent {
+		return 0, b.endOfBlob(newStatusError(resp, nil))
+	}
+	return readRangeBody(resp, watchedReader{r: resp.Body, w: wd}, p, off, b.desc.Size > 0)
+}
+
+// endOfBlob turns "range not satisfiable" into io.EOF when the blob's size
+// is unknown: the read started at or past its end.
+func (b *Blob) endOfBlob(err error) error {
+	var se *statusError
+	if b.desc.Size <= 0 && errors.As(err, &se) && se.code == http.StatusRequestedRangeNotSatisfiable {
+		return io.EOF
+	}
+	return err
+}
+
+func (b *Blob) remembered() *directURL {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.direct
+}
+
+func (b *Blob) remember(d *directURL) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.direct = d
+}
+
+// forget drops d unless another read already replaced it.
+func (b *Blob) forget(d *directURL) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.direct == d {
+		b.direct = nil
+	}
+}
+
+func rangeValue(off int64, n int) string {
+	return fmt.Sprintf("bytes=%d-%d", off, off+int64(n)-1)
+}
+
+// bodyError is a response body that failed or ended early; the read may
+// succeed when retried.
+type bodyError struct{ err error }
+
+func (e *bodyError) Error() string { return e.err.Error() }
+func (e *bodyError) Unwrap() error { return e.err }
+
+// readRangeBody copies the bytes at off from a 206 (single range starting
+// at off) or 200 (whole blob, range ignored) response into p.
+func readRangeBody(resp *http.Response, body io.Reader, p []byte, off int64, sizeKnown bool) (int, error) {
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+		if err := checkContentRange(resp, off); err != nil {
+			return 0, err
+		}
+	case http.StatusOK:
+		if _, err := io.CopyN(io.Discard, body, off); err != nil {
+			if err == io.EOF && !sizeKnown {
+				return 0, io.EOF
+			}
+			return 0, &bodyError{fmt.Errorf("skip to offset %d of a whole-blob response: %w", off, err)}
+		}
+	default:
+		return 0, newStatusError(resp, nil)
+	}
+	n, err := io.ReadFull(body, p)
+	switch {
+	case err == nil:
+		return n, nil
+	case (err == io.EOF || err == io.ErrUnexpectedEOF) && !sizeKnown:
+		return n, io.EOF
+	default:
+		return n, &bodyError{fmt.Errorf("read response body after %d of %d bytes: %w", n, len(p), err)}
+	}
+}
+
+// checkContentRange accepts only a single range starting at off.
+func checkContentRange(resp *http.Response, off int64) error {
+	url := redact(resp.Request.URL.String())
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "multipart/") {
+		return fmt.Errorf("GET %s: multipart range response not supported: %w", url, errdefs.ErrNotImplemented)
+	}
+	cr := resp.Header.Get("Content-Range")
+	spec, ok := strings.CutPrefix(cr, "bytes ")
+	first, _, ok2 := strings.Cut(spec, "-")
+	start, err := strconv.ParseInt(first, 10, 64)
+	if !ok || !ok2 || err != nil || start != off {
+		return fmt.Errorf("GET %s: Content-Range %q does not start at %d", url, cr, off)
+	}
+	return nil
+}

@@ -1,0 +1,234 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+)
+
+const (
+	// maxAttempts bounds the tries of one request to the last endpoint (the
+	// origin) on transient failures (connection errors, 5xx, 429). Mirrors
+	// are tried once.
+	maxAttempts = 3
+	// firstBackoff is the pause before the second try; it doubles after.
+	firstBackoff = 100 * time.Millisecond
+	// maxRedirects bounds the redirects followed by one request.
+	maxRedirects = 10
+)
+
+// get sends GET <host>/v2/<repo>/<suffix> to each endpoint of repo's host
+// that has capability, in order (mirrors first, then the origin), and
+// returns the first 2xx response with the endpoint that answered. When every
+// endpoint fails, the error is the last one (the origin's, which is
+// authoritative).
+func (c *Client) get(ctx context.Context, repo repository, capability docker.HostCapabilities,
+	suffix string, query url.Values, header http.Header) (*http.Response, docker.RegistryHost, error) {
+	hosts, err := c.registryHosts(ctx, repo.host)
+	if err != nil {
+		return nil, docker.RegistryHost{}, err
+	}
+	ctx, err = docker.ContextWithRepositoryScope(ctx, repo.spec, false)
+	if err != nil {
+		return nil, docker.RegistryHost{}, fmt.Errorf("token scope of %s: %w", repo.spec.Locator, err)
+	}
+	hosts = slices.DeleteFunc(slices.Clone(hosts), func(h docker.RegistryHost) bool { return !h.Capabilities.Has(capability) })
+	lastErr := fmt.Errorf("no endpoint of %s has capability %d: %w", repo.host, capability, errdefs.ErrNotFound)
+	for i, host := range hosts {
+		u := endpointURL(host, repo, suffix, query)
+		attempts := 1 // a failing mirror is skipped at once
+		if i == len(hosts)-1 {
+			attempts = maxAttempts
+		}
+		resp, err := c.doWithRetries(ctx, host, u, header, attempts)
+		if err == nil {
+			return resp, host, nil
+		}
+		if ctx.Err() != nil {
+			return nil, host, err
+		}
+		log.G(ctx).WithError(err).WithField("host", host.Host).Debug("registry endpoint failed")
+		lastErr = err
+	}
+	return nil, docker.RegistryHost{}, lastErr
+}
+
+func endpointURL(host docker.RegistryHost, repo repository, suffix string, query url.Values) string {
+	q := url.Values{}
+	for k, v := range query {
+		q[k] = v
+	}
+	if isMirror(host, repo.host) {
+		q.Set("ns", repo.host)
+	}
+	u := url.URL{
+		Scheme:   host.Scheme,
+		Host:     host.Host,
+		Path:     host.Path + "/" + repo.name + "/" + suffix,
+		RawQuery: q.Encode(),
+	}
+	return u.String()
+}
+
+// doWithRetries sends an authorized request, up to attempts times while it
+// fails transiently, with exponential backoff.
+func (c *Client) doWithRetries(ctx context.Context, host docker.RegistryHost, u string, header http.Header, attempts int) (*http.Response, error) {
+	backoff := firstBackoff
+	for attempt := 1; ; attempt++ {
+		resp, err := c.doAuthorized(ctx, host, u, header)
+		if err == nil || attempt >= attempts || !transient(ctx, err) {
+			return resp, err
+		}
+		log.G(ctx).WithError(err).WithField("attempt", attempt).Debug("retrying registry request")
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		backoff *= 2
+	}
+}
+
+// doAuthorized sends the request with the host's authorization; after a 401
+// or 403 it hands the challenge to the authorizer and tries once more. Only
+// a 2xx response is returned.
+func (c *Client) doAuthorized(ctx context.Context, host docker.RegistryHost, u string, header http.Header) (*http.Response, error) {
+	resp, err := c.do(ctx, host, u, header)
+	if err != nil {
+		return nil, err
+	}
+	if (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) && host.Authorizer != nil {
+		authErr := host.Authorizer.AddResponses(ctx, []*http.Response{resp})
+		if authErr != nil {
+			return nil, newStatusError(resp, authErr)
+		}
+		discard(resp)
+		if resp, err = c.do(ctx, host, u, header); err != nil {
+			return nil, err
+		}
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return nil, newStatusError(resp, nil)
+	}
+	return resp, nil
+}
+
+// do sends one GET with the host's headers and authorization, following
+// redirects.
+func (c *Client) do(ctx context.Context, host docker.RegistryHost, u string, header http.Header) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w: %w", redact(u), err, errdefs.ErrInvalidArgument)
+	}
+	for k, v := range host.Header {
+		req.Header[k] = append([]string(nil), v...)
+	}
+	for k, v := range header {
+		req.Header[k] = append([]string(nil), v...)
+	}
+	if host.Authorizer != nil {
+		if err := host.Authorizer.Authorize(ctx, req); err != nil {
+			return nil, fmt.Errorf("authorize GET %s: %w", redact(u), err)
+		}
+	}
+	resp, err := httpClient(ctx, host).Do(req)
+	if err != nil {
+		return nil, &netError{url: redact(u), err: unwrapURLError(err)}
+	}
+	return resp, nil
+}
+
+// httpClient is the host's client with a redirect policy that never sends
+// the registry's Authorization header to another host (blob storage
+// rejects or would leak it) but authorizes hosts the authorizer knows.
+func httpClient(ctx context.Context, host docker.RegistryHost) *http.Client {
+	client := &http.Client{}
+	if host.Client != nil {
+		*client = *host.Client
+	}
+	client.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if len(via) >= maxRedirects {
+			return fmt.Errorf("stopped after %d redirects", maxRedirects)
+		}
+		if req.URL.Host != via[0].URL.Host {
+			req.Header.Del("Authorization")
+		}
+		if host.Authorizer != nil {
+			return host.Authorizer.Authorize(ctx, req)
+		}
+		return nil
+	}
+	return client
+}
+
+// finalURL is where a response came from after redirects, and whether that
+// is a different host than the first request's.
+func finalURL(resp *http.Response) (*url.URL, bool) {
+	first := resp.Request
+	for first.Response != nil && first.Response.Request != nil {
+		first = first.Response.Request
+	}
+	return resp.Request.URL, resp.Request.URL.Host != first.URL.Host
+}
+
+// netError is a failure to get a response: connection, TLS, or protocol.
+type netError struct {
+	url string
+	err error
+}
+
+func (e *netError) Error() string { return fmt.Sprintf("GET %s: %v", e.url, e.err) }
+func (e *netError) Unwrap() error { return e.err }
+
+// transient reports whether a failed request may succeed when retried.
+func transient(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	var se *statusError
+	if errors.As(err, &se) {
+		return se.code == http.StatusTooManyRequests || se.code >= 500
+	}
+	var ne *netError
+	return errors.As(err, &ne)
+}
+
+func unwrapURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// redact drops user information and the query (pre-signed blob storage URLs
+// carry signatures there) from a URL used in errors and logs.
+func redact(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "<malformed URL>"
+	}
+	p.User = nil
+	p.RawQuery = ""
+	p.ForceQuery = false
+	p.Fragment = ""
+	return p.String()
+}
+
+// discard drains a little of an unwanted body so the connection can be
+// reused, and closes it.
+func discard(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	_ = resp.Body.Close()
+}

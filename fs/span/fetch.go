@@ -1,0 +1,221 @@
+package span
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/containerd/log"
+)
+
+// plan returns, for each span in [first, last], the shared fetch to wait on,
+// or nil when the span is cached. Spans in neither state are marked as being
+// fetched and their fetches started, adjacent ones grouped into one request.
+func (m *Manager) plan(first, last int) ([]*call, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	calls := make([]*call, last-first+1)
+	var fresh []int
+	for i := first; i <= last; i++ {
+		if m.state[i] == cached {
+			continue
+		}
+		if m.calls[i] == nil {
+			m.calls[i] = &call{done: make(chan struct{})}
+			fresh = append(fresh, i)
+		}
+		calls[i-first] = m.calls[i]
+	}
+	for len(fresh) > 0 {
+		n := m.run(fresh)
+		m.wg.Add(1)
+		go m.fetch(fresh[0], fresh[n-1])
+		fresh = fresh[n:]
+	}
+	return calls, nil
+}
+
+// run returns how many leading spans of fresh (ascending indices) form one
+// request: consecutive indices within MaxCoalesce compressed bytes (at least
+// one span, however large).
+func (m *Manager) run(fresh []int) int {
+	start := m.table.Spans[fresh[0]].CompressedStart
+	n := 1
+	for n < len(fresh) && fresh[n] == fresh[n-1]+1 &&
+		m.table.Spans[fresh[n]].CompressedEnd-start <= m.maxCoalesce {
+		n++
+	}
+	return n
+}
+
+// invalidate marks span i as missing after the cache lost it.
+func (m *Manager) invalidate(i int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.setState(i, missing)
+}
+
+// setState sets the state of span i and keeps nCached. Callers hold mu
+// (or own m exclusively).
+func (m *Manager) setState(i int, s state) {
+	if m.state[i] == cached {
+		m.nCached--
+	}
+	if s == cached {
+		m.nCached++
+	}
+	m.state[i] = s
+}
+
+// probe asks the cache about the spans in [first, last] whose state is
+// unknown, so that spans cached by a previous run are not fetched again.
+// It reads at most one byte per span and holds no lock while asking.
+func (m *Manager) probe(ctx context.Context, first, last int) {
+	var todo []int
+	m.mu.Lock()
+	for i := first; i <= last; i++ {
+		if m.state[i] == unknown && m.calls[i] == nil {
+			todo = append(todo, i)
+		}
+	}
+	m.mu.Unlock()
+	for _, i := range todo {
+		s := missing
+		if m.inCache(i) {
+			s = cached
+		}
+		m.mu.Lock()
+		if m.state[i] == unknown {
+			m.setState(i, s)
+		}
+		m.mu.Unlock()
+		if s == cached {
+			log.G(ctx).WithField("layer", m.key).WithField("span", i).Trace("span found in cache")
+		}
+	}
+}
+
+// inCache reports whether the cache holds span i with its full length.
+func (m *Manager) inCache(i int) bool {
+	want := m.table.Spans[i].Len()
+	if rc, ok := m.cache.(RangeCache); ok {
+		var b [1]byte
+		n, _ := rc.GetAt(m.keys[i], b[:], want-1)
+		return n == 1
+	}
+	data, err := m.cache.Get(m.keys[i])
+	return err == nil && int64(len(data)) == want
+}
+
+// fetch is the shared fetch of spans [first, last] in one range request. It
+// runs under the Manager's lifecycle plus FetchTimeout, never under a
+// reader's context, and completes every span's call.
+func (m *Manager) fetch(first, last int) {
+	defer m.wg.Done()
+	ctx, cancel := context.WithTimeout(m.life, m.timeout)
+	defer cancel()
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("layer", m.key))
+
+	spans := m.table.Spans
+	base := spans[first].CompressedStart
+	buf := make([]byte, spans[last].CompressedEnd-base)
+	err := fetchFull(ctx, m.fetcher, buf, base)
+	if err != nil {
+		err = fmt.Errorf("fetch spans %d-%d of %s: %w", first, last, m.key, err)
+	}
+	for i := first; i <= last; i++ {
+		if err == nil && ctx.Err() != nil { // Close or the timeout stops the remaining work
+			err = fmt.Errorf("fetch span %d of %s: %w", i, m.key, ctx.Err())
+		}
+		if err != nil {
+			m.finish(i, nil, err, false)
+			continue
+		}
+		s := spans[i]
+		data, serr := m.load(ctx, i, buf[s.CompressedStart-base:s.CompressedEnd-base])
+		stored := false
+		if serr == nil {
+			stored = m.store(ctx, i, data)
+		}
+		m.finish(i, data, serr, stored)
+	}
+}
+
+// fetchFull fills buf from the fetcher at off. A short read is an error
+// wrapping io.ErrUnexpectedEOF. When ctx ends first the fetch is abandoned
+// (buf is then never used), so a fetcher that ignores ctx cannot hang readers.
+func fetchFull(ctx context.Context, f Fetcher, buf []byte, off int64) error {
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := f.FetchAt(ctx, buf, off)
+		done <- result{n, err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	switch {
+	case r.n == len(buf) && (r.err == nil || errors.Is(r.err, io.EOF)):
+		return nil
+	case r.err == nil || errors.Is(r.err, io.EOF):
+		return fmt.Errorf("short read of %d/%d bytes at %d: %w", r.n, len(buf), off, io.ErrUnexpectedEOF)
+	default:
+		return r.err
+	}
+}
+
+// load verifies the compressed bytes of span i against its digest and
+// decompresses them. Unverified bytes never reach the decompressor.
+func (m *Manager) load(ctx context.Context, i int, compressed []byte) ([]byte, error) {
+	s := m.table.Spans[i]
+	if got := s.Digest.Algorithm().FromBytes(compressed); got != s.Digest {
+		err := fmt.Errorf("verify span %d of %s: %w", i, m.key, ErrVerification)
+		log.G(ctx).WithField("span", i).WithField("expected", s.Digest).WithField("actual", got).
+			Error("span digest mismatch; not serving it")
+		return nil, err
+	}
+	data, err := m.dec.Decompress(compressed, i)
+	if err != nil {
+		return nil, fmt.Errorf("decompress span %d of %s: %w", i, m.key, err)
+	}
+	if int64(len(data)) != s.Len() {
+		return nil, fmt.Errorf("decompress span %d of %s: got %d bytes, want %d: %w", i, m.key, len(data), s.Len(), io.ErrUnexpectedEOF)
+	}
+	return data, nil
+}
+
+// store puts span i into the cache and reports success. A failure (disk
+// full, say) is logged; the data then serves only the waiting readers.
+func (m *Manager) store(ctx context.Context, i int, data []byte) bool {
+	if err := m.cache.Put(m.keys[i], data); err != nil {
+		log.G(ctx).WithError(err).WithField("span", i).Warn("cannot cache span; serving it from memory to waiting readers only")
+		return false
+	}
+	return true
+}
+
+// finish completes the shared fetch of span i. The span becomes cached when
+// stored, otherwise missing again so that a later read fetches it anew.
+func (m *Manager) finish(i int, data []byte, err error, stored bool) {
+	m.mu.Lock()
+	c := m.calls[i]
+	m.calls[i] = nil
+	if stored {
+		m.setState(i, cached)
+	} else {
+		m.setState(i, missing)
+	}
+	m.mu.Unlock()
+	c.data, c.err = data, err
+	close(c.done)
+}

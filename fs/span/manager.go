@@ -1,0 +1,335 @@
+package span
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+)
+
+// Fetcher reads compressed bytes of the layer blob from the registry
+// (io.ReaderAt contract plus ctx). It should honour ctx: a fetch that ignores
+// it is abandoned at the deadline but keeps its goroutine until it returns.
+type Fetcher interface {
+	FetchAt(ctx context.Context, p []byte, off int64) (int, error)
+}
+
+// Cache stores uncompressed span data. Get returns an error wrapping
+// errdefs.ErrNotFound on a miss.
+type Cache interface {
+	Get(key string) ([]byte, error)
+	Put(key string, data []byte) error
+}
+
+// RangeCache is optionally implemented by a Cache that can read part of an
+// entry without loading all of it (io.ReaderAt contract). The Manager uses it
+// for cached reads when present, so a 4 KiB read does not load a whole span.
+type RangeCache interface {
+	GetAt(key string, p []byte, off int64) (int, error)
+}
+
+// Decompressor inflates span i of the table from exactly its compressed bytes
+// (blob[CompressedStart:CompressedEnd]).
+type Decompressor interface {
+	Decompress(compressed []byte, i int) ([]byte, error)
+}
+
+// ErrVerification is wrapped by errors for span bytes whose digest does not
+// match the table.
+var ErrVerification = errors.New("digest mismatch")
+
+// ErrClosed is wrapped by errors for reads after Close.
+var ErrClosed = errors.New("span manager closed")
+
+// Defaults for Options fields left zero.
+const (
+	DefaultFetchTimeout       = 30 * time.Second
+	DefaultMaxCoalesce  int64 = 16 << 20
+)
+
+// maxCacheAttempts bounds how often one read retries a span that was thought
+// cached but is missing from the cache.
+const maxCacheAttempts = 3
+
+// Options configure a Manager.
+type Options struct {
+	Table        Table
+	Fetcher      Fetcher
+	Cache        Cache
+	Decompressor Decompressor
+	// CacheKey identifies the layer's content (its digest); cache keys are
+	// CacheKey + "/" + uncompressed range, so identical layers in two images
+	// share cached spans.
+	CacheKey     string
+	FetchTimeout time.Duration // bound for one shared fetch (default 30s)
+	MaxCoalesce  int64         // max compressed bytes fetched in one range request (default 16 MiB)
+}
+
+// Manager serves uncompressed reads of one layer. It is safe for concurrent
+// use.
+type Manager struct {
+	table       Table
+	fetcher     Fetcher
+	cache       Cache
+	dec         Decompressor
+	key         string
+	keys        []string // cache key per span
+	timeout     time.Duration
+	maxCoalesce int64
+
+	// life is the lifecycle of shared fetches (not a request context): it
+	// is canceled by Close only.
+	life context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	mu      sync.Mutex
+	calls   []*call // in-flight fetch per span; nil when none
+	state   []state // what is known about the cache, per span
+	nCached int     // spans in state cached
+	closed  bool
+}
+
+// state is what a Manager knows about one span in the cache. A span with an
+// in-flight call is being fetched whatever its state.
+type state uint8
+
+const (
+	unknown state = iota // not fetched by this Manager; a previous run may have cached it
+	missing              // not in the cache: fetch it
+	cached               // in the cache
+)
+
+// call is one shared fetch of one span. data and err are written before done
+// is closed and only read after.
+type call struct {
+	done chan struct{}
+	data []byte
+	err  error
+}
+
+// New validates the options and returns a Manager; Close releases it.
+func New(opts Options) (*Manager, error) {
+	if err := opts.Table.Validate(); err != nil {
+		return nil, fmt.Errorf("new span manager for %s: %w: %w", opts.CacheKey, errdefs.ErrInvalidArgument, err)
+	}
+	if err := opts.check(); err != nil {
+		return nil, fmt.Errorf("new span manager for %s: %w: %w", opts.CacheKey, errdefs.ErrInvalidArgument, err)
+	}
+	n := len(opts.Table.Spans)
+	m := &Manager{
+		table: opts.Table, fetcher: opts.Fetcher, cache: opts.Cache, dec: opts.Decompressor,
+		key: opts.CacheKey, keys: make([]string, n),
+		timeout: opts.FetchTimeout, maxCoalesce: opts.MaxCoalesce,
+		calls: make([]*call, n), state: make([]state, n),
+	}
+	if m.timeout == 0 {
+		m.timeout = DefaultFetchTimeout
+	}
+	if m.maxCoalesce == 0 {
+		m.maxCoalesce = DefaultMaxCoalesce
+	}
+	for i, s := range opts.Table.Spans {
+		m.keys[i] = opts.CacheKey + "/" + strconv.FormatInt(s.UncompressedStart, 10) + "-" + strconv.FormatInt(s.UncompressedEnd, 10)
+		if s.Len() == 0 {
+			m.setState(i, cached) // nothing to fetch
+		}
+	}
+	m.life, m.stop = context.WithCancel(context.Background())
+	return m, nil
+}
+
+func (o Options) check() error {
+	switch {
+	case o.Fetcher == nil:
+		return errors.New("no fetcher")
+	case o.Cache == nil:
+		return errors.New("no cache")
+	case o.Decompressor == nil:
+		return errors.New("no decompressor")
+	case o.CacheKey == "":
+		return errors.New("no cache key")
+	case o.FetchTimeout < 0:
+		return fmt.Errorf("negative fetch timeout %v", o.FetchTimeout)
+	case o.MaxCoalesce < 0:
+		return fmt.Errorf("negative max coalesce %d", o.MaxCoalesce)
+	}
+	return nil
+}
+
+// FetchAt reads len(p) uncompressed bytes at off with the io.ReaderAt
+// contract: n < len(p) comes with an error, io.EOF at or after the end.
+// Missing spans are fetched (adjacent ones in one request) and shared with
+// concurrent readers; a canceled ctx stops waiting but not the fetch.
+func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error) {
+	size := m.table.UncompressedSize
+	switch {
+	case off < 0:
+		return 0, fmt.Errorf("read %s at %d: negative offset: %w", m.key, off, errdefs.ErrInvalidArgument)
+	case off >= size:
+		return 0, io.EOF
+	case len(p) == 0:
+		return 0, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("read %s at %d: %w", m.key, off, err)
+	}
+	end := min(off+int64(len(p)), size)
+	first, last := m.table.Find(off), m.table.Find(end-1)
+	m.probe(ctx, first, last)
+	calls, err := m.plan(first, last)
+	if err != nil {
+		return 0, fmt.Errorf("read %s at %d: %w", m.key, off, err)
+	}
+	dst := p[:end-off]
+	n := 0
+	for i := first; i <= last; i++ {
+		k, err := m.readSpan(ctx, i, calls[i-first], dst, off)
+		calls[i-first] = nil // let the span data go as soon as it is copied
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// readSpan copies the part of span i that overlaps [off, off+len(dst)) into
+// dst, from call c when the span is being fetched or from the cache when c is
+// nil. A cache miss for a span thought cached triggers a refetch.
+func (m *Manager) readSpan(ctx context.Context, i int, c *call, dst []byte, off int64) (int, error) {
+	s := m.table.Spans[i]
+	lo, hi := max(s.UncompressedStart, off), min(s.UncompressedEnd, off+int64(len(dst)))
+	out, rel := dst[lo-off:hi-off], lo-s.UncompressedStart
+	if len(out) == 0 {
+		return 0, nil // an empty span
+	}
+	for attempt := 0; c == nil; attempt++ {
+		if m.readCached(ctx, i, out, rel) {
+			return len(out), nil
+		}
+		if attempt == maxCacheAttempts {
+			return 0, fmt.Errorf("read span %d of %s: cache lost the span %d times: %w", i, m.key, attempt+1, errdefs.ErrDataLoss)
+		}
+		m.invalidate(i)
+		calls, err := m.plan(i, i)
+		if err != nil {
+			return 0, fmt.Errorf("read span %d of %s: %w", i, m.key, err)
+		}
+		c = calls[0]
+	}
+	if err := wait(ctx, c); err != nil {
+		return 0, fmt.Errorf("read span %d of %s: %w", i, m.key, err)
+	}
+	if c.err != nil {
+		return 0, c.err
+	}
+	return copy(out, c.data[rel:]), nil
+}
+
+// readCached fills out from the cached span i starting at rel and reports
+// whether the cache had all of it.
+func (m *Manager) readCached(ctx context.Context, i int, out []byte, rel int64) bool {
+	key := m.keys[i]
+	var err error
+	if rc, ok := m.cache.(RangeCache); ok {
+		var n int
+		n, err = rc.GetAt(key, out, rel)
+		if n == len(out) {
+			return true
+		}
+	} else {
+		var data []byte
+		data, err = m.cache.Get(key)
+		if err == nil && int64(len(data)) == m.table.Spans[i].Len() {
+			copy(out, data[rel:])
+			return true
+		}
+	}
+	log.G(ctx).WithError(err).WithField("layer", m.key).WithField("span", i).Debug("cached span missing or short, refetching")
+	return false
+}
+
+// wait blocks until c is done or ctx is canceled.
+func wait(ctx context.Context, c *call) error {
+	select {
+	case <-c.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Prefetch makes the spans covering [off, off+length) local: it fetches the
+// missing ones, at most MaxCoalesce compressed bytes at a time, and waits for
+// them. With a cache that fails to store, the data is fetched and dropped.
+func (m *Manager) Prefetch(ctx context.Context, off, length int64) error {
+	if off < 0 || length < 0 {
+		return fmt.Errorf("prefetch %s [%d, +%d): %w", m.key, off, length, errdefs.ErrInvalidArgument)
+	}
+	end := min(off+length, m.table.UncompressedSize)
+	if off >= end {
+		return nil
+	}
+	first, last := m.table.Find(off), m.table.Find(end-1)
+	for i := first; i <= last; {
+		j := m.window(i, last)
+		m.probe(ctx, i, j)
+		calls, err := m.plan(i, j)
+		if err != nil {
+			return fmt.Errorf("prefetch %s spans %d-%d: %w", m.key, i, j, err)
+		}
+		for k, c := range calls {
+			if c == nil {
+				continue
+			}
+			if err := wait(ctx, c); err != nil {
+				return fmt.Errorf("prefetch span %d of %s: %w", i+k, m.key, err)
+			}
+			if c.err != nil {
+				return c.err
+			}
+		}
+		i = j + 1
+	}
+	return nil
+}
+
+// window returns the last span j in [i, last] such that spans i..j fit in
+// one coalesced request (at least i).
+func (m *Manager) window(i, last int) int {
+	j := i
+	for j < last && m.table.Spans[j+1].CompressedEnd-m.table.Spans[i].CompressedStart <= m.maxCoalesce {
+		j++
+	}
+	return j
+}
+
+// Cached reports how many of the layer's spans are known to be in the cache
+// (empty spans count as cached). Spans cached by an earlier Manager (a
+// restart) count once a read or Prefetch has looked at them.
+func (m *Manager) Cached() (spans, total int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.nCached, len(m.table.Spans)
+}
+
+// Close cancels in-flight shared fetches, waits for their goroutines and
+// makes later reads fail with ErrClosed. The cache is left as it is.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
+	m.stop()
+	m.wg.Wait()
+	return nil
+}
