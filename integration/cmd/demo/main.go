@@ -9,7 +9,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/fastsoci/soci-snapshotter/integration/harness"
 	"github.com/fastsoci/soci-snapshotter/integration/image"
+	"github.com/fastsoci/soci-snapshotter/integration/sociimage"
 )
 
 func main() {
@@ -57,18 +57,18 @@ func run(keep bool) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("pushed %s (%d layers, %.1f MiB compressed)\n", ref, 3, float64(size)/(1<<20))
-	return pullAndRun(ctx, env, ref)
+	fmt.Printf("pushed %s with a SOCI v2 index (3 layers, %.1f MiB compressed)\n", ref, float64(size)/(1<<20))
+	return pullAndRun(ctx, env, ref, size)
 }
 
-func pullAndRun(ctx context.Context, env *harness.Env, ref string) error {
+func pullAndRun(ctx context.Context, env *harness.Env, ref string, size int64) error {
 	start := time.Now()
 	if _, err := env.Nerdctl(ctx, "--snapshotter", "soci", "pull", "--quiet", ref); err != nil {
 		return err
 	}
 	pulled := time.Since(start)
 	out, err := env.Nerdctl(ctx, "--snapshotter", "soci", "run", "--rm", "--net", "none", ref,
-		"sha256", "/etc/motd", "/data/blob-0", "--", "ready")
+		"sha256", "/etc/motd", "--", "read-bytes", "/data/blob-0", "2097152", "--", "ready")
 	if err != nil {
 		return err
 	}
@@ -87,7 +87,8 @@ func pullAndRun(ctx context.Context, env *harness.Env, ref string) error {
 	}
 	fmt.Printf("container output:\n%s", indent(out))
 	fmt.Printf("pull: %s, ready: %s (pull + run)\n", pulled.Round(time.Millisecond), ready.Round(time.Millisecond))
-	fmt.Printf("registry bytes served: %.1f MiB; lazily loaded (FUSE) layers mounted: %d\n", float64(served)/(1<<20), fuse)
+	fmt.Printf("registry bytes served up to ready: %.1f MiB of %.1f MiB (%.1f%%), zTOCs included; lazily loaded (FUSE) layers mounted: %d\n",
+		float64(served)/(1<<20), float64(size)/(1<<20), 100*float64(served)/float64(size), fuse)
 	return nil
 }
 
@@ -101,11 +102,9 @@ func pushDemoImage(ctx context.Context, host string, probe []byte) (string, int6
 	}}
 	spec := image.Spec{Layers: []image.Layer{base}, Entrypoint: []string{"/bin/probe"}}
 	for i := 0; i < 2; i++ {
-		data := make([]byte, 16<<20)
-		rand.New(rand.NewSource(int64(i))).Read(data)
 		spec.Layers = append(spec.Layers, image.Layer{Entries: []image.Entry{
 			{Name: "data", Type: tar.TypeDir, Mode: 0o755, ModTime: mtime},
-			{Name: fmt.Sprintf("data/blob-%d", i), Type: tar.TypeReg, Mode: 0o644, ModTime: mtime, Data: data},
+			{Name: fmt.Sprintf("data/blob-%d", i), Type: tar.TypeReg, Mode: 0o644, ModTime: mtime, Size: 64 << 20, Seed: int64(i)},
 		}})
 	}
 	img, err := image.Build(spec)
@@ -113,7 +112,7 @@ func pushDemoImage(ctx context.Context, host string, probe []byte) (string, int6
 		return "", 0, err
 	}
 	ref := host + "/demo/app:latest"
-	if err := image.Push(ctx, ref, img); err != nil {
+	if _, _, err := sociimage.PushV2(ctx, ref, img, sociimage.Options{SpanSize: 1 << 20}); err != nil {
 		return "", 0, err
 	}
 	var size int64
@@ -136,6 +135,9 @@ func buildProbe(dir string) ([]byte, error) {
 func indent(s string) string {
 	var b strings.Builder
 	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		if strings.HasPrefix(l, "time=") { // nerdctl's own log lines
+			continue
+		}
 		b.WriteString("  " + l + "\n")
 	}
 	return b.String()
