@@ -13,15 +13,25 @@ import (
 	"github.com/fastsoci/soci-snapshotter/fs/span"
 )
 
-// entryTypes maps the type names soci's TOC builder writes (ztoc getType).
-var entryTypes = map[string]layer.EntryType{
-	"reg":      layer.TypeReg,
-	"dir":      layer.TypeDir,
-	"symlink":  layer.TypeSymlink,
-	"hardlink": layer.TypeHardlink,
-	"char":     layer.TypeChar,
-	"block":    layer.TypeBlock,
-	"fifo":     layer.TypeFifo,
+// entryType maps the type names soci's TOC builder writes (ztoc getType).
+func entryType(name string) (layer.EntryType, bool) {
+	switch name {
+	case "reg":
+		return layer.TypeReg, true
+	case "dir":
+		return layer.TypeDir, true
+	case "symlink":
+		return layer.TypeSymlink, true
+	case "hardlink":
+		return layer.TypeHardlink, true
+	case "char":
+		return layer.TypeChar, true
+	case "block":
+		return layer.TypeBlock, true
+	case "fifo":
+		return layer.TypeFifo, true
+	}
+	return 0, false
 }
 
 // xattrPrefix marks PAX records that carry extended attributes.
@@ -90,7 +100,7 @@ func convertTOC(files []ztoc.FileMetadata, size int64) (layer.TOC, error) {
 
 // convertEntry converts one file; keep is false for the layer root.
 func convertEntry(f *ztoc.FileMetadata, size int64) (e layer.Entry, keep bool, err error) {
-	typ, ok := entryTypes[f.Type]
+	typ, ok := entryType(f.Type)
 	if !ok {
 		return e, false, fmt.Errorf("unknown type %q", f.Type)
 	}

@@ -52,8 +52,8 @@ func newLayer(z *ztoc.Ztoc, c *converted) (*Layer, error) {
 		return nil, fmt.Errorf("load gzip checkpoints: %d spans, want %d", zi.MaxSpanID()+1, len(c.table.Spans))
 	}
 	l.gzip, l.zinfo = true, zi
-	count := len(c.table.Spans)
-	l.cleanup = runtime.AddCleanup(l, func(zi compression.Zinfo) { freeZinfo(zi, count, c.spanSize) }, zi)
+	count, spanSize := len(c.table.Spans), c.spanSize
+	l.cleanup = runtime.AddCleanup(l, func(zi compression.Zinfo) { freeZinfo(zi, count, spanSize) }, zi)
 	return l, nil
 }
 

@@ -104,7 +104,7 @@ func (s *Store) workContext(ctx context.Context) (context.Context, context.Cance
 func wait(ctx context.Context, ch <-chan singleflight.Result) (any, error) {
 	select {
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, fmt.Errorf("waiting for a shared lookup: %w", ctx.Err())
 	case r := <-ch:
 		return r.Val, r.Err
 	}

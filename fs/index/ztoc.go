@@ -19,6 +19,11 @@ import (
 // can tell "the image has no index" from "the index skips this layer".
 var ErrNoZTOC = errors.New("no zTOC for the layer in the SOCI index")
 
+// maxZTOCSize bounds the zTOC the store fetches and holds in memory. Real
+// ones are about 32 KiB per span plus the file list: some MiB per GiB of
+// layer with the default 4 MiB spans.
+const maxZTOCSize = 1 << 30
+
 // Open loads the zTOC of an image layer (from local disk, else from the
 // registry, digest-verified and then stored on disk), validates and converts
 // it. The caller must Close the Layer.
@@ -26,6 +31,9 @@ func (s *Store) Open(ctx context.Context, ref string, idx *Index, layer digest.D
 	desc, ok := idx.ZTOC(layer)
 	if !ok {
 		return nil, fmt.Errorf("layer %s, SOCI index %s: %w", layer, idx.Digest, ErrNoZTOC)
+	}
+	if desc.Size > maxZTOCSize {
+		return nil, fmt.Errorf("zTOC %s of layer %s: %d bytes is too large", desc.Digest, layer, desc.Size)
 	}
 	data, err := s.ztocBytes(ctx, ref, desc)
 	if err != nil {
