@@ -1,6 +1,8 @@
 package image
 
 import (
+	"github.com/fastsoci/soci-snapshotter/integration/registrytest"
+
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
@@ -242,7 +244,7 @@ func resolve(t *testing.T, ref string) ocispec.Descriptor {
 }
 
 func TestPush(t *testing.T) {
-	srv := httptest.NewServer(newFakeRegistry())
+	srv := httptest.NewServer(registrytest.New())
 	defer srv.Close()
 	ctx := context.Background()
 	repo := strings.TrimPrefix(srv.URL, "http://") + "/test/app"
@@ -288,7 +290,7 @@ func TestPush(t *testing.T) {
 }
 
 func TestPushIndex(t *testing.T) {
-	srv := httptest.NewServer(newFakeRegistry())
+	srv := httptest.NewServer(registrytest.New())
 	defer srv.Close()
 	ctx := context.Background()
 	repo := strings.TrimPrefix(srv.URL, "http://") + "/test/multi"

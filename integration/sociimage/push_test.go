@@ -1,6 +1,8 @@
 package sociimage
 
 import (
+	"github.com/fastsoci/soci-snapshotter/integration/registrytest"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -19,9 +21,9 @@ import (
 
 // startRegistry serves a fake registry on loopback and returns it with its
 // "127.0.0.1:port" host.
-func startRegistry(t *testing.T) (*fakeRegistry, string) {
+func startRegistry(t *testing.T) (*registrytest.Registry, string) {
 	t.Helper()
-	reg := newFakeRegistry()
+	reg := registrytest.New()
 	srv := httptest.NewServer(reg)
 	t.Cleanup(srv.Close)
 	return reg, strings.TrimPrefix(srv.URL, "http://")
@@ -47,15 +49,15 @@ func TestPushV2(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	tagged, ok := reg.get("test/app:soci")
+	tagged, ok := reg.Get("test/app:soci")
 	wantIndex, _, err := V2ImageIndex(manifest, idx.Desc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !ok || tagged.mediaType != ocispec.MediaTypeImageIndex || !bytes.Equal(tagged.data, wantIndex) {
-		t.Fatalf("tag holds %q:\n%s\nwant\n%s", tagged.mediaType, tagged.data, wantIndex)
+	if !ok || tagged.MediaType != ocispec.MediaTypeImageIndex || !bytes.Equal(tagged.Data, wantIndex) {
+		t.Fatalf("tag holds %q:\n%s\nwant\n%s", tagged.MediaType, tagged.Data, wantIndex)
 	}
-	if _, ok := reg.get("test/app@" + img.ManifestDesc.Digest.String()); ok {
+	if _, ok := reg.Get("test/app@" + img.ManifestDesc.Digest.String()); ok {
 		t.Error("the original manifest was pushed")
 	}
 
@@ -95,16 +97,16 @@ func TestPushV1TwiceListsBothIndices(t *testing.T) {
 	if first.Desc.Digest == second.Desc.Digest {
 		t.Fatal("both pushes built the same index")
 	}
-	if m, ok := reg.get("test/app:v1"); !ok || !bytes.Equal(m.data, img.ManifestBytes) {
+	if m, ok := reg.Get("test/app:v1"); !ok || !bytes.Equal(m.Data, img.ManifestBytes) {
 		t.Errorf("image tag does not hold the image's manifest")
 	}
-	fallback, ok := reg.get("test/app:" + FallbackTag(img.ManifestDesc.Digest))
+	fallback, ok := reg.Get("test/app:" + FallbackTag(img.ManifestDesc.Digest))
 	want, err := FallbackIndex(nil, ReferrerDescriptor(first), ReferrerDescriptor(second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !ok || fallback.mediaType != ocispec.MediaTypeImageIndex || !bytes.Equal(fallback.data, want) {
-		t.Fatalf("fallback tag holds %q:\n%s\nwant\n%s", fallback.mediaType, fallback.data, want)
+	if !ok || fallback.MediaType != ocispec.MediaTypeImageIndex || !bytes.Equal(fallback.Data, want) {
+		t.Fatalf("fallback tag holds %q:\n%s\nwant\n%s", fallback.MediaType, fallback.Data, want)
 	}
 
 	// Discover as the reference daemon does: oras tries the referrers API,
@@ -122,8 +124,8 @@ func TestPushV1TwiceListsBothIndices(t *testing.T) {
 	if got := digests(found); !slices.Equal(got, []digest.Digest{first.Desc.Digest, second.Desc.Digest}) {
 		t.Fatalf("referrers %v", got)
 	}
-	if !slices.Contains(reg.requests, "GET /v2/test/app/referrers/"+img.ManifestDesc.Digest.String()) {
-		t.Errorf("oras did not try the referrers API first: %v", reg.requests)
+	if !slices.Contains(reg.Requests(), "GET /v2/test/app/referrers/"+img.ManifestDesc.Digest.String()) {
+		t.Errorf("oras did not try the referrers API first: %v", reg.Requests())
 	}
 	checkPushedIndex(t, repo, first)
 	checkPushedIndex(t, repo, second)

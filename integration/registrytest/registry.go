@@ -1,4 +1,8 @@
-package sociimage
+// Package registrytest is an in-memory stand-in for the distribution
+// registry (v3) for unit tests of code that pushes and discovers images:
+// blob uploads and reads, manifests by tag or digest with the registry's
+// reference checks, and, like distribution v3, no referrers API.
+package registrytest
 
 import (
 	"bytes"
@@ -14,35 +18,44 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// fakeRegistry is the part of the distribution registry (v3) that pushing
+// Registry is the part of the distribution registry (v3) that pushing
 // and discovering SOCI images needs: blob uploads and reads, manifest PUT,
 // HEAD and GET by tag or digest, with the registry's checks that a manifest's
 // config and layers, or an index's manifests, exist. Like distribution v3 it
 // has no referrers API: /v2/<name>/referrers/<digest> is 404 page not found.
 // Blobs are shared by all repositories.
-type fakeRegistry struct {
+type Registry struct {
 	mu        sync.Mutex
 	blobs     map[digest.Digest][]byte
-	manifests map[string]fakeManifest // "<repo>@<digest>" or "<repo>:<tag>"
+	manifests map[string]Manifest // "<repo>@<digest>" or "<repo>:<tag>"
 	uploads   map[string][]byte
 	nextID    int
 	requests  []string // "METHOD path"
 }
 
-type fakeManifest struct {
-	mediaType string
-	data      []byte
+// Requests returns every request served so far as "METHOD path".
+func (f *Registry) Requests() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.requests...)
 }
 
-func newFakeRegistry() *fakeRegistry {
-	return &fakeRegistry{
+// Manifest is a stored manifest or index.
+type Manifest struct {
+	MediaType string
+	Data      []byte
+}
+
+// New returns an empty registry; serve it with httptest.NewServer.
+func New() *Registry {
+	return &Registry{
 		blobs:     map[digest.Digest][]byte{},
-		manifests: map[string]fakeManifest{},
+		manifests: map[string]Manifest{},
 		uploads:   map[string][]byte{},
 	}
 }
 
-func (f *fakeRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (f *Registry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.requests = append(f.requests, r.Method+" "+r.URL.Path)
@@ -63,7 +76,7 @@ func (f *fakeRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (f *fakeRegistry) upload(w http.ResponseWriter, r *http.Request, repo, id string) {
+func (f *Registry) upload(w http.ResponseWriter, r *http.Request, repo, id string) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -103,14 +116,14 @@ func (f *fakeRegistry) upload(w http.ResponseWriter, r *http.Request, repo, id s
 	}
 }
 
-func (f *fakeRegistry) manifest(w http.ResponseWriter, r *http.Request, repo, ref string) {
+func (f *Registry) manifest(w http.ResponseWriter, r *http.Request, repo, ref string) {
 	key := repo + ":" + ref
 	if _, err := digest.Parse(ref); err == nil {
 		key = repo + "@" + ref
 	}
 	if r.Method != http.MethodPut {
 		m, ok := f.manifests[key]
-		f.serve(w, r, m.mediaType, m.data, ok)
+		f.serve(w, r, m.MediaType, m.Data, ok)
 		return
 	}
 	data, err := io.ReadAll(r.Body)
@@ -127,7 +140,7 @@ func (f *fakeRegistry) manifest(w http.ResponseWriter, r *http.Request, repo, re
 		http.Error(w, "digest mismatch", http.StatusBadRequest)
 		return
 	}
-	m := fakeManifest{mediaType: r.Header.Get("Content-Type"), data: data}
+	m := Manifest{MediaType: r.Header.Get("Content-Type"), Data: data}
 	f.manifests[repo+"@"+dgst.String()] = m
 	f.manifests[key] = m
 	w.Header().Set("Docker-Content-Digest", dgst.String())
@@ -137,7 +150,7 @@ func (f *fakeRegistry) manifest(w http.ResponseWriter, r *http.Request, repo, re
 
 // verify checks what the registry checks on a manifest PUT: the blobs a
 // manifest names and the manifests an index names exist.
-func (f *fakeRegistry) verify(repo string, data []byte) error {
+func (f *Registry) verify(repo string, data []byte) error {
 	var doc struct {
 		Config    *ocispec.Descriptor  `json:"config"`
 		Layers    []ocispec.Descriptor `json:"layers"`
@@ -163,7 +176,7 @@ func (f *fakeRegistry) verify(repo string, data []byte) error {
 	return nil
 }
 
-func (f *fakeRegistry) serve(w http.ResponseWriter, r *http.Request, mediaType string, data []byte, ok bool) {
+func (f *Registry) serve(w http.ResponseWriter, r *http.Request, mediaType string, data []byte, ok bool) {
 	if !ok {
 		http.NotFound(w, r)
 		return
@@ -177,8 +190,8 @@ func (f *fakeRegistry) serve(w http.ResponseWriter, r *http.Request, mediaType s
 	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
 }
 
-// get returns a stored manifest by "<repo>:<tag>" or "<repo>@<digest>".
-func (f *fakeRegistry) get(key string) (fakeManifest, bool) {
+// Get returns a stored manifest by "<repo>:<tag>" or "<repo>@<digest>".
+func (f *Registry) Get(key string) (Manifest, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	m, ok := f.manifests[key]
