@@ -2,6 +2,7 @@
 #   make            build bin/soci-snapshotter-grpc and bin/soci
 #   make demo       run an image lazily end to end on a private containerd + registry
 #   make test       unit tests, containerd's snapshotter conformance suite, integration tests
+#   make bench      time-to-ready: overlayfs vs soci (vs --compare builds) over a shaped link (BENCH_QUICK=1: one small workload, 2 runs)
 #   make install    install binaries, systemd units and the containerd config snippet
 
 VERSION  ?= v0.17.0-dev
@@ -17,7 +18,7 @@ LDFLAGS := -X github.com/fastsoci/soci-snapshotter/internal/version.Version=$(VE
 
 BINARIES := bin/soci-snapshotter-grpc bin/soci
 
-.PHONY: all build deps demo test unit integration install vet clean FORCE
+.PHONY: all build deps demo test unit integration install vet clean bench FORCE
 
 all: build
 
@@ -32,6 +33,12 @@ deps:
 
 demo: deps build
 	SOCI_TOOLS=$(TOOLS)/bin SOCI_BIN=$(CURDIR)/bin $(GO) run ./integration/cmd/demo
+
+# Extra flags for bench/cmd/bench, e.g. BENCH_FLAGS="--compare ref=/usr/local/bin/soci-snapshotter-grpc --unshaped".
+BENCH_FLAGS ?=
+
+bench: deps build
+	SOCI_TOOLS=$(TOOLS)/bin SOCI_BIN=$(CURDIR)/bin $(GO) run ./bench/cmd/bench $(if $(BENCH_QUICK),-quick) $(BENCH_FLAGS)
 
 vet:
 	$(GO) vet ./...

@@ -14,6 +14,8 @@ type Daemon struct {
 	Address string
 	Root    string
 	Config  string
+	// Env is added to the daemon's environment (e.g. DOCKER_CONFIG=dir).
+	Env     []string
 	bin     string
 	logPath string
 	proc    *Process
@@ -37,7 +39,7 @@ func NewDaemon(bin, dir, configTOML string) (*Daemon, error) {
 
 // Start starts the daemon and waits until its socket accepts connections.
 func (d *Daemon) Start(ctx context.Context) error {
-	p, err := StartProcess("soci-snapshotter-grpc", d.logPath, nil, d.bin,
+	p, err := StartProcess("soci-snapshotter-grpc", d.logPath, d.Env, d.bin,
 		"--address", d.Address, "--root", d.Root, "--config", d.Config, "--log-level", "debug")
 	if err != nil {
 		return err

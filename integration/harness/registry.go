@@ -31,21 +31,43 @@ storage:
     enabled: true
 http:
   addr: %s
-`
+%s`
 
 // StartRegistry starts the registry binary with its state under dir.
 func StartRegistry(ctx context.Context, bin, dir string) (*Registry, error) {
+	return StartRegistryWith(ctx, bin, dir, RegistryOptions{})
+}
+
+// RegistryOptions vary a registry: shared storage, authentication.
+type RegistryOptions struct {
+	// Storage is the storage root; "" for dir/storage. Two registries on
+	// one root serve the same content (a mirror, an authenticated front).
+	Storage string
+	// Htpasswd is a bcrypt htpasswd file; when set every request needs
+	// basic auth (realm "soci-test").
+	Htpasswd string
+}
+
+// StartRegistryWith starts the registry binary with its state under dir.
+func StartRegistryWith(ctx context.Context, bin, dir string, opts RegistryOptions) (*Registry, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
 	host := fmt.Sprintf("127.0.0.1:%d", port)
-	storage := filepath.Join(dir, "storage")
+	storage := opts.Storage
+	if storage == "" {
+		storage = filepath.Join(dir, "storage")
+	}
+	extra := ""
+	if opts.Htpasswd != "" {
+		extra = fmt.Sprintf("auth:\n  htpasswd:\n    realm: soci-test\n    path: %s\n", opts.Htpasswd)
+	}
 	cfg := filepath.Join(dir, "config.yml")
 	if err := os.MkdirAll(storage, 0o755); err != nil {
 		return nil, fmt.Errorf("create registry storage: %w", err)
 	}
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(registryConfig, storage, host)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(registryConfig, storage, host, extra)), 0o644); err != nil {
 		return nil, fmt.Errorf("write registry config: %w", err)
 	}
 	env := []string{"OTEL_TRACES_EXPORTER=none", "OTEL_SDK_DISABLED=true"}
@@ -61,7 +83,7 @@ func StartRegistry(ctx context.Context, bin, dir string) (*Registry, error) {
 			return err
 		}
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
+		if resp.StatusCode != http.StatusOK && !(opts.Htpasswd != "" && resp.StatusCode == http.StatusUnauthorized) {
 			return fmt.Errorf("GET /v2/: %s", resp.Status)
 		}
 		return nil

@@ -124,6 +124,10 @@ func arity(name string) (lo, hi int, ok bool) {
 		return 2, 2, true
 	case "ready":
 		return 0, 0, true
+	case "stat-all", "chain", "read-all":
+		return 1, 1, true
+	case "read-fraction":
+		return 2, 2, true
 	}
 	return 0, 0, false
 }
@@ -142,6 +146,14 @@ func (c command) run(w io.Writer) error {
 	case "ready":
 		_, err := fmt.Fprintln(w, "ready")
 		return err
+	case "stat-all":
+		return statAll(w, c.args[0])
+	case "read-fraction":
+		return readFraction(w, c.args[0], c.args[1])
+	case "chain":
+		return chain(w, c.args[0])
+	case "read-all":
+		return readAll(w, c.args[0])
 	}
 	return usageError(fmt.Sprintf("unknown command %q", c.name))
 }

@@ -1,0 +1,166 @@
+// Command bench compares time-to-ready of containers under overlayfs, our
+// SOCI snapshotter and other soci-snapshotter-grpc builds over a shaped
+// loopback link (`make bench`). It prints a table of medians (min-max) and
+// paired ratios, and writes every run to out/bench/results.json and a chart
+// to out/bench/ttr.png.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fastsoci/soci-snapshotter/bench"
+	"github.com/fastsoci/soci-snapshotter/integration/harness"
+)
+
+type compareFlag []bench.Compare
+
+func (c *compareFlag) String() string { return fmt.Sprint(*c) }
+
+func (c *compareFlag) Set(v string) error {
+	name, bin, ok := strings.Cut(v, "=")
+	if !ok || name == "" || bin == "" {
+		return errors.New("want name=/path/to/soci-snapshotter-grpc")
+	}
+	if name == bench.Ours || name == bench.Overlayfs {
+		return fmt.Errorf("name %q is taken", name)
+	}
+	abs, err := filepath.Abs(bin)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(abs); err != nil {
+		return err
+	}
+	*c = append(*c, bench.Compare{Name: name, Bin: abs})
+	return nil
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context) error {
+	var (
+		compare   compareFlag
+		runs      = flag.Int("runs", 5, "cold runs per workload and snapshotter")
+		quick     = flag.Bool("quick", false, "one small workload, 2 runs")
+		workloads = flag.String("workloads", "", "comma-separated workloads (default: "+strings.Join(bench.DefaultWorkloads(), ",")+")")
+		rtt       = flag.Duration("rtt", 20*time.Millisecond, "round-trip time of the link")
+		bw        = flag.Float64("bandwidth", 200, "link bandwidth in Mbit/s (0: unlimited)")
+		unshaped  = flag.Bool("unshaped", false, "no latency or bandwidth limit")
+		spanSize  = flag.Int64("span-size", 4<<20, "SOCI span size of the workload images")
+		out       = flag.String("out", "out/bench", "directory for results.json and ttr.png")
+		keep      = flag.Bool("keep", false, "keep the work directory and every run's logs")
+		timeout   = flag.Duration("run-timeout", 10*time.Minute, "limit of one pull and run")
+	)
+	flag.Var(&compare, "compare", "name=/path/to/soci-snapshotter-grpc: another build to compare (repeatable)")
+	flag.Parse()
+
+	names := bench.DefaultWorkloads()
+	if *quick {
+		names = bench.QuickWorkloads()
+		if !isSet("runs") {
+			*runs = 2
+		}
+	}
+	if *workloads != "" {
+		names = strings.Split(*workloads, ",")
+	}
+	var wls []bench.Workload
+	for _, n := range names {
+		i := slices.IndexFunc(bench.Workloads(), func(w bench.Workload) bool { return w.Name == n })
+		if i < 0 {
+			return fmt.Errorf("unknown workload %q", n)
+		}
+		wls = append(wls, bench.Workloads()[i])
+	}
+	if *runs < 1 {
+		return errors.New("-runs must be at least 1")
+	}
+	tools, err := harness.ToolsFromEnv()
+	if err != nil {
+		return err
+	}
+	probe, err := buildProbe()
+	if err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "soci-bench-")
+	if err != nil {
+		return err
+	}
+	if !*keep {
+		defer os.RemoveAll(work)
+	}
+	fmt.Fprintf(os.Stderr, "work directory %s\n", work)
+	cfg := bench.Config{
+		Tools: tools, Workloads: wls, Runs: *runs, Compare: compare, SpanSize: *spanSize,
+		Shaping: harness.Shaping{RTT: *rtt, BandwidthMbit: *bw, Unshaped: *unshaped},
+		WorkDir: work, KeepRuns: *keep, DaemonConfig: bench.DefaultDaemonConfig, Probe: probe,
+		RunTimeout: *timeout, Progress: os.Stderr,
+	}
+	rep, runErr := bench.Execute(ctx, cfg)
+	if rep == nil {
+		return runErr
+	}
+	fmt.Println()
+	if err := rep.WriteTable(os.Stdout); err != nil {
+		return err
+	}
+	if !rep.DropCaches {
+		fmt.Println("\n(page cache not dropped: /proc/sys/vm/drop_caches is not writable here)")
+	}
+	jsonPath, chartPath := filepath.Join(*out, "results.json"), filepath.Join(*out, "ttr.png")
+	if err := rep.WriteJSON(jsonPath); err != nil {
+		return err
+	}
+	if err := rep.WriteChart(chartPath); err != nil {
+		return err
+	}
+	fmt.Printf("\nwrote %s and %s\n", jsonPath, chartPath)
+	for _, r := range rep.Results {
+		if !r.OK() {
+			return errors.Join(runErr, fmt.Errorf("%s under %s run %d failed: %s", r.Workload, r.Snapshotter, r.Iteration, r.Error))
+		}
+	}
+	return runErr
+}
+
+func isSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// buildProbe builds integration/probe statically, as the integration tests do.
+func buildProbe() ([]byte, error) {
+	dir, err := os.MkdirTemp("", "probe")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	out := filepath.Join(dir, "probe")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "./integration/probe")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build probe (run from the repository root): %v\n%s", err, b)
+	}
+	return os.ReadFile(out)
+}

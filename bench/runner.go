@@ -1,0 +1,291 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/fastsoci/soci-snapshotter/integration/harness"
+	"github.com/fastsoci/soci-snapshotter/integration/image"
+	"github.com/fastsoci/soci-snapshotter/integration/sociimage"
+)
+
+// Compare is another soci-snapshotter-grpc build to run side by side.
+type Compare struct {
+	Name string // as shown in the report
+	Bin  string // path of its soci-snapshotter-grpc
+}
+
+// Config says what to run.
+type Config struct {
+	Tools     harness.Tools
+	Workloads []Workload
+	Runs      int
+	Shaping   harness.Shaping
+	Compare   []Compare
+	SpanSize  int64
+	// WorkDir holds the registry and one directory per run (removed after
+	// the run unless it failed or KeepRuns).
+	WorkDir  string
+	KeepRuns bool
+	// DaemonConfig is the config.toml of every soci daemon.
+	DaemonConfig string
+	Probe        []byte
+	RunTimeout   time.Duration
+	// Progress gets one line per step.
+	Progress io.Writer
+}
+
+// DefaultDaemonConfig is the config every soci daemon runs with.
+const DefaultDaemonConfig = `
+[pull_modes.soci_v1]
+  enable = false
+`
+
+// snapshotter is one column of the comparison.
+type snapshotter struct {
+	name   string // in the report
+	plugin string // containerd's snapshotter name
+	bin    string // daemon binary; "" for overlayfs
+}
+
+// Execute builds and pushes the workloads, then runs every workload cold
+// Runs times per snapshotter, interleaved (A B A B), and returns the report.
+func Execute(ctx context.Context, cfg Config) (*Report, error) {
+	snaps := []snapshotter{{Overlayfs, "overlayfs", ""}, {Ours, "soci", filepath.Join(cfg.Tools.Ours, "soci-snapshotter-grpc")}}
+	for _, c := range cfg.Compare {
+		// nerdctl adds the SOCI labels for any snapshotter whose name contains "soci".
+		snaps = append(snaps, snapshotter{c.Name, "soci-" + c.Name, c.Bin})
+	}
+	rep := &Report{Started: time.Now(), Link: cfg.Shaping.String(), Runs: cfg.Runs, SpanSize: cfg.SpanSize, Binaries: map[string]string{}}
+	for _, s := range snaps {
+		rep.Snapshotters = append(rep.Snapshotters, s.name)
+		if s.bin != "" {
+			rep.Binaries[s.name] = s.bin
+		}
+	}
+	reg, err := harness.StartRegistry(ctx, filepath.Join(cfg.Tools.Bin, "registry"), filepath.Join(cfg.WorkDir, "registry"))
+	if err != nil {
+		return nil, err
+	}
+	defer reg.Stop()
+	link, err := harness.NewShapedLink(reg.Host, cfg.Shaping)
+	if err != nil {
+		return nil, err
+	}
+	defer link.Close()
+	refs := map[string]string{}
+	for _, wl := range cfg.Workloads {
+		info, err := prepare(ctx, cfg, reg.Host, link.Addr, wl)
+		if err != nil {
+			return nil, err
+		}
+		rep.Workloads = append(rep.Workloads, info)
+		refs[wl.Name] = info.Ref
+	}
+	total, done := len(cfg.Workloads)*cfg.Runs*len(snaps), 0
+	for _, wl := range cfg.Workloads {
+		for i := 0; i < cfg.Runs; i++ {
+			for _, s := range snaps {
+				done++
+				run := runOnce(ctx, cfg, link, s, wl.Name, refs[wl.Name], i, &rep.DropCaches)
+				rep.Results = append(rep.Results, run)
+				fmt.Fprintf(cfg.Progress, "[%d/%d] %s\n", done, total, describe(run))
+				if ctx.Err() != nil {
+					return rep, ctx.Err()
+				}
+			}
+		}
+	}
+	return rep, nil
+}
+
+func describe(r Run) string {
+	head := fmt.Sprintf("%-12s %-10s #%d", r.Workload, r.Snapshotter, r.Iteration)
+	if !r.OK() {
+		return head + " FAILED: " + firstLine(r.Error)
+	}
+	return fmt.Sprintf("%s TTR %.2fs (pull %.2fs, run %.2fs), %.1f MB before ready, %.1f MB total, %d connections", head,
+		r.TTRSeconds, r.PullSeconds, r.RunSeconds, float64(r.BytesBeforeReady)/1e6, float64(r.BytesTotal)/1e6, r.Connections)
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// prepare builds a workload's image, indexes it as SOCI v2 and pushes it
+// straight to the registry (unshaped). The returned ref goes through the link.
+// TODO: index with our own `soci convert` once it exists.
+func prepare(ctx context.Context, cfg Config, registry, linkAddr string, wl Workload) (WorkloadInfo, error) {
+	start := time.Now()
+	fmt.Fprintf(cfg.Progress, "building %s: %s\n", wl.Name, wl.Description)
+	img, err := image.Build(wl.Spec(cfg.Probe))
+	if err != nil {
+		return WorkloadInfo{}, fmt.Errorf("build workload %s: %w", wl.Name, err)
+	}
+	repo := "bench/" + wl.Name + ":latest"
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+	defer cancel()
+	if _, _, err := sociimage.PushV2(pctx, registry+"/"+repo, img, sociimage.Options{SpanSize: cfg.SpanSize}); err != nil {
+		return WorkloadInfo{}, fmt.Errorf("push workload %s: %w", wl.Name, err)
+	}
+	info := WorkloadInfo{Name: wl.Name, Description: wl.Description, Layers: len(img.LayerDescs), Ref: linkAddr + "/" + repo,
+		BuildSeconds: time.Since(start).Seconds()}
+	for _, d := range img.LayerDescs {
+		info.CompressedBytes += d.Size
+	}
+	img = nil
+	debug.FreeOSMemory()
+	fmt.Fprintf(cfg.Progress, "pushed %s: %d layers, %.1f MB compressed, in %.1fs\n", wl.Name, info.Layers,
+		float64(info.CompressedBytes)/1e6, info.BuildSeconds)
+	return info, nil
+}
+
+// node is containerd (and a daemon) started fresh for one run.
+type node struct {
+	env    *harness.Env
+	daemon *harness.Daemon
+}
+
+func startNode(ctx context.Context, cfg Config, dir string, s snapshotter) (*node, error) {
+	for _, sub := range []string{"daemon", "containerd", "nerdctl"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			return nil, fmt.Errorf("create %s dir: %w", sub, err)
+		}
+	}
+	n := &node{env: &harness.Env{Dir: dir, Tools: cfg.Tools, Namespace: "bench"}}
+	var proxies []harness.ProxySnapshotter
+	if s.bin != "" {
+		d, err := harness.NewDaemon(s.bin, filepath.Join(dir, "daemon"), cfg.DaemonConfig)
+		if err != nil {
+			return nil, err
+		}
+		if err := d.Start(ctx); err != nil {
+			return nil, err
+		}
+		n.daemon, n.env.Daemon = d, d
+		proxies = append(proxies, harness.ProxySnapshotter{Name: s.plugin, Address: d.Address})
+	}
+	c, err := harness.StartContainerdProxies(ctx, cfg.Tools.Bin, filepath.Join(dir, "containerd"), "info", proxies)
+	if err != nil {
+		n.env.Close()
+		return nil, err
+	}
+	n.env.Containerd = c
+	return n, nil
+}
+
+// runOnce is one cold pull and run: a fresh containerd and daemon with empty
+// roots, page cache dropped when possible, pull, then run to "ready".
+func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapshotter, workload, ref string, i int, dropped *bool) Run {
+	r := Run{Workload: workload, Snapshotter: s.name, Iteration: i}
+	dir := filepath.Join(cfg.WorkDir, "runs", fmt.Sprintf("%s-%s-%d", workload, s.name, i))
+	rctx, cancel := context.WithTimeout(ctx, cfg.RunTimeout)
+	defer cancel()
+	n, err := startNode(rctx, cfg, dir, s)
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer func() {
+		if err := n.env.Close(); err != nil && r.Error == "" {
+			r.Error = "stop node: " + err.Error()
+		}
+		if r.OK() && !cfg.KeepRuns {
+			_ = os.RemoveAll(dir)
+		}
+	}()
+	*dropped = dropCaches()
+	if err := measure(rctx, n, link, s.plugin, ref, &r); err != nil {
+		r.Error = err.Error()
+		if n.daemon != nil {
+			r.Error += "\ndaemon log (" + n.daemon.Log() + "):\n" + n.daemon.LogTail(20)
+		}
+		return r
+	}
+	if n.daemon != nil {
+		if st, err := harness.ReadProcStats(n.daemon.Pid()); err == nil {
+			r.DaemonPeakRSS, r.DaemonCPUSeconds = st.PeakRSS, st.CPUSeconds
+		}
+	}
+	return r
+}
+
+// measure pulls ref and runs it until the container prints "ready" and exits.
+func measure(ctx context.Context, n *node, link *harness.ShapedLink, plugin, ref string, r *Run) error {
+	base, conns := link.Served(), link.Connections()
+	start := time.Now()
+	if _, err := n.env.Nerdctl(ctx, "--snapshotter", plugin, "pull", "--quiet", ref); err != nil {
+		return fmt.Errorf("pull: %w", err)
+	}
+	pulled := time.Now()
+	cmd := nerdctlCmd(ctx, n.env, "--snapshotter", plugin, "run", "--rm", "--net", "none", ref)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start nerdctl run: %w", err)
+	}
+	var ready time.Time
+	var lines []string
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		line := sc.Text()
+		if ready.IsZero() && strings.TrimSpace(line) == "ready" {
+			ready = time.Now()
+			r.BytesBeforeReady = link.Served() - base
+		}
+		if len(lines) < 50 {
+			lines = append(lines, line)
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("nerdctl run: %w\n%s%s", err, strings.Join(lines, "\n"), stderr.String())
+	}
+	r.BytesTotal = link.Served() - base
+	r.Connections = link.Connections() - conns
+	if ready.IsZero() {
+		return errors.New("container exited without printing ready:\n" + strings.Join(lines, "\n"))
+	}
+	r.PullSeconds = pulled.Sub(start).Seconds()
+	r.RunSeconds = ready.Sub(pulled).Seconds()
+	r.TTRSeconds = ready.Sub(start).Seconds()
+	return nil
+}
+
+// nerdctlCmd is Env.Nerdctl as a command whose output can be streamed.
+func nerdctlCmd(ctx context.Context, e *harness.Env, args ...string) *exec.Cmd {
+	base := []string{
+		"--address", e.Containerd.Address, "--namespace", e.Namespace,
+		"--data-root", filepath.Join(e.Dir, "nerdctl"), "--cgroup-manager", "cgroupfs",
+		"--insecure-registry",
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(e.Tools.Bin, "nerdctl"), append(base, args...)...)
+	nerdctlToml := filepath.Join(e.Dir, "nerdctl", "nerdctl.toml")
+	_ = os.WriteFile(nerdctlToml, nil, 0o644)
+	cmd.Env = append(os.Environ(),
+		"PATH="+e.Tools.Ours+":"+e.Tools.Bin+":"+os.Getenv("PATH"),
+		"NERDCTL_TOML="+nerdctlToml)
+	return cmd
+}
+
+// dropCaches drops the page cache when /proc/sys/vm/drop_caches is writable.
+func dropCaches() bool {
+	_ = exec.Command("sync").Run()
+	return os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200) == nil
+}

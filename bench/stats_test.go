@@ -1,0 +1,98 @@
+package bench
+
+import (
+	"bytes"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestSummarize(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want Summary
+	}{
+		{[]float64{3, 1, 2}, Summary{Median: 2, Min: 1, Max: 3, N: 3}},
+		{[]float64{4, 1, 3, 2}, Summary{Median: 2.5, Min: 1, Max: 4, N: 4}},
+		{[]float64{math.NaN(), 5}, Summary{Median: 5, Min: 5, Max: 5, N: 1}},
+	} {
+		if got := Summarize(tc.in); got != tc.want {
+			t.Errorf("Summarize(%v) = %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+	if s := Summarize(nil); s.N != 0 || !math.IsNaN(s.Median) {
+		t.Errorf("Summarize(nil) = %+v", s)
+	}
+}
+
+func TestPairedRatios(t *testing.T) {
+	got := PairedRatios([]float64{1, 2, math.NaN(), 4}, []float64{2, 0, 1, 8, 9})
+	want := []float64{0.5, 0.5}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("PairedRatios = %v, want %v (zero divisor, NaN and unpaired runs skipped)", got, want)
+	}
+}
+
+func testReport() *Report {
+	r := &Report{Link: "20ms RTT, 200 Mbit/s", Runs: 3, Snapshotters: []string{Overlayfs, Ours, "ref"},
+		Workloads: []WorkloadInfo{{Name: "w"}}}
+	add := func(sn string, ttrs ...float64) {
+		for i, v := range ttrs {
+			r.Results = append(r.Results, Run{Workload: "w", Snapshotter: sn, Iteration: i, TTRSeconds: v,
+				PullSeconds: v / 2, RunSeconds: v / 2, BytesBeforeReady: 1e6, BytesTotal: 2e6, DaemonPeakRSS: 50 << 20})
+		}
+	}
+	add(Overlayfs, 10, 20, 30)
+	add(Ours, 1, 4, 3)
+	add("ref", 2, 2, 2)
+	r.Results = append(r.Results, Run{Workload: "w", Snapshotter: "ref", Iteration: 2, Error: "boom"})
+	return r
+}
+
+func TestTable(t *testing.T) {
+	var b bytes.Buffer
+	if err := testReport().WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"w         overlayfs    3/3  20.00 (10.00-30.00)",
+		"w         soci         3/3  3.00 (1.00-4.00)",
+		"soci/overlayfs  0.100 (0.100-0.200)  3",
+		"soci/ref        1.500 (0.500-2.000)  3",
+		"n/a",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestJSONAndChart(t *testing.T) {
+	dir := t.TempDir()
+	r := testReport()
+	if err := r.WriteJSON(filepath.Join(dir, "results.json")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteChart(filepath.Join(dir, "ttr.png")); err != nil {
+		t.Fatal(err)
+	}
+	png, err := os.ReadFile(filepath.Join(dir, "ttr.png"))
+	if err != nil || !bytes.HasPrefix(png, []byte("\x89PNG")) {
+		t.Fatalf("ttr.png is not a PNG (%v)", err)
+	}
+}
+
+func TestWorkloadsBuildDeterministically(t *testing.T) {
+	for _, w := range Workloads() {
+		if w.Name == "sparse-1g" {
+			continue // 1 GB: built by the benchmark itself
+		}
+		a, b := w.Spec([]byte("probe")), w.Spec([]byte("probe"))
+		if len(a.Layers) != len(b.Layers) || len(a.Cmd) == 0 || a.Cmd[len(a.Cmd)-1] != "ready" {
+			t.Errorf("%s: bad spec", w.Name)
+		}
+	}
+}
