@@ -169,6 +169,10 @@ type DirectoryCacheConfig struct {
 	SyncAdd bool `toml:"sync_add"`
 	// Direct reads and writes cache files without the in-memory buffer.
 	Direct bool `toml:"direct"`
+	// MaxBytes bounds the span cache on disk ("10gb"); least recently used
+	// layers are evicted first. Unbounded ('') by default. Not in upstream's
+	// schema.
+	MaxBytes ByteSize `toml:"max_bytes"`
 }
 
 // FuseConfig is the [fuse] table: kernel cache timeouts of the FUSE mounts.

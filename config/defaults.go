@@ -48,7 +48,7 @@ func Default() *Config {
 			MinWaitMsec:      defaultMinWaitMsec,
 			MaxWaitMsec:      defaultMaxWaitMsec,
 		},
-		DirectoryCache: DirectoryCacheConfig{Direct: true},
+		DirectoryCache: DirectoryCacheConfig{Direct: true, MaxBytes: Unbounded},
 		Fuse: FuseConfig{
 			AttrTimeoutSec:     defaultFuseTimeoutSec,
 			EntryTimeoutSec:    defaultFuseTimeoutSec,

@@ -65,6 +65,7 @@ func (c *Config) normalize() {
 	}
 	c.HTTP.normalize()
 	c.Blob.normalize(c.HTTP)
+	defaultIfZero(&c.DirectoryCache.MaxBytes, Unbounded)
 	c.Fuse.normalize()
 	c.BackgroundFetch.normalize()
 	c.ContentStore.normalize()

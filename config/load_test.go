@@ -47,6 +47,7 @@ func TestParseErrors(t *testing.T) {
 		{"blob min wait above max", "[blob]\nmin_wait_msec = 500000\n", []string{"blob.min_wait_msec"}},
 		{"negative min layer size", "[snapshotter]\nmin_layer_size = -1\n", []string{"snapshotter.min_layer_size"}},
 		{"negative lru entries", "[directory_cache]\nmax_lru_cache_entry = -1\n", []string{"directory_cache.max_lru_cache_entry"}},
+		{"negative cache bound", "[directory_cache]\nmax_bytes = '-1gb'\n", []string{"directory_cache.max_bytes"}},
 		{"bad chunk size", "[pull_modes.parallel_pull_unpack]\nconcurrent_download_chunk_size = '8xb'\n",
 			[]string{"line 2", "pull_modes.parallel_pull_unpack.concurrent_download_chunk_size", `"8xb"`}},
 		{"negative chunk size", "[pull_modes.parallel_pull_unpack]\nconcurrent_download_chunk_size = '-8mb'\n",
@@ -146,6 +147,8 @@ func TestNormalization(t *testing.T) {
 			func(c *Config) bool { return c.PullModes.Parallel.ConcurrentDownloadChunkSize == Unbounded }},
 		{"[pull_modes.parallel_pull_unpack]\nconcurrent_download_chunk_size = '16MB'",
 			func(c *Config) bool { return c.PullModes.Parallel.ConcurrentDownloadChunkSize == 16<<20 }},
+		{"[directory_cache]\nmax_bytes = '10gb'", func(c *Config) bool { return c.DirectoryCache.MaxBytes == 10<<30 }},
+		{"[directory_cache]\nmax_bytes = ''", func(c *Config) bool { return c.DirectoryCache.MaxBytes == Unbounded }},
 	}
 	for _, tc := range tests {
 		cfg, err := Parse([]byte(tc.doc + "\n"))

@@ -28,6 +28,9 @@ func (c *Config) Validate() error {
 	c.Blob.validate(&v)
 	v.nonNegative("directory_cache.max_lru_cache_entry", int64(c.DirectoryCache.MaxLRUCacheEntry))
 	v.nonNegative("directory_cache.max_cache_fds", int64(c.DirectoryCache.MaxCacheFds))
+	if c.DirectoryCache.MaxBytes <= 0 && c.DirectoryCache.MaxBytes != Unbounded {
+		v.fail("directory_cache.max_bytes", "must be positive, or empty for an unbounded cache")
+	}
 	v.positiveSec("fuse.attr_timeout", c.Fuse.AttrTimeoutSec)
 	v.positiveSec("fuse.entry_timeout", c.Fuse.EntryTimeoutSec)
 	v.positiveSec("fuse.negative_timeout", c.Fuse.NegativeTimeoutSec)

@@ -10,12 +10,15 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/fastsoci/soci-snapshotter/fs/background"
 	"github.com/fastsoci/soci-snapshotter/fs/cache"
 	"github.com/fastsoci/soci-snapshotter/fs/index"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
 	"github.com/fastsoci/soci-snapshotter/fs/span"
+	"github.com/fastsoci/soci-snapshotter/metrics"
 )
 
 // Options configures an FS.
@@ -34,6 +37,13 @@ type Options struct {
 	FetchTimeout time.Duration
 	// MountTimeout bounds resolving a layer (index, zTOC) on Mount.
 	MountTimeout time.Duration
+	// Background configures the fetcher that makes mounted layers fully
+	// local; nil: off. Its Observer is set from Metrics.
+	Background *background.Options
+	// Metrics receives mount, read and background metrics; nil: none.
+	Metrics *metrics.Metrics
+	// MaxCacheBytes bounds the span cache on disk; 0 is unbounded.
+	MaxCacheBytes int64
 }
 
 // FS mounts remote layers. It is safe for concurrent use.
@@ -43,6 +53,9 @@ type FS struct {
 	cache   *cache.Disk
 	mu      sync.Mutex
 	mounted map[string]*mountedLayer // by mountpoint
+	bg      *background.Scheduler    // nil when background fetch is off
+	pending map[string]int           // Mount calls in progress, by layer digest
+	rel     releases                 // deletions of removed layers' data waiting for their snapshot dir to go
 }
 
 // mountedLayer is everything that serves one mounted layer.
@@ -50,7 +63,10 @@ type mountedLayer struct {
 	server *fuse.Server
 	spans  *span.Manager
 	layer  *index.Layer
-	name   string // layer digest, for logs
+	blob   span.Fetcher // the compressed layer blob
+	name   string       // layer digest, also the span cache's key prefix
+	ztoc   digest.Digest
+	unpin  func()
 }
 
 // New returns an FS keeping its state under opts.Root.
@@ -67,11 +83,22 @@ func New(opts Options) (*FS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open index store: %w", err)
 	}
-	spanCache, err := cache.NewDisk(filepath.Join(opts.Root, "cache"))
+	spanCache, err := cache.OpenDisk(filepath.Join(opts.Root, "cache"), cache.DiskOptions{MaxBytes: opts.MaxCacheBytes})
 	if err != nil {
 		return nil, fmt.Errorf("open span cache: %w", err)
 	}
-	return &FS{opts: opts, indices: indices, cache: spanCache, mounted: map[string]*mountedLayer{}}, nil
+	var bg *background.Scheduler
+	if opts.Background != nil {
+		bo := *opts.Background
+		bo.StateDir = filepath.Join(opts.Root, "background")
+		if opts.Metrics != nil {
+			bo.Observer = opts.Metrics
+		}
+		bg = background.New(bo)
+	}
+	f := &FS{bg: bg, opts: opts, indices: indices, cache: spanCache, mounted: map[string]*mountedLayer{}, pending: map[string]int{}}
+	f.rel.life, f.rel.stop = context.WithCancel(context.Background())
+	return f, nil
 }
 
 // Check reports whether the layer at mountpoint is still served by this
@@ -93,22 +120,35 @@ func (f *FS) Check(ctx context.Context, mountpoint string, labels map[string]str
 	return nil
 }
 
-// Unmount stops serving the layer at mountpoint and unmounts it. A mount
-// left by an earlier daemon is detached.
+// Unmount stops serving the layer at mountpoint and unmounts it. When the
+// mountpoint then disappears (its snapshot was removed) and no other mounted
+// layer uses the same layer digest, the layer's span cache and zTOC are
+// deleted too (see releaseWhenGone). A mount left by an earlier daemon is
+// detached.
 func (f *FS) Unmount(ctx context.Context, mountpoint string) error {
 	f.mu.Lock()
 	m, ok := f.mounted[mountpoint]
 	delete(f.mounted, mountpoint)
 	f.mu.Unlock()
+	if f.bg != nil {
+		f.bg.Cancel(mountpoint)
+	}
 	if !ok {
 		return detach(mountpoint)
 	}
-	return m.close(mountpoint)
+	err := m.close(mountpoint)
+	f.releaseWhenGone(ctx, m, mountpoint)
+	return err
 }
 
 // Close unmounts every layer this FS serves. Containers still using them
-// keep their (detached) mounts until they stop.
+// keep their (detached) mounts until they stop. Close is a shutdown: the
+// span cache and zTOCs stay for the next start.
 func (f *FS) Close() error {
+	if f.bg != nil {
+		f.bg.Close()
+	}
+	f.stopReleases()
 	f.mu.Lock()
 	all := f.mounted
 	f.mounted = map[string]*mountedLayer{}
@@ -127,6 +167,7 @@ func (m *mountedLayer) close(mountpoint string) error {
 		errs = append(errs, detach(mountpoint))
 	}
 	errs = append(errs, m.spans.Close(), m.layer.Close())
+	m.unpin()
 	return errors.Join(errs...)
 }
 

@@ -9,12 +9,15 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/fastsoci/soci-snapshotter/fs/background"
 	"github.com/fastsoci/soci-snapshotter/fs/index"
 	"github.com/fastsoci/soci-snapshotter/fs/layer"
 	"github.com/fastsoci/soci-snapshotter/fs/source"
 	"github.com/fastsoci/soci-snapshotter/fs/span"
+	"github.com/fastsoci/soci-snapshotter/metrics"
 )
 
 // Mount serves the layer described by labels at mountpoint, read-only,
@@ -22,19 +25,28 @@ import (
 // errdefs.ErrNotFound when the layer can't be lazily loaded (no labels, no
 // SOCI index, no zTOC for this layer, layer below min_layer_size): the
 // snapshotter then has the layer unpacked as usual.
-func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]string) error {
+func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]string) (err error) {
 	start := time.Now()
+	defer func() {
+		switch {
+		case err == nil:
+			f.opts.Metrics.ObserveMount(time.Since(start))
+		case !errdefs.IsNotFound(err):
+			f.opts.Metrics.Failure(metrics.FailureMount)
+		}
+	}()
 	t, err := source.FromLabels(labels)
 	if err != nil {
 		return fmt.Errorf("lazy layer at %s: %v: %w", mountpoint, err, errdefs.ErrNotFound)
 	}
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("layer", t.LayerDigest))
+	defer f.begin(t.LayerDigest.String())()
 	if f.tooSmall(t.LayerSize) {
 		return fmt.Errorf("layer %s: %d bytes, below min_layer_size %d: %w", t.LayerDigest, t.LayerSize, f.opts.MinLayerSize, errdefs.ErrNotFound)
 	}
 	rctx, cancel := context.WithTimeout(ctx, f.opts.MountTimeout)
 	defer cancel()
-	l, err := f.resolve(rctx, t)
+	l, ztoc, err := f.resolve(rctx, t)
 	if err != nil {
 		return err
 	}
@@ -48,6 +60,7 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 		l.Close()
 		return err
 	}
+	m.ztoc = ztoc
 	f.mu.Lock()
 	old := f.mounted[mountpoint]
 	f.mounted[mountpoint] = m
@@ -55,9 +68,15 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 	if old != nil {
 		old.spans.Close()
 		old.layer.Close()
+		old.unpin()
 	}
 	log.G(ctx).WithField("entries", len(l.TOC.Entries)).WithField("spans", len(l.Spans.Spans)).
 		WithField("took", time.Since(start)).Info("layer mounted lazily")
+	if f.bg != nil {
+		f.bg.Enqueue(ctx, background.Layer{
+			Key: mountpoint, Digest: t.LayerDigest, Table: l.Spans, Blob: m.blob, Spans: m.spans,
+		}, background.Background)
+	}
 	return nil
 }
 
@@ -67,30 +86,39 @@ func (f *FS) tooSmall(size int64) bool {
 	return f.opts.MinLayerSize > 0 && size > 0 && size < f.opts.MinLayerSize
 }
 
-// resolve finds the image's SOCI index and opens this layer's zTOC.
-func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, error) {
+// resolve finds the image's SOCI index and opens this layer's zTOC; it
+// returns the zTOC's digest too.
+func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest.Digest, error) {
 	idx, err := f.indices.Find(ctx, t.ImageRef, t.ManifestDigest, t.IndexDigest)
 	if err != nil {
-		return nil, fmt.Errorf("find SOCI index of %s: %w", t.ImageRef, err)
+		return nil, "", fmt.Errorf("find SOCI index of %s: %w", t.ImageRef, err)
 	}
 	l, err := f.indices.Open(ctx, t.ImageRef, idx, t.LayerDigest)
 	if errors.Is(err, index.ErrNoZTOC) {
-		return nil, fmt.Errorf("layer %s is not in SOCI index %s: %w", t.LayerDigest, idx.Digest, errdefs.ErrNotFound)
+		return nil, "", fmt.Errorf("layer %s is not in SOCI index %s: %w", t.LayerDigest, idx.Digest, errdefs.ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open zTOC of layer %s: %w", t.LayerDigest, err)
+		return nil, "", fmt.Errorf("open zTOC of layer %s: %w", t.LayerDigest, err)
 	}
-	return l, nil
+	desc, _ := idx.ZTOC(t.LayerDigest)
+	return l, desc.Digest, nil
 }
 
 // serve builds the span manager and the FUSE tree of the layer and mounts
 // it, replacing a dead mount an earlier daemon may have left there.
 func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *index.Layer) (*mountedLayer, error) {
 	blob := f.opts.Registry.Blob(t.ImageRef, ocispec.Descriptor{Digest: t.LayerDigest, Size: l.Spans.CompressedSize})
-	spans, err := span.New(span.Options{
+	so := span.Options{
 		Table: l.Spans, Fetcher: blob, Cache: f.cache, Decompressor: l,
 		CacheKey: t.LayerDigest.String(), FetchTimeout: f.opts.FetchTimeout,
-	})
+	}
+	if f.opts.Metrics != nil {
+		so.Observer = f.opts.Metrics
+	}
+	if f.bg != nil {
+		so.Demand = f.bg
+	}
+	spans, err := span.New(so)
 	if err != nil {
 		return nil, fmt.Errorf("spans of layer %s: %w", t.LayerDigest, err)
 	}
@@ -103,10 +131,12 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 		spans.Close()
 		return nil, err
 	}
+	unpin := f.pin(ctx, t.LayerDigest.String())
 	server, err := fusefs.Mount(mountpoint, root, layer.MountOptions())
 	if err != nil {
 		spans.Close()
+		unpin()
 		return nil, fmt.Errorf("mount layer %s at %s: %w", t.LayerDigest, mountpoint, err)
 	}
-	return &mountedLayer{server: server, spans: spans, layer: l, name: t.LayerDigest.String()}, nil
+	return &mountedLayer{server: server, spans: spans, layer: l, blob: blob, name: t.LayerDigest.String(), unpin: unpin}, nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -17,11 +16,9 @@ import (
 	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/fs"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
+	"github.com/fastsoci/soci-snapshotter/metrics"
 	"github.com/fastsoci/soci-snapshotter/snapshot"
 )
-
-// defaultHostsDir is where containerd keeps per-registry hosts.toml files.
-const defaultHostsDir = "/etc/containerd/certs.d"
 
 // stopGrace bounds how long a graceful stop waits for in-flight calls.
 const stopGrace = 30 * time.Second
@@ -32,6 +29,8 @@ type Service struct {
 	fs          *fs.FS
 	snapshotter *snapshot.Snapshotter
 	server      *grpc.Server
+	metrics     *metricsServer // nil when metrics_address is empty
+	debug       *debugServer   // nil when debug_address is empty
 }
 
 // New builds the daemon from cfg, keeping all state under root.
@@ -40,7 +39,8 @@ func New(ctx context.Context, cfg *config.Config, root string) (*Service, error)
 	if err != nil {
 		return nil, err
 	}
-	mounter, err := fs.New(fsOptions(cfg, filepath.Join(root, "fs")))
+	m := metrics.New()
+	mounter, err := fs.New(fsOptions(cfg, filepath.Join(root, "fs"), m))
 	if err != nil {
 		lock.release()
 		return nil, fmt.Errorf("start lazy filesystem under %s: %w", root, err)
@@ -55,37 +55,40 @@ func New(ctx context.Context, cfg *config.Config, root string) (*Service, error)
 		lock.release()
 		return nil, fmt.Errorf("start snapshotter under %s: %w", root, err)
 	}
+	ms, err := serveMetrics(ctx, cfg, m)
+	if err != nil {
+		sn.Close()
+		mounter.Close()
+		lock.release()
+		return nil, err
+	}
+	dbg, err := startDebug(ctx, cfg.DebugAddress)
+	if err != nil {
+		ms.close()
+		sn.Close()
+		mounter.Close()
+		lock.release()
+		return nil, err
+	}
 	server := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(server, snapshotservice.FromSnapshotter(sn))
-	return &Service{lock: lock, fs: mounter, snapshotter: sn, server: server}, nil
+	return &Service{lock: lock, fs: mounter, snapshotter: sn, server: server, metrics: ms, debug: dbg}, nil
 }
 
 // fsOptions maps the configuration onto the lazy filesystem's options.
-func fsOptions(cfg *config.Config, root string) fs.Options {
-	dockerConfig := filepath.Join(os.Getenv("HOME"), ".docker", "config.json")
-	if dir := os.Getenv("DOCKER_CONFIG"); dir != "" {
-		dockerConfig = filepath.Join(dir, "config.json")
-	}
-	var insecure []string
-	for _, h := range cfg.Resolver.Host {
-		for _, m := range h.Mirrors {
-			if m.Insecure {
-				insecure = append(insecure, m.Host)
-			}
-		}
-	}
-	registry := remote.New(remote.Options{
-		HostsDirs:   []string{defaultHostsDir},
-		Credentials: remote.DockerConfigCredentials(dockerConfig),
-		Insecure:    insecure,
-	})
+func fsOptions(cfg *config.Config, root string, m *metrics.Metrics) fs.Options {
 	return fs.Options{
 		Root:         root,
-		Registry:     registry,
+		Registry:     remote.New(observed(registryOptions(cfg), m)),
+		Background:   backgroundOptions(cfg),
+		Metrics:      m,
+		FetchTimeout: spanFetchTimeout(cfg),
 		V1:           cfg.PullModes.SOCIv1.Enable,
 		V2:           cfg.PullModes.SOCIv2.Enable,
 		MinLayerSize: cfg.Snapshotter.MinLayerSize,
 		MountTimeout: time.Duration(cfg.MountTimeoutSec) * time.Second,
+		// Unbounded (-1) is no bound for the cache too.
+		MaxCacheBytes: max(int64(cfg.DirectoryCache.MaxBytes), 0),
 	}
 }
 
@@ -125,7 +128,7 @@ func (s *Service) Serve(ctx context.Context, l net.Listener) error {
 // Close releases the snapshotter, unmounts the lazily loaded layers (their
 // FUSE server is this process) and releases the root lock.
 func (s *Service) Close() error {
-	err := errors.Join(s.snapshotter.Close(), s.fs.Close())
+	err := errors.Join(s.metrics.close(), s.debug.close(), s.snapshotter.Close(), s.fs.Close())
 	if lerr := s.lock.release(); err == nil {
 		err = lerr
 	}

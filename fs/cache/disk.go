@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"sync"
 	"syscall"
 
 	"github.com/containerd/errdefs"
@@ -21,14 +23,48 @@ const tmpDir = ".tmp"
 // the data survives restarts. Writes are not fsynced: after a crash an entry
 // may be empty or short, which readers detect by its length. One Disk (one
 // process) owns a directory at a time. It is safe for concurrent use.
+//
+// A Disk keeps the bytes of its entries accounted in memory, by group (the
+// directory of an entry: a layer, for span keys), rebuilt by a directory walk
+// when it is opened. With a size bound, a Put that would exceed it first
+// evicts whole groups, least recently used first: groups not pinned (layers
+// not mounted) before pinned ones, never the group being written.
 type Disk struct {
 	dir string
 	tmp string
+	max int64 // bound of the accounted bytes; 0: unbounded
+
+	// mu guards the accounting and every change to the cache's names
+	// (renames into place, evictions, removals), so the accounting matches
+	// the directory. File contents are written and read outside it.
+	mu    sync.Mutex
+	usage *usage
+	trash uint64 // sequence for names of evicted groups under tmp
+
+	// writeFile writes a temporary file; tests replace it to fake a full disk.
+	writeFile func(f *os.File, data []byte) (int, error)
 }
 
-// NewDisk opens (creating it if needed) the cache under dir and removes
-// temporary files left by an interrupted Put.
+// DiskOptions configure a Disk.
+type DiskOptions struct {
+	// MaxBytes bounds the bytes of all entries; 0 or less is unbounded.
+	MaxBytes int64
+}
+
+// ErrFull is wrapped by Put's error when an entry does not fit in the size
+// bound even after evicting every other group, or the disk is full.
+var ErrFull = errors.New("span cache full")
+
+// NewDisk opens (creating it if needed) an unbounded cache under dir and
+// removes temporary files left by an interrupted Put.
 func NewDisk(dir string) (*Disk, error) {
+	return OpenDisk(dir, DiskOptions{})
+}
+
+// OpenDisk opens (creating it if needed) the cache under dir, removes
+// temporary files left by an interrupted Put and accounts the entries on
+// disk. Entries beyond opts.MaxBytes are evicted by the next Put.
+func OpenDisk(dir string, opts DiskOptions) (*Disk, error) {
 	if dir == "" {
 		return nil, fmt.Errorf("open disk cache: empty directory: %w", errdefs.ErrInvalidArgument)
 	}
@@ -39,15 +75,53 @@ func NewDisk(dir string) (*Disk, error) {
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return nil, fmt.Errorf("open disk cache %s: %w", dir, err)
 	}
-	return &Disk{dir: dir, tmp: tmp}, nil
+	u := newUsage()
+	if err := u.rebuild(dir); err != nil {
+		return nil, fmt.Errorf("open disk cache %s: account entries: %w", dir, err)
+	}
+	d := &Disk{dir: dir, tmp: tmp, max: max(opts.MaxBytes, 0), usage: u, writeFile: (*os.File).Write}
+	return d, nil
 }
 
-func (d *Disk) path(key string) (string, error) {
-	p, err := keyPath(key)
+// Size returns the bytes of all entries and the size bound (0: unbounded).
+func (d *Disk) Size() (bytes, bound int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.usage.total, d.max
+}
+
+// Pin protects the entries under prefix (a layer's key prefix) from
+// eviction but as a last resort, until a matching Unpin. Pins nest.
+func (d *Disk) Pin(prefix string) error {
+	p, err := keyPath(prefix)
 	if err != nil {
-		return "", err
+		return fmt.Errorf("pin cache entries: %w", err)
 	}
-	return filepath.Join(d.dir, filepath.FromSlash(p)), nil
+	d.mu.Lock()
+	d.usage.pins[p]++
+	d.mu.Unlock()
+	return nil
+}
+
+// Unpin undoes one Pin of prefix.
+func (d *Disk) Unpin(prefix string) {
+	p, err := keyPath(prefix)
+	if err != nil {
+		return
+	}
+	d.mu.Lock()
+	if d.usage.pins[p]--; d.usage.pins[p] <= 0 {
+		delete(d.usage.pins, p)
+	}
+	d.mu.Unlock()
+}
+
+func (d *Disk) path(key string) (rel, full string, err error) {
+	rel, err = keyPath(key)
+	if err != nil {
+		return "", "", err
+	}
+	return rel, filepath.Join(d.dir, filepath.FromSlash(rel)), nil
 }
 
 // notFound reports whether err means the entry does not exist.
@@ -55,9 +129,16 @@ func notFound(err error) bool {
 	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
 }
 
+// touch marks the group of the entry at rel as just used.
+func (d *Disk) touch(rel string) {
+	d.mu.Lock()
+	d.usage.touch(rel)
+	d.mu.Unlock()
+}
+
 // Get returns the entry for key; a miss wraps errdefs.ErrNotFound.
 func (d *Disk) Get(key string) ([]byte, error) {
-	p, err := d.path(key)
+	rel, p, err := d.path(key)
 	if err != nil {
 		return nil, fmt.Errorf("get cache entry: %w", err)
 	}
@@ -68,13 +149,14 @@ func (d *Disk) Get(key string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("get cache entry %q: %w", key, err)
 	}
+	d.touch(rel)
 	return data, nil
 }
 
 // GetAt reads part of the entry for key with the io.ReaderAt contract (io.EOF
 // when the entry ends before b is full); a miss wraps errdefs.ErrNotFound.
 func (d *Disk) GetAt(key string, b []byte, off int64) (int, error) {
-	p, err := d.path(key)
+	rel, p, err := d.path(key)
 	if err != nil {
 		return 0, fmt.Errorf("get cache entry: %w", err)
 	}
@@ -86,34 +168,96 @@ func (d *Disk) GetAt(key string, b []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("get cache entry %q: %w", key, err)
 	}
 	defer f.Close()
+	d.touch(rel)
 	return f.ReadAt(b, off)
 }
 
 // Put stores data under key, replacing any previous entry atomically.
-// Concurrent Puts of one key are safe: the last rename wins.
+// Concurrent Puts of one key are safe: the last rename wins. With a size
+// bound, groups are evicted first to make room; an entry that does not fit
+// even then, or a full disk, gives an error wrapping ErrFull and leaves the
+// cache as it was.
 func (d *Disk) Put(key string, data []byte) error {
-	p, err := d.path(key)
+	rel, p, err := d.path(key)
 	if err != nil {
 		return fmt.Errorf("put cache entry: %w", err)
 	}
 	tmp, err := d.writeTemp(data)
 	if err != nil {
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			err = fmt.Errorf("%w: %w", ErrFull, err)
+		}
 		return fmt.Errorf("put cache entry %q: %w", key, err)
 	}
-	if err := d.place(tmp, p); err != nil {
+	d.mu.Lock()
+	evicted, err := d.makeRoom(rel, int64(len(data)))
+	if err == nil {
+		err = d.place(tmp, p)
+	}
+	if err == nil {
+		d.usage.add(rel, int64(len(data)))
+	}
+	d.mu.Unlock()
+	d.discard(evicted)
+	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("put cache entry %q: %w", key, err)
 	}
 	return nil
 }
 
-// writeTemp writes data to a new temporary file and returns its path.
+// makeRoom evicts groups until n bytes for the entry at rel fit in the
+// bound and returns the evicted groups' new paths for discard. Callers hold
+// mu.
+func (d *Disk) makeRoom(rel string, n int64) ([]string, error) {
+	if d.max <= 0 {
+		return nil, nil
+	}
+	own, _ := split(rel)
+	if kept := d.usage.groups[own]; kept != nil && kept.bytes-d.usage.size(rel)+n > d.max || n > d.max {
+		return nil, fmt.Errorf("%d bytes do not fit in the bound of %d bytes with the rest of their group: %w", n, d.max, ErrFull)
+	}
+	var evicted []string
+	for d.usage.total-d.usage.size(rel)+n > d.max {
+		g, ok := d.usage.victim(rel)
+		if !ok {
+			return evicted, fmt.Errorf("%d bytes do not fit in the bound of %d bytes (%d used): %w", n, d.max, d.usage.total, ErrFull)
+		}
+		if moved := d.evict(g); moved != "" {
+			evicted = append(evicted, moved)
+		}
+	}
+	return evicted, nil
+}
+
+// evict moves the group (or any entry) at rel out of the cache's names and
+// drops its accounting. It returns where it moved it (for discard), or ""
+// when there was nothing to move. Callers hold mu.
+func (d *Disk) evict(rel string) string {
+	d.usage.forget(rel)
+	d.trash++
+	to := filepath.Join(d.tmp, "evict-"+strconv.FormatUint(d.trash, 10))
+	if err := os.Rename(filepath.Join(d.dir, filepath.FromSlash(rel)), to); err != nil {
+		return ""
+	}
+	return to
+}
+
+// discard deletes evicted entries, outside mu.
+func (d *Disk) discard(paths []string) {
+	for _, p := range paths {
+		os.RemoveAll(p)
+	}
+}
+
+// writeTemp writes data to a new temporary file and returns its path. The
+// file is removed on any failure (a full disk, say).
 func (d *Disk) writeTemp(data []byte) (string, error) {
 	f, err := os.CreateTemp(d.tmp, "put-*")
 	if err != nil {
 		return "", err
 	}
-	_, err = f.Write(data)
+	_, err = d.writeFile(f, data)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -124,29 +268,37 @@ func (d *Disk) writeTemp(data []byte) (string, error) {
 	return f.Name(), nil
 }
 
-// place renames tmp to p, creating p's directory. It retries once when a
-// concurrent Remove deleted the directory in between.
+// place renames tmp to p, creating p's directory. Callers hold mu.
 func (d *Disk) place(tmp, p string) error {
-	var err error
-	for range 2 {
-		if err = os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			return err
-		}
-		if err = os.Rename(tmp, p); !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return err
 	}
-	return err
+	return os.Rename(tmp, p)
 }
 
 // Remove drops the entry prefix and every entry under it (all spans of a
 // layer, given the layer's key prefix). A missing prefix is not an error.
 func (d *Disk) Remove(prefix string) error {
-	p, err := d.path(prefix)
+	rel, p, err := d.path(prefix)
 	if err != nil {
 		return fmt.Errorf("remove cache entries: %w", err)
 	}
-	if err := os.RemoveAll(p); err != nil {
+	d.mu.Lock()
+	d.usage.forget(rel)
+	d.trash++
+	to := filepath.Join(d.tmp, "remove-"+strconv.FormatUint(d.trash, 10))
+	err = os.Rename(p, to)
+	d.mu.Unlock()
+	switch {
+	case err == nil:
+		err = os.RemoveAll(to)
+	case notFound(err):
+		return nil
+	default:
+		// Not movable (another filesystem mounted there?): delete in place.
+		err = os.RemoveAll(p)
+	}
+	if err != nil {
 		return fmt.Errorf("remove cache entries %q: %w", prefix, err)
 	}
 	return nil

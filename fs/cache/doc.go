@@ -1,8 +1,9 @@
 // Package cache is the span cache of step 5 of the flow in DESIGN.md: it keeps
 // the uncompressed data of fetched spans, keyed by content (layer digest plus
 // uncompressed range), so identical layers share entries and a restart needs
-// no refetch. Disk is the real cache; Memory serves tests and is a fallback
-// when the disk is unusable.
+// no refetch. Disk is the real cache, optionally bounded in size (whole
+// layers evicted least recently used first, mounted ones last); Memory serves
+// tests and is a fallback when the disk is unusable.
 //
 // Keys are slash-separated; a ':' also separates (so "sha256:ab/0-10" is
 // stored as sha256/ab/0-10 and names the same entry as "sha256/ab/0-10").

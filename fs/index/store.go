@@ -169,6 +169,19 @@ func (s *Store) writeBlob(d digest.Digest, data []byte) error {
 	return writeAtomic(s.blobPath(d), data)
 }
 
+// RemoveBlob deletes the local copy of blob d (a zTOC no mounted layer
+// needs any more); a later Open fetches it again. A missing blob is not an
+// error.
+func (s *Store) RemoveBlob(d digest.Digest) error {
+	if err := d.Validate(); err != nil {
+		return fmt.Errorf("remove blob %q: %w", d, err)
+	}
+	if err := os.Remove(s.blobPath(d)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove blob %s: %w", d, err)
+	}
+	return nil
+}
+
 // choice is the on-disk record of the index found for an image manifest.
 type choice struct {
 	Index digest.Digest `json:"index"`

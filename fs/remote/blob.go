@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
@@ -64,7 +65,9 @@ func (b *Blob) FetchAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if want == 0 {
 		return 0, nil
 	}
+	start := time.Now()
 	n, err := b.readRange(ctx, p[:want], off)
+	b.c.observe(KindRange, start, int64(n))
 	if err == nil && want < int64(len(p)) {
 		err = io.EOF
 	}
@@ -108,7 +111,7 @@ func (b *Blob) readViaRegistry(ctx context.Context, p []byte, off int64) (int, e
 	wctx, wd := startWatchdog(ctx, b.c.timeout)
 	defer wd.stop()
 	header := http.Header{"Range": {rangeValue(off, len(p))}}
-	resp, host, err := b.c.get(wctx, repo, docker.HostCapabilityPull, "blobs/"+b.desc.Digest.String(), nil, header)
+	resp, host, err := b.c.send(wctx, b.c.blobRetry, repo, docker.HostCapabilityPull, "blobs/"+b.desc.Digest.String(), nil, header)
 	if err != nil {
 		return 0, b.endOfBlob(wd.explain(err))
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -35,14 +37,45 @@ type Options struct {
 	// wait for the response and every stall while reading the body.
 	// Default DefaultTimeout.
 	Timeout time.Duration
+	// DialTimeout bounds establishing a connection (0: 30s) and
+	// ResponseHeaderTimeout the wait for response headers once a request is
+	// sent (0: only Timeout bounds it). A timed out attempt is retried.
+	DialTimeout, ResponseHeaderTimeout time.Duration
+	// Retry governs retries of manifest, index, referrers and small blob
+	// requests; BlobRetry those of range reads and streams of layer blobs
+	// (zero value: Retry). Zero value: DefaultRetry.
+	Retry, BlobRetry RetryPolicy
+	// Mirrors lists extra endpoints per registry host (as written in image
+	// refs), tried in order after the mirrors of hosts.toml and before the
+	// registry itself.
+	Mirrors map[string][]Mirror
+	// Observer receives one observation per manifest, blob or range GET;
+	// nil: none.
+	Observer Observer
+}
+
+// Mirror is an endpoint serving a registry's content, configured outside
+// hosts.toml (the daemon's [resolver.host."<registry>".mirrors]).
+type Mirror struct {
+	// Host is "host[:port]", optionally with a scheme and a path prefix
+	// ("https://mirror.example/base"; the path defaults to /v2).
+	Host string
+	// Insecure talks to the mirror over plain HTTP.
+	Insecure bool
+	// RequestTimeout bounds each whole request to the mirror; 0: none
+	// beyond the Client's bounds.
+	RequestTimeout time.Duration
 }
 
 // Client fetches manifests, blobs and referrers from registries. It is safe
 // for concurrent use; create one per daemon so that connections and tokens
 // are shared.
 type Client struct {
-	opts    Options
-	timeout time.Duration
+	opts      Options
+	timeout   time.Duration
+	retry     RetryPolicy
+	blobRetry RetryPolicy
+	auth      *authorizer
 
 	mu    sync.Mutex
 	hosts map[string][]docker.RegistryHost // by reference host; read once
@@ -57,7 +90,35 @@ func New(opts Options) *Client {
 	}
 	opts.HostsDirs = slices.Clone(opts.HostsDirs)
 	opts.Insecure = slices.Clone(opts.Insecure)
-	return &Client{opts: opts, timeout: timeout, hosts: map[string][]docker.RegistryHost{}}
+	c := &Client{
+		opts: opts, timeout: timeout,
+		retry: opts.Retry.withDefaults(DefaultRetry), hosts: map[string][]docker.RegistryHost{},
+	}
+	c.blobRetry = opts.BlobRetry.withDefaults(c.retry)
+	tokenClient := &http.Client{Transport: c.transport(http.DefaultTransport.(*http.Transport).Clone())}
+	c.auth = newAuthorizer(tokenClient, opts.Credentials)
+	return c
+}
+
+// transport applies the dial and response header timeouts to t.
+func (c *Client) transport(t *http.Transport) *http.Transport {
+	dial := c.opts.DialTimeout
+	if dial <= 0 {
+		dial = 30 * time.Second
+	}
+	t.DialContext = (&net.Dialer{Timeout: dial, KeepAlive: 30 * time.Second}).DialContext
+	if c.opts.ResponseHeaderTimeout > 0 {
+		t.ResponseHeaderTimeout = c.opts.ResponseHeaderTimeout
+	}
+	return t
+}
+
+// updateClient adjusts the HTTP clients containerd's ConfigureHosts builds.
+func (c *Client) updateClient(client *http.Client) error {
+	if t, ok := client.Transport.(*http.Transport); ok {
+		c.transport(t)
+	}
+	return nil
 }
 
 // repository is the registry host and repository name of an image ref.
@@ -90,8 +151,8 @@ func (c *Client) registryHosts(ctx context.Context, host string) ([]docker.Regis
 		return hosts, nil
 	}
 	hostOpts := config.HostOptions{
-		HostDir:     c.hostDir,
-		Credentials: c.opts.Credentials,
+		HostDir:      c.hostDir,
+		UpdateClient: c.updateClient,
 	}
 	if c.plainHTTP(host) {
 		hostOpts.DefaultScheme = "http"
@@ -100,8 +161,55 @@ func (c *Client) registryHosts(ctx context.Context, host string) ([]docker.Regis
 	if err != nil {
 		return nil, fmt.Errorf("configure registry hosts for %s: %w", host, err)
 	}
+	if len(hosts) == 0 {
+		return nil, fmt.Errorf("configure registry hosts for %s: no endpoints: %w", host, errdefs.ErrNotFound)
+	}
+	extra := make([]docker.RegistryHost, 0, len(c.opts.Mirrors[host]))
+	for _, m := range c.opts.Mirrors[host] {
+		rh, err := mirrorHost(m, hosts[len(hosts)-1])
+		if err != nil {
+			return nil, fmt.Errorf("mirror of %s: %w", host, err)
+		}
+		extra = append(extra, rh)
+	}
+	hosts = slices.Insert(hosts, len(hosts)-1, extra...)
+	for i := range hosts {
+		hosts[i].Authorizer = c.auth // ours: re-authenticates on 401 and 403
+	}
 	c.hosts[host] = hosts
 	return hosts, nil
+}
+
+// mirrorHost is the endpoint of a configured mirror; its HTTP client is a
+// copy of the origin's.
+func mirrorHost(m Mirror, origin docker.RegistryHost) (docker.RegistryHost, error) {
+	raw := m.Host
+	if !strings.Contains(raw, "://") {
+		scheme := "https"
+		if m.Insecure || docker.IsLocalhost(raw) {
+			scheme = "http"
+		}
+		raw = scheme + "://" + raw
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return docker.RegistryHost{}, fmt.Errorf("mirror host %q: not host[:port] or a URL: %w", m.Host, errdefs.ErrInvalidArgument)
+	}
+	path := strings.TrimSuffix(u.Path, "/")
+	if !strings.HasSuffix(path, "/v2") {
+		path += "/v2"
+	}
+	client := &http.Client{}
+	if origin.Client != nil {
+		*client = *origin.Client
+	}
+	if m.RequestTimeout > 0 {
+		client.Timeout = m.RequestTimeout
+	}
+	return docker.RegistryHost{
+		Client: client, Host: u.Host, Scheme: u.Scheme, Path: path,
+		Capabilities: docker.HostCapabilityPull | docker.HostCapabilityResolve,
+	}, nil
 }
 
 // hostDir finds the hosts directory for host in the first of HostsDirs that

@@ -1,98 +1,48 @@
 package remote
 
 import (
-	"encoding/base64"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
-	"maps"
-	"os"
-	"slices"
-	"strings"
+
+	dockerconfig "github.com/docker/cli/cli/config"
 )
 
-// dockerHubKeys are the names docker config.json uses for Docker Hub.
-var dockerHubKeys = []string{"https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io"}
+// dockerHubConfigKey is the key docker config.json uses for Docker Hub.
+const dockerHubConfigKey = "https://index.docker.io/v1/"
 
 // DockerConfigCredentials returns a Credentials callback answering from the
-// "auths" section of a docker config.json at path (read on every call, so
-// edits apply). Credential helpers and stores are not consulted. A missing
-// file or host gives anonymous access.
-func DockerConfigCredentials(path string) func(host string) (string, string, error) {
+// docker config.json in dir ("" for docker's default: $DOCKER_CONFIG, else
+// ~/.docker), through docker's own loader: "auths" entries, "credHelpers"
+// per registry and the "credsStore" (docker-credential-<name> programs on
+// PATH). The file is read on every call, so edits and rotated secrets apply;
+// the authorizer calls it once per challenge, not per request. A missing
+// file or entry gives anonymous access. Errors never include secrets.
+func DockerConfigCredentials(dir string) func(host string) (string, string, error) {
 	return func(host string) (string, string, error) {
-		b, err := os.ReadFile(path)
-		if errors.Is(err, fs.ErrNotExist) {
-			return "", "", nil
-		}
+		cfg, err := dockerconfig.Load(dir)
 		if err != nil {
-			return "", "", fmt.Errorf("read docker config: %w", err)
+			return "", "", fmt.Errorf("load docker config: %w", err)
 		}
-		var cfg struct {
-			Auths map[string]dockerAuth `json:"auths"`
+		key := host
+		if isDockerHub(host) {
+			key = dockerHubConfigKey
 		}
-		if err := json.Unmarshal(b, &cfg); err != nil {
-			return "", "", fmt.Errorf("parse docker config %s: %w", path, err)
+		ac, err := cfg.GetAuthConfig(key)
+		if err != nil {
+			return "", "", fmt.Errorf("docker credentials for %s: %w", host, err)
 		}
-		names := slices.Sorted(maps.Keys(cfg.Auths))
-		for _, key := range configKeys(host) {
-			for _, k := range names {
-				if normalizeConfigKey(k) == key {
-					return cfg.Auths[k].credentials(host)
-				}
-			}
+		// An identity token is a refresh token, which the authorizer takes
+		// with an empty user name.
+		if ac.IdentityToken != "" {
+			return "", ac.IdentityToken, nil
 		}
-		return "", "", nil
+		return ac.Username, ac.Password, nil
 	}
 }
 
-// dockerAuth is one entry of config.json's "auths".
-type dockerAuth struct {
-	Auth          string `json:"auth"`
-	Username      string `json:"username"`
-	Password      string `json:"password"`
-	IdentityToken string `json:"identitytoken"`
-}
-
-// credentials answers the user name and secret; an identity token is a
-// refresh token, which containerd's authorizer takes with an empty user.
-func (a dockerAuth) credentials(host string) (string, string, error) {
-	if a.IdentityToken != "" {
-		return "", a.IdentityToken, nil
+func isDockerHub(host string) bool {
+	switch host {
+	case "docker.io", "index.docker.io", "registry-1.docker.io":
+		return true
 	}
-	if a.Auth == "" {
-		return a.Username, a.Password, nil
-	}
-	raw, err := base64.StdEncoding.DecodeString(a.Auth)
-	if err != nil {
-		return "", "", fmt.Errorf("docker config auth for %s: not base64", host)
-	}
-	user, secret, ok := strings.Cut(string(raw), ":")
-	if !ok {
-		return "", "", fmt.Errorf("docker config auth for %s: not user:secret", host)
-	}
-	return user, secret, nil
-}
-
-// configKeys lists the normalized config keys that may hold host's entry.
-func configKeys(host string) []string {
-	for _, k := range dockerHubKeys {
-		if host == normalizeConfigKey(k) {
-			keys := make([]string, len(dockerHubKeys))
-			for i, hk := range dockerHubKeys {
-				keys[i] = normalizeConfigKey(hk)
-			}
-			return keys
-		}
-	}
-	return []string{host}
-}
-
-// normalizeConfigKey reduces "https://host/v1/" style keys to "host".
-func normalizeConfigKey(k string) string {
-	if _, rest, ok := strings.Cut(k, "://"); ok {
-		k = rest
-	}
-	host, _, _ := strings.Cut(k, "/")
-	return host
+	return false
 }

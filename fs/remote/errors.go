@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/containerd/errdefs"
 )
@@ -18,6 +19,8 @@ type statusError struct {
 	code   int
 	detail string // the registry's error codes and messages, if any
 	auth   error  // why re-authorization after a 401/403 was not possible
+	// retryAfter is the server's Retry-After on a 429 or 503 (0: none).
+	retryAfter time.Duration
 }
 
 // maxErrorBody bounds how much of an error response is read for details.
@@ -27,6 +30,9 @@ const maxErrorBody = 4 << 10
 // registry's error message, and closes the body.
 func newStatusError(resp *http.Response, auth error) *statusError {
 	e := &statusError{url: redact(resp.Request.URL.String()), code: resp.StatusCode, auth: auth}
+	if e.code == http.StatusTooManyRequests || e.code == http.StatusServiceUnavailable {
+		e.retryAfter = parseRetryAfter(resp.Header, time.Now())
+	}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	_ = resp.Body.Close()
 	var doc struct {

@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
@@ -36,7 +37,9 @@ var manifestAccept = strings.Join([]string{
 // verifies its digest and returns it with its media type (from the response,
 // or from the document's mediaType field when the registry gives none).
 func (c *Client) FetchManifest(ctx context.Context, ref string, dgst digest.Digest) ([]byte, string, error) {
+	start := time.Now()
 	b, mediaType, err := c.fetchManifest(ctx, ref, dgst)
+	c.observe(KindManifest, start, int64(len(b)))
 	if err != nil {
 		return nil, "", fmt.Errorf("fetch manifest %s of %s: %w", dgst, ref, err)
 	}
@@ -89,7 +92,9 @@ func manifestMediaType(contentType string, b []byte) string {
 // checking its size and digest. Blobs larger than MaxBlobSize are refused;
 // use Blob for those.
 func (c *Client) FetchBlob(ctx context.Context, ref string, desc ocispec.Descriptor) ([]byte, error) {
+	start := time.Now()
 	b, err := c.fetchBlob(ctx, ref, desc)
+	c.observe(KindBlob, start, int64(len(b)))
 	if err != nil {
 		return nil, fmt.Errorf("fetch blob %s of %s: %w", desc.Digest, ref, err)
 	}

@@ -139,17 +139,17 @@ func TestFetchBlob(t *testing.T) {
 func TestRetriesTransientStatus(t *testing.T) {
 	reg := newFakeRegistry(t)
 	desc := reg.addBlob([]byte("abc"))
-	reg.set(func(r *fakeRegistry) { r.failNext = maxAttempts - 1 })
+	reg.set(func(r *fakeRegistry) { r.failNext = DefaultRetry.attempts() - 1 })
 	if _, err := New(Options{}).FetchBlob(context.Background(), reg.ref("app"), desc); err != nil {
-		t.Fatalf("after %d 503s: %v", maxAttempts-1, err)
+		t.Fatalf("after %d 503s: %v", DefaultRetry.attempts()-1, err)
 	}
-	reg.set(func(r *fakeRegistry) { r.failNext = maxAttempts })
+	reg.set(func(r *fakeRegistry) { r.failNext = DefaultRetry.attempts() })
 	_, err := New(Options{}).FetchBlob(context.Background(), reg.ref("app"), desc)
 	if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "503") {
-		t.Fatalf("after %d 503s: %v", maxAttempts, err)
+		t.Fatalf("after %d 503s: %v", DefaultRetry.attempts(), err)
 	}
-	if got := reg.hitCount("blobs"); got != 2*maxAttempts {
-		t.Fatalf("%d blob requests, want %d", got, 2*maxAttempts)
+	if got := reg.hitCount("blobs"); got != 2*DefaultRetry.attempts() {
+		t.Fatalf("%d blob requests, want %d", got, 2*DefaultRetry.attempts())
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
@@ -21,7 +22,9 @@ import (
 // registry has none (404), the fallback tag "<alg>-<hex>". No referrers is
 // an error wrapping errdefs.ErrNotFound.
 func (c *Client) Referrers(ctx context.Context, ref string, dgst digest.Digest, artifactType string) ([]ocispec.Descriptor, error) {
+	start := time.Now()
 	descs, err := c.referrers(ctx, ref, dgst, artifactType)
+	c.observe(KindManifest, start, 0)
 	if err != nil {
 		return nil, fmt.Errorf("list referrers of %s in %s: %w", dgst, ref, err)
 	}

@@ -8,30 +8,27 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 )
 
-const (
-	// maxAttempts bounds the tries of one request to the last endpoint (the
-	// origin) on transient failures (connection errors, 5xx, 429). Mirrors
-	// are tried once.
-	maxAttempts = 3
-	// firstBackoff is the pause before the second try; it doubles after.
-	firstBackoff = 100 * time.Millisecond
-	// maxRedirects bounds the redirects followed by one request.
-	maxRedirects = 10
-)
+// maxRedirects bounds the redirects followed by one request.
+const maxRedirects = 10
 
 // get sends GET <host>/v2/<repo>/<suffix> to each endpoint of repo's host
 // that has capability, in order (mirrors first, then the origin), and
 // returns the first 2xx response with the endpoint that answered. When every
 // endpoint fails, the error is the last one (the origin's, which is
-// authoritative).
+// authoritative). The origin is retried by the Client's Retry policy.
 func (c *Client) get(ctx context.Context, repo repository, capability docker.HostCapabilities,
+	suffix string, query url.Values, header http.Header) (*http.Response, docker.RegistryHost, error) {
+	return c.send(ctx, c.retry, repo, capability, suffix, query, header)
+}
+
+// send is get with the retry policy p.
+func (c *Client) send(ctx context.Context, p RetryPolicy, repo repository, capability docker.HostCapabilities,
 	suffix string, query url.Values, header http.Header) (*http.Response, docker.RegistryHost, error) {
 	hosts, err := c.registryHosts(ctx, repo.host)
 	if err != nil {
@@ -45,11 +42,11 @@ func (c *Client) get(ctx context.Context, repo repository, capability docker.Hos
 	lastErr := fmt.Errorf("no endpoint of %s has capability %d: %w", repo.host, capability, errdefs.ErrNotFound)
 	for i, host := range hosts {
 		u := endpointURL(host, repo, suffix, query)
-		attempts := 1 // a failing mirror is skipped at once
+		policy := RetryPolicy{MaxRetries: -1} // a failing mirror is skipped at once
 		if i == len(hosts)-1 {
-			attempts = maxAttempts
+			policy = p
 		}
-		resp, err := c.doWithRetries(ctx, host, u, header, attempts)
+		resp, err := c.doWithRetries(ctx, host, u, header, policy)
 		if err == nil {
 			return resp, host, nil
 		}
@@ -79,24 +76,20 @@ func endpointURL(host docker.RegistryHost, repo repository, suffix string, query
 	return u.String()
 }
 
-// doWithRetries sends an authorized request, up to attempts times while it
-// fails transiently, with exponential backoff.
-func (c *Client) doWithRetries(ctx context.Context, host docker.RegistryHost, u string, header http.Header, attempts int) (*http.Response, error) {
-	backoff := firstBackoff
+// doWithRetries sends an authorized request, retrying transient failures
+// as p allows.
+func (c *Client) doWithRetries(ctx context.Context, host docker.RegistryHost, u string, header http.Header, p RetryPolicy) (*http.Response, error) {
+	attempts := p.attempts()
 	for attempt := 1; ; attempt++ {
 		resp, err := c.doAuthorized(ctx, host, u, header)
 		if err == nil || attempt >= attempts || !transient(ctx, err) {
 			return resp, err
 		}
-		log.G(ctx).WithError(err).WithField("attempt", attempt).Debug("retrying registry request")
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		wait := p.wait(attempt, err)
+		log.G(ctx).WithError(err).WithField("attempt", attempt).WithField("wait", wait).Debug("retrying registry request")
+		if !sleep(ctx, wait) {
 			return nil, err
-		case <-t.C:
 		}
-		backoff *= 2
 	}
 }
 

@@ -23,7 +23,7 @@ func (b *Blob) Open(ctx context.Context) (io.ReadCloser, error) {
 		return nil, fmt.Errorf("open blob %s: %w", b.desc.Digest, err)
 	}
 	wctx, wd := startWatchdog(ctx, b.c.timeout)
-	resp, _, err := b.c.get(wctx, repo, docker.HostCapabilityPull, "blobs/"+b.desc.Digest.String(), nil, nil)
+	resp, _, err := b.c.send(wctx, b.c.blobRetry, repo, docker.HostCapabilityPull, "blobs/"+b.desc.Digest.String(), nil, nil)
 	if err != nil {
 		wd.stop()
 		return nil, fmt.Errorf("open blob %s of %s: %w", b.desc.Digest, b.ref, wd.explain(err))

@@ -25,6 +25,10 @@ func (m *Manager) plan(first, last int) ([]*call, error) {
 			continue
 		}
 		if m.calls[i] == nil {
+			if err := m.recentFailure(i); err != nil {
+				calls[i-first] = failedCall(err)
+				continue
+			}
 			m.calls[i] = &call{done: make(chan struct{})}
 			fresh = append(fresh, i)
 		}
@@ -210,6 +214,11 @@ func (m *Manager) finish(i int, data []byte, err error, stored bool) {
 	m.mu.Lock()
 	c := m.calls[i]
 	m.calls[i] = nil
+	if data == nil && !errors.Is(err, ErrVerification) { // a fetch that failed; a bad span is re-fetched
+		m.noteFailure(i, err)
+	} else {
+		m.noteFailure(i, nil)
+	}
 	if stored {
 		m.setState(i, cached)
 	} else {

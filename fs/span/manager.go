@@ -49,7 +49,7 @@ var ErrClosed = errors.New("span manager closed")
 
 // Defaults for Options fields left zero.
 const (
-	DefaultFetchTimeout       = 30 * time.Second
+	DefaultFetchTimeout       = 10 * time.Second
 	DefaultMaxCoalesce  int64 = 16 << 20
 )
 
@@ -67,8 +67,30 @@ type Options struct {
 	// CacheKey + "/" + uncompressed range, so identical layers in two images
 	// share cached spans.
 	CacheKey     string
-	FetchTimeout time.Duration // bound for one shared fetch (default 30s)
+	FetchTimeout time.Duration // bound for one shared fetch (default 10s): a read fails with EIO within it when the registry is down
 	MaxCoalesce  int64         // max compressed bytes fetched in one range request (default 16 MiB)
+	// FailHold: a span whose fetch failed fails new reads at once for this
+	// long (0: DefaultFailHold, negative: never).
+	FailHold time.Duration
+	// Observer receives the latency of every FetchAt with its cache hits
+	// and misses, and read failures; nil: none.
+	Observer Observer
+	// Demand is told while a FetchAt waits for the registry, so that
+	// background work yields to it; nil: nobody is told.
+	Demand Demand
+}
+
+// Observer receives metrics of reads. Failure kinds are "verification"
+// and "fetch".
+type Observer interface {
+	ObserveRead(took time.Duration, hits, misses int)
+	Failure(kind string)
+}
+
+// Demand counts reads waiting for the registry (demand fetches).
+type Demand interface {
+	BeginDemand()
+	EndDemand()
 }
 
 // Manager serves uncompressed reads of one layer. It is safe for concurrent
@@ -82,6 +104,9 @@ type Manager struct {
 	keys        []string // cache key per span
 	timeout     time.Duration
 	maxCoalesce int64
+	failHold    time.Duration
+	observer    Observer
+	demand      Demand
 
 	// life is the lifecycle of shared fetches (not a request context): it
 	// is canceled by Close only.
@@ -90,9 +115,10 @@ type Manager struct {
 	wg   sync.WaitGroup
 
 	mu      sync.Mutex
-	calls   []*call // in-flight fetch per span; nil when none
-	state   []state // what is known about the cache, per span
-	nCached int     // spans in state cached
+	calls   []*call         // in-flight fetch per span; nil when none
+	failed  map[int]failure // spans whose last fetch failed recently
+	state   []state         // what is known about the cache, per span
+	nCached int             // spans in state cached
 	closed  bool
 }
 
@@ -127,6 +153,7 @@ func New(opts Options) (*Manager, error) {
 		table: opts.Table, fetcher: opts.Fetcher, cache: opts.Cache, dec: opts.Decompressor,
 		key: opts.CacheKey, keys: make([]string, n),
 		timeout: opts.FetchTimeout, maxCoalesce: opts.MaxCoalesce,
+		observer: opts.Observer, demand: opts.Demand,
 		calls: make([]*call, n), state: make([]state, n),
 	}
 	if m.timeout == 0 {
@@ -134,6 +161,10 @@ func New(opts Options) (*Manager, error) {
 	}
 	if m.maxCoalesce == 0 {
 		m.maxCoalesce = DefaultMaxCoalesce
+	}
+	m.failHold = opts.FailHold
+	if m.failHold == 0 {
+		m.failHold = DefaultFailHold
 	}
 	for i, s := range opts.Table.Spans {
 		m.keys[i] = opts.CacheKey + "/" + strconv.FormatInt(s.UncompressedStart, 10) + "-" + strconv.FormatInt(s.UncompressedEnd, 10)
@@ -187,10 +218,14 @@ func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error)
 	if err != nil {
 		return 0, fmt.Errorf("read %s at %d: %w", m.key, off, err)
 	}
+	if m.observer != nil || m.demand != nil {
+		defer m.observe(time.Now(), calls)(&err)
+	}
 	dst := p[:end-off]
 	n := 0
 	for i := first; i <= last; i++ {
-		k, err := m.readSpan(ctx, i, calls[i-first], dst, off)
+		var k int
+		k, err = m.readSpan(ctx, i, calls[i-first], dst, off)
 		calls[i-first] = nil // let the span data go as soon as it is copied
 		n += k
 		if err != nil {
@@ -201,6 +236,37 @@ func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error)
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// observe reports a read that planned calls (nil: cached) to the Demand
+// and the Observer: it marks a demand fetch in progress when any span is
+// missing, and the returned func, deferred, ends it and records the read.
+func (m *Manager) observe(start time.Time, calls []*call) func(*error) {
+	misses := 0
+	for _, c := range calls {
+		if c != nil {
+			misses++
+		}
+	}
+	if misses > 0 && m.demand != nil {
+		m.demand.BeginDemand()
+	}
+	return func(errp *error) {
+		if misses > 0 && m.demand != nil {
+			m.demand.EndDemand()
+		}
+		if m.observer == nil {
+			return
+		}
+		m.observer.ObserveRead(time.Since(start), len(calls)-misses, misses)
+		switch err := *errp; {
+		case err == nil || errors.Is(err, context.Canceled) || errors.Is(err, ErrClosed):
+		case errors.Is(err, ErrVerification):
+			m.observer.Failure("verification")
+		default:
+			m.observer.Failure("fetch")
+		}
+	}
 }
 
 // readSpan copies the part of span i that overlaps [off, off+len(dst)) into

@@ -1,0 +1,381 @@
+package background
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/sirupsen/logrus"
+
+	"github.com/fastsoci/soci-snapshotter/fs/span"
+)
+
+// Defaults for Options fields left zero.
+const (
+	DefaultWorkers      = 4
+	DefaultChunkSize    = 8 << 20
+	DefaultRetryWait    = 500 * time.Millisecond
+	DefaultMaxAttempts  = 3
+	DefaultFetchTimeout = 5 * time.Minute
+)
+
+// Priority orders queued layers: Prefetch before Background.
+type Priority int
+
+const (
+	// Background completes a mounted layer while the link is idle.
+	Background Priority = iota
+	// Prefetch is wanted soon (e.g. a recorded access trace).
+	Prefetch
+)
+
+// ErrDigestMismatch is wrapped by the error of a layer whose blob does not
+// hash to its digest.
+var ErrDigestMismatch = errors.New("layer digest mismatch")
+
+// Observer receives the scheduler's metrics. Failure kinds are
+// "verification" and "fetch".
+type Observer interface {
+	BackgroundBytes(n int64)
+	LayerCompleted()
+	Failure(kind string)
+}
+
+// Options configure a Scheduler.
+type Options struct {
+	// Workers is the number of layers fetched at once, each with one range
+	// request in flight (default DefaultWorkers).
+	Workers int
+	// ChunkSize is the uncompressed size of one range request (at least one
+	// span; default DefaultChunkSize).
+	ChunkSize int64
+	// Delay is how long a layer waits after Enqueue before its first fetch.
+	Delay time.Duration
+	// RetryWait is the pause after a failed chunk (default DefaultRetryWait).
+	RetryWait time.Duration
+	// MaxAttempts is how many times one chunk is tried before the layer is
+	// given up (default DefaultMaxAttempts).
+	MaxAttempts int
+	// FetchTimeout bounds one chunk's range request (default DefaultFetchTimeout).
+	FetchTimeout time.Duration
+	// MaxQueue bounds the layers waiting to start; <= 0 is unbounded.
+	MaxQueue int
+	// DropOldest: when the queue is full, drop the layer queued longest
+	// (background before prefetch) instead of the one being added.
+	DropOldest bool
+	// Observer receives metrics; nil: none.
+	Observer Observer
+	// StateDir, if set, keeps a marker per layer digest that was verified
+	// whole, so that after a restart a layer whose spans are all cached is
+	// not downloaded again.
+	StateDir string
+	// OnDone, if set, is called once per layer that finished: err is nil
+	// when the layer is local and verified. It is not called for canceled
+	// or dropped layers.
+	OnDone func(key string, err error)
+}
+
+// Scheduler runs the background fetches of a node. It is safe for
+// concurrent use; Close stops it.
+type Scheduler struct {
+	opts Options
+	life context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	mu      sync.Mutex
+	queue   []*job          // waiting, in arrival order
+	active  map[string]*job // by key
+	done    map[string]bool // layer digests verified whole by this process
+	changed chan struct{}   // closed and replaced when queue changes
+	closed  bool
+
+	demandMu sync.Mutex
+	demand   int
+	idle     chan struct{} // closed while demand == 0
+}
+
+// job is one layer to complete.
+type job struct {
+	layer     Layer
+	prio      Priority
+	notBefore time.Time
+	log       *logrus.Entry
+	ctx       context.Context
+	cancel    context.CancelFunc
+	finished  chan struct{} // closed when a worker is done with it
+}
+
+// New starts a Scheduler with opts.Workers workers.
+func New(opts Options) *Scheduler {
+	if opts.Workers <= 0 {
+		opts.Workers = DefaultWorkers
+	}
+	if opts.ChunkSize <= 0 {
+		opts.ChunkSize = DefaultChunkSize
+	}
+	if opts.RetryWait <= 0 {
+		opts.RetryWait = DefaultRetryWait
+	}
+	if opts.MaxAttempts <= 0 {
+		opts.MaxAttempts = DefaultMaxAttempts
+	}
+	if opts.FetchTimeout <= 0 {
+		opts.FetchTimeout = DefaultFetchTimeout
+	}
+	s := &Scheduler{
+		opts: opts, active: map[string]*job{}, done: map[string]bool{},
+		changed: make(chan struct{}), idle: make(chan struct{}),
+	}
+	close(s.idle)
+	s.life, s.stop = context.WithCancel(context.Background())
+	for range opts.Workers {
+		s.wg.Add(1)
+		go s.work()
+	}
+	return s
+}
+
+// Enqueue queues l to be made local and reports whether it was queued. A
+// layer already queued or running under l.Key is replaced (its work is
+// stopped first). A layer verified before whose spans are all still cached
+// is reported local without a download when its turn comes. ctx gives the
+// logger only.
+func (s *Scheduler) Enqueue(ctx context.Context, l Layer, p Priority) bool {
+	if err := l.check(); err != nil {
+		log.G(ctx).WithError(err).Warn("not fetching layer in the background")
+		return false
+	}
+	s.Cancel(l.Key)
+	lg := log.G(ctx).WithField("layer", l.Digest)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if limit := s.opts.MaxQueue; limit > 0 && len(s.queue) >= limit {
+		if !s.opts.DropOldest {
+			lg.WithField("queued", len(s.queue)).Warn("background fetch queue full; layer stays lazily loaded")
+			return false
+		}
+		s.dropOldest()
+	}
+	jctx, cancel := context.WithCancel(log.WithLogger(s.life, lg))
+	s.queue = append(s.queue, &job{
+		layer: l, prio: p, notBefore: time.Now().Add(s.opts.Delay), log: lg,
+		ctx: jctx, cancel: cancel, finished: make(chan struct{}),
+	})
+	s.broadcast()
+	return true
+}
+
+// dropOldest removes the oldest background job, or the oldest job when all
+// are prefetches. Callers hold mu and the queue is not empty.
+func (s *Scheduler) dropOldest() {
+	k := 0
+	for i, j := range s.queue {
+		if j.prio == Background {
+			k = i
+			break
+		}
+	}
+	j := s.queue[k]
+	s.queue = append(s.queue[:k], s.queue[k+1:]...)
+	j.cancel()
+	close(j.finished)
+	j.log.WithField("queued", len(s.queue)+1).Warn("background fetch queue full; dropped the oldest layer, it stays lazily loaded")
+}
+
+// Cancel stops the work on the layer queued under key and returns once no
+// worker touches it any more. Unknown keys are ignored.
+func (s *Scheduler) Cancel(key string) {
+	s.mu.Lock()
+	for i, j := range s.queue {
+		if j.layer.Key == key {
+			s.queue = append(s.queue[:i], s.queue[i+1:]...)
+			j.cancel()
+			close(j.finished)
+			break
+		}
+	}
+	j := s.active[key]
+	s.mu.Unlock()
+	if j != nil {
+		j.cancel()
+		<-j.finished
+	}
+}
+
+// Close stops all work, waits for the workers and drops the queue.
+func (s *Scheduler) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for _, j := range s.queue {
+		j.cancel()
+		close(j.finished)
+	}
+	s.queue = nil
+	s.broadcast()
+	s.mu.Unlock()
+	s.stop()
+	s.wg.Wait()
+	return nil
+}
+
+// broadcast wakes the workers waiting for the queue. Callers hold mu.
+func (s *Scheduler) broadcast() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// BeginDemand marks a demand read waiting for the registry: workers start no
+// new chunk until every such read has ended.
+func (s *Scheduler) BeginDemand() {
+	s.demandMu.Lock()
+	if s.demand == 0 {
+		s.idle = make(chan struct{})
+	}
+	s.demand++
+	s.demandMu.Unlock()
+}
+
+// EndDemand ends what BeginDemand began.
+func (s *Scheduler) EndDemand() {
+	s.demandMu.Lock()
+	s.demand--
+	if s.demand == 0 {
+		close(s.idle)
+	}
+	s.demandMu.Unlock()
+}
+
+var _ span.Demand = (*Scheduler)(nil)
+
+// waitIdle returns once no demand read is waiting, or with ctx's error.
+func (s *Scheduler) waitIdle(ctx context.Context) error {
+	for {
+		s.demandMu.Lock()
+		idle := s.idle
+		s.demandMu.Unlock()
+		select {
+		case <-idle:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// work runs jobs until Close.
+func (s *Scheduler) work() {
+	defer s.wg.Done()
+	for {
+		j, wait, changed := s.next()
+		if j != nil {
+			s.run(j)
+			continue
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-s.life.Done():
+		}
+		t.Stop()
+		if s.life.Err() != nil {
+			return
+		}
+	}
+}
+
+// next takes the first ready job of the highest priority off the queue and
+// marks it active; without one it says how long to wait at most. A layer
+// whose digest is being fetched under another key waits for that fetch (it
+// then finds its spans cached).
+func (s *Scheduler) next() (*job, time.Duration, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	wait := time.Hour
+	best := -1
+	busy := make(map[string]bool, len(s.active))
+	for _, j := range s.active {
+		busy[j.layer.Digest.String()] = true
+	}
+	for i, j := range s.queue {
+		if d := j.notBefore.Sub(now); d > 0 {
+			wait = min(wait, d)
+			continue
+		}
+		if busy[j.layer.Digest.String()] {
+			continue // woken by the broadcast when that fetch finishes
+		}
+		if best < 0 || j.prio > s.queue[best].prio {
+			best = i
+		}
+	}
+	if best < 0 || s.closed {
+		return nil, wait, s.changed
+	}
+	j := s.queue[best]
+	s.queue = append(s.queue[:best], s.queue[best+1:]...)
+	s.active[j.layer.Key] = j
+	return j, 0, nil
+}
+
+// run completes one job and reports it.
+func (s *Scheduler) run(j *job) {
+	start := time.Now()
+	if s.alreadyLocal(j) {
+		s.finish(j, nil)
+		j.log.Info("layer fully local: all spans cached, blob verified by an earlier run")
+		if s.opts.OnDone != nil {
+			s.opts.OnDone(j.layer.Key, nil)
+		}
+		return
+	}
+	n, err := s.complete(j.ctx, j)
+	if err == nil {
+		s.markVerified(j)
+	}
+	canceled := err != nil && j.ctx.Err() != nil && !errors.Is(err, ErrDigestMismatch)
+	s.finish(j, err)
+	lg := j.log.WithField("took", time.Since(start)).WithField("bytes", n)
+	switch {
+	case canceled:
+		lg.Debug("background fetch of layer stopped")
+		return
+	case err == nil:
+		lg.Info("layer fully local: fetched in the background and verified")
+		s.observe(func(o Observer) { o.LayerCompleted() })
+	case errors.Is(err, ErrDigestMismatch):
+		lg.WithError(err).Error("layer blob does not match its digest")
+		s.observe(func(o Observer) { o.Failure("verification") })
+	default:
+		lg.WithError(err).Warn("background fetch of layer failed; it stays lazily loaded")
+	}
+	if s.opts.OnDone != nil {
+		s.opts.OnDone(j.layer.Key, err)
+	}
+}
+
+// finish retires the active job j, remembering its digest when err is nil.
+func (s *Scheduler) finish(j *job, err error) {
+	s.mu.Lock()
+	delete(s.active, j.layer.Key)
+	if err == nil {
+		s.done[j.layer.Digest.String()] = true
+	}
+	s.broadcast() // a layer of the same digest may be waiting
+	s.mu.Unlock()
+	j.cancel()
+	close(j.finished)
+}
+
+func (s *Scheduler) observe(f func(Observer)) {
+	if s.opts.Observer != nil {
+		f(s.opts.Observer)
+	}
+}

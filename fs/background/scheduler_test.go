@@ -1,0 +1,528 @@
+package background
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/fastsoci/soci-snapshotter/fs/span"
+)
+
+// testBlob is a real gzip blob cut into spans the way zTOCs cut them: the
+// first span starts after the gzip header, neighbours overlap by one byte
+// and the last one ends before the trailer.
+type testBlob struct {
+	blob   []byte
+	digest digest.Digest
+	table  span.Table
+}
+
+func newTestBlob(t *testing.T, seed uint64, size, nspans int) testBlob {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(seed, seed))
+	data := make([]byte, size)
+	for i := range data {
+		if i%64 < 40 {
+			data[i] = byte(rng.Uint32())
+		}
+	}
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Name = "layer.tar" // a longer header
+	if _, err := zw.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := testBlob{blob: buf.Bytes(), digest: digest.FromBytes(buf.Bytes())}
+	header, trailer := int64(10+len("layer.tar")+1), int64(8)
+	body := int64(len(b.blob)) - header - trailer
+	b.table = span.Table{CompressedSize: int64(len(b.blob)), UncompressedSize: int64(size)}
+	for i := range nspans {
+		cs := header + body*int64(i)/int64(nspans)
+		ce := header + body*int64(i+1)/int64(nspans)
+		if i > 0 {
+			cs-- // the one-byte overlap with the previous span
+		}
+		us, ue := int64(size)*int64(i)/int64(nspans), int64(size)*int64(i+1)/int64(nspans)
+		b.table.Spans = append(b.table.Spans, span.Span{
+			CompressedStart: cs, CompressedEnd: ce, UncompressedStart: us, UncompressedEnd: ue,
+			Digest: digest.FromBytes(b.blob[cs:ce]),
+		})
+	}
+	if err := b.table.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// fakeBlob serves a byte slice; before, if set, runs before each read.
+type fakeBlob struct {
+	data   []byte
+	before func(ctx context.Context, off int64) error
+	mu     sync.Mutex
+	reads  []int64
+}
+
+func (f *fakeBlob) FetchAt(ctx context.Context, p []byte, off int64) (int, error) {
+	f.mu.Lock()
+	f.reads = append(f.reads, off)
+	f.mu.Unlock()
+	if f.before != nil {
+		if err := f.before(ctx, off); err != nil {
+			return 0, err
+		}
+	}
+	if off >= int64(len(f.data)) {
+		return 0, io.EOF
+	}
+	n := copy(p, f.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// fakeSpans verifies span digests like a span manager and records loads.
+type fakeSpans struct {
+	table  span.Table
+	mu     sync.Mutex
+	loaded []int
+}
+
+func (f *fakeSpans) Load(ctx context.Context, first, last int, compressed []byte, base int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var errs []error
+	for i := first; i <= last; i++ {
+		s := f.table.Spans[i]
+		if digest.FromBytes(compressed[s.CompressedStart-base:s.CompressedEnd-base]) != s.Digest {
+			errs = append(errs, fmt.Errorf("span %d: %w", i, span.ErrVerification))
+			continue
+		}
+		f.loaded = append(f.loaded, i)
+	}
+	return errors.Join(errs...)
+}
+
+// fakeObserver counts what the scheduler reports.
+type fakeObserver struct {
+	mu       sync.Mutex
+	bytes    int64
+	layers   int
+	failures map[string]int
+}
+
+func (o *fakeObserver) BackgroundBytes(n int64) { o.mu.Lock(); o.bytes += n; o.mu.Unlock() }
+func (o *fakeObserver) LayerCompleted()         { o.mu.Lock(); o.layers++; o.mu.Unlock() }
+func (o *fakeObserver) Failure(kind string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.failures == nil {
+		o.failures = map[string]int{}
+	}
+	o.failures[kind]++
+}
+
+// results collects OnDone calls.
+type results struct {
+	mu   sync.Mutex
+	ch   chan string
+	errs map[string]error
+}
+
+func newResults() *results { return &results{ch: make(chan string, 100), errs: map[string]error{}} }
+
+func (r *results) onDone(key string, err error) {
+	r.mu.Lock()
+	r.errs[key] = err
+	r.mu.Unlock()
+	r.ch <- key
+}
+
+func (r *results) wait(t *testing.T, key string) error {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		r.mu.Lock()
+		err, ok := r.errs[key]
+		r.mu.Unlock()
+		if ok {
+			return err
+		}
+		select {
+		case <-r.ch:
+		case <-timeout:
+			t.Fatalf("layer %s not done after 10s", key)
+		}
+	}
+}
+
+func layerOf(key string, b testBlob, blob *fakeBlob) (Layer, *fakeSpans) {
+	fs := &fakeSpans{table: b.table}
+	return Layer{Key: key, Digest: b.digest, Table: b.table, Blob: blob, Spans: fs}, fs
+}
+
+func TestCompleteVerifiesLayerDigest(t *testing.T) {
+	for _, chunkSize := range []int64{1, 100 << 10, 64 << 20} {
+		t.Run(fmt.Sprint(chunkSize), func(t *testing.T) {
+			b := newTestBlob(t, 1, 1<<20, 10)
+			res, obs := newResults(), &fakeObserver{}
+			s := New(Options{ChunkSize: chunkSize, OnDone: res.onDone, Observer: obs})
+			defer s.Close()
+			blob := &fakeBlob{data: b.blob}
+			l, spans := layerOf("/mnt/a", b, blob)
+			if !s.Enqueue(context.Background(), l, Background) {
+				t.Fatal("not queued")
+			}
+			if err := res.wait(t, "/mnt/a"); err != nil {
+				t.Fatalf("layer: %v", err)
+			}
+			if want := []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}; !slices.Equal(spans.loaded, want) {
+				t.Errorf("loaded spans %v, want %v", spans.loaded, want)
+			}
+			if !slices.IsSorted(blob.reads) || blob.reads[0] != 0 {
+				t.Errorf("reads not in order from the header: %v", blob.reads)
+			}
+			obs.mu.Lock()
+			defer obs.mu.Unlock()
+			// Every byte once, plus the overlapping byte of each later chunk.
+			if min, max := int64(len(b.blob)), int64(len(b.blob)+len(b.table.Spans)); obs.bytes < min || obs.bytes > max {
+				t.Errorf("fetched %d bytes, want %d-%d", obs.bytes, min, max)
+			}
+			if obs.layers != 1 || len(obs.failures) != 0 {
+				t.Errorf("observer: %d layers, failures %v", obs.layers, obs.failures)
+			}
+			// A completed layer mounted again (its spans cached) is local
+			// without a download.
+			blob2 := &fakeBlob{data: b.blob}
+			l2 := Layer{Key: "/mnt/a2", Digest: b.digest, Table: b.table, Blob: blob2, Spans: completeSpans{spans}}
+			s.Enqueue(context.Background(), l2, Background)
+			if err := res.wait(t, "/mnt/a2"); err != nil || len(blob2.reads) != 0 {
+				t.Errorf("second mount: %v, %d reads", err, len(blob2.reads))
+			}
+		})
+	}
+}
+
+func TestDigestMismatchInHeader(t *testing.T) {
+	b := newTestBlob(t, 2, 300<<10, 4)
+	bad := slices.Clone(b.blob)
+	bad[4] ^= 0xff // mtime in the gzip header: no span covers it
+	res, obs := newResults(), &fakeObserver{}
+	s := New(Options{OnDone: res.onDone, Observer: obs})
+	defer s.Close()
+	l, spans := layerOf("/mnt/bad", b, &fakeBlob{data: bad})
+	s.Enqueue(context.Background(), l, Background)
+	err := res.wait(t, "/mnt/bad")
+	if !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("want a digest mismatch, got %v", err)
+	}
+	if len(spans.loaded) != 4 {
+		t.Errorf("every span verifies on its own, loaded %v", spans.loaded)
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if obs.failures["verification"] != 1 || obs.layers != 0 {
+		t.Errorf("observer: failures %v, layers %d", obs.failures, obs.layers)
+	}
+}
+
+func TestCorruptSpanFailsLayer(t *testing.T) {
+	b := newTestBlob(t, 3, 300<<10, 4)
+	bad := slices.Clone(b.blob)
+	bad[b.table.Spans[2].CompressedStart+5] ^= 0xff
+	res := newResults()
+	s := New(Options{OnDone: res.onDone, ChunkSize: 1})
+	defer s.Close()
+	l, spans := layerOf("/mnt/c", b, &fakeBlob{data: bad})
+	s.Enqueue(context.Background(), l, Background)
+	if err := res.wait(t, "/mnt/c"); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("want a digest mismatch, got %v", err)
+	}
+	if want := []int{0, 1, 3}; !slices.Equal(spans.loaded, want) {
+		t.Errorf("loaded %v, want %v", spans.loaded, want)
+	}
+}
+
+func TestFetchFailureGivesUp(t *testing.T) {
+	b := newTestBlob(t, 4, 100<<10, 2)
+	res, obs := newResults(), &fakeObserver{}
+	s := New(Options{OnDone: res.onDone, Observer: obs, RetryWait: time.Millisecond, MaxAttempts: 3})
+	defer s.Close()
+	blob := &fakeBlob{data: b.blob, before: func(context.Context, int64) error { return errors.New("registry down") }}
+	l, _ := layerOf("/mnt/f", b, blob)
+	s.Enqueue(context.Background(), l, Background)
+	if err := res.wait(t, "/mnt/f"); err == nil || errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("want a fetch error, got %v", err)
+	}
+	if len(blob.reads) != 3 || obs.failures["fetch"] != 3 {
+		t.Errorf("%d reads, failures %v; want 3 attempts", len(blob.reads), obs.failures)
+	}
+}
+
+func TestPausesWhileDemandWaits(t *testing.T) {
+	b := newTestBlob(t, 5, 1<<20, 8)
+	res := newResults()
+	s := New(Options{OnDone: res.onDone, ChunkSize: 1, Workers: 4})
+	defer s.Close()
+	var once sync.Once
+	started := make(chan struct{})
+	blob := &fakeBlob{data: b.blob, before: func(context.Context, int64) error {
+		once.Do(func() {
+			s.BeginDemand() // a demand read starts while the first chunk is in flight
+			close(started)
+		})
+		return nil
+	}}
+	l, _ := layerOf("/mnt/d", b, blob)
+	s.Enqueue(context.Background(), l, Background)
+	<-started
+	time.Sleep(200 * time.Millisecond)
+	blob.mu.Lock()
+	n := len(blob.reads)
+	blob.mu.Unlock()
+	if n != 1 {
+		t.Errorf("%d range requests while a demand read waited, want only the one in flight", n)
+	}
+	s.EndDemand()
+	if err := res.wait(t, "/mnt/d"); err != nil {
+		t.Fatal(err)
+	}
+	if len(blob.reads) != 8 {
+		t.Errorf("%d reads, want 8", len(blob.reads))
+	}
+}
+
+func TestPrefetchBeforeBackground(t *testing.T) {
+	b := newTestBlob(t, 6, 64<<10, 1)
+	res := newResults()
+	s := New(Options{OnDone: res.onDone, Workers: 1})
+	defer s.Close()
+	gate := make(chan struct{})
+	var mu sync.Mutex
+	var order []string
+	blobFor := func(key string, wait bool) *fakeBlob {
+		return &fakeBlob{data: b.blob, before: func(context.Context, int64) error {
+			mu.Lock()
+			order = append(order, key)
+			mu.Unlock()
+			if wait {
+				<-gate
+			}
+			return nil
+		}}
+	}
+	first, _ := layerOf("/mnt/first", b, blobFor("first", true))
+	s.Enqueue(context.Background(), first, Background)
+	for {
+		mu.Lock()
+		n := len(order)
+		mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// Distinct digests, so that completion of one does not skip the other.
+	b2, b3 := newTestBlob(t, 7, 64<<10, 1), newTestBlob(t, 8, 64<<10, 1)
+	bg := Layer{Key: "/mnt/bg", Digest: b2.digest, Table: b2.table, Blob: blobFor("bg", false), Spans: &fakeSpans{table: b2.table}}
+	bg.Blob.(*fakeBlob).data = b2.blob
+	pf := Layer{Key: "/mnt/pf", Digest: b3.digest, Table: b3.table, Blob: blobFor("pf", false), Spans: &fakeSpans{table: b3.table}}
+	pf.Blob.(*fakeBlob).data = b3.blob
+	s.Enqueue(context.Background(), bg, Background)
+	s.Enqueue(context.Background(), pf, Prefetch)
+	close(gate)
+	for _, k := range []string{"/mnt/first", "/mnt/bg", "/mnt/pf"} {
+		if err := res.wait(t, k); err != nil {
+			t.Fatal(k, err)
+		}
+	}
+	if want := []string{"first", "pf", "bg"}; !slices.Equal(order, want) {
+		t.Errorf("order %v, want %v", order, want)
+	}
+}
+
+func TestCancelStopsPromptly(t *testing.T) {
+	b := newTestBlob(t, 9, 1<<20, 8)
+	res := newResults()
+	s := New(Options{OnDone: res.onDone, ChunkSize: 1})
+	defer s.Close()
+	inFlight := make(chan struct{}, 10)
+	blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
+		inFlight <- struct{}{}
+		<-ctx.Done() // a registry that never answers
+		return ctx.Err()
+	}}
+	l, _ := layerOf("/mnt/x", b, blob)
+	s.Enqueue(context.Background(), l, Background)
+	<-inFlight
+	start := time.Now()
+	s.Cancel("/mnt/x")
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("Cancel took %v", took)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if len(blob.reads) != 1 {
+		t.Errorf("%d reads after cancel, want 1", len(blob.reads))
+	}
+	res.mu.Lock()
+	if _, ok := res.errs["/mnt/x"]; ok {
+		t.Error("OnDone called for a canceled layer")
+	}
+	res.mu.Unlock()
+
+	// Canceling a queued (delayed) layer drops it.
+	s2 := New(Options{OnDone: res.onDone, Delay: time.Hour})
+	defer s2.Close()
+	blob2 := &fakeBlob{data: b.blob}
+	l2, _ := layerOf("/mnt/y", b, blob2)
+	s2.Enqueue(context.Background(), l2, Background)
+	s2.Cancel("/mnt/y")
+	if len(s2.queue) != 0 {
+		t.Errorf("queue still holds %d layers", len(s2.queue))
+	}
+}
+
+func TestDelayAndQueueBound(t *testing.T) {
+	mk := func(seed uint64, key string) Layer {
+		b := newTestBlob(t, seed, 32<<10, 1)
+		return Layer{Key: key, Digest: b.digest, Table: b.table, Blob: &fakeBlob{data: b.blob}, Spans: &fakeSpans{table: b.table}}
+	}
+	t.Run("newest", func(t *testing.T) {
+		s := New(Options{Delay: time.Hour, MaxQueue: 2})
+		defer s.Close()
+		for i, k := range []string{"a", "b", "c"} {
+			ok := s.Enqueue(context.Background(), mk(uint64(10+i), k), Background)
+			if ok != (k != "c") {
+				t.Errorf("%s queued: %v", k, ok)
+			}
+		}
+	})
+	t.Run("oldest", func(t *testing.T) {
+		s := New(Options{Delay: time.Hour, MaxQueue: 2, DropOldest: true})
+		defer s.Close()
+		for i, k := range []string{"a", "b", "c"} {
+			if !s.Enqueue(context.Background(), mk(uint64(20+i), k), Background) {
+				t.Errorf("%s not queued", k)
+			}
+		}
+		var keys []string
+		for _, j := range s.queue {
+			keys = append(keys, j.layer.Key)
+		}
+		if !slices.Equal(keys, []string{"b", "c"}) {
+			t.Errorf("queue %v, want [b c]", keys)
+		}
+	})
+	t.Run("delay", func(t *testing.T) {
+		res := newResults()
+		s := New(Options{Delay: 150 * time.Millisecond, OnDone: res.onDone})
+		defer s.Close()
+		start := time.Now()
+		s.Enqueue(context.Background(), mk(30, "d"), Background)
+		if err := res.wait(t, "d"); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took < 150*time.Millisecond {
+			t.Errorf("layer done after %v, before the delay", took)
+		}
+	})
+}
+
+func TestCloseStopsWork(t *testing.T) {
+	b := newTestBlob(t, 40, 256<<10, 4)
+	s := New(Options{ChunkSize: 1})
+	blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
+		<-ctx.Done()
+		return ctx.Err()
+	}}
+	l, _ := layerOf("/mnt/z", b, blob)
+	s.Enqueue(context.Background(), l, Background)
+	time.Sleep(20 * time.Millisecond)
+	done := make(chan struct{})
+	go func() { s.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("Close hangs")
+	}
+	if s.Enqueue(context.Background(), l, Background) {
+		t.Error("queued after Close")
+	}
+}
+
+// completeSpans is a fakeSpans that reports all spans cached once loaded.
+type completeSpans struct{ *fakeSpans }
+
+func (c completeSpans) Complete(context.Context) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.loaded) == len(c.table.Spans)
+}
+
+// TestRestartSkipsVerifiedLayer: a new scheduler on the same StateDir does
+// not download a layer verified before whose spans are all still cached.
+func TestRestartSkipsVerifiedLayer(t *testing.T) {
+	b := newTestBlob(t, 50, 256<<10, 4)
+	dir := t.TempDir()
+	spans := completeSpans{&fakeSpans{table: b.table}}
+	run := func() int {
+		res := newResults()
+		s := New(Options{StateDir: dir, OnDone: res.onDone})
+		defer s.Close()
+		blob := &fakeBlob{data: b.blob}
+		s.Enqueue(context.Background(), Layer{Key: "/mnt/r", Digest: b.digest, Table: b.table, Blob: blob, Spans: spans}, Background)
+		if err := res.wait(t, "/mnt/r"); err != nil {
+			t.Fatal(err)
+		}
+		return len(blob.reads)
+	}
+	if n := run(); n == 0 {
+		t.Fatal("first run read nothing")
+	}
+	if n := run(); n != 0 {
+		t.Errorf("second run read %d chunks of a verified, cached layer", n)
+	}
+	// Without the cached spans it is fetched again.
+	spans.fakeSpans.loaded = nil
+	if n := run(); n == 0 {
+		t.Error("a layer whose spans are gone was not fetched again")
+	}
+}
+
+// TestSameLayerTwice: a layer mounted at two places is downloaded once; the
+// second mount waits for the first fetch and finds the spans cached.
+func TestSameLayerTwice(t *testing.T) {
+	b := newTestBlob(t, 60, 512<<10, 4)
+	res := newResults()
+	s := New(Options{OnDone: res.onDone, ChunkSize: 1})
+	defer s.Close()
+	spans := completeSpans{&fakeSpans{table: b.table}}
+	blob := &fakeBlob{data: b.blob, before: func(context.Context, int64) error {
+		time.Sleep(10 * time.Millisecond)
+		return nil
+	}}
+	for _, k := range []string{"/mnt/1", "/mnt/2"} {
+		s.Enqueue(context.Background(), Layer{Key: k, Digest: b.digest, Table: b.table, Blob: blob, Spans: spans}, Background)
+	}
+	for _, k := range []string{"/mnt/1", "/mnt/2"} {
+		if err := res.wait(t, k); err != nil {
+			t.Fatal(k, err)
+		}
+	}
+	if len(blob.reads) != 4 {
+		t.Errorf("%d range requests, want 4 (one download)", len(blob.reads))
+	}
+}

@@ -1,0 +1,35 @@
+package span
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/fastsoci/soci-snapshotter/fs/cache"
+)
+
+// TestFailHold: right after a failed fetch, a read of the span fails at
+// once without a request (the kernel's retry of a failed readahead); after
+// the hold the span is fetched again and the read succeeds.
+func TestFailHold(t *testing.T) {
+	l := buildLayer(t, 31, []int{1000}, false)
+	down := errors.New("registry down")
+	f := &fakeFetcher{blob: l.blob, err: down}
+	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) { o.FailHold = 200 * time.Millisecond })
+	for range 2 {
+		if _, err := m.FetchAt(t.Context(), make([]byte, 10), 0); !errors.Is(err, down) {
+			t.Fatalf("FetchAt = %v, want %v", err, down)
+		}
+	}
+	if n := f.requests(); n != 1 {
+		t.Fatalf("%d requests within the hold, want 1", n)
+	}
+	f.set(func(f *fakeFetcher) { f.err = nil })
+	time.Sleep(250 * time.Millisecond)
+	if _, err := m.FetchAt(t.Context(), make([]byte, 10), 0); err != nil {
+		t.Fatalf("after the hold: %v", err)
+	}
+	if n := f.requests(); n != 2 {
+		t.Fatalf("%d requests, want 2", n)
+	}
+}

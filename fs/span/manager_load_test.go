@@ -1,0 +1,101 @@
+package span
+
+import (
+	"bytes"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fastsoci/soci-snapshotter/fs/cache"
+)
+
+// TestLoad: spans loaded from caller-fetched bytes serve reads without
+// registry requests; corrupt bytes are refused span by span.
+func TestLoad(t *testing.T) {
+	l := buildLayer(t, 21, []int{1000, 2000, 3000, 500}, true)
+	f := &fakeFetcher{blob: l.blob}
+	m := newManager(t, l, f, cache.NewMemory(), nil)
+	bad := slices.Clone(l.blob)
+	bad[l.table.Spans[2].CompressedStart+3] ^= 0xff
+	// The first two spans from the blob's start (bytes before span 0 are allowed).
+	if err := m.Load(t.Context(), 0, 1, l.blob[:l.table.Spans[1].CompressedEnd], 0); err != nil {
+		t.Fatal(err)
+	}
+	base := l.table.Spans[2].CompressedStart
+	err := m.Load(t.Context(), 2, 3, bad[base:], base)
+	if !errors.Is(err, ErrVerification) {
+		t.Fatalf("Load of a corrupt span: %v, want a verification error", err)
+	}
+	if spans, _ := m.Cached(); spans != 3 {
+		t.Errorf("cached spans = %d, want 3", spans)
+	}
+	p := make([]byte, 3000)
+	if n, err := m.FetchAt(t.Context(), p, 0); n != len(p) || err != nil || !bytes.Equal(p, l.data[:3000]) {
+		t.Fatalf("FetchAt = %d, %v", n, err)
+	}
+	if got := f.requests(); got != 0 {
+		t.Errorf("requests = %d after Load, want 0", got)
+	}
+	if err := m.Load(t.Context(), 1, 2, l.blob[:10], 0); err == nil {
+		t.Error("Load with bytes not covering the spans succeeded")
+	}
+}
+
+type countingObserver struct {
+	mu           sync.Mutex
+	reads        int
+	hits, misses int
+	failures     map[string]int
+}
+
+func (o *countingObserver) ObserveRead(_ time.Duration, hits, misses int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.reads++
+	o.hits += hits
+	o.misses += misses
+}
+
+func (o *countingObserver) Failure(kind string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.failures == nil {
+		o.failures = map[string]int{}
+	}
+	o.failures[kind]++
+}
+
+type countingDemand struct {
+	mu             sync.Mutex
+	active, begins int
+}
+
+func (d *countingDemand) BeginDemand() { d.mu.Lock(); d.active++; d.begins++; d.mu.Unlock() }
+func (d *countingDemand) EndDemand()   { d.mu.Lock(); d.active--; d.mu.Unlock() }
+
+// TestObserverAndDemand: misses are demand fetches, counted and reported;
+// cached reads are hits and no demand.
+func TestObserverAndDemand(t *testing.T) {
+	l := buildLayer(t, 22, []int{1000, 1000, 1000}, true)
+	f := &fakeFetcher{blob: l.blob}
+	o, d := &countingObserver{}, &countingDemand{}
+	m := newManager(t, l, f, cache.NewMemory(), func(opts *Options) { opts.Observer, opts.Demand = o, d })
+	p := make([]byte, 1500)
+	for range 2 {
+		if _, err := m.FetchAt(t.Context(), p, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.set(func(f *fakeFetcher) { f.corrupt = true })
+	if _, err := m.FetchAt(t.Context(), p, 2000); !errors.Is(err, ErrVerification) {
+		t.Fatalf("corrupt read: %v", err)
+	}
+	if o.reads != 3 || o.hits != 2 || o.misses != 3 || o.failures["verification"] != 1 {
+		t.Errorf("observer: reads %d hits %d misses %d failures %v", o.reads, o.hits, o.misses, o.failures)
+	}
+	if d.begins != 2 || d.active != 0 {
+		t.Errorf("demand: %d begins, %d still active; want 2, 0", d.begins, d.active)
+	}
+}

@@ -1,0 +1,127 @@
+package integration
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fastsoci/soci-snapshotter/integration/harness"
+	"github.com/fastsoci/soci-snapshotter/integration/sociimage"
+)
+
+// containerdHostsDir is where both containerd's clients (nerdctl) and our
+// daemon look for hosts.toml.
+const containerdHostsDir = "/etc/containerd/certs.d"
+
+// closedHost is 127.0.0.1 with a port nobody listens on: an unreachable
+// origin registry.
+func closedHost(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := l.Addr().String()
+	l.Close()
+	return host
+}
+
+func writeHostsToml(t *testing.T, root, origin, mirror string) {
+	t.Helper()
+	dir := filepath.Join(root, origin)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	toml := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+origin, "http://"+mirror)
+	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// mirrorServedAll checks that the mirror's access log has the image's
+// requests, each naming the origin with ?ns=, and that it served blob bytes.
+func mirrorServedAll(t *testing.T, logPath, origin string) {
+	t.Helper()
+	served, err := harness.RegistryBytesServed(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if served == 0 {
+		t.Error("the mirror served no blob bytes")
+	}
+	data, _ := os.ReadFile(logPath)
+	ranges := 0
+	for _, line := range strings.Split(string(data), "\n") {
+		// Only the daemon reads layers by range: these are its span fetches.
+		if strings.Contains(line, "/blobs/") && strings.Contains(line, "ns="+url.QueryEscape(origin)) && strings.Contains(line, "\" 206 ") {
+			ranges++
+		}
+	}
+	if ranges == 0 {
+		t.Errorf("the mirror served no range reads naming the origin %s", origin)
+	}
+}
+
+// TestMirrorHostsToml: a mirror in hosts.toml serves every fetch (manifest,
+// index, zTOCs, spans) of a lazily loaded image whose origin is down.
+func TestMirrorHostsToml(t *testing.T) {
+	e := startEnv(t, defaultDaemonConfig)
+	ctx := testContext(t, 5*time.Minute)
+	img := newLayeredImage()
+	pushV2(t, e, "lazy/mirrored:latest", buildImage(t, img.spec), sociimage.Options{SpanSize: 1 << 20})
+	origin := closedHost(t)
+	writeHostsToml(t, containerdHostsDir, origin, e.Registry.Host)
+	ref := origin + "/lazy/mirrored:latest"
+	checkSums(t, runSums(t, ctx, e, ref, img.paths), img.want)
+	if n := fuseLayers(t, e); n != 3 {
+		t.Errorf("want 3 lazily loaded layers mounted, got %d", n)
+	}
+	mirrorServedAll(t, e.Registry.Log(), origin)
+}
+
+// TestMirrorResolverConfig: [[resolver.host."<registry>".mirrors]] in the
+// daemon's config are mirrors too (nerdctl gets a hosts.toml of its own).
+func TestMirrorResolverConfig(t *testing.T) {
+	tools, err := harness.ToolsFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testContext(t, 5*time.Minute)
+	mirror, err := harness.StartRegistry(ctx, filepath.Join(tools.Bin, "registry"), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = mirror.Stop() })
+	origin := closedHost(t)
+	cfg := defaultDaemonConfig + fmt.Sprintf(`
+[[resolver.host.%q.mirrors]]
+  host = %q
+  insecure = true
+  request_timeout_sec = 20
+`, origin, mirror.Host)
+	e := startEnv(t, cfg)
+	img := newLayeredImage()
+	mirrorRef := mirror.Host + "/lazy/mirrored:latest"
+	if _, _, err := sociimage.PushV2(ctx, mirrorRef, buildImage(t, img.spec), sociimage.Options{SpanSize: 1 << 20}); err != nil {
+		t.Fatalf("push to the mirror: %v", err)
+	}
+	nerdctlHosts := t.TempDir()
+	writeHostsToml(t, nerdctlHosts, origin, mirror.Host)
+	ref := origin + "/lazy/mirrored:latest"
+	args := append([]string{"--hosts-dir", nerdctlHosts, "--snapshotter", "soci", "run", "--rm", "--net", "none", ref, "sha256"}, img.paths...)
+	out, err := e.Nerdctl(ctx, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkSums(t, out, img.want)
+	if n := fuseLayers(t, e); n != 3 {
+		t.Errorf("want 3 lazily loaded layers mounted, got %d", n)
+	}
+	mirrorServedAll(t, mirror.Log(), origin)
+}

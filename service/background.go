@@ -1,0 +1,47 @@
+package service
+
+import (
+	"time"
+
+	"github.com/fastsoci/soci-snapshotter/config"
+	"github.com/fastsoci/soci-snapshotter/fs/background"
+)
+
+// Background fetch settings that the configuration can only make less
+// polite. The [background_fetch] keys are read as upper bounds:
+//
+//   - disable turns the fetcher off.
+//   - silence_period_msec delays a layer's first fetch after its mount, at
+//     most maxBackgroundDelay, so that by default a layer becomes local
+//     within seconds of the container's start rather than after 30 s.
+//   - fetch_period_msec is not a pace between fetches (demand reads, not a
+//     timer, make the fetcher yield); it is the pause after a failed chunk,
+//     at most maxBackgroundRetryWait.
+//   - max_queue_size bounds the layers waiting to start (negative:
+//     unbounded), drop_policy says which one is dropped when it is full; a
+//     dropped layer stays lazily loaded.
+//   - emit_metric_period_sec is unused: Prometheus scrapes when it wants.
+const (
+	backgroundWorkers      = 4
+	backgroundChunkSize    = 8 << 20
+	maxBackgroundDelay     = 5 * time.Second
+	maxBackgroundRetryWait = 500 * time.Millisecond
+)
+
+// backgroundOptions maps [background_fetch] onto the scheduler's options;
+// nil when it is disabled.
+func backgroundOptions(cfg *config.Config) *background.Options {
+	b := cfg.BackgroundFetch
+	if b.Disable {
+		return nil
+	}
+	return &background.Options{
+		Workers:      backgroundWorkers,
+		ChunkSize:    backgroundChunkSize,
+		Delay:        min(max(b.SilencePeriodMsec.Duration(), 0), maxBackgroundDelay),
+		RetryWait:    min(b.FetchPeriodMsec.Duration(), maxBackgroundRetryWait),
+		FetchTimeout: spanFetchTimeout(cfg),
+		MaxQueue:     max(b.MaxQueueSize, 0),
+		DropOldest:   b.DropPolicy == config.DropOldest,
+	}
+}

@@ -1,0 +1,63 @@
+package service
+
+import (
+	"time"
+
+	"github.com/fastsoci/soci-snapshotter/config"
+	"github.com/fastsoci/soci-snapshotter/fs/remote"
+	"github.com/fastsoci/soci-snapshotter/fs/span"
+)
+
+// defaultHostsDir is where containerd keeps per-registry hosts.toml files;
+// the daemon reads the same directory so that mirrors, TLS and headers
+// apply to every fetch as they do to containerd's pulls.
+const defaultHostsDir = "/etc/containerd/certs.d"
+
+// registryOptions maps [http], [blob] and [resolver] onto the registry
+// client. Credentials come from the docker config.json of the daemon's
+// environment ($DOCKER_CONFIG, else ~/.docker), credential helpers included.
+func registryOptions(cfg *config.Config) remote.Options {
+	opts := remote.Options{
+		HostsDirs:             []string{defaultHostsDir},
+		Credentials:           remote.DockerConfigCredentials(""),
+		Timeout:               cfg.HTTP.RequestTimeoutMsec.Duration(),
+		DialTimeout:           cfg.HTTP.DialTimeoutMsec.Duration(),
+		ResponseHeaderTimeout: cfg.HTTP.ResponseHeaderTimeoutMsec.Duration(),
+		Retry: remote.RetryPolicy{
+			MaxRetries: cfg.HTTP.MaxRetries,
+			MinWait:    cfg.HTTP.MinWaitMsec.Duration(),
+			MaxWait:    cfg.HTTP.MaxWaitMsec.Duration(),
+		},
+		BlobRetry: remote.RetryPolicy{
+			MaxRetries: cfg.Blob.MaxRetries,
+			MinWait:    cfg.Blob.MinWaitMsec.Duration(),
+			MaxWait:    cfg.Blob.MaxWaitMsec.Duration(),
+		},
+		Mirrors: map[string][]remote.Mirror{},
+	}
+	for host, h := range cfg.Resolver.Host {
+		for _, m := range h.Mirrors {
+			opts.Mirrors[host] = append(opts.Mirrors[host], remote.Mirror{
+				Host:           m.Host,
+				Insecure:       m.Insecure,
+				RequestTimeout: max(m.RequestTimeoutSec.Duration(), 0), // negative: no timeout
+			})
+			if m.Insecure {
+				opts.Insecure = append(opts.Insecure, m.Host)
+			}
+		}
+	}
+	return opts
+}
+
+// spanFetchTimeout bounds one shared span fetch, and so how long a read from
+// a lazily loaded file can wait for a registry that is down before it fails
+// with EIO. [blob] fetching_timeout_sec (300 s by default, sized for whole
+// layer downloads) may lower it, never raise it above span's default.
+func spanFetchTimeout(cfg *config.Config) time.Duration {
+	d := span.DefaultFetchTimeout
+	if t := cfg.Blob.FetchTimeoutSec.Duration(); t > 0 && t < d {
+		d = t
+	}
+	return d
+}
