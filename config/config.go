@@ -1,5 +1,7 @@
 package config
 
+import "strings"
+
 const (
 	// DefaultConfigPath is where the daemon looks for its configuration file
 	// when no path is given on the command line.
@@ -14,6 +16,10 @@ const (
 	// DefaultContainerdAddress is containerd's default socket, used both as
 	// the containerd content store address and as the CRI image service.
 	DefaultContainerdAddress = "/run/containerd/containerd.sock"
+
+	// DefaultHostsDir is where containerd keeps per-registry hosts.toml
+	// files: the default of [resolver] config_path.
+	DefaultHostsDir = "/etc/containerd/certs.d"
 
 	// DefaultContentStoreNamespace is the containerd namespace used by the
 	// containerd content store unless configured otherwise.
@@ -306,8 +312,20 @@ type ResolverConfig struct {
 	// EnableAuthClientSharing shares one auth client between images of the
 	// same registry pulled with the same credentials.
 	EnableAuthClientSharing bool `toml:"enable_auth_client_sharing"`
+	// ConfigPath lists containerd-style hosts directories (each holding
+	// <registry>/hosts.toml), separated by ':', searched in order; the first
+	// one with a directory for a registry is used for it. Empty: none.
+	ConfigPath string `toml:"config_path"`
 	// Host maps a registry host name (e.g. "docker.io") to its settings.
 	Host map[string]HostConfig `toml:"host"`
+}
+
+// HostsDirs returns the directories of ConfigPath, in order.
+func (r *ResolverConfig) HostsDirs() []string {
+	if r.ConfigPath == "" {
+		return nil
+	}
+	return strings.Split(r.ConfigPath, ":")
 }
 
 // HostConfig is a [resolver.host."<registry>"] table.

@@ -77,6 +77,6 @@ func Default() *Config {
 			},
 		},
 		CRIKeychain: CRIKeychainConfig{ImageServicePath: DefaultContainerdAddress},
-		Resolver:    ResolverConfig{AuthClientTTLSec: defaultAuthClientTTLSec},
+		Resolver:    ResolverConfig{AuthClientTTLSec: defaultAuthClientTTLSec, ConfigPath: DefaultHostsDir},
 	}
 }

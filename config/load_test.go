@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -58,6 +59,9 @@ func TestParseErrors(t *testing.T) {
 			[]string{"line 2", "pull_modes.parallel_pull_unpack.decompress_streams.gzip.path", "absolute"}},
 		{"empty mirror host", "[[resolver.host.'docker.io'.mirrors]]\ninsecure = true\n[[resolver.host.'docker.io'.mirrors]]\nhost = ''\n",
 			[]string{"line 1: resolver.host.\"docker.io\".mirrors[0].host", "line 4: resolver.host.\"docker.io\".mirrors[1].host"}},
+		{"relative hosts dir", "[resolver]\nconfig_path = '/etc/containerd/certs.d:certs.d'\n",
+			[]string{"line 2", "resolver.config_path", "absolute"}},
+		{"empty hosts dir in list", "[resolver]\nconfig_path = '/a::/b'\n", []string{"line 2", "resolver.config_path"}},
 		{"all problems reported", "mount_timeout_sec = -1\nmetrics_network = 'udp'\n", []string{"line 1: mount_timeout_sec", "line 2: metrics_network"}},
 	}
 	for _, tc := range tests {
@@ -143,6 +147,14 @@ func TestNormalization(t *testing.T) {
 		{"[cri_keychain]\nimage_service_path = ''", func(c *Config) bool { return c.CRIKeychain.ImageServicePath == DefaultContainerdAddress }},
 		{"[resolver]\nauth_client_ttl_sec = 0", func(c *Config) bool { return c.Resolver.AuthClientTTLSec == 3600 }},
 		{"[resolver.host]", func(c *Config) bool { return c.Resolver.Host == nil }},
+		{"[resolver]\nauth_client_ttl_sec = 60", func(c *Config) bool {
+			return slices.Equal(c.Resolver.HostsDirs(), []string{DefaultHostsDir})
+		}},
+		{"[resolver]\nconfig_path = '/run/certs.d:/etc/containerd/certs.d'", func(c *Config) bool {
+			return slices.Equal(c.Resolver.HostsDirs(), []string{"/run/certs.d", "/etc/containerd/certs.d"})
+		}},
+		// As containerd's config_path: empty reads no hosts directory.
+		{"[resolver]\nconfig_path = ''", func(c *Config) bool { return c.Resolver.HostsDirs() == nil }},
 		{"[pull_modes.parallel_pull_unpack]\nconcurrent_download_chunk_size = '0'",
 			func(c *Config) bool { return c.PullModes.Parallel.ConcurrentDownloadChunkSize == Unbounded }},
 		{"[pull_modes.parallel_pull_unpack]\nconcurrent_download_chunk_size = '16MB'",

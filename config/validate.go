@@ -95,6 +95,12 @@ func (p *ParallelPullConfig) validate(v *validator) {
 
 func (r *ResolverConfig) validate(v *validator) {
 	v.seconds("resolver.auth_client_ttl_sec", r.AuthClientTTLSec)
+	for _, dir := range r.HostsDirs() {
+		if !filepath.IsAbs(dir) {
+			v.fail("resolver.config_path", "want absolute directories separated by ':', got %q", r.ConfigPath)
+			break
+		}
+	}
 	for _, registry := range slices.Sorted(maps.Keys(r.Host)) {
 		table := "resolver.host." + quoteKeyPart(registry)
 		if registry == "" {

@@ -2,75 +2,45 @@ package fs
 
 import (
 	"context"
-	"errors"
-	"os"
-	"sync"
-	"time"
 
 	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
 )
 
-// How often and how long releaseWhenGone looks for the mountpoint to go.
-const (
-	releasePoll = 50 * time.Millisecond
-	releaseWait = time.Minute
-)
-
-// releases are the deletions waiting for their snapshot directory to go.
-type releases struct {
-	life   context.Context // canceled by Close: nothing more is deleted
-	stop   context.CancelFunc
-	wg     sync.WaitGroup
-	closed bool // guarded by FS.mu
+// layerRef names the data of an unmounted layer, which Release deletes.
+type layerRef struct {
+	name string // layer digest, also the span cache's key prefix
+	ztoc digest.Digest
 }
 
-// releaseWhenGone deletes the data of the unmounted layer m (see release)
-// once its mountpoint is gone, in the background. Unmount is called both for
-// a removed snapshot (the snapshotter then deletes the snapshot directory,
-// mountpoint included) and for layers whose snapshots stay (a failed
-// start-up, an explicit teardown): those must keep their zTOC so that the
-// next start needs no registry. A mountpoint still there after releaseWait
-// keeps the data; the bounded cache evicts unmounted layers first anyway.
-func (f *FS) releaseWhenGone(ctx context.Context, m *mountedLayer, mountpoint string) {
+// shares tells whether r and other use the same layer data.
+func (r layerRef) shares(other layerRef) bool {
+	return other.name == r.name || r.ztoc != "" && other.ztoc == r.ztoc
+}
+
+// Release tells that the snapshot last served at mountpoint was removed for
+// good (its directory is gone): the span cache and zTOC of its layer are
+// deleted, unless another snapshot, mounted or to be mounted again, or a
+// Mount in progress, uses the same layer digest or zTOC. A layer still
+// served there is unmounted first. A mountpoint this FS did not serve since
+// it started is nothing to do: the bounded cache evicts unmounted layers
+// first anyway.
+func (f *FS) Release(ctx context.Context, mountpoint string) error {
 	f.mu.Lock()
-	if f.rel.closed {
-		f.mu.Unlock()
-		return
+	_, mounted := f.mounted[mountpoint]
+	f.mu.Unlock()
+	var err error
+	if mounted {
+		err = f.Unmount(ctx, mountpoint)
 	}
-	f.rel.wg.Add(1)
-	f.mu.Unlock()
-	ctx = context.WithoutCancel(ctx)
-	go func() {
-		defer f.rel.wg.Done()
-		tick := time.NewTicker(releasePoll)
-		defer tick.Stop()
-		deadline := time.After(releaseWait)
-		for f.rel.life.Err() == nil {
-			if _, err := os.Lstat(mountpoint); errors.Is(err, os.ErrNotExist) {
-				f.release(ctx, m)
-				return
-			}
-			select {
-			case <-f.rel.life.Done():
-				return
-			case <-deadline:
-				log.G(ctx).WithField("layer", m.name).WithField("mountpoint", mountpoint).
-					Debug("unmounted layer's snapshot directory stays; keeping its zTOC and cached spans")
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-}
-
-// stopReleases cancels the pending deletions and waits for them: a
-// shutdown deletes nothing.
-func (f *FS) stopReleases() {
 	f.mu.Lock()
-	f.rel.closed = true
+	ref, ok := f.unmounted[mountpoint]
+	delete(f.unmounted, mountpoint)
 	f.mu.Unlock()
-	f.rel.stop()
-	f.rel.wg.Wait()
+	if ok {
+		f.release(ctx, ref)
+	}
+	return err
 }
 
 // begin records a Mount of the layer in progress until the returned
@@ -100,21 +70,28 @@ func (f *FS) pin(ctx context.Context, layerDigest string) (unpin func()) {
 	return func() { f.cache.Unpin(layerDigest) }
 }
 
-// release deletes the span cache and zTOC of a layer whose snapshot was
-// removed, unless another mounted layer, or a Mount in progress, uses the
-// same layer digest or zTOC. It runs under f.mu, so a Mount starting after
-// it fetches the zTOC again. The SOCI index and the index chosen per image
-// stay: they are small and shared by the image's other layers. Failures are
-// logged: the layer is gone either way, and the bounded cache evicts what is
-// left first.
-func (f *FS) release(ctx context.Context, m *mountedLayer) {
+// release deletes the span cache and zTOC of the layer m, unless another
+// layer, mounted or unmounted but not released, or a Mount in progress, uses
+// the same layer digest or zTOC.
+// It runs under f.mu, so a Mount starting after it fetches the zTOC again.
+// The SOCI index and the index chosen per image stay: they are small and
+// shared by the image's other layers. Failures are logged: the snapshot is
+// gone either way, and the bounded cache evicts what is left first.
+func (f *FS) release(ctx context.Context, m layerRef) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.pending[m.name] > 0 {
 		return
 	}
 	for _, other := range f.mounted {
-		if other.name == m.name || m.ztoc != "" && other.ztoc == m.ztoc {
+		if m.shares(layerRef{name: other.name, ztoc: other.ztoc}) {
+			return
+		}
+	}
+	// An unmounted snapshot that stays (after a failed start-up, say) needs
+	// them when it is mounted again.
+	for _, other := range f.unmounted {
+		if m.shares(other) {
 			return
 		}
 	}

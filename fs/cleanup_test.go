@@ -1,19 +1,34 @@
 package fs
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
 )
 
+// The snapshotter finds Release through its optional Releaser interface.
+var _ interface {
+	Release(ctx context.Context, mountpoint string) error
+} = (*FS)(nil)
+
+func newTestFS(t *testing.T) *FS {
+	t.Helper()
+	f, err := New(Options{Root: t.TempDir(), Registry: remote.New(remote.Options{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
 // fakeLayer caches a span of a layer and stores a zTOC for it, as a mount
-// would, and returns the mountedLayer release looks at.
-func fakeLayer(t *testing.T, f *FS, name string) *mountedLayer {
+// would, and returns the layerRef release looks at.
+func fakeLayer(t *testing.T, f *FS, name string) layerRef {
 	t.Helper()
 	l := digest.FromString("layer " + name)
 	z := digest.FromString("ztoc " + name)
@@ -27,10 +42,10 @@ func fakeLayer(t *testing.T, f *FS, name string) *mountedLayer {
 	if err := os.WriteFile(p, []byte("ztoc"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return &mountedLayer{name: l.String(), ztoc: z, unpin: func() {}}
+	return layerRef{name: l.String(), ztoc: z}
 }
 
-func kept(t *testing.T, f *FS, m *mountedLayer) bool {
+func kept(t *testing.T, f *FS, m layerRef) bool {
 	t.Helper()
 	_, cerr := f.cache.Get(m.name + "/0-5")
 	_, zerr := os.Stat(filepath.Join(f.opts.Root, "index", "blobs", string(m.ztoc.Algorithm()), m.ztoc.Encoded()))
@@ -41,12 +56,10 @@ func kept(t *testing.T, f *FS, m *mountedLayer) bool {
 }
 
 func TestReleaseFreesUnusedLayersOnly(t *testing.T) {
-	f, err := New(Options{Root: t.TempDir(), Registry: remote.New(remote.Options{})})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := newTestFS(t)
 	one, two := fakeLayer(t, f, "one"), fakeLayer(t, f, "two")
-	f.mounted["/mnt/two"] = two
+	f.mounted["/mnt/two"] = &mountedLayer{name: two.name, ztoc: two.ztoc}
+	t.Cleanup(func() { delete(f.mounted, "/mnt/two") }) // nothing to close
 
 	// Another snapshot still has the same layer mounted.
 	f.mounted["/mnt/one-again"] = &mountedLayer{name: one.name, ztoc: one.ztoc}
@@ -55,6 +68,14 @@ func TestReleaseFreesUnusedLayersOnly(t *testing.T) {
 		t.Fatal("released a layer another mount uses")
 	}
 	delete(f.mounted, "/mnt/one-again")
+
+	// Another snapshot of the layer was unmounted but stays.
+	f.unmounted["/mnt/one-stays"] = layerRef{name: "sha256:other", ztoc: one.ztoc}
+	f.release(t.Context(), one)
+	if !kept(t, f, one) {
+		t.Fatal("released a zTOC an unmounted snapshot that stays uses")
+	}
+	delete(f.unmounted, "/mnt/one-stays")
 
 	// The layer is being mounted again.
 	end := f.begin(one.name)
@@ -76,47 +97,35 @@ func TestReleaseFreesUnusedLayersOnly(t *testing.T) {
 	}
 }
 
-func TestReleaseWaitsForTheSnapshotDirectory(t *testing.T) {
-	f, err := New(Options{Root: t.TempDir(), Registry: remote.New(remote.Options{})})
-	if err != nil {
-		t.Fatal(err)
-	}
+// TestReleaseOnlyWhenTold: an unmounted layer keeps its data until Release
+// names its mountpoint.
+func TestReleaseOnlyWhenTold(t *testing.T) {
+	f := newTestFS(t)
 	removed, stays := fakeLayer(t, f, "removed"), fakeLayer(t, f, "stays")
-	mpRemoved, mpStays := filepath.Join(t.TempDir(), "fs"), filepath.Join(t.TempDir(), "fs")
-	for _, mp := range []string{mpRemoved, mpStays} {
-		if err := os.Mkdir(mp, 0o700); err != nil {
-			t.Fatal(err)
-		}
+	// As Unmount leaves them.
+	f.unmounted["/snap/1/fs"] = removed
+	f.unmounted["/snap/2/fs"] = stays
+
+	if err := f.Release(t.Context(), "/snap/3/fs"); err != nil {
+		t.Fatalf("Release of a mountpoint never served: %v", err)
 	}
-	f.releaseWhenGone(t.Context(), removed, mpRemoved)
-	f.releaseWhenGone(t.Context(), stays, mpStays)
-	time.Sleep(5 * releasePoll)
 	if !kept(t, f, removed) || !kept(t, f, stays) {
-		t.Fatal("released while the snapshot directory is still there")
+		t.Fatal("released data of another mountpoint")
 	}
-	if err := os.Remove(mpRemoved); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	ztoc := filepath.Join(f.opts.Root, "index", "blobs", string(removed.ztoc.Algorithm()), removed.ztoc.Encoded())
-	for _, err := os.Stat(ztoc); err == nil; _, err = os.Stat(ztoc) {
-		if time.Now().After(deadline) {
-			t.Fatal("layer not released after its snapshot directory went")
-		}
-		time.Sleep(releasePoll)
+	if err := f.Release(t.Context(), "/snap/1/fs"); err != nil {
+		t.Fatalf("Release: %v", err)
 	}
 	if kept(t, f, removed) {
 		t.Fatal("released layer kept")
 	}
-	// A shutdown deletes nothing, even if the directory goes afterwards.
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(mpStays); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(5 * releasePoll)
 	if !kept(t, f, stays) {
-		t.Fatal("layer released after Close")
+		t.Fatal("layer of an unmounted snapshot that stays released")
+	}
+	if _, ok := f.unmounted["/snap/1/fs"]; ok {
+		t.Fatal("released mountpoint still recorded")
+	}
+	// A second Release is nothing to do.
+	if err := f.Release(t.Context(), "/snap/1/fs"); err != nil {
+		t.Fatalf("second Release: %v", err)
 	}
 }

@@ -55,7 +55,9 @@ type FS struct {
 	mounted map[string]*mountedLayer // by mountpoint
 	bg      *background.Scheduler    // nil when background fetch is off
 	pending map[string]int           // Mount calls in progress, by layer digest
-	rel     releases                 // deletions of removed layers' data waiting for their snapshot dir to go
+	// unmounted are the layers unmounted since, by mountpoint: their data
+	// stays until Release says their snapshot is gone.
+	unmounted map[string]layerRef
 }
 
 // mountedLayer is everything that serves one mounted layer.
@@ -96,9 +98,10 @@ func New(opts Options) (*FS, error) {
 		}
 		bg = background.New(bo)
 	}
-	f := &FS{bg: bg, opts: opts, indices: indices, cache: spanCache, mounted: map[string]*mountedLayer{}, pending: map[string]int{}}
-	f.rel.life, f.rel.stop = context.WithCancel(context.Background())
-	return f, nil
+	return &FS{
+		bg: bg, opts: opts, indices: indices, cache: spanCache,
+		mounted: map[string]*mountedLayer{}, pending: map[string]int{}, unmounted: map[string]layerRef{},
+	}, nil
 }
 
 // Check reports whether the layer at mountpoint is still served by this
@@ -120,15 +123,18 @@ func (f *FS) Check(ctx context.Context, mountpoint string, labels map[string]str
 	return nil
 }
 
-// Unmount stops serving the layer at mountpoint and unmounts it. When the
-// mountpoint then disappears (its snapshot was removed) and no other mounted
-// layer uses the same layer digest, the layer's span cache and zTOC are
-// deleted too (see releaseWhenGone). A mount left by an earlier daemon is
-// detached.
+// Unmount stops serving the layer at mountpoint and unmounts it. The
+// layer's span cache and zTOC stay: the snapshot may be mounted again (after
+// a failed start-up or an explicit teardown), and needs no registry then;
+// Release deletes them once the snapshot is removed. A mount left by an
+// earlier daemon is detached.
 func (f *FS) Unmount(ctx context.Context, mountpoint string) error {
 	f.mu.Lock()
 	m, ok := f.mounted[mountpoint]
 	delete(f.mounted, mountpoint)
+	if ok {
+		f.unmounted[mountpoint] = layerRef{name: m.name, ztoc: m.ztoc}
+	}
 	f.mu.Unlock()
 	if f.bg != nil {
 		f.bg.Cancel(mountpoint)
@@ -136,9 +142,7 @@ func (f *FS) Unmount(ctx context.Context, mountpoint string) error {
 	if !ok {
 		return detach(mountpoint)
 	}
-	err := m.close(mountpoint)
-	f.releaseWhenGone(ctx, m, mountpoint)
-	return err
+	return m.close(mountpoint)
 }
 
 // Close unmounts every layer this FS serves. Containers still using them
@@ -148,7 +152,6 @@ func (f *FS) Close() error {
 	if f.bg != nil {
 		f.bg.Close()
 	}
-	f.stopReleases()
 	f.mu.Lock()
 	all := f.mounted
 	f.mounted = map[string]*mountedLayer{}

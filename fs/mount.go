@@ -64,6 +64,7 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 	f.mu.Lock()
 	old := f.mounted[mountpoint]
 	f.mounted[mountpoint] = m
+	delete(f.unmounted, mountpoint)
 	f.mu.Unlock()
 	if old != nil {
 		old.spans.Close()
@@ -111,6 +112,9 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 	so := span.Options{
 		Table: l.Spans, Fetcher: blob, Cache: f.cache, Decompressor: l,
 		CacheKey: t.LayerDigest.String(), FetchTimeout: f.opts.FetchTimeout,
+		// The background walk hashes the whole blob; reads keep what they
+		// fetched so that it need not fetch it twice.
+		KeepCompressed: f.bg != nil,
 	}
 	if f.opts.Metrics != nil {
 		so.Observer = f.opts.Metrics

@@ -14,10 +14,6 @@ import (
 	"github.com/fastsoci/soci-snapshotter/integration/sociimage"
 )
 
-// containerdHostsDir is where both containerd's clients (nerdctl) and our
-// daemon look for hosts.toml.
-const containerdHostsDir = "/etc/containerd/certs.d"
-
 // closedHost is 127.0.0.1 with a port nobody listens on: an unreachable
 // origin registry.
 func closedHost(t *testing.T) string {
@@ -37,7 +33,6 @@ func writeHostsToml(t *testing.T, root, origin, mirror string) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
 	toml := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+origin, "http://"+mirror)
 	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(toml), 0o644); err != nil {
 		t.Fatal(err)
@@ -69,16 +64,26 @@ func mirrorServedAll(t *testing.T, logPath, origin string) {
 }
 
 // TestMirrorHostsToml: a mirror in hosts.toml serves every fetch (manifest,
-// index, zTOCs, spans) of a lazily loaded image whose origin is down.
+// index, zTOCs, spans) of a lazily loaded image whose origin is down. The
+// hosts directory is a temporary one, named to the daemon by [resolver]
+// config_path (after a directory without the origin's, to use the list) and
+// to nerdctl by --hosts-dir.
 func TestMirrorHostsToml(t *testing.T) {
-	e := startEnv(t, defaultDaemonConfig)
+	hostsDir, otherDir := t.TempDir(), t.TempDir()
+	cfg := defaultDaemonConfig + fmt.Sprintf("\n[resolver]\n  config_path = %q\n", otherDir+":"+hostsDir)
+	e := startEnv(t, cfg)
 	ctx := testContext(t, 5*time.Minute)
 	img := newLayeredImage()
 	pushV2(t, e, "lazy/mirrored:latest", buildImage(t, img.spec), sociimage.Options{SpanSize: 1 << 20})
 	origin := closedHost(t)
-	writeHostsToml(t, containerdHostsDir, origin, e.Registry.Host)
+	writeHostsToml(t, hostsDir, origin, e.Registry.Host)
 	ref := origin + "/lazy/mirrored:latest"
-	checkSums(t, runSums(t, ctx, e, ref, img.paths), img.want)
+	args := append([]string{"--hosts-dir", hostsDir, "--snapshotter", "soci", "run", "--rm", "--net", "none", ref, "sha256"}, img.paths...)
+	out, err := e.Nerdctl(ctx, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkSums(t, out, img.want)
 	if n := fuseLayers(t, e); n != 3 {
 		t.Errorf("want 3 lazily loaded layers mounted, got %d", n)
 	}

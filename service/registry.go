@@ -8,17 +8,15 @@ import (
 	"github.com/fastsoci/soci-snapshotter/fs/span"
 )
 
-// defaultHostsDir is where containerd keeps per-registry hosts.toml files;
-// the daemon reads the same directory so that mirrors, TLS and headers
-// apply to every fetch as they do to containerd's pulls.
-const defaultHostsDir = "/etc/containerd/certs.d"
-
 // registryOptions maps [http], [blob] and [resolver] onto the registry
-// client. Credentials come from the docker config.json of the daemon's
-// environment ($DOCKER_CONFIG, else ~/.docker), credential helpers included.
+// client. The hosts.toml files are read from [resolver] config_path, by
+// default containerd's own directory, so that mirrors, TLS and headers apply
+// to every fetch as they do to containerd's pulls. Credentials come from the
+// docker config.json of the daemon's environment ($DOCKER_CONFIG, else
+// ~/.docker), credential helpers included.
 func registryOptions(cfg *config.Config) remote.Options {
 	opts := remote.Options{
-		HostsDirs:             []string{defaultHostsDir},
+		HostsDirs:             cfg.Resolver.HostsDirs(),
 		Credentials:           remote.DockerConfigCredentials(""),
 		Timeout:               cfg.HTTP.RequestTimeoutMsec.Duration(),
 		DialTimeout:           cfg.HTTP.DialTimeoutMsec.Duration(),

@@ -33,6 +33,13 @@ type Service struct {
 	debug       *debugServer   // nil when debug_address is empty
 }
 
+// The lazy filesystem serves the snapshotter's remote layers and frees a
+// layer's data when its snapshot is removed.
+var (
+	_ snapshot.Mounter  = (*fs.FS)(nil)
+	_ snapshot.Releaser = (*fs.FS)(nil)
+)
+
 // New builds the daemon from cfg, keeping all state under root.
 func New(ctx context.Context, cfg *config.Config, root string) (*Service, error) {
 	lock, err := lockRoot(root)

@@ -33,7 +33,15 @@ type fakeMounter struct {
 	mountErr  func(mountpoint string, labels map[string]string) error
 	halfMount bool
 	calls     []string
+	// releasedEarly lists the mountpoints released while their snapshot
+	// directory was still there.
+	releasedEarly []string
 }
+
+var (
+	_ Mounter  = (*fakeMounter)(nil)
+	_ Releaser = (*fakeMounter)(nil)
+)
 
 func newFakeMounter() *fakeMounter {
 	return &fakeMounter{mounted: map[string]map[string]string{}, dead: map[string]bool{}}
@@ -99,6 +107,21 @@ func (f *fakeMounter) Unmount(ctx context.Context, mountpoint string) error {
 	return nil
 }
 
+// Release records the call, and whether the snapshot directory was still
+// there: it must be deleted first.
+func (f *fakeMounter) Release(ctx context.Context, mountpoint string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "release "+mountpoint)
+	if _, err := os.Lstat(filepath.Dir(mountpoint)); !errors.Is(err, os.ErrNotExist) {
+		f.releasedEarly = append(f.releasedEarly, mountpoint)
+	}
+	return nil
+}
+
+// mounterOnly hides the Releaser of a Mounter.
+type mounterOnly struct{ Mounter }
+
 // kill makes the layer at mountpoint fail its checks, as a dead FUSE server
 // would.
 func (f *fakeMounter) kill(mountpoint string) {
@@ -107,7 +130,8 @@ func (f *fakeMounter) kill(mountpoint string) {
 	f.dead[mountpoint] = true
 }
 
-// count returns how many calls of kind ("mount", "check", "unmount") were
+// count returns how many calls of kind ("mount", "check", "unmount",
+// "release") were
 // made for mountpoint.
 func (f *fakeMounter) count(kind, mountpoint string) int {
 	f.mu.Lock()

@@ -199,6 +199,28 @@ func TestRemoteRemoveUnmounts(t *testing.T) {
 	if _, err := os.Stat(filepath.Dir(mp)); !os.IsNotExist(err) {
 		t.Errorf("snapshot directory still there: %v", err)
 	}
+	if e.fake.count("release", mp) != 1 || len(e.fake.releasedEarly) != 0 {
+		t.Errorf("calls = %v, released early = %v; want one release of %s once its directory is gone",
+			e.fake.calls, e.fake.releasedEarly, mp)
+	}
+}
+
+// TestRemoteRemoveWithoutReleaser: a Mounter without Release is only
+// unmounted.
+func TestRemoteRemoveWithoutReleaser(t *testing.T) {
+	e := newRemoteEnv(t)
+	e.sn.Close()
+	e.open(mounterOnly{e.fake}, false)
+	mp := e.prepareRemote("layer1", "")
+	if err := e.sn.Remove(e.ctx, "layer1"); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	if e.fake.count("unmount", mp) != 1 || e.fake.count("release", mp) != 0 {
+		t.Errorf("calls = %v, want an unmount and no release of %s", e.fake.calls, mp)
+	}
+	if _, err := os.Stat(filepath.Dir(mp)); !os.IsNotExist(err) {
+		t.Errorf("snapshot directory still there: %v", err)
+	}
 }
 
 func TestRemoteCleanupDetachesOrphans(t *testing.T) {
@@ -220,6 +242,10 @@ func TestRemoteCleanupDetachesOrphans(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(e.sn.snapshotsDir()); len(entries) != 0 {
 		t.Fatalf("directories left: %v", entries)
+	}
+	if e.fake.count("release", mp) != 1 || len(e.fake.releasedEarly) != 0 {
+		t.Errorf("calls = %v, released early = %v; want one release of %s once its directory is gone",
+			e.fake.calls, e.fake.releasedEarly, mp)
 	}
 }
 
@@ -353,4 +379,8 @@ func TestRemoteUnmountAll(t *testing.T) {
 	}
 	e.assertMounted(mp1, false)
 	e.assertMounted(mp2, false)
+	// The snapshots stay: their layers' data must too.
+	if e.fake.count("release", mp1) != 0 || e.fake.count("release", mp2) != 0 {
+		t.Errorf("calls = %v, want no release", e.fake.calls)
+	}
 }

@@ -20,7 +20,8 @@ import (
 // more (this one's, and any a crash left behind). Only once that transaction
 // is committed are they deleted: a failed transaction deletes nothing, and a
 // directory that can't be deleted now is found again by the next Remove or
-// Cleanup. A remote snapshot's layer is unmounted first.
+// Cleanup. A remote snapshot's layer is unmounted first, and released (see
+// Releaser) once its directory is deleted.
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	var (
 		orphans    []string
@@ -113,7 +114,24 @@ func (s *Snapshotter) removeDir(ctx context.Context, dir string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("remove %s: %w", dir, err)
 	}
+	s.releaseLayer(ctx, filepath.Join(dir, "fs"))
 	return nil
+}
+
+// releaseLayer tells a Mounter that is also a Releaser that the snapshot
+// whose fs directory was mountpoint is gone. Every deleted snapshot
+// directory is announced, since an orphan's metadata no longer tells whether
+// it was remote. Failures are logged: the snapshot is gone either way.
+func (s *Snapshotter) releaseLayer(ctx context.Context, mountpoint string) {
+	r, ok := s.mounter.(Releaser)
+	if !ok {
+		return
+	}
+	unlock := s.locks.lock(mountpoint)
+	defer unlock()
+	if err := r.Release(ctx, mountpoint); err != nil {
+		log.G(ctx).WithError(err).WithField("mountpoint", mountpoint).Warn("could not release the layer of a removed snapshot")
+	}
 }
 
 // detach makes sure nothing is mounted on path: the Mounter is asked first,

@@ -63,8 +63,8 @@ func TestRemoteRestartFailures(t *testing.T) {
 		t.Fatal("New with an invalid remote snapshot: want error")
 	}
 	// Start-up failed: the layer it had mounted is unmounted again.
-	if strict.count("unmount", mp2) != 1 {
-		t.Errorf("calls = %v, want an unmount of %s", strict.calls, mp2)
+	if strict.count("unmount", mp2) != 1 || strict.count("release", mp2) != 0 {
+		t.Errorf("calls = %v, want an unmount and no release of %s", strict.calls, mp2)
 	}
 
 	tolerant := failing()

@@ -41,6 +41,17 @@ type Mounter interface {
 	Unmount(ctx context.Context, mountpoint string) error
 }
 
+// Releaser is what a Mounter may also implement to learn that the snapshot
+// mounted at mountpoint has been removed for good: its directory is deleted,
+// so the data kept for the layer (cache, indices) may be freed. Unmount alone
+// does not say so: it is also called for snapshots that stay and will be
+// mounted again. Release may name a mountpoint that was never served, or was
+// served by an earlier process; the snapshotter never calls it at the same
+// time as another method for the same mountpoint.
+type Releaser interface {
+	Release(ctx context.Context, mountpoint string) error
+}
+
 // Options configures a Snapshotter.
 type Options struct {
 	// Root is the directory holding the metadata store and the snapshots.

@@ -99,6 +99,27 @@ type fakeSpans struct {
 	table  span.Table
 	mu     sync.Mutex
 	loaded []int
+	have   map[int]bool   // spans a reader already brought in
+	kept   map[int][]byte // compressed copies a reader kept
+}
+
+func (f *fakeSpans) Compressed(ctx context.Context, i int) ([]byte, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.kept[i]
+	return c, ok
+}
+
+func (f *fakeSpans) DropCompressed(ctx context.Context) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.kept = nil
+}
+
+func (f *fakeSpans) Has(ctx context.Context, i int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.have[i] || slices.Contains(f.loaded, i)
 }
 
 func (f *fakeSpans) Load(ctx context.Context, first, last int, compressed []byte, base int64) error {
@@ -524,5 +545,81 @@ func TestSameLayerTwice(t *testing.T) {
 	}
 	if len(blob.reads) != 4 {
 		t.Errorf("%d range requests, want 4 (one download)", len(blob.reads))
+	}
+}
+
+// TestSkipsSpansReadersFetched: spans a demand read already brought in are
+// not fetched again; the rest are, and the layer still completes (without
+// the whole-blob digest check, which would need those bytes again).
+func TestSkipsSpansReadersFetched(t *testing.T) {
+	b := newTestBlob(t, 4, 1<<20, 8)
+	res, obs := newResults(), &fakeObserver{}
+	s := New(Options{ChunkSize: 64 << 20, OnDone: res.onDone, Observer: obs})
+	defer s.Close()
+	blob := &fakeBlob{data: b.blob}
+	l, spans := layerOf("/mnt/part", b, blob)
+	spans.have = map[int]bool{2: true, 3: true, 6: true}
+	s.Enqueue(context.Background(), l, Background)
+	if err := res.wait(t, "/mnt/part"); err != nil {
+		t.Fatalf("layer: %v", err)
+	}
+	if want := []int{0, 1, 4, 5, 7}; !slices.Equal(spans.loaded, want) {
+		t.Errorf("loaded spans %v, want %v", spans.loaded, want)
+	}
+	var skipped int64
+	for i := range spans.have {
+		skipped += b.table.Spans[i].CompressedEnd - b.table.Spans[i].CompressedStart
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if max := int64(len(b.blob)) - skipped + int64(len(b.table.Spans)); obs.bytes > max {
+		t.Errorf("fetched %d bytes, want at most %d (the cached spans skipped)", obs.bytes, max)
+	}
+	if obs.layers != 1 || len(obs.failures) != 0 {
+		t.Errorf("observer: %d layers, failures %v", obs.layers, obs.failures)
+	}
+}
+
+// TestHashesKeptSpans: spans a read brought in with their compressed bytes
+// kept are hashed from those, not fetched again, and the whole-blob check
+// still runs (and still catches a corrupt gzip header).
+func TestHashesKeptSpans(t *testing.T) {
+	b := newTestBlob(t, 5, 1<<20, 8)
+	for _, corrupt := range []bool{false, true} {
+		data := slices.Clone(b.blob)
+		if corrupt {
+			data[4] ^= 0xff // gzip header: no span covers it
+		}
+		res, obs := newResults(), &fakeObserver{}
+		s := New(Options{ChunkSize: 64 << 20, OnDone: res.onDone, Observer: obs})
+		l, spans := layerOf("/mnt/kept", b, &fakeBlob{data: data})
+		spans.have = map[int]bool{0: true, 3: true, 7: true}
+		spans.kept = map[int][]byte{}
+		var skipped int64
+		for i := range spans.have {
+			sp := b.table.Spans[i]
+			spans.kept[i] = b.blob[sp.CompressedStart:sp.CompressedEnd]
+			skipped += sp.CompressedEnd - sp.CompressedStart
+		}
+		s.Enqueue(context.Background(), l, Background)
+		err := res.wait(t, "/mnt/kept")
+		s.Close()
+		if corrupt != errors.Is(err, ErrDigestMismatch) {
+			t.Fatalf("corrupt header %v: got %v", corrupt, err)
+		}
+		if !corrupt && err != nil {
+			t.Fatalf("layer: %v", err)
+		}
+		if want := []int{1, 2, 4, 5, 6}; !slices.Equal(spans.loaded, want) {
+			t.Errorf("loaded spans %v, want %v", spans.loaded, want)
+		}
+		obs.mu.Lock()
+		if max := int64(len(b.blob)) - skipped + int64(len(b.table.Spans)); obs.bytes > max {
+			t.Errorf("fetched %d bytes, want at most %d", obs.bytes, max)
+		}
+		obs.mu.Unlock()
+		if spans.kept != nil {
+			t.Errorf("kept compressed spans not dropped after the walk")
+		}
 	}
 }

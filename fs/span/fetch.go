@@ -140,10 +140,12 @@ func (m *Manager) fetch(first, last int) {
 			continue
 		}
 		s := spans[i]
-		data, serr := m.load(ctx, i, buf[s.CompressedStart-base:s.CompressedEnd-base])
+		compressed := buf[s.CompressedStart-base : s.CompressedEnd-base]
+		data, serr := m.load(ctx, i, compressed)
 		stored := false
 		if serr == nil {
 			stored = m.store(ctx, i, data)
+			m.keepCompressed(ctx, i, compressed)
 		}
 		m.finish(i, data, serr, stored)
 	}

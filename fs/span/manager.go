@@ -78,6 +78,10 @@ type Options struct {
 	// Demand is told while a FetchAt waits for the registry, so that
 	// background work yields to it; nil: nobody is told.
 	Demand Demand
+	// KeepCompressed also caches the verified compressed bytes of spans
+	// that reads fetch, so that a background walk can hash the whole blob
+	// without fetching them again (see Compressed and DropCompressed).
+	KeepCompressed bool
 }
 
 // Observer receives metrics of reads. Failure kinds are "verification"
@@ -102,6 +106,7 @@ type Manager struct {
 	dec         Decompressor
 	key         string
 	keys        []string // cache key per span
+	keepZ       bool     // Options.KeepCompressed
 	timeout     time.Duration
 	maxCoalesce int64
 	failHold    time.Duration
@@ -151,7 +156,7 @@ func New(opts Options) (*Manager, error) {
 	n := len(opts.Table.Spans)
 	m := &Manager{
 		table: opts.Table, fetcher: opts.Fetcher, cache: opts.Cache, dec: opts.Decompressor,
-		key: opts.CacheKey, keys: make([]string, n),
+		key: opts.CacheKey, keys: make([]string, n), keepZ: opts.KeepCompressed,
 		timeout: opts.FetchTimeout, maxCoalesce: opts.MaxCoalesce,
 		observer: opts.Observer, demand: opts.Demand,
 		calls: make([]*call, n), state: make([]state, n),

@@ -3,6 +3,9 @@ package span
 import (
 	"context"
 	"fmt"
+	"strings"
+
+	"github.com/containerd/log"
 )
 
 // Load makes spans [first, last] local from compressed bytes the caller
@@ -60,4 +63,55 @@ func (m *Manager) Complete(ctx context.Context) bool {
 	m.probe(ctx, 0, len(m.table.Spans)-1)
 	spans, total := m.Cached()
 	return spans == total
+}
+
+// Has reports whether span i is cached or being fetched by a reader, so a
+// background walk need not fetch it again.
+func (m *Manager) Has(ctx context.Context, i int) bool {
+	m.probe(ctx, i, i)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.state[i] == cached || m.calls[i] != nil
+}
+
+// compressedKey is the cache key of span i's compressed bytes.
+func (m *Manager) compressedKey(i int) string {
+	return m.key + "/z/" + strings.TrimPrefix(m.keys[i], m.key+"/")
+}
+
+// keepCompressed caches the verified compressed bytes of span i when the
+// Manager keeps them; failing to is harmless (the walk fetches it again).
+func (m *Manager) keepCompressed(ctx context.Context, i int, compressed []byte) {
+	if !m.keepZ {
+		return
+	}
+	if err := m.cache.Put(m.compressedKey(i), compressed); err != nil {
+		log.G(ctx).WithError(err).WithField("span", i).Debug("cannot keep compressed span")
+	}
+}
+
+// Compressed returns the compressed bytes of span i kept by a read's fetch,
+// verified again against the span digest; ok is false when none are kept.
+func (m *Manager) Compressed(ctx context.Context, i int) ([]byte, bool) {
+	if !m.keepZ {
+		return nil, false
+	}
+	data, err := m.cache.Get(m.compressedKey(i))
+	if err != nil || m.table.Spans[i].Digest.Algorithm().FromBytes(data) != m.table.Spans[i].Digest {
+		return nil, false
+	}
+	return data, true
+}
+
+// DropCompressed forgets the compressed copies kept for the background
+// walk, once it has hashed the blob.
+func (m *Manager) DropCompressed(ctx context.Context) {
+	if !m.keepZ {
+		return
+	}
+	if r, ok := m.cache.(interface{ Remove(prefix string) error }); ok {
+		if err := r.Remove(m.key + "/z"); err != nil {
+			log.G(ctx).WithError(err).Debug("cannot drop compressed spans")
+		}
+	}
 }
