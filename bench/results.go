@@ -90,3 +90,12 @@ func (r *Report) series(workload, snapshotter string, f func(Run) float64) []flo
 }
 
 func ttr(r Run) float64 { return r.TTRSeconds }
+
+// fullyLocal is the time from ready until every lazily loaded layer was
+// local, NaN when not measured.
+func fullyLocal(r Run) float64 {
+	if r.FullyLocalSeconds == nil {
+		return math.NaN()
+	}
+	return *r.FullyLocalSeconds
+}

@@ -265,7 +265,43 @@ func measure(ctx context.Context, n *node, link *harness.ShapedLink, plugin, ref
 	r.PullSeconds = pulled.Sub(start).Seconds()
 	r.RunSeconds = ready.Sub(pulled).Seconds()
 	r.TTRSeconds = ready.Sub(start).Seconds()
+	if n.daemon != nil {
+		if local, ok := waitFullyLocal(ctx, n.daemon); ok {
+			secs := local.Sub(ready).Seconds()
+			r.FullyLocalSeconds = &secs
+		}
+		r.BytesTotal = link.Served() - base
+	}
 	return nil
+}
+
+// waitFullyLocal waits until the daemon has logged every lazily mounted
+// layer as fully local and returns when it saw that; ok is false when the
+// daemon mounted nothing lazily or did not finish within the run's bound.
+func waitFullyLocal(ctx context.Context, d *harness.Daemon) (time.Time, bool) {
+	mounts, err := harness.Mounts(d.Root)
+	if err != nil {
+		return time.Time{}, false
+	}
+	lazy := 0
+	for _, typ := range mounts {
+		if typ == "fuse.rawBridge" {
+			lazy++
+		}
+	}
+	if lazy == 0 {
+		return time.Time{}, false
+	}
+	for {
+		if data, err := os.ReadFile(d.Log()); err == nil && strings.Count(string(data), "layer fully local") >= lazy {
+			return time.Now(), true
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // nerdctlCmd is Env.Nerdctl as a command whose output can be streamed.

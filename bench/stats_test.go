@@ -46,6 +46,9 @@ func testReport() *Report {
 	}
 	add(Overlayfs, 10, 20, 30)
 	add(Ours, 1, 4, 3)
+	for i, v := range []float64{7, 5, 6} {
+		r.Results[3+i].FullyLocalSeconds = &v
+	}
 	add("ref", 2, 2, 2)
 	r.Results = append(r.Results, Run{Workload: "w", Snapshotter: "ref", Iteration: 2, Error: "boom"})
 	return r
@@ -63,6 +66,7 @@ func TestTable(t *testing.T) {
 		"soci/overlayfs  0.100 (0.100-0.200)  3",
 		"soci/ref        1.500 (0.500-2.000)  3",
 		"n/a",
+		"6.00 (5.00-7.00) s",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)

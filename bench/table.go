@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"text/tabwriter"
 )
@@ -39,13 +40,17 @@ func (r *Report) WriteTable(w io.Writer) error {
 				rss = s(func(x Run) float64 { return float64(x.DaemonPeakRSS) }, 1<<20, 0)
 				cpu = s(func(x Run) float64 { return x.DaemonCPUSeconds }, 1, 2)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\tn/a\n", wl.Name, sn, ok, r.Runs,
+			local := "n/a"
+			if vals := r.series(wl.Name, sn, fullyLocal); slices.ContainsFunc(vals, func(v float64) bool { return !math.IsNaN(v) }) {
+				local = formatSummary(Summarize(vals), 2) + " s"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", wl.Name, sn, ok, r.Runs,
 				s(ttr, 1, 2),
 				s(func(x Run) float64 { return x.PullSeconds }, 1, 2),
 				s(func(x Run) float64 { return x.RunSeconds }, 1, 2),
 				s(func(x Run) float64 { return float64(x.BytesBeforeReady) }, 1e6, 1),
 				s(func(x Run) float64 { return float64(x.BytesTotal) }, 1e6, 1),
-				rss, cpu)
+				rss, cpu, local)
 		}
 	}
 	if err := tw.Flush(); err != nil {
