@@ -63,8 +63,10 @@ type snapshotter struct {
 func Execute(ctx context.Context, cfg Config) (*Report, error) {
 	snaps := []snapshotter{{Overlayfs, "overlayfs", ""}, {Ours, "soci", filepath.Join(cfg.Tools.Ours, "soci-snapshotter-grpc")}}
 	for _, c := range cfg.Compare {
-		// nerdctl adds the SOCI labels for any snapshotter whose name contains "soci".
-		snaps = append(snaps, snapshotter{c.Name, "soci-" + c.Name, c.Bin})
+		// Every run has a containerd of its own with one proxy snapshotter,
+		// so each daemon is registered as "soci": nerdctl maps any name
+		// containing "soci" to exactly that plugin name when it pulls.
+		snaps = append(snaps, snapshotter{c.Name, "soci", c.Bin})
 	}
 	rep := &Report{Started: time.Now(), Link: cfg.Shaping.String(), Runs: cfg.Runs, SpanSize: cfg.SpanSize, Binaries: map[string]string{}}
 	for _, s := range snaps {

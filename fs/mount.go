@@ -81,6 +81,11 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 	return nil
 }
 
+// readAheadBytes is how far ahead of a sequential reader spans are fetched
+// at most (with 4 MiB spans, eight requests in flight); the window grows
+// with the run, so sparse reads never trigger it.
+const readAheadBytes = 32 << 20
+
 // tooSmall reports whether a layer of size bytes is below min_layer_size
 // (a size of 0 is unknown).
 func (f *FS) tooSmall(size int64) bool {
@@ -115,6 +120,11 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 		// The background walk hashes the whole blob; reads keep what they
 		// fetched so that it need not fetch it twice.
 		KeepCompressed: f.bg != nil,
+		// A container reading files in order (a program loading its
+		// tree, a copy) stalls on every span miss: fetch ahead of it,
+		// in parallel requests since links are often limited per
+		// connection. Sparse reads never start it (see span.Options).
+		ReadAhead: readAheadBytes,
 	}
 	if f.opts.Metrics != nil {
 		so.Observer = f.opts.Metrics

@@ -27,6 +27,20 @@ type Spans interface {
 
 var _ Spans = (*span.Manager)(nil)
 
+// reserver is implemented by Spans that let the walk reserve the spans of a
+// chunk before fetching it, so that a read of one of them meanwhile waits
+// for the chunk instead of fetching the same bytes again (span.Manager).
+type reserver interface {
+	// Reserve reserves spans first.. up to last, stopping at one already
+	// local or on its way, and returns the last one reserved (first-1:
+	// none).
+	Reserve(ctx context.Context, first, last int) int
+	// Release gives up the reservations Load did not complete.
+	Release(first, last int)
+}
+
+var _ reserver = (*span.Manager)(nil)
+
 // Layer is one mounted layer to make local.
 type Layer struct {
 	// Key identifies the mount (its mountpoint); Cancel takes it.
@@ -94,6 +108,25 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (int64, bool, error) {
 				break
 			}
 		}
+		if err := s.waitIdle(ctx); err != nil {
+			return fetched, false, err
+		}
+		// Reserve the chunk's spans only now, after yielding to demand
+		// reads: those reads may have brought some of them in.
+		rs, reserve := l.Spans.(reserver)
+		if reserve {
+			if k = rs.Reserve(ctx, i, k); k < i {
+				if !l.Spans.Has(ctx, i) { // neither local nor on its way: closed
+					return fetched, false, fmt.Errorf("reserve span %d of %s: %w", i, l.Digest, span.ErrClosed)
+				}
+				continue // a read fetched span i meanwhile
+			}
+		}
+		release := func() {
+			if reserve {
+				rs.Release(i, k)
+			}
+		}
 		lo, hi := t.Spans[i].CompressedStart, t.Spans[k].CompressedEnd
 		if whole {
 			lo = min(hashed, lo) // include the gzip header before span 0
@@ -101,12 +134,10 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (int64, bool, error) {
 		if k == len(t.Spans)-1 {
 			hi = t.CompressedSize // the gzip trailer
 		}
-		if err := s.waitIdle(ctx); err != nil {
-			return fetched, false, err
-		}
 		buf := make([]byte, hi-lo)
 		err := s.fetch(ctx, l.Blob, buf, lo)
 		if err != nil {
+			release() // readers of these spans fetch them themselves
 			if ctx.Err() != nil {
 				return fetched, false, ctx.Err()
 			}
@@ -127,7 +158,9 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (int64, bool, error) {
 			h.Write(buf[hashed-lo:])
 			hashed = hi
 		}
-		if err := l.Spans.Load(ctx, i, k, buf, lo); err != nil {
+		err = l.Spans.Load(ctx, i, k, buf, lo)
+		release() // Load completed them unless it failed early
+		if err != nil {
 			if errors.Is(err, span.ErrClosed) || ctx.Err() != nil {
 				return fetched, false, errors.Join(ctx.Err(), err)
 			}

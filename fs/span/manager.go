@@ -51,6 +51,8 @@ var ErrClosed = errors.New("span manager closed")
 const (
 	DefaultFetchTimeout       = 10 * time.Second
 	DefaultMaxCoalesce  int64 = 16 << 20
+	// DefaultReadAheadRequest bounds one read-ahead request.
+	DefaultReadAheadRequest int64 = 4 << 20
 )
 
 // maxCacheAttempts bounds how often one read retries a span that was thought
@@ -82,6 +84,17 @@ type Options struct {
 	// that reads fetch, so that a background walk can hash the whole blob
 	// without fetching them again (see Compressed and DropCompressed).
 	KeepCompressed bool
+	// ReadAhead is how many uncompressed bytes past a sequential read are
+	// fetched ahead of it (0: none). A read is sequential when it starts
+	// near where the previous one ended, and read-ahead starts only once
+	// such a run has crossed a span boundary, so that a few reads inside
+	// one span (sparse access) fetch nothing more; the window grows with
+	// the run (its length so far, up to ReadAhead); a pause ends a run. The spans ahead are
+	// fetched in parallel requests of at most ReadAheadRequest compressed
+	// bytes each (default DefaultReadAheadRequest; at least one span):
+	// a registry link is often limited per connection.
+	ReadAhead        int64
+	ReadAheadRequest int64
 }
 
 // Observer receives metrics of reads. Failure kinds are "verification"
@@ -112,6 +125,8 @@ type Manager struct {
 	failHold    time.Duration
 	observer    Observer
 	demand      Demand
+	ahead       int64 // Options.ReadAhead
+	aheadReq    int64 // Options.ReadAheadRequest
 
 	// life is the lifecycle of shared fetches (not a request context): it
 	// is canceled by Close only.
@@ -125,6 +140,12 @@ type Manager struct {
 	state   []state         // what is known about the cache, per span
 	nCached int             // spans in state cached
 	closed  bool
+	// lastEnd is where the previous read ended (-1: none); runStart is
+	// the first span of the current run of sequential reads.
+	lastEnd  int64
+	runStart int
+	runOff   int64     // where the current run began
+	lastAt   time.Time // when the previous read came
 }
 
 // state is what a Manager knows about one span in the cache. A span with an
@@ -143,6 +164,9 @@ type call struct {
 	done chan struct{}
 	data []byte
 	err  error
+	// reserved: a background walk fetches the span (see Reserve); Load
+	// or Release completes the call.
+	reserved bool
 }
 
 // New validates the options and returns a Manager; Close releases it.
@@ -160,6 +184,10 @@ func New(opts Options) (*Manager, error) {
 		timeout: opts.FetchTimeout, maxCoalesce: opts.MaxCoalesce,
 		observer: opts.Observer, demand: opts.Demand,
 		calls: make([]*call, n), state: make([]state, n),
+		ahead: opts.ReadAhead, aheadReq: opts.ReadAheadRequest, lastEnd: -1,
+	}
+	if m.aheadReq <= 0 {
+		m.aheadReq = DefaultReadAheadRequest
 	}
 	if m.timeout == 0 {
 		m.timeout = DefaultFetchTimeout
@@ -195,6 +223,8 @@ func (o Options) check() error {
 		return fmt.Errorf("negative fetch timeout %v", o.FetchTimeout)
 	case o.MaxCoalesce < 0:
 		return fmt.Errorf("negative max coalesce %d", o.MaxCoalesce)
+	case o.ReadAhead < 0:
+		return fmt.Errorf("negative read-ahead %d", o.ReadAhead)
 	}
 	return nil
 }
@@ -223,6 +253,7 @@ func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error)
 	if err != nil {
 		return 0, fmt.Errorf("read %s at %d: %w", m.key, off, err)
 	}
+	m.readAhead(ctx, off, end, first, last)
 	if m.observer != nil || m.demand != nil {
 		defer m.observe(time.Now(), calls)(&err)
 	}
@@ -298,8 +329,22 @@ func (m *Manager) readSpan(ctx context.Context, i int, c *call, dst []byte, off 
 		}
 		c = calls[0]
 	}
-	if err := wait(ctx, c); err != nil {
-		return 0, fmt.Errorf("read span %d of %s: %w", i, m.key, err)
+	for attempt := 0; ; attempt++ {
+		if err := wait(ctx, c); err != nil {
+			return 0, fmt.Errorf("read span %d of %s: %w", i, m.key, err)
+		}
+		if !errors.Is(c.err, errReleased) || attempt == maxCacheAttempts {
+			break
+		}
+		// A background walk gave up the span it had reserved: fetch it.
+		calls, err := m.plan(i, i)
+		if err != nil {
+			return 0, fmt.Errorf("read span %d of %s: %w", i, m.key, err)
+		}
+		if calls[0] == nil {
+			return m.readSpan(ctx, i, nil, dst, off) // the walk loaded it after all
+		}
+		c = calls[0]
 	}
 	if c.err != nil {
 		return 0, c.err
@@ -365,6 +410,10 @@ func (m *Manager) Prefetch(ctx context.Context, off, length int64) error {
 			}
 			if err := wait(ctx, c); err != nil {
 				return fmt.Errorf("prefetch span %d of %s: %w", i+k, m.key, err)
+			}
+			if errors.Is(c.err, errReleased) {
+				j = i - 1 // a background walk gave the span up: plan the window again
+				break
 			}
 			if c.err != nil {
 				return c.err

@@ -2,6 +2,7 @@ package span
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -35,7 +36,10 @@ func (m *Manager) Load(ctx context.Context, first, last int, compressed []byte, 
 	}
 	var mine []int
 	for i := first; i <= last; i++ {
-		if m.state[i] != cached && m.calls[i] == nil {
+		switch {
+		case m.calls[i] != nil && m.calls[i].reserved:
+			mine = append(mine, i) // reserved by the caller
+		case m.state[i] != cached && m.calls[i] == nil:
 			m.calls[i] = &call{done: make(chan struct{})}
 			mine = append(mine, i)
 		}
@@ -55,6 +59,51 @@ func (m *Manager) Load(ctx context.Context, first, last int, compressed []byte, 
 		}
 	}
 	return firstErr
+}
+
+// errReleased completes the calls of spans a background walk reserved and
+// then gave up; their readers fetch the span themselves.
+var errReleased = errors.New("span reservation released")
+
+// Reserve marks spans first, first+1, ... up to last as being fetched by
+// the caller (a background walk about to fetch them in one request), so
+// that reads of them wait for its Load instead of fetching the same bytes
+// again. It stops at the first span that is cached or already being
+// fetched, and returns the last span reserved, or first-1 when none was.
+// Every reserved span must be completed by Load or Release.
+func (m *Manager) Reserve(ctx context.Context, first, last int) int {
+	if first < 0 || last >= len(m.table.Spans) || first > last {
+		return first - 1
+	}
+	m.probe(ctx, first, last)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return first - 1
+	}
+	i := first
+	for ; i <= last && m.state[i] != cached && m.calls[i] == nil; i++ {
+		m.calls[i] = &call{done: make(chan struct{}), reserved: true}
+	}
+	return i - 1
+}
+
+// Release gives up the reservations of spans [first, last] that Load has
+// not completed: readers waiting for them fetch them themselves.
+func (m *Manager) Release(first, last int) {
+	m.mu.Lock()
+	var gone []*call
+	for i := max(first, 0); i <= last && i < len(m.calls); i++ {
+		if c := m.calls[i]; c != nil && c.reserved {
+			m.calls[i] = nil
+			gone = append(gone, c)
+		}
+	}
+	m.mu.Unlock()
+	for _, c := range gone {
+		c.err = errReleased
+		close(c.done)
+	}
 }
 
 // Complete reports whether every span of the layer is in the cache, asking

@@ -1,0 +1,155 @@
+package span
+
+import (
+	"bytes"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/fastsoci/soci-snapshotter/fs/cache"
+)
+
+// waitCached waits until want spans are cached or fails the test.
+func waitCached(t *testing.T, m *Manager, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if n, _ := m.Cached(); n >= want {
+			return
+		}
+		if time.Now().After(deadline) {
+			n, _ := m.Cached()
+			t.Fatalf("cached spans = %d, want %d", n, want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestReadAheadSequential: a run of sequential reads that crosses a span
+// boundary fetches the spans within ReadAhead bytes ahead, one request per
+// span (ReadAheadRequest), each span once.
+func TestReadAheadSequential(t *testing.T) {
+	sizes := []int{1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000}
+	l := buildLayer(t, 31, sizes, true)
+	f := &fakeFetcher{blob: l.blob}
+	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) {
+		o.ReadAhead = 3000
+		o.ReadAheadRequest = 1 // one span per request
+	})
+	p := make([]byte, 400)
+	for off := int64(0); off < 1200; off += 400 { // spans 0 and 1
+		if n, err := m.FetchAt(t.Context(), p, off); n != len(p) || err != nil || !bytes.Equal(p, l.data[off:off+400]) {
+			t.Fatalf("FetchAt(%d) = %d, %v", off, n, err)
+		}
+	}
+	// The read at 800 crossed into span 1: with the run 1200 bytes long,
+	// span 2 (1200 bytes past 1200, within the 3000 of ReadAhead) comes
+	// ahead.
+	waitCached(t, m, 3)
+	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{1, 1, 1, 0, 0, 0, 0, 0}) {
+		t.Errorf("fetches per span = %v, want spans 0-2 once", got)
+	}
+	// Reading on keeps the window ahead; every span is fetched once.
+	for off := int64(1200); off < int64(len(l.data)); off += 400 {
+		n := min(400, int64(len(l.data))-off)
+		if k, err := m.FetchAt(t.Context(), p[:n], off); int64(k) != n || err != nil || !bytes.Equal(p[:n], l.data[off:off+n]) {
+			t.Fatalf("FetchAt(%d) = %d, %v", off, k, err)
+		}
+	}
+	waitCached(t, m, len(sizes))
+	for i, c := range f.fetchesPerSpan(l.table) {
+		if c != 1 {
+			t.Errorf("span %d fetched %d times, want once", i, c)
+		}
+	}
+}
+
+// TestReadAheadPause: a read after a pause starts a new run.
+func TestReadAheadPause(t *testing.T) {
+	l := buildLayer(t, 34, []int{1000, 1000, 1000, 1000, 1000}, false)
+	f := &fakeFetcher{blob: l.blob}
+	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) { o.ReadAhead = 1 << 20 })
+	p := make([]byte, 900)
+	if n, err := m.FetchAt(t.Context(), p, 0); n != len(p) || err != nil {
+		t.Fatal(n, err)
+	}
+	time.Sleep(runIdle + 20*time.Millisecond)
+	if n, err := m.FetchAt(t.Context(), p, 900); n != len(p) || err != nil {
+		t.Fatal(n, err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{1, 1, 0, 0, 0}) {
+		t.Errorf("fetches per span = %v, want spans 0-1 only", got)
+	}
+}
+
+// TestReadAheadSparse: reads inside one span, or jumps across the layer,
+// fetch nothing ahead.
+func TestReadAheadSparse(t *testing.T) {
+	l := buildLayer(t, 32, []int{4000, 4000, 4000, 4000, 4000}, false)
+	f := &fakeFetcher{blob: l.blob}
+	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) { o.ReadAhead = 1 << 20 })
+	p := make([]byte, 500)
+	for _, off := range []int64{0, 500, 1000, 1500, 12100, 12600} { // spans 0 then 3
+		if n, err := m.FetchAt(t.Context(), p, off); n != len(p) || err != nil {
+			t.Fatalf("FetchAt(%d) = %d, %v", off, n, err)
+		}
+	}
+	time.Sleep(20 * time.Millisecond)
+	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{1, 0, 0, 1, 0}) {
+		t.Errorf("fetches per span = %v, want only spans 0 and 3", got)
+	}
+}
+
+// TestReserve: a read of a span a background walk reserved waits for the
+// walk's Load and fetches nothing; a released reservation makes the reader
+// fetch the span itself.
+func TestReserve(t *testing.T) {
+	l := buildLayer(t, 33, []int{1000, 1000, 1000, 1000}, true)
+	f := &fakeFetcher{blob: l.blob}
+	m := newManager(t, l, f, cache.NewMemory(), nil)
+	if k := m.Reserve(t.Context(), 0, 1); k != 1 {
+		t.Fatalf("Reserve(0, 1) = %d, want 1", k)
+	}
+	if k := m.Reserve(t.Context(), 1, 2); k != 0 {
+		t.Fatalf("Reserve(1, 2) of a reserved span = %d, want 0 (none)", k)
+	}
+	if !m.Has(t.Context(), 0) {
+		t.Error("Has(0) = false for a reserved span")
+	}
+	type result struct {
+		n   int
+		err error
+		p   []byte
+	}
+	read := func(off int64) chan result {
+		ch := make(chan result, 1)
+		go func() {
+			p := make([]byte, 100)
+			n, err := m.FetchAt(t.Context(), p, off)
+			ch <- result{n, err, p}
+		}()
+		return ch
+	}
+	r0, r1 := read(10), read(1010)
+	time.Sleep(20 * time.Millisecond)
+	if got := f.requests(); got != 0 {
+		t.Fatalf("requests = %d while the spans are reserved, want 0", got)
+	}
+	if err := m.Load(t.Context(), 0, 0, l.blob[:l.table.Spans[0].CompressedEnd], 0); err != nil {
+		t.Fatal(err)
+	}
+	m.Release(0, 1) // span 0 is loaded: only span 1 is released
+	for _, c := range []struct {
+		ch  chan result
+		off int64
+	}{{r0, 10}, {r1, 1010}} {
+		r := <-c.ch
+		if r.n != 100 || r.err != nil || !bytes.Equal(r.p, l.data[c.off:c.off+100]) {
+			t.Errorf("read at %d = %d, %v", c.off, r.n, r.err)
+		}
+	}
+	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{0, 1, 0, 0}) {
+		t.Errorf("fetches per span = %v, want span 1 once (released), span 0 never", got)
+	}
+}
