@@ -267,7 +267,8 @@ func measure(ctx context.Context, n *node, link *harness.ShapedLink, plugin, ref
 	r.PullSeconds = pulled.Sub(start).Seconds()
 	r.RunSeconds = ready.Sub(pulled).Seconds()
 	r.TTRSeconds = ready.Sub(start).Seconds()
-	if n.daemon != nil {
+	// Only our daemon reports layers as fully local (in its log).
+	if n.daemon != nil && r.Snapshotter == Ours {
 		if local, ok := waitFullyLocal(ctx, n.daemon); ok {
 			secs := local.Sub(ready).Seconds()
 			r.FullyLocalSeconds = &secs
