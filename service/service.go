@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/fs"
@@ -31,6 +32,7 @@ type Service struct {
 	server      *grpc.Server
 	metrics     *metricsServer // nil when metrics_address is empty
 	debug       *debugServer   // nil when debug_address is empty
+	cri         *criProxy      // nil unless [cri_keychain] is enabled
 }
 
 // The lazy filesystem serves the snapshotter's remote layers and frees a
@@ -47,8 +49,18 @@ func New(ctx context.Context, cfg *config.Config, root string) (*Service, error)
 		return nil, err
 	}
 	m := metrics.New()
-	mounter, err := fs.New(fsOptions(cfg, filepath.Join(root, "fs"), m))
+	var cri *criProxy
+	var criCreds func(string) (string, string, error)
+	if cfg.CRIKeychain.EnableKeychain {
+		if cri, err = newCRIProxy(cfg.CRIKeychain.ImageServicePath); err != nil {
+			lock.release()
+			return nil, err
+		}
+		criCreds = cri.credentials
+	}
+	mounter, err := fs.New(fsOptions(cfg, filepath.Join(root, "fs"), m, criCreds))
 	if err != nil {
+		cri.close()
 		lock.release()
 		return nil, fmt.Errorf("start lazy filesystem under %s: %w", root, err)
 	}
@@ -59,6 +71,7 @@ func New(ctx context.Context, cfg *config.Config, root string) (*Service, error)
 	})
 	if err != nil {
 		mounter.Close()
+		cri.close()
 		lock.release()
 		return nil, fmt.Errorf("start snapshotter under %s: %w", root, err)
 	}
@@ -66,6 +79,7 @@ func New(ctx context.Context, cfg *config.Config, root string) (*Service, error)
 	if err != nil {
 		sn.Close()
 		mounter.Close()
+		cri.close()
 		lock.release()
 		return nil, err
 	}
@@ -74,19 +88,30 @@ func New(ctx context.Context, cfg *config.Config, root string) (*Service, error)
 		ms.close()
 		sn.Close()
 		mounter.Close()
+		cri.close()
 		lock.release()
 		return nil, err
 	}
 	server := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(server, snapshotservice.FromSnapshotter(sn))
-	return &Service{lock: lock, fs: mounter, snapshotter: sn, server: server, metrics: ms, debug: dbg}, nil
+	if cri != nil {
+		// kubelet's image service endpoint is the daemon's own socket.
+		runtime.RegisterImageServiceServer(server, cri)
+	}
+	return &Service{lock: lock, fs: mounter, snapshotter: sn, server: server, metrics: ms, debug: dbg, cri: cri}, nil
 }
 
 // fsOptions maps the configuration onto the lazy filesystem's options.
-func fsOptions(cfg *config.Config, root string, m *metrics.Metrics) fs.Options {
+// criCreds, when not nil, are credentials captured from CRI pulls, tried
+// before the docker config.
+func fsOptions(cfg *config.Config, root string, m *metrics.Metrics, criCreds func(string) (string, string, error)) fs.Options {
+	ropts := registryOptions(cfg)
+	if criCreds != nil {
+		ropts.Credentials = remote.ChainCredentials(criCreds, ropts.Credentials)
+	}
 	return fs.Options{
 		Root:         root,
-		Registry:     remote.New(observed(registryOptions(cfg), m)),
+		Registry:     remote.New(observed(ropts, m)),
 		Background:   backgroundOptions(cfg),
 		Metrics:      m,
 		FetchTimeout: spanFetchTimeout(cfg),
@@ -135,7 +160,7 @@ func (s *Service) Serve(ctx context.Context, l net.Listener) error {
 // Close releases the snapshotter, unmounts the lazily loaded layers (their
 // FUSE server is this process) and releases the root lock.
 func (s *Service) Close() error {
-	err := errors.Join(s.metrics.close(), s.debug.close(), s.snapshotter.Close(), s.fs.Close())
+	err := errors.Join(s.metrics.close(), s.debug.close(), s.snapshotter.Close(), s.fs.Close(), s.cri.close())
 	if lerr := s.lock.release(); err == nil {
 		err = lerr
 	}

@@ -46,3 +46,30 @@ func isDockerHub(host string) bool {
 	}
 	return false
 }
+
+// ChainCredentials returns a Credentials callback asking each source in
+// order and answering with the first non-empty credentials. A source's
+// error is returned only when no later source has credentials, so a broken
+// docker config does not hide credentials found elsewhere, nor the reverse.
+// Nil sources are skipped.
+func ChainCredentials(sources ...func(host string) (string, string, error)) func(host string) (string, string, error) {
+	return func(host string) (string, string, error) {
+		var firstErr error
+		for _, src := range sources {
+			if src == nil {
+				continue
+			}
+			user, secret, err := src(host)
+			if err != nil {
+				if firstErr == nil {
+					firstErr = err
+				}
+				continue
+			}
+			if user != "" || secret != "" {
+				return user, secret, nil
+			}
+		}
+		return "", "", firstErr
+	}
+}

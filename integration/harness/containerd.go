@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -20,14 +22,7 @@ type Containerd struct {
 const containerdConfig = `version = 3
 root = %[1]q
 state = %[2]q
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.cri.v1.images",
-  "io.containerd.cri.v1.runtime",
-  "io.containerd.podsandbox.controller.v1.podsandbox",
-  "io.containerd.sandbox.controller.v1.shim",
-  "io.containerd.nri.v1.nri",
-]
+disabled_plugins = [%[7]s]
 
 [grpc]
   address = %[3]q
@@ -51,11 +46,45 @@ disabled_plugins = [
   [[plugins."io.containerd.transfer.v1.local".unpack_config]]
     platform = %[6]q
     snapshotter = "soci"
+%[8]s`
+
+// criPlugins serve the CRI API; disabled unless ContainerdOptions.CRI.
+var criPlugins = []string{
+	"io.containerd.grpc.v1.cri",
+	"io.containerd.cri.v1.images",
+	"io.containerd.cri.v1.runtime",
+	"io.containerd.podsandbox.controller.v1.podsandbox",
+	"io.containerd.sandbox.controller.v1.shim",
+}
+
+// criImagesConfig makes CRI pulls go through the "soci" snapshotter with the
+// remote snapshot annotations, by containerd's client pull (the transfer
+// service pull does not pass the annotations).
+const criImagesConfig = `
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "soci"
+  disable_snapshot_annotations = false
+  use_local_image_pull = true
 `
+
+// ContainerdOptions change how StartContainerdWith configures containerd.
+type ContainerdOptions struct {
+	// CRI enables the CRI plugins (ImageService and RuntimeService on
+	// containerd's socket, namespace "k8s.io"), pulling into "soci". The
+	// CRI ImageService is served by the grpc.v1.cri plugin, which needs the
+	// runtime and sandbox controller plugins too, not the images plugin
+	// alone. NRI stays disabled.
+	CRI bool
+}
 
 // StartContainerd starts containerd (binaries in toolsBin) with its state
 // under dir and a proxy snapshotter "soci" at sociAddress.
 func StartContainerd(ctx context.Context, toolsBin, dir, sociAddress string) (*Containerd, error) {
+	return StartContainerdWith(ctx, toolsBin, dir, sociAddress, ContainerdOptions{})
+}
+
+// StartContainerdWith is StartContainerd with options.
+func StartContainerdWith(ctx context.Context, toolsBin, dir, sociAddress string, opts ContainerdOptions) (*Containerd, error) {
 	c := &Containerd{
 		Address: filepath.Join(dir, "containerd.sock"),
 		Root:    filepath.Join(dir, "root"),
@@ -63,7 +92,19 @@ func StartContainerd(ctx context.Context, toolsBin, dir, sociAddress string) (*C
 	}
 	cfg := filepath.Join(dir, "config.toml")
 	platform := "linux/" + runtime.GOARCH
-	text := fmt.Sprintf(containerdConfig, c.Root, c.State, c.Address, c.Address+".ttrpc", sociAddress, platform)
+	disabled := []string{"io.containerd.nri.v1.nri"}
+	extra := ""
+	if opts.CRI {
+		extra = criImagesConfig
+	} else {
+		disabled = append(append([]string{}, criPlugins...), disabled...)
+	}
+	quoted := make([]string, len(disabled))
+	for i, p := range disabled {
+		quoted[i] = strconv.Quote(p)
+	}
+	text := fmt.Sprintf(containerdConfig, c.Root, c.State, c.Address, c.Address+".ttrpc", sociAddress, platform,
+		strings.Join(quoted, ", "), extra)
 	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
 		return nil, fmt.Errorf("write containerd config: %w", err)
 	}
