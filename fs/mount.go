@@ -99,6 +99,7 @@ func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest
 	if err != nil {
 		return nil, "", fmt.Errorf("find SOCI index of %s: %w", t.ImageRef, err)
 	}
+	f.indices.Prefetch(ctx, t.ImageRef, idx) // the other layers' zTOCs, while this one mounts
 	l, err := f.indices.Open(ctx, t.ImageRef, idx, t.LayerDigest)
 	if errors.Is(err, index.ErrNoZTOC) {
 		return nil, "", fmt.Errorf("layer %s is not in SOCI index %s: %w", t.LayerDigest, idx.Digest, errdefs.ErrNotFound)

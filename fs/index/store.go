@@ -54,9 +54,10 @@ type Store struct {
 	finds   singleflight.Group // by manifest and explicit index digest
 	fetches singleflight.Group // zTOC downloads, by digest
 
-	mu      sync.Mutex
-	answers map[string]answer
-	indices map[digest.Digest]*Index
+	mu         sync.Mutex
+	answers    map[string]answer
+	indices    map[digest.Digest]*Index
+	prefetched map[digest.Digest]bool // indices whose zTOCs Prefetch has started
 }
 
 // answer is a remembered Find result. A zero expires never expires.
@@ -82,7 +83,7 @@ func New(opts Options) (*Store, error) {
 	s := &Store{
 		root: opts.Root, reg: opts.Registry, v1: opts.V1, v2: opts.V2,
 		negativeTTL: opts.NegativeTTL, timeout: opts.Timeout, now: time.Now,
-		answers: map[string]answer{}, indices: map[digest.Digest]*Index{},
+		answers: map[string]answer{}, indices: map[digest.Digest]*Index{}, prefetched: map[digest.Digest]bool{},
 	}
 	if s.negativeTTL <= 0 {
 		s.negativeTTL = DefaultNegativeTTL
