@@ -105,14 +105,23 @@ func StartContainerdWith(ctx context.Context, toolsBin, dir, sociAddress string,
 	}
 	text := fmt.Sprintf(containerdConfig, c.Root, c.State, c.Address, c.Address+".ttrpc", sociAddress, platform,
 		strings.Join(quoted, ", "), extra)
+	if err := launch(ctx, c, toolsBin, dir, cfg, text); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// launch writes containerd's config text to cfg, starts containerd with it
+// and waits until it answers.
+func launch(ctx context.Context, c *Containerd, toolsBin, dir, cfg, text string) error {
 	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
-		return nil, fmt.Errorf("write containerd config: %w", err)
+		return fmt.Errorf("write containerd config: %w", err)
 	}
 	env := []string{"PATH=" + toolsBin + ":" + os.Getenv("PATH")}
 	p, err := StartProcess("containerd", filepath.Join(dir, "containerd.log"), env,
 		filepath.Join(toolsBin, "containerd"), "--config", cfg)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	c.proc = p
 	ctr := filepath.Join(toolsBin, "ctr")
@@ -122,9 +131,9 @@ func StartContainerdWith(ctx context.Context, toolsBin, dir, sociAddress string,
 	})
 	if err != nil {
 		p.Stop(5 * time.Second)
-		return nil, fmt.Errorf("start containerd: %w", err)
+		return fmt.Errorf("start containerd: %w", err)
 	}
-	return c, nil
+	return nil
 }
 
 // Stop stops containerd.

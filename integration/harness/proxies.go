@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // ProxySnapshotter is one proxy_plugins entry of containerd's config: a
@@ -86,24 +85,8 @@ func StartContainerdProxies(ctx context.Context, toolsBin, dir, logLevel string,
 		return nil, fmt.Errorf("create containerd dir: %w", err)
 	}
 	cfg := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfg, []byte(containerdConfigFor(c, logLevel, snapshotters)), 0o644); err != nil {
-		return nil, fmt.Errorf("write containerd config: %w", err)
-	}
-	env := []string{"PATH=" + toolsBin + ":" + os.Getenv("PATH")}
-	p, err := StartProcess("containerd", filepath.Join(dir, "containerd.log"), env,
-		filepath.Join(toolsBin, "containerd"), "--config", cfg)
-	if err != nil {
+	if err := launch(ctx, c, toolsBin, dir, cfg, containerdConfigFor(c, logLevel, snapshotters)); err != nil {
 		return nil, err
-	}
-	c.proc = p
-	ctr := filepath.Join(toolsBin, "ctr")
-	err = waitFor(ctx, p, 30*time.Second, func() error {
-		_, err := Run(ctx, nil, ctr, "--address", c.Address, "version")
-		return err
-	})
-	if err != nil {
-		p.Stop(5 * time.Second)
-		return nil, fmt.Errorf("start containerd: %w", err)
 	}
 	return c, nil
 }
