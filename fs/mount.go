@@ -126,6 +126,8 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 		// in parallel requests since links are often limited per
 		// connection. Sparse reads never start it (see span.Options).
 		ReadAhead: readAheadBytes,
+		// A read waiting for a span gets it over parallel connections.
+		SplitRequest: 1 << 20,
 	}
 	if f.opts.Metrics != nil {
 		so.Observer = f.opts.Metrics

@@ -45,25 +45,13 @@ func convert(c *cli.Context) error {
 	if err := checkTagged(dst); err != nil {
 		return err
 	}
-	ctx, s, done, err := open(c.Context, c)
+	in, err := openBuild(c, src)
 	if err != nil {
 		return err
 	}
-	defer done()
-	is := s.client.ImageService()
-	img, err := is.Get(ctx, src)
-	if err != nil {
-		return fmt.Errorf("image %s: %w", src, err)
-	}
-	cs := s.client.ContentStore()
-	ps, err := selectPlatforms(ctx, c, cs, img)
-	if err != nil {
-		return err
-	}
-	opts, err := builderOptions(c, s.db)
-	if err != nil {
-		return err
-	}
+	defer in.done()
+	ctx, s, img, ps, opts := in.ctx, in.s, in.img, in.platforms, in.opts
+	is, cs := s.client.ImageService(), s.client.ContentStore()
 	// The converted image is an image in containerd, so its manifests and
 	// SOCI indices must be in containerd's content store whatever
 	// --content-store says.

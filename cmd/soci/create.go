@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/awslabs/soci-snapshotter/soci"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/platforms"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/urfave/cli/v2"
@@ -102,25 +103,13 @@ func create(c *cli.Context) error {
 	if ref == "" || c.NArg() > 1 {
 		return errors.New("create: want exactly one image reference")
 	}
-	ctx, s, done, err := open(c.Context, c)
+	in, err := openBuild(c, ref)
 	if err != nil {
 		return err
 	}
-	defer done()
-	is := s.client.ImageService()
-	img, err := is.Get(ctx, ref)
-	if err != nil {
-		return fmt.Errorf("image %s: %w", ref, err)
-	}
-	cs := s.client.ContentStore()
-	ps, err := selectPlatforms(ctx, c, cs, img)
-	if err != nil {
-		return err
-	}
-	opts, err := builderOptions(c, s.db)
-	if err != nil {
-		return err
-	}
+	defer in.done()
+	ctx, s, img, ps, opts := in.ctx, in.s, in.img, in.platforms, in.opts
+	is, cs := s.client.ImageService(), s.client.ContentStore()
 	builder, err := soci.NewIndexBuilder(cs, s.store, opts...)
 	if err != nil {
 		return err
@@ -171,4 +160,38 @@ func forget(db *soci.ArtifactsDb, built map[string]ocispec.Descriptor) {
 	for _, d := range built {
 		_ = db.RemoveArtifactEntryByIndexDigest([]byte(d.Digest.String()))
 	}
+}
+
+// buildInput is what create and convert start from: the open session, the
+// image, the platforms to index and the index builder's options.
+type buildInput struct {
+	ctx       context.Context
+	s         *session
+	done      func()
+	img       images.Image
+	platforms []ocispec.Platform
+	opts      []soci.BuilderOption
+}
+
+// openBuild opens the session and resolves ref, its platforms and the
+// builder options from the command's flags. The caller must call done.
+func openBuild(c *cli.Context, ref string) (*buildInput, error) {
+	ctx, s, done, err := open(c.Context, c)
+	if err != nil {
+		return nil, err
+	}
+	in := &buildInput{ctx: ctx, s: s, done: done}
+	if in.img, err = s.client.ImageService().Get(ctx, ref); err != nil {
+		done()
+		return nil, fmt.Errorf("image %s: %w", ref, err)
+	}
+	if in.platforms, err = selectPlatforms(ctx, c, s.client.ContentStore(), in.img); err != nil {
+		done()
+		return nil, err
+	}
+	if in.opts, err = builderOptions(c, s.db); err != nil {
+		done()
+		return nil, err
+	}
+	return in, nil
 }

@@ -110,8 +110,19 @@ func (c *Client) transport(t *http.Transport) *http.Transport {
 	if c.opts.ResponseHeaderTimeout > 0 {
 		t.ResponseHeaderTimeout = c.opts.ResponseHeaderTimeout
 	}
+	// Span reads run many requests to one registry at once (parallel
+	// parts, read-ahead, background workers): keep their connections for
+	// reuse instead of Go's default of 2 idle per host, so they don't pay
+	// a new handshake and TCP slow start each time.
+	t.MaxIdleConnsPerHost = maxIdlePerHost
+	if t.MaxIdleConns < maxIdlePerHost {
+		t.MaxIdleConns = maxIdlePerHost
+	}
 	return t
 }
+
+// maxIdlePerHost is how many idle connections to one registry host are kept.
+const maxIdlePerHost = 32
 
 // updateClient adjusts the HTTP clients containerd's ConfigureHosts builds.
 func (c *Client) updateClient(client *http.Client) error {

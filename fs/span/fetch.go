@@ -127,7 +127,7 @@ func (m *Manager) fetch(first, last int) {
 	spans := m.table.Spans
 	base := spans[first].CompressedStart
 	buf := make([]byte, spans[last].CompressedEnd-base)
-	err := fetchFull(ctx, m.fetcher, buf, base)
+	err := m.fetchParts(ctx, buf, base)
 	if err != nil {
 		err = fmt.Errorf("fetch spans %d-%d of %s: %w", first, last, m.key, err)
 	}
@@ -149,6 +149,32 @@ func (m *Manager) fetch(first, last int) {
 		}
 		m.finish(i, data, serr, stored)
 	}
+}
+
+// fetchParts fills buf from the fetcher at off, in parallel requests when
+// the Manager splits large fetches (see Options.SplitRequest).
+func (m *Manager) fetchParts(ctx context.Context, buf []byte, off int64) error {
+	n := int64(len(buf))
+	parts := 1
+	if m.split > 0 && n > m.split {
+		parts = int(min(int64(m.maxSplit), (n+m.split-1)/m.split))
+	}
+	if parts == 1 {
+		return fetchFull(ctx, m.fetcher, buf, off)
+	}
+	size := (n + int64(parts) - 1) / int64(parts)
+	errs := make(chan error, parts)
+	for lo := int64(0); lo < n; lo += size {
+		hi := min(lo+size, n)
+		go func() { errs <- fetchFull(ctx, m.fetcher, buf[lo:hi], off+lo) }()
+	}
+	var first error
+	for lo := int64(0); lo < n; lo += size {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 // fetchFull fills buf from the fetcher at off. A short read is an error

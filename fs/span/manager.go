@@ -95,6 +95,13 @@ type Options struct {
 	// a registry link is often limited per connection.
 	ReadAhead        int64
 	ReadAheadRequest int64
+	// SplitRequest, when > 0, splits a fetch of more compressed bytes than
+	// that into up to MaxSplit parallel range requests of about that size
+	// each (MaxSplit default 4): a read waiting for a 4 MiB span then gets
+	// it over several connections, which matters on links limited per
+	// connection (TCP windows over a long RTT, per-connection shaping).
+	SplitRequest int64
+	MaxSplit     int
 }
 
 // Observer receives metrics of reads. Failure kinds are "verification"
@@ -127,6 +134,8 @@ type Manager struct {
 	demand      Demand
 	ahead       int64 // Options.ReadAhead
 	aheadReq    int64 // Options.ReadAheadRequest
+	split       int64 // Options.SplitRequest
+	maxSplit    int   // Options.MaxSplit
 
 	// life is the lifecycle of shared fetches (not a request context): it
 	// is canceled by Close only.
@@ -185,6 +194,10 @@ func New(opts Options) (*Manager, error) {
 		observer: opts.Observer, demand: opts.Demand,
 		calls: make([]*call, n), state: make([]state, n),
 		ahead: opts.ReadAhead, aheadReq: opts.ReadAheadRequest, lastEnd: -1,
+		split: opts.SplitRequest, maxSplit: opts.MaxSplit,
+	}
+	if m.maxSplit <= 0 {
+		m.maxSplit = 4
 	}
 	if m.aheadReq <= 0 {
 		m.aheadReq = DefaultReadAheadRequest
