@@ -53,6 +53,14 @@ func TestAuthHtpasswd(t *testing.T) {
 	if n := fuseLayers(t, e); n != 3 {
 		t.Errorf("want 3 lazily loaded layers mounted, got %d", n)
 	}
+	checkAuthenticatedRun(t, e, reg, []string{password, auth}, "layer mounted lazily")
+}
+
+// checkAuthenticatedRun checks what a lazily loaded run from a registry
+// that requires credentials leaves behind: the registry served blob bytes,
+// the daemon log holds none of the secrets and has every wanted line.
+func checkAuthenticatedRun(t *testing.T, e *harness.Env, reg *harness.Registry, secrets []string, wantLog ...string) {
+	t.Helper()
 	served, err := harness.RegistryBytesServed(reg.Log())
 	if err != nil {
 		t.Fatal(err)
@@ -64,12 +72,14 @@ func TestAuthHtpasswd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, secret := range []string{password, auth} {
+	for _, secret := range secrets {
 		if strings.Contains(string(logs), secret) {
 			t.Errorf("daemon log contains a credential")
 		}
 	}
-	if !strings.Contains(string(logs), "layer mounted lazily") {
-		t.Error("daemon log shows no lazily mounted layer")
+	for _, want := range wantLog {
+		if !strings.Contains(string(logs), want) {
+			t.Errorf("daemon log lacks %q", want)
+		}
 	}
 }

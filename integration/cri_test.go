@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -127,24 +126,5 @@ func TestCRICredentials(t *testing.T) {
 	// Reading the files fetches their spans with the captured credentials.
 	checkSums(t, runSums(t, ctx, e, ref, img.paths), img.want)
 
-	served, err := harness.RegistryBytesServed(reg.Log())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if served == 0 {
-		t.Error("the authenticated registry served no blob bytes")
-	}
-	logs, err := os.ReadFile(e.Daemon.Log())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(string(logs), password) {
-		t.Error("daemon log contains the password")
-	}
-	if !strings.Contains(string(logs), "cri: pulling image") {
-		t.Error("daemon log shows no CRI pull through the daemon")
-	}
-	if !strings.Contains(string(logs), "layer mounted lazily") {
-		t.Error("daemon log shows no lazily mounted layer")
-	}
+	checkAuthenticatedRun(t, e, reg, []string{password}, "cri: pulling image", "layer mounted lazily")
 }

@@ -142,6 +142,35 @@ type ztocFile struct {
 	EndSpan   compression.SpanID `json:"end_span"`
 }
 
+// openedZtoc is a decoded zTOC with the session it was read in.
+type openedZtoc struct {
+	s      *session
+	done   func()
+	digest digest.Digest
+	toc    *ztoc.Ztoc
+	entry  *soci.ArtifactEntry
+}
+
+// openZtoc opens the session (setting c.Context to its context) and loads
+// the zTOC whose digest is arg. The caller must call done.
+func openZtoc(c *cli.Context, cmd, arg string) (*openedZtoc, error) {
+	d, err := digest.Parse(arg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: want a zTOC digest: %w", cmd, err)
+	}
+	ctx, s, done, err := open(c.Context, c)
+	if err != nil {
+		return nil, err
+	}
+	c.Context = ctx
+	toc, ae, err := loadZtoc(c, s, d)
+	if err != nil {
+		done()
+		return nil, err
+	}
+	return &openedZtoc{s: s, done: done, digest: d, toc: toc, entry: ae}, nil
+}
+
 // loadZtoc reads and decodes the zTOC d, checking that the database knows
 // it as a zTOC.
 func loadZtoc(c *cli.Context, s *session, d digest.Digest) (*ztoc.Ztoc, *soci.ArtifactEntry, error) {
@@ -164,20 +193,12 @@ func loadZtoc(c *cli.Context, s *session, d digest.Digest) (*ztoc.Ztoc, *soci.Ar
 }
 
 func ztocInfo(c *cli.Context) error {
-	d, err := digest.Parse(c.Args().First())
-	if err != nil {
-		return fmt.Errorf("ztoc info: want a digest: %w", err)
-	}
-	ctx, s, done, err := open(c.Context, c)
+	z, err := openZtoc(c, "ztoc info", c.Args().First())
 	if err != nil {
 		return err
 	}
-	defer done()
-	c.Context = ctx
-	toc, ae, err := loadZtoc(c, s, d)
-	if err != nil {
-		return err
-	}
+	defer z.done()
+	d, toc, ae := z.digest, z.toc, z.entry
 	zinfo, err := toc.Zinfo()
 	if err != nil {
 		return fmt.Errorf("zTOC %s checkpoints: %w", d, err)
@@ -209,20 +230,12 @@ func ztocGetFile(c *cli.Context) error {
 	if c.NArg() != 2 {
 		return errors.New("ztoc get-file: want a zTOC digest and a file path")
 	}
-	d, err := digest.Parse(c.Args().Get(0))
-	if err != nil {
-		return fmt.Errorf("ztoc get-file: %w", err)
-	}
-	ctx, s, done, err := open(c.Context, c)
+	z, err := openZtoc(c, "ztoc get-file", c.Args().Get(0))
 	if err != nil {
 		return err
 	}
-	defer done()
-	c.Context = ctx
-	toc, ae, err := loadZtoc(c, s, d)
-	if err != nil {
-		return err
-	}
+	defer z.done()
+	ctx, s, d, toc, ae := c.Context, z.s, z.digest, z.toc, z.entry
 	layer, err := digest.Parse(ae.OriginalDigest)
 	if err != nil {
 		return fmt.Errorf("zTOC %s names no layer: %w", d, err)
