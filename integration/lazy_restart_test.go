@@ -96,7 +96,7 @@ func TestTenLayerMount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	took := regexp.MustCompile(`layer mounted lazily.*took=([0-9.]+[a-zµ]+)`)
+	took := regexp.MustCompile(`layer mounted lazily.*took="?([0-9.]+[a-zµ]+)`)
 	var mounts []string
 	for _, m := range took.FindAllStringSubmatch(string(logData), -1) {
 		mounts = append(mounts, m[1])
