@@ -49,10 +49,7 @@ func TestAuthHtpasswd(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dockerConfig, "config.json"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	checkSums(t, runSums(t, ctx, e, ref, img.paths), img.want)
-	if n := fuseLayers(t, e); n != 3 {
-		t.Errorf("want 3 lazily loaded layers mounted, got %d", n)
-	}
+	checkLazyRun(t, ctx, e, ref, img, 3)
 	checkAuthenticatedRun(t, e, reg, []string{password, auth}, "layer mounted lazily")
 }
 

@@ -60,10 +60,7 @@ func TestCLIPushV1(t *testing.T) {
 	nerdctl(t, ctx, e, "tag", src, dst)
 	nerdctl(t, ctx, e, append([]string{"push", "--snapshotter=soci"}, append(strings.Fields(sociFlags), dst)...)...)
 
-	checkSums(t, runSums(t, ctx, fresh, dst, img.paths), img.want)
-	if n := fuseLayers(t, fresh); n != 3 {
-		t.Errorf("want 3 lazily loaded layers mounted, got %d", n)
-	}
+	checkLazyRun(t, ctx, fresh, dst, img, 3)
 
 	// The indices nerdctl's soci made live in SOCI_ROOT; inspect them there.
 	root := os.Getenv("SOCI_ROOT")
@@ -147,10 +144,7 @@ func TestCLIConvert(t *testing.T) {
 	nerdctl(t, ctx, e, append([]string{"image", "convert", "--soci"}, append(strings.Fields(sociFlags), src, dst)...)...)
 	nerdctl(t, ctx, e, "push", dst)
 
-	checkSums(t, runSums(t, ctx, fresh, dst, img.paths), img.want)
-	if n := fuseLayers(t, fresh); n != 3 {
-		t.Errorf("want 3 lazily loaded layers mounted, got %d", n)
-	}
+	checkLazyRun(t, ctx, fresh, dst, img, 3)
 }
 
 // TestCLIMultiPlatform: a two-platform image (the second platform's image

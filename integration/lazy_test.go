@@ -67,14 +67,26 @@ func pushV1(t *testing.T, e *harness.Env, name string, img *image.Image, opts so
 	return ref
 }
 
-func runSums(t *testing.T, ctx context.Context, e *harness.Env, ref string, paths []string) string {
+// runSums runs `probe sha256 paths...` in ref with the soci snapshotter;
+// flags go before nerdctl's subcommand (e.g. --hosts-dir DIR).
+func runSums(t *testing.T, ctx context.Context, e *harness.Env, ref string, paths []string, flags ...string) string {
 	t.Helper()
-	args := append([]string{"--snapshotter", "soci", "run", "--rm", "--net", "none", ref, "sha256"}, paths...)
+	args := append(append(append([]string{}, flags...), "--snapshotter", "soci", "run", "--rm", "--net", "none", ref, "sha256"), paths...)
 	out, err := e.Nerdctl(ctx, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// checkLazyRun runs img (pushed as ref) lazily, checks every probed file
+// and that wantLazy layers are mounted through FUSE.
+func checkLazyRun(t *testing.T, ctx context.Context, e *harness.Env, ref string, img layeredImage, wantLazy int, flags ...string) {
+	t.Helper()
+	checkSums(t, runSums(t, ctx, e, ref, img.paths, flags...), img.want)
+	if n := fuseLayers(t, e); n != wantLazy {
+		t.Errorf("want %d lazily loaded layers mounted, got %d", wantLazy, n)
+	}
 }
 
 // TestLazyV2: a SOCI v2 image runs with every layer lazily loaded.
@@ -83,10 +95,7 @@ func TestLazyV2(t *testing.T) {
 	ctx := testContext(t, 5*time.Minute)
 	img := newLayeredImage()
 	ref := pushV2(t, e, "lazy/v2:latest", buildImage(t, img.spec), sociimage.Options{SpanSize: 1 << 20})
-	checkSums(t, runSums(t, ctx, e, ref, img.paths), img.want)
-	if n := fuseLayers(t, e); n != 3 {
-		t.Errorf("want 3 lazily loaded layers mounted, got %d", n)
-	}
+	checkLazyRun(t, ctx, e, ref, img, 3)
 }
 
 // TestLazyV1: a v1 index is found through the referrers fallback tag when
@@ -98,19 +107,13 @@ func TestLazyV1(t *testing.T) {
 		e := startEnv(t, v1DaemonConfig)
 		ctx := testContext(t, 5*time.Minute)
 		ref := pushV1(t, e, "lazy/v1:latest", built, sociimage.Options{SpanSize: 1 << 20})
-		checkSums(t, runSums(t, ctx, e, ref, img.paths), img.want)
-		if n := fuseLayers(t, e); n != 3 {
-			t.Errorf("want 3 lazily loaded layers mounted, got %d", n)
-		}
+		checkLazyRun(t, ctx, e, ref, img, 3)
 	})
 	t.Run("disabled", func(t *testing.T) {
 		e := startEnv(t, defaultDaemonConfig)
 		ctx := testContext(t, 5*time.Minute)
 		ref := pushV1(t, e, "lazy/v1:latest", built, sociimage.Options{SpanSize: 1 << 20})
-		checkSums(t, runSums(t, ctx, e, ref, img.paths), img.want)
-		if n := fuseLayers(t, e); n != 0 {
-			t.Errorf("soci_v1 disabled: want no lazily loaded layers, got %d", n)
-		}
+		checkLazyRun(t, ctx, e, ref, img, 0)
 	})
 }
 
@@ -121,10 +124,7 @@ func TestSparseIndex(t *testing.T) {
 	ctx := testContext(t, 5*time.Minute)
 	img := newLayeredImage()
 	ref := pushV2(t, e, "lazy/sparse:latest", buildImage(t, img.spec), sociimage.Options{SpanSize: 1 << 20, SkipLayers: []int{1}})
-	checkSums(t, runSums(t, ctx, e, ref, img.paths), img.want)
-	if n := fuseLayers(t, e); n != 2 {
-		t.Errorf("want 2 lazily loaded layers (one layer has no zTOC), got %d", n)
-	}
+	checkLazyRun(t, ctx, e, ref, img, 2)
 }
 
 // TestContentEquality walks a tree of every kind of tar entry inside a

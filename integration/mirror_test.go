@@ -78,15 +78,7 @@ func TestMirrorHostsToml(t *testing.T) {
 	origin := closedHost(t)
 	writeHostsToml(t, hostsDir, origin, e.Registry.Host)
 	ref := origin + "/lazy/mirrored:latest"
-	args := append([]string{"--hosts-dir", hostsDir, "--snapshotter", "soci", "run", "--rm", "--net", "none", ref, "sha256"}, img.paths...)
-	out, err := e.Nerdctl(ctx, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkSums(t, out, img.want)
-	if n := fuseLayers(t, e); n != 3 {
-		t.Errorf("want 3 lazily loaded layers mounted, got %d", n)
-	}
+	checkLazyRun(t, ctx, e, ref, img, 3, "--hosts-dir", hostsDir)
 	mirrorServedAll(t, e.Registry.Log(), origin)
 }
 
@@ -119,14 +111,6 @@ func TestMirrorResolverConfig(t *testing.T) {
 	nerdctlHosts := t.TempDir()
 	writeHostsToml(t, nerdctlHosts, origin, mirror.Host)
 	ref := origin + "/lazy/mirrored:latest"
-	args := append([]string{"--hosts-dir", nerdctlHosts, "--snapshotter", "soci", "run", "--rm", "--net", "none", ref, "sha256"}, img.paths...)
-	out, err := e.Nerdctl(ctx, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkSums(t, out, img.want)
-	if n := fuseLayers(t, e); n != 3 {
-		t.Errorf("want 3 lazily loaded layers mounted, got %d", n)
-	}
+	checkLazyRun(t, ctx, e, ref, img, 3, "--hosts-dir", nerdctlHosts)
 	mirrorServedAll(t, mirror.Log(), origin)
 }
