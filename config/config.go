@@ -123,6 +123,9 @@ type Config struct {
 	CRIKeychain        CRIKeychainConfig        `toml:"cri_keychain"`
 	Resolver           ResolverConfig           `toml:"resolver"`
 	Snapshotter        SnapshotterConfig        `toml:"snapshotter"`
+	// Limits bounds what remote data (SOCI indices, zTOCs, span data) may
+	// make the daemon allocate or walk. Not in upstream's schema.
+	Limits LimitsConfig `toml:"limits"`
 }
 
 // HTTPConfig is the [http] table: timeouts and retries of the registry
@@ -353,4 +356,25 @@ type SnapshotterConfig struct {
 	// AllowInvalidMountsOnRestart lets the daemon start even when existing
 	// snapshots can no longer reach their data source.
 	AllowInvalidMountsOnRestart bool `toml:"allow_invalid_mounts_on_restart"`
+}
+
+// LimitsConfig is the [limits] table: bounds on what data from a registry
+// may make the daemon allocate, walk or keep. Data past a bound is refused
+// as a whole (the image is pulled normally, or a read gets EIO). 0 in the
+// file takes the default. Not in upstream's schema.
+type LimitsConfig struct {
+	// MaxIndexEntries bounds the entries (layers) of one SOCI index.
+	MaxIndexEntries int `toml:"max_index_entries"`
+	// MaxZTOCBytes bounds the size of one serialized zTOC.
+	MaxZTOCBytes ByteSize `toml:"max_ztoc_bytes"`
+	// MaxZTOCEntries bounds the file entries of one zTOC.
+	MaxZTOCEntries int `toml:"max_ztoc_entries"`
+	// MaxZTOCHeapBytes bounds the memory one zTOC may take to decode and
+	// hold (its file table, names, xattrs and checkpoints).
+	MaxZTOCHeapBytes ByteSize `toml:"max_ztoc_heap_bytes"`
+	// MaxTreeDepth bounds the directory depth of one layer's tree.
+	MaxTreeDepth int `toml:"max_tree_depth"`
+	// MaxDecompressBytes bounds the bytes being decompressed at once on
+	// the node, across all layers; a span that alone exceeds it is refused.
+	MaxDecompressBytes ByteSize `toml:"max_decompress_bytes"`
 }

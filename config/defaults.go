@@ -22,6 +22,12 @@ const (
 	defaultAuthClientTTLSec          = 3600
 	defaultDownloadsPerImage         = 3
 	defaultUnpacksPerImage           = 1
+	defaultMaxIndexEntries           = 4096
+	defaultMaxZTOCBytes              = 256 << 20
+	defaultMaxZTOCEntries            = 1 << 20
+	defaultMaxZTOCHeapBytes          = 512 << 20
+	defaultMaxTreeDepth              = 1024
+	defaultMaxDecompressBytes        = 64 << 20
 )
 
 // Default returns the configuration used when no file is present. It is
@@ -78,5 +84,13 @@ func Default() *Config {
 		},
 		CRIKeychain: CRIKeychainConfig{ImageServicePath: DefaultContainerdAddress},
 		Resolver:    ResolverConfig{AuthClientTTLSec: defaultAuthClientTTLSec, ConfigPath: DefaultHostsDir},
+		Limits: LimitsConfig{
+			MaxIndexEntries:    defaultMaxIndexEntries,
+			MaxZTOCBytes:       defaultMaxZTOCBytes,
+			MaxZTOCEntries:     defaultMaxZTOCEntries,
+			MaxZTOCHeapBytes:   defaultMaxZTOCHeapBytes,
+			MaxTreeDepth:       defaultMaxTreeDepth,
+			MaxDecompressBytes: defaultMaxDecompressBytes,
+		},
 	}
 }

@@ -72,6 +72,16 @@ func (c *Config) normalize() {
 	c.PullModes.Parallel.normalize()
 	defaultIfZero(&c.CRIKeychain.ImageServicePath, DefaultContainerdAddress)
 	c.Resolver.normalize()
+	c.Limits.normalize()
+}
+
+func (l *LimitsConfig) normalize() {
+	defaultIfZero(&l.MaxIndexEntries, defaultMaxIndexEntries)
+	defaultIfZero(&l.MaxZTOCBytes, defaultMaxZTOCBytes)
+	defaultIfZero(&l.MaxZTOCEntries, defaultMaxZTOCEntries)
+	defaultIfZero(&l.MaxZTOCHeapBytes, defaultMaxZTOCHeapBytes)
+	defaultIfZero(&l.MaxTreeDepth, defaultMaxTreeDepth)
+	defaultIfZero(&l.MaxDecompressBytes, defaultMaxDecompressBytes)
 }
 
 func (h *HTTPConfig) normalize() {

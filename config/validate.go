@@ -41,6 +41,7 @@ func (c *Config) Validate() error {
 	v.nonEmpty("cri_keychain.image_service_path", c.CRIKeychain.ImageServicePath)
 	c.Resolver.validate(&v)
 	v.nonNegative("snapshotter.min_layer_size", c.Snapshotter.MinLayerSize)
+	c.Limits.validate(&v)
 	return errors.Join(v.errs...)
 }
 
@@ -147,6 +148,12 @@ func (v *validator) nonNegative(key string, value int64) {
 }
 
 // seconds accepts any duration that converts to time.Duration.
+func (v *validator) positive(key string, value int64) {
+	if value <= 0 {
+		v.fail(key, "must be positive (0 takes the default)")
+	}
+}
+
 func (v *validator) seconds(key string, value Seconds) {
 	if value > maxSeconds || value < -maxSeconds {
 		v.fail(key, "%d seconds is out of range", value)
@@ -193,4 +200,13 @@ func (v *validator) atMost(key string, value int64, globalKey string, global int
 	if global > 0 && value > global {
 		v.fail(key, "%d is more than %s (%d)", value, globalKey, global)
 	}
+}
+
+func (l *LimitsConfig) validate(v *validator) {
+	v.positive("limits.max_index_entries", int64(l.MaxIndexEntries))
+	v.positive("limits.max_ztoc_bytes", int64(l.MaxZTOCBytes))
+	v.positive("limits.max_ztoc_entries", int64(l.MaxZTOCEntries))
+	v.positive("limits.max_ztoc_heap_bytes", int64(l.MaxZTOCHeapBytes))
+	v.positive("limits.max_tree_depth", int64(l.MaxTreeDepth))
+	v.positive("limits.max_decompress_bytes", int64(l.MaxDecompressBytes))
 }
