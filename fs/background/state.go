@@ -72,7 +72,9 @@ func (m Markers) Bad(layer, ztoc digest.Digest) error {
 		layer, ztoc, strings.TrimSpace(string(reason)), ErrBadLayer)
 }
 
-func (m Markers) markBad(layer, ztoc digest.Digest, reason string) error {
+// MarkBad records that layer served from ztoc contradicts its zTOC, with the
+// reason (truncated to 1 KiB): Bad then refuses the pair.
+func (m Markers) MarkBad(layer, ztoc digest.Digest, reason string) error {
 	if len(reason) > maxReason {
 		reason = reason[:maxReason]
 	}
@@ -137,7 +139,7 @@ func (s *Scheduler) markVerified(j *job) {
 // markBad records that j's zTOC contradicts its verified layer, so that new
 // mounts of the pair fall back to a normal unpack.
 func (s *Scheduler) markBad(j *job, reason error) {
-	if err := s.markers.markBad(j.layer.Digest, j.layer.ZTOC, reason.Error()); err != nil {
+	if err := s.markers.MarkBad(j.layer.Digest, j.layer.ZTOC, reason.Error()); err != nil {
 		j.log.WithError(err).Error("cannot record that the layer's zTOC is bad; new mounts will still use it")
 	}
 }
