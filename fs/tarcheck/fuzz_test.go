@@ -19,7 +19,7 @@ import (
 // of the same bytes always passes; and changing one field of one entry of
 // that table is reported at that entry.
 func FuzzTarCrossCheck(f *testing.F) {
-	small := tarchecktest.Tar(f, tarchecktest.Entries(3000))
+	small := tarchecktest.Tar(f, tarchecktest.Entries(100))
 	f.Add(small, []byte{})
 	f.Add(small, []byte{3, 1, 0xa4, 0x81, 0, 0, 0, 0, 0, 0, 0, 0, 7, 'a', '/', 's', 'm', 'a', 'l', 'l'})
 	f.Add(small[:1500], []byte{0, 9})
