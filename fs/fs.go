@@ -54,6 +54,7 @@ type FS struct {
 	mu      sync.Mutex
 	mounted map[string]*mountedLayer // by mountpoint
 	bg      *background.Scheduler    // nil when background fetch is off
+	markers background.Markers       // layers whose zTOC was found bad (also when bg is off)
 	pending map[string]int           // Mount calls in progress, by layer digest
 	// unmounted are the layers unmounted since, by mountpoint: their data
 	// stays until Release says their snapshot is gone.
@@ -90,16 +91,17 @@ func New(opts Options) (*FS, error) {
 		return nil, fmt.Errorf("open span cache: %w", err)
 	}
 	var bg *background.Scheduler
+	stateDir := filepath.Join(opts.Root, "background")
 	if opts.Background != nil {
 		bo := *opts.Background
-		bo.StateDir = filepath.Join(opts.Root, "background")
+		bo.StateDir = stateDir
 		if opts.Metrics != nil {
 			bo.Observer = opts.Metrics
 		}
 		bg = background.New(bo)
 	}
 	return &FS{
-		bg: bg, opts: opts, indices: indices, cache: spanCache,
+		bg: bg, markers: background.NewMarkers(stateDir), opts: opts, indices: indices, cache: spanCache,
 		mounted: map[string]*mountedLayer{}, pending: map[string]int{}, unmounted: map[string]layerRef{},
 	}, nil
 }

@@ -76,6 +76,7 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 	if f.bg != nil {
 		f.bg.Enqueue(ctx, background.Layer{
 			Key: mountpoint, Digest: t.LayerDigest, Table: l.Spans, Blob: m.blob, Spans: m.spans,
+			ZTOC: ztoc, Files: &l.TOC, Gzip: l.Gzip(),
 		}, background.Background)
 	}
 	return nil
@@ -100,6 +101,11 @@ func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest
 		return nil, "", fmt.Errorf("find SOCI index of %s: %w", t.ImageRef, err)
 	}
 	f.indices.Prefetch(ctx, t.ImageRef, idx) // the other layers' zTOCs, while this one mounts
+	if desc, ok := idx.ZTOC(t.LayerDigest); ok {
+		if err := f.refuseBad(t.LayerDigest, desc.Digest); err != nil {
+			return nil, "", err
+		}
+	}
 	l, err := f.indices.Open(ctx, t.ImageRef, idx, t.LayerDigest)
 	if errors.Is(err, index.ErrNoZTOC) {
 		return nil, "", fmt.Errorf("layer %s is not in SOCI index %s: %w", t.LayerDigest, idx.Digest, errdefs.ErrNotFound)
@@ -109,6 +115,16 @@ func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest
 	}
 	desc, _ := idx.ZTOC(t.LayerDigest)
 	return l, desc.Digest, nil
+}
+
+// refuseBad returns an error when the background check found the zTOC
+// ztoc to contradict layer: the mount fails (not as "not found") and the
+// snapshotter falls back to a normal unpack.
+func (f *FS) refuseBad(layer, ztoc digest.Digest) error {
+	if err := f.markers.Bad(layer, ztoc); err != nil {
+		return fmt.Errorf("refuse to mount layer %s lazily: %w", layer, err)
+	}
+	return nil
 }
 
 // serve builds the span manager and the FUSE tree of the layer and mounts

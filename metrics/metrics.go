@@ -14,6 +14,10 @@ const (
 	FailureVerification = "verification" // a span or whole layer digest mismatch
 	FailureFetch        = "fetch"        // a span or background chunk could not be fetched
 	FailureMount        = "mount"        // a lazy mount failed (not "no index": that falls back)
+	// Background walk (fs/background): why a layer was not reported fully local.
+	FailureSpanLoad     = "span_load"     // a span did not load, or is not cached after the walk
+	FailureUnverified   = "unverified"    // the whole-blob digest check (or the tar cross-check) could not run
+	FailureZTOCMismatch = "ztoc_mismatch" // the zTOC's file table or spans disagree with the verified blob
 )
 
 // GET kinds of soci_registry_get_* metrics.
@@ -82,7 +86,7 @@ func New() *Metrics {
 		}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "soci_failures_total",
-			Help: "Failures by kind: verification, fetch, mount.",
+			Help: "Failures by kind: verification, fetch, mount, span_load, unverified, ztoc_mismatch.",
 		}, []string{"kind"}),
 	}
 	m.reg.MustRegister(m.registryGet, m.registryBytes, m.cacheHits, m.cacheMisses, m.readLatency,
@@ -92,7 +96,7 @@ func New() *Metrics {
 		m.registryBytes.WithLabelValues(k)
 		m.registryGet.WithLabelValues(k)
 	}
-	for _, k := range []string{FailureVerification, FailureFetch, FailureMount} {
+	for _, k := range []string{FailureVerification, FailureFetch, FailureMount, FailureSpanLoad, FailureUnverified, FailureZTOCMismatch} {
 		m.failures.WithLabelValues(k) // present at 0 so that rates work from the start
 	}
 	return m

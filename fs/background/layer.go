@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/fastsoci/soci-snapshotter/fs/layer"
 	"github.com/fastsoci/soci-snapshotter/fs/span"
+	"github.com/fastsoci/soci-snapshotter/metrics"
 )
 
 // Spans is the part of a span manager a worker uses: it verifies, inflates
@@ -53,6 +54,17 @@ type Layer struct {
 	Blob span.Fetcher
 	// Spans receives the fetched bytes.
 	Spans Spans
+	// ZTOC is the digest of the zTOC the layer is served from. With the
+	// layer digest it keys the verified and bad markers (see Markers).
+	ZTOC digest.Digest
+	// Files, if set, is the zTOC's file table: once the blob hashed to
+	// its digest, the walk has compared it with the real tar headers and
+	// the cached spans with the real uncompressed bytes (a difference is
+	// ErrZTOCMismatch, and the layer is marked bad).
+	Files *layer.TOC
+	// Gzip: the blob is gzip-compressed, as the zTOC says (otherwise an
+	// uncompressed tar stream).
+	Gzip bool
 }
 
 func (l Layer) check() error {
@@ -63,6 +75,11 @@ func (l Layer) check() error {
 		return fmt.Errorf("background layer %s without a blob or spans", l.Digest)
 	case len(l.Table.Spans) == 0:
 		return fmt.Errorf("background layer %s without spans", l.Digest)
+	}
+	if l.ZTOC != "" {
+		if err := l.ZTOC.Validate(); err != nil {
+			return fmt.Errorf("background layer %s: zTOC digest: %w", l.Digest, err)
+		}
 	}
 	return l.Digest.Validate()
 }
@@ -77,26 +94,67 @@ func chunk(t span.Table, i int, size int64) int {
 	return k
 }
 
+// walkResult is what a walk of a layer found besides a fatal error.
+type walkResult struct {
+	fetched int64  // compressed bytes fetched
+	checked bool   // the whole blob hashed to the layer digest
+	skipped string // why the whole-blob check could not run
+	// loadFailed counts the chunks with spans that did not load;
+	// loadErr is the first such error.
+	loadFailed int
+	loadErr    error
+	// stream is what the cross-check with the file table found (wrapping
+	// ErrZTOCMismatch); sums are the hashes of the spans' real bytes when
+	// it passed.
+	stream error
+	sums   [][32]byte
+}
+
 // complete walks j's blob in order, chunk by chunk, yielding to demand reads
-// before each chunk, and loads the spans that are not local yet. It returns
-// the compressed bytes fetched and whether it checked the layer digest.
+// before each chunk, and loads the spans that are not local yet. The error
+// is one that ends the walk (fetch, cancel, digest mismatch); the result
+// says what else it found.
 //
 // While it has fetched every byte so far it also hashes the blob, and checks
-// the layer digest at the end. Spans that demand reads already brought in
-// are not fetched again (the link is the scarce resource): each of them was
-// verified against its zTOC digest, but the whole-blob check is then skipped.
-func (s *Scheduler) complete(ctx context.Context, j *job) (int64, bool, error) {
+// the layer digest at the end; with a file table it decompresses the same
+// bytes in step and cross-checks them (see Layer.Files). Spans that demand
+// reads already brought in are not fetched again (the link is the scarce
+// resource): they are hashed from the compressed copy the read kept, and
+// without one the whole-blob check is skipped (walkResult.skipped).
+func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 	l := j.layer
 	t := l.Table
 	h := l.Digest.Algorithm().Hash()
-	var hashed, fetched int64 // hashed: the blob is hashed up to there
-	whole := true             // every byte so far went through h
+	var res walkResult
+	var hashed int64 // the blob is hashed up to there
+	whole := true    // every byte so far went through h
+	var stream *streamCheck
+	if l.Files != nil {
+		stream = startStreamCheck(l)
+		defer stream.abandon()
+	}
+	sink := func(b []byte) {
+		h.Write(b)
+		if stream != nil {
+			stream.feed(ctx, b)
+		}
+	}
+	skip := func(reason string) {
+		if whole {
+			whole, res.skipped = false, reason
+			if stream != nil {
+				stream.abandon()
+			}
+		}
+	}
 	for i, attempt := 0, 1; i < len(t.Spans); {
 		if l.Spans.Has(ctx, i) {
-			n, err := s.hashLocal(ctx, j, i, h, &hashed, &whole)
-			fetched += n
-			if err != nil {
-				return fetched, false, err
+			if whole {
+				n, err := s.hashLocal(ctx, j, i, sink, &hashed, skip)
+				res.fetched += n
+				if err != nil {
+					return res, err
+				}
 			}
 			i++
 			continue
@@ -109,7 +167,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (int64, bool, error) {
 			}
 		}
 		if err := s.waitIdle(ctx); err != nil {
-			return fetched, false, err
+			return res, err
 		}
 		// Reserve the chunk's spans only now, after yielding to demand
 		// reads: those reads may have brought some of them in.
@@ -117,7 +175,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (int64, bool, error) {
 		if reserve {
 			if k = rs.Reserve(ctx, i, k); k < i {
 				if !l.Spans.Has(ctx, i) { // neither local nor on its way: closed
-					return fetched, false, fmt.Errorf("reserve span %d of %s: %w", i, l.Digest, span.ErrClosed)
+					return res, fmt.Errorf("reserve span %d of %s: %w", i, l.Digest, span.ErrClosed)
 				}
 				continue // a read fetched span i meanwhile
 			}
@@ -139,84 +197,98 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (int64, bool, error) {
 		if err != nil {
 			release() // readers of these spans fetch them themselves
 			if ctx.Err() != nil {
-				return fetched, false, ctx.Err()
+				return res, ctx.Err()
 			}
-			s.observe(func(o Observer) { o.Failure("fetch") })
+			s.observe(func(o Observer) { o.Failure(metrics.FailureFetch) })
 			if attempt >= s.opts.MaxAttempts {
-				return fetched, false, fmt.Errorf("fetch spans %d-%d of %s, %d attempts: %w", i, k, l.Digest, attempt, err)
+				return res, fmt.Errorf("fetch spans %d-%d of %s, %d attempts: %w", i, k, l.Digest, attempt, err)
 			}
 			j.log.WithError(err).WithField("attempt", attempt).Debug("background chunk failed; retrying")
 			attempt++
 			if err := sleep(ctx, s.opts.RetryWait); err != nil {
-				return fetched, false, err
+				return res, err
 			}
 			continue
 		}
-		fetched += int64(len(buf))
+		res.fetched += int64(len(buf))
 		s.observe(func(o Observer) { o.BackgroundBytes(int64(len(buf))) })
 		if whole && hashed < hi {
-			h.Write(buf[hashed-lo:])
+			sink(buf[hashed-lo:])
 			hashed = hi
 		}
 		err = l.Spans.Load(ctx, i, k, buf, lo)
 		release() // Load completed them unless it failed early
 		if err != nil {
 			if errors.Is(err, span.ErrClosed) || ctx.Err() != nil {
-				return fetched, false, errors.Join(ctx.Err(), err)
+				return res, errors.Join(ctx.Err(), err)
 			}
-			// A span that fails verification is logged by the span manager
-			// and stays unreadable; the layer digest check reports it too.
-			j.log.WithError(err).Debug("background chunk not loaded")
+			// The span manager logged a span that failed verification;
+			// the result reports it (and the digest check, if the bytes
+			// were wrong).
+			j.log.WithError(err).WithField("spans", fmt.Sprintf("%d-%d", i, k)).Debug("background chunk not loaded")
+			res.loadFailed++
+			if res.loadErr == nil {
+				res.loadErr = err
+			}
 		}
 		i, attempt = k+1, 1
 	}
 	if whole && hashed < t.CompressedSize { // the trailer after a local last span
-		n, err := s.hashGap(ctx, l.Blob, h, hashed, t.CompressedSize)
-		fetched += n
+		n, err := s.hashGap(ctx, l.Blob, sink, hashed, t.CompressedSize)
+		res.fetched += n
 		if err != nil {
-			return fetched, false, err
+			return res, err
 		}
 		hashed = t.CompressedSize
 	}
 	l.Spans.DropCompressed(ctx)
 	if !whole {
-		return fetched, false, nil
+		return res, nil
 	}
 	if got := digest.NewDigest(l.Digest.Algorithm(), h); got != l.Digest || hashed != t.CompressedSize {
-		return fetched, false, fmt.Errorf("layer %s: blob of %d bytes hashes to %s: %w", l.Digest, hashed, got, ErrDigestMismatch)
+		return res, fmt.Errorf("layer %s: blob of %d bytes hashes to %s: %w", l.Digest, hashed, got, ErrDigestMismatch)
 	}
-	return fetched, true, nil
+	res.checked = true
+	if stream != nil {
+		if err := stream.end(); err != nil {
+			res.stream = fmt.Errorf("layer %s, zTOC %s: %w: %w", l.Digest, l.ZTOC, ErrZTOCMismatch, err)
+		} else {
+			res.sums = stream.sums
+		}
+	}
+	return res, nil
 }
 
 // hashLocal feeds span i, which a read already made local, into the blob
 // hash from the compressed copy the read kept, fetching only a gap before
 // it (the gzip header before span 0). Without a kept copy the whole-blob
-// check is given up: the span is not fetched again.
-func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, h hash.Hash, hashed *int64, whole *bool) (int64, error) {
-	if !*whole {
-		return 0, nil
-	}
+// check is given up (skip): the span is not fetched again.
+func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]byte), hashed *int64, skip func(string)) (int64, error) {
 	sp := j.layer.Table.Spans[i]
 	c, ok := j.layer.Spans.Compressed(ctx, i)
-	if !ok || *hashed > sp.CompressedEnd {
-		*whole = false
+	switch {
+	case !ok:
+		skip(fmt.Sprintf("span %d was made local by a read that kept no compressed copy", i))
+		return 0, nil
+	case *hashed > sp.CompressedEnd:
+		skip(fmt.Sprintf("span %d ends before byte %d, which was already hashed", i, *hashed))
 		return 0, nil
 	}
 	var n int64
 	if *hashed < sp.CompressedStart {
 		var err error
-		if n, err = s.hashGap(ctx, j.layer.Blob, h, *hashed, sp.CompressedStart); err != nil {
+		if n, err = s.hashGap(ctx, j.layer.Blob, sink, *hashed, sp.CompressedStart); err != nil {
 			return n, err
 		}
 		*hashed = sp.CompressedStart
 	}
-	h.Write(c[*hashed-sp.CompressedStart:])
+	sink(c[*hashed-sp.CompressedStart:])
 	*hashed = sp.CompressedEnd
 	return n, nil
 }
 
 // hashGap fetches blob[from:to) and feeds it into h.
-func (s *Scheduler) hashGap(ctx context.Context, blob span.Fetcher, h hash.Hash, from, to int64) (int64, error) {
+func (s *Scheduler) hashGap(ctx context.Context, blob span.Fetcher, sink func([]byte), from, to int64) (int64, error) {
 	if err := s.waitIdle(ctx); err != nil {
 		return 0, err
 	}
@@ -225,7 +297,7 @@ func (s *Scheduler) hashGap(ctx context.Context, blob span.Fetcher, h hash.Hash,
 		return 0, fmt.Errorf("fetch bytes %d-%d: %w", from, to, err)
 	}
 	s.observe(func(o Observer) { o.BackgroundBytes(int64(len(buf))) })
-	h.Write(buf)
+	sink(buf)
 	return int64(len(buf)), nil
 }
 

@@ -3,6 +3,7 @@ package background
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -10,6 +11,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/fastsoci/soci-snapshotter/fs/span"
+	"github.com/fastsoci/soci-snapshotter/fs/tarcheck"
+	"github.com/fastsoci/soci-snapshotter/metrics"
 )
 
 // Defaults for Options fields left zero.
@@ -35,8 +38,9 @@ const (
 // hash to its digest.
 var ErrDigestMismatch = errors.New("layer digest mismatch")
 
-// Observer receives the scheduler's metrics. Failure kinds are
-// "verification" and "fetch".
+// Observer receives the scheduler's metrics. Failure kinds are the
+// metrics.Failure* constants: verification, fetch, span_load, unverified
+// and ztoc_mismatch.
 type Observer interface {
 	BackgroundBytes(n int64)
 	LayerCompleted()
@@ -67,28 +71,31 @@ type Options struct {
 	DropOldest bool
 	// Observer receives metrics; nil: none.
 	Observer Observer
-	// StateDir, if set, keeps a marker per layer digest that was verified
+	// StateDir, if set, keeps the Markers: per layer and zTOC verified
 	// whole, so that after a restart a layer whose spans are all cached is
-	// not downloaded again.
+	// not downloaded again; and per layer and zTOC found bad, so that new
+	// mounts refuse them.
 	StateDir string
 	// OnDone, if set, is called once per layer that finished: err is nil
-	// when the layer is local and verified. It is not called for canceled
-	// or dropped layers.
+	// when the layer is local and verified (blob digest, and with a file
+	// table the cross-check). It is not called for canceled or dropped
+	// layers.
 	OnDone func(key string, err error)
 }
 
 // Scheduler runs the background fetches of a node. It is safe for
 // concurrent use; Close stops it.
 type Scheduler struct {
-	opts Options
-	life context.Context
-	stop context.CancelFunc
-	wg   sync.WaitGroup
+	opts    Options
+	markers Markers
+	life    context.Context
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
 
 	mu      sync.Mutex
 	queue   []*job          // waiting, in arrival order
 	active  map[string]*job // by key
-	done    map[string]bool // layer digests verified whole by this process
+	done    map[string]bool // layers (doneKey) verified whole by this process
 	changed chan struct{}   // closed and replaced when queue changes
 	closed  bool
 
@@ -126,7 +133,7 @@ func New(opts Options) *Scheduler {
 		opts.FetchTimeout = DefaultFetchTimeout
 	}
 	s := &Scheduler{
-		opts: opts, active: map[string]*job{}, done: map[string]bool{},
+		opts: opts, markers: NewMarkers(opts.StateDir), active: map[string]*job{}, done: map[string]bool{},
 		changed: make(chan struct{}), idle: make(chan struct{}),
 	}
 	close(s.idle)
@@ -325,7 +332,11 @@ func (s *Scheduler) next() (*job, time.Duration, <-chan struct{}) {
 	return j, 0, nil
 }
 
-// run completes one job and reports it.
+// run completes one job and reports it. Only a layer whose blob hashed to
+// its digest, whose spans all loaded and (with a file table) whose zTOC
+// matched the real layer is reported fully local, counted as completed and
+// marked verified; anything else is a Warn or Error with its reason and a
+// failure kind.
 func (s *Scheduler) run(j *job) {
 	start := time.Now()
 	if s.alreadyLocal(j) {
@@ -336,25 +347,45 @@ func (s *Scheduler) run(j *job) {
 		}
 		return
 	}
-	n, checked, err := s.complete(j.ctx, j)
+	res, err := s.complete(j.ctx, j)
 	if err == nil {
-		s.markVerified(j)
+		err = s.judge(j.ctx, j.layer, &res)
 	}
-	canceled := err != nil && j.ctx.Err() != nil && !errors.Is(err, ErrDigestMismatch)
+	canceled := err != nil && j.ctx.Err() != nil && !errors.Is(err, ErrDigestMismatch) && !errors.Is(err, ErrZTOCMismatch)
+	switch {
+	case err == nil:
+		s.markVerified(j)
+	case errors.Is(err, ErrZTOCMismatch) && !canceled:
+		s.markBad(j, err) // before finish: a mount after OnDone sees it
+	}
 	s.finish(j, err)
-	lg := j.log.WithField("took", time.Since(start)).WithField("bytes", n).WithField("blob_digest_checked", checked)
+	lg := j.log.WithField("took", time.Since(start)).WithField("bytes", res.fetched).WithField("blob_digest_checked", res.checked)
+	if j.layer.ZTOC != "" {
+		lg = lg.WithField("ztoc", j.layer.ZTOC)
+	}
+	var m *tarcheck.Mismatch
+	if errors.As(err, &m) {
+		lg = lg.WithField("entry", m.Name).WithField("field", m.Field)
+	}
 	switch {
 	case canceled:
 		lg.Debug("background fetch of layer stopped")
 		return
 	case err == nil:
-		// Every span is verified against the zTOC; the whole blob is
-		// checked too when the background fetch read all of it.
 		lg.Info("layer fully local")
 		s.observe(func(o Observer) { o.LayerCompleted() })
 	case errors.Is(err, ErrDigestMismatch):
 		lg.WithError(err).Error("layer blob does not match its digest")
-		s.observe(func(o Observer) { o.Failure("verification") })
+		s.observe(func(o Observer) { o.Failure(metrics.FailureVerification) })
+	case errors.Is(err, ErrZTOCMismatch):
+		lg.WithError(err).Error("zTOC contradicts the verified layer; layer marked bad, new mounts of it fall back to a normal unpack")
+		s.observe(func(o Observer) { o.Failure(metrics.FailureZTOCMismatch) })
+	case errors.Is(err, ErrSpanLoad):
+		lg.WithError(err).Warn("layer not fully local: spans did not load")
+		s.observe(func(o Observer) { o.Failure(metrics.FailureSpanLoad) })
+	case errors.Is(err, ErrUnverified):
+		lg.WithError(err).Warn("layer not reported fully local: its blob digest was not checked")
+		s.observe(func(o Observer) { o.Failure(metrics.FailureUnverified) })
 	default:
 		lg.WithError(err).Warn("background fetch of layer failed; it stays lazily loaded")
 	}
@@ -363,12 +394,36 @@ func (s *Scheduler) run(j *job) {
 	}
 }
 
-// finish retires the active job j, remembering its digest when err is nil.
+// judge turns what a walk found besides a fatal error into the layer's
+// result: nil only when it is fully local and verified.
+func (s *Scheduler) judge(ctx context.Context, l Layer, res *walkResult) error {
+	if res.stream != nil {
+		return res.stream
+	}
+	missing := 0
+	if res.sums != nil {
+		var err error
+		if missing, err = compareSpans(ctx, l, res.sums); err != nil {
+			return fmt.Errorf("layer %s, zTOC %s: %w", l.Digest, l.ZTOC, err)
+		}
+	}
+	switch {
+	case res.loadFailed > 0:
+		return fmt.Errorf("layer %s: %d chunks had spans that failed to load, the first: %w: %w", l.Digest, res.loadFailed, res.loadErr, ErrSpanLoad)
+	case missing > 0:
+		return fmt.Errorf("layer %s: %d spans are not in the span cache after the walk (evicted or not stored): %w", l.Digest, missing, ErrSpanLoad)
+	case !res.checked:
+		return fmt.Errorf("layer %s: whole-blob digest check skipped: %s: %w", l.Digest, res.skipped, ErrUnverified)
+	}
+	return nil
+}
+
+// finish retires the active job j, remembering it when err is nil.
 func (s *Scheduler) finish(j *job, err error) {
 	s.mu.Lock()
 	delete(s.active, j.layer.Key)
 	if err == nil {
-		s.done[j.layer.Digest.String()] = true
+		s.done[doneKey(j)] = true
 	}
 	s.broadcast() // a layer of the same digest may be waiting
 	s.mu.Unlock()

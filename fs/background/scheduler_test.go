@@ -549,8 +549,9 @@ func TestSameLayerTwice(t *testing.T) {
 }
 
 // TestSkipsSpansReadersFetched: spans a demand read already brought in are
-// not fetched again; the rest are, and the layer still completes (without
-// the whole-blob digest check, which would need those bytes again).
+// not fetched again; the rest are. Without the whole-blob digest check
+// (which would need those bytes again) the layer is not reported fully
+// local: it fails with ErrUnverified and counts an "unverified" failure.
 func TestSkipsSpansReadersFetched(t *testing.T) {
 	b := newTestBlob(t, 4, 1<<20, 8)
 	res, obs := newResults(), &fakeObserver{}
@@ -560,8 +561,8 @@ func TestSkipsSpansReadersFetched(t *testing.T) {
 	l, spans := layerOf("/mnt/part", b, blob)
 	spans.have = map[int]bool{2: true, 3: true, 6: true}
 	s.Enqueue(context.Background(), l, Background)
-	if err := res.wait(t, "/mnt/part"); err != nil {
-		t.Fatalf("layer: %v", err)
+	if err := res.wait(t, "/mnt/part"); !errors.Is(err, ErrUnverified) {
+		t.Fatalf("layer: want ErrUnverified, got %v", err)
 	}
 	if want := []int{0, 1, 4, 5, 7}; !slices.Equal(spans.loaded, want) {
 		t.Errorf("loaded spans %v, want %v", spans.loaded, want)
@@ -575,8 +576,8 @@ func TestSkipsSpansReadersFetched(t *testing.T) {
 	if max := int64(len(b.blob)) - skipped + int64(len(b.table.Spans)); obs.bytes > max {
 		t.Errorf("fetched %d bytes, want at most %d (the cached spans skipped)", obs.bytes, max)
 	}
-	if obs.layers != 1 || len(obs.failures) != 0 {
-		t.Errorf("observer: %d layers, failures %v", obs.layers, obs.failures)
+	if obs.layers != 0 || obs.failures["unverified"] != 1 || len(obs.failures) != 1 {
+		t.Errorf("observer: %d layers, failures %v; want 0 and one unverified", obs.layers, obs.failures)
 	}
 }
 

@@ -1,0 +1,252 @@
+package background
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/awslabs/soci-snapshotter/ztoc/compression"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/fastsoci/soci-snapshotter/fs/cache"
+	"github.com/fastsoci/soci-snapshotter/fs/index"
+	"github.com/fastsoci/soci-snapshotter/fs/layer"
+	"github.com/fastsoci/soci-snapshotter/fs/span"
+	"github.com/fastsoci/soci-snapshotter/fs/tarcheck"
+	"github.com/fastsoci/soci-snapshotter/fs/tarcheck/tarchecktest"
+)
+
+// realLayer is a real layer blob with the zTOC soci's builder made for it,
+// served by a real span manager over a memory cache.
+type realLayer struct {
+	blob  []byte
+	ztoc  *index.Layer
+	zdgst digest.Digest
+}
+
+func newRealLayer(t *testing.T, gzip bool) realLayer {
+	t.Helper()
+	tb := tarchecktest.Tar(t, tarchecktest.Entries(600<<10))
+	blob, alg := tb, compression.Uncompressed
+	if gzip {
+		blob, alg = tarchecktest.Gzip(t, tb), compression.Gzip
+	}
+	data := tarchecktest.ZTOC(t, blob, 64<<10, alg)
+	z, err := index.ParseZTOC(data)
+	if err != nil {
+		t.Fatalf("parse zTOC: %v", err)
+	}
+	t.Cleanup(func() { z.Close() })
+	if len(z.Spans.Spans) < 4 {
+		t.Fatalf("only %d spans", len(z.Spans.Spans))
+	}
+	return realLayer{blob: blob, ztoc: z, zdgst: digest.FromBytes(data)}
+}
+
+// decompressor lets a test alter span i's output, as a zTOC with altered
+// checkpoint windows would.
+type decompressor struct {
+	span.Decompressor
+	alter int
+}
+
+func (d decompressor) Decompress(compressed []byte, i int) ([]byte, error) {
+	out, err := d.Decompressor.Decompress(compressed, i)
+	if err == nil && i == d.alter && len(out) > 0 {
+		out = slices.Clone(out)
+		out[len(out)/2] ^= 1
+	}
+	return out, err
+}
+
+// layer returns the background layer of r with its span manager; table and
+// files default to the zTOC's, alter (>= 0) corrupts that span's output.
+func (r realLayer) layer(t *testing.T, key string, table *span.Table, files *layer.TOC, alter int) Layer {
+	t.Helper()
+	if table == nil {
+		table = &r.ztoc.Spans
+	}
+	if files == nil {
+		files = &r.ztoc.TOC
+	}
+	blob := &fakeBlob{data: r.blob}
+	m, err := span.New(span.Options{
+		Table: *table, Fetcher: blob, Cache: cache.NewMemory(), Decompressor: decompressor{r.ztoc, alter},
+		CacheKey: digest.FromBytes(r.blob).String(), KeepCompressed: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return Layer{
+		Key: key, Digest: digest.FromBytes(r.blob), Table: *table, Blob: blob, Spans: m,
+		ZTOC: r.zdgst, Files: files, Gzip: r.ztoc.Gzip(),
+	}
+}
+
+// runLayer completes l on a fresh scheduler over stateDir and returns its
+// result and the observer.
+func runLayer(t *testing.T, stateDir string, l Layer) (error, *fakeObserver) {
+	t.Helper()
+	res, obs := newResults(), &fakeObserver{}
+	s := New(Options{StateDir: stateDir, OnDone: res.onDone, Observer: obs, ChunkSize: 100 << 10})
+	defer s.Close()
+	if !s.Enqueue(context.Background(), l, Background) {
+		t.Fatal("not queued")
+	}
+	return res.wait(t, l.Key), obs
+}
+
+func TestCrossCheckHonestLayer(t *testing.T) {
+	for _, gz := range []bool{true, false} {
+		t.Run(map[bool]string{true: "gzip", false: "tar"}[gz], func(t *testing.T) {
+			r := newRealLayer(t, gz)
+			dir := t.TempDir()
+			l := r.layer(t, "/mnt/honest", nil, nil, -1)
+			err, obs := runLayer(t, dir, l)
+			if err != nil {
+				t.Fatalf("honest layer: %v", err)
+			}
+			if obs.layers != 1 || len(obs.failures) != 0 {
+				t.Errorf("observer: %d layers, failures %v", obs.layers, obs.failures)
+			}
+			mk := NewMarkers(dir)
+			if !mk.verified(l.Digest, l.ZTOC) || mk.Bad(l.Digest, l.ZTOC) != nil {
+				t.Error("honest layer not marked verified, or marked bad")
+			}
+			// The verified marker is per zTOC: another zTOC of the same
+			// layer is checked again.
+			if mk.verified(l.Digest, digest.FromString("another zTOC")) {
+				t.Error("verified marker shared by another zTOC")
+			}
+		})
+	}
+}
+
+// TestCrossCheckLyingFileTable: a zTOC whose file table lies about one
+// entry fails the layer with ErrZTOCMismatch naming the entry and field,
+// counts ztoc_mismatch and marks the layer bad, not verified.
+func TestCrossCheckLyingFileTable(t *testing.T) {
+	r := newRealLayer(t, true)
+	lie := layer.TOC{Entries: slices.Clone(r.ztoc.TOC.Entries)}
+	i := slices.IndexFunc(lie.Entries, func(e layer.Entry) bool { return e.Name == "a/small" })
+	lie.Entries[i].Mode |= layer.ModeSetuid
+	dir := t.TempDir()
+	l := r.layer(t, "/mnt/lie", nil, &lie, -1)
+	err, obs := runLayer(t, dir, l)
+	var m *tarcheck.Mismatch
+	if !errors.Is(err, ErrZTOCMismatch) || !errors.As(err, &m) {
+		t.Fatalf("want a zTOC mismatch, got %v", err)
+	}
+	if m.Name != "a/small" || m.Field != tarcheck.FieldMode {
+		t.Errorf("mismatch names %q %s, want a/small mode", m.Name, m.Field)
+	}
+	if obs.layers != 0 || obs.failures["ztoc_mismatch"] != 1 || len(obs.failures) != 1 {
+		t.Errorf("observer: %d layers, failures %v", obs.layers, obs.failures)
+	}
+	mk := NewMarkers(dir)
+	bad := mk.Bad(l.Digest, l.ZTOC)
+	if !errors.Is(bad, ErrBadLayer) || !strings.Contains(bad.Error(), `"a/small"`) {
+		t.Errorf("bad marker: %v", bad)
+	}
+	if mk.verified(l.Digest, l.ZTOC) {
+		t.Error("lying layer marked verified")
+	}
+}
+
+// TestCrossCheckAlteredSpans: spans decompressed into other bytes than the
+// real layer's (altered checkpoint windows) are caught by comparing the
+// span cache with the real stream.
+func TestCrossCheckAlteredSpans(t *testing.T) {
+	r := newRealLayer(t, true)
+	dir := t.TempDir()
+	l := r.layer(t, "/mnt/windows", nil, nil, 2)
+	err, obs := runLayer(t, dir, l)
+	if !errors.Is(err, ErrZTOCMismatch) || !strings.Contains(err.Error(), "span 2 ") {
+		t.Fatalf("want a zTOC mismatch in span 2, got %v", err)
+	}
+	if obs.layers != 0 || obs.failures["ztoc_mismatch"] != 1 {
+		t.Errorf("observer: %d layers, failures %v", obs.layers, obs.failures)
+	}
+	if NewMarkers(dir).Bad(l.Digest, l.ZTOC) == nil {
+		t.Error("layer not marked bad")
+	}
+}
+
+// TestSpanLoadFailureNotLocal: a span that does not load (here its zTOC
+// digest is wrong, though the blob is right) keeps the layer from being
+// reported fully local: ErrSpanLoad, a span_load failure, no marker.
+func TestSpanLoadFailureNotLocal(t *testing.T) {
+	r := newRealLayer(t, true)
+	table := r.ztoc.Spans
+	table.Spans = slices.Clone(table.Spans)
+	table.Spans[1].Digest = digest.FromString("not span 1")
+	dir := t.TempDir()
+	l := r.layer(t, "/mnt/load", &table, nil, -1)
+	err, obs := runLayer(t, dir, l)
+	if !errors.Is(err, ErrSpanLoad) || !errors.Is(err, span.ErrVerification) {
+		t.Fatalf("want a span load failure, got %v", err)
+	}
+	if obs.layers != 0 || obs.failures["span_load"] != 1 || len(obs.failures) != 1 {
+		t.Errorf("observer: %d layers, failures %v", obs.layers, obs.failures)
+	}
+	mk := NewMarkers(dir)
+	if mk.verified(l.Digest, l.ZTOC) || mk.Bad(l.Digest, l.ZTOC) != nil {
+		t.Error("a layer with a span not loaded got a marker")
+	}
+}
+
+// TestDigestMismatchNotBad: a blob that does not hash to its digest says
+// nothing about the zTOC: a verification failure, no bad marker, even with
+// a file table.
+func TestDigestMismatchNotBad(t *testing.T) {
+	r := newRealLayer(t, true)
+	dir := t.TempDir()
+	l := r.layer(t, "/mnt/digest", nil, nil, -1)
+	bad := slices.Clone(r.blob)
+	bad[4] ^= 0xff // gzip header mtime
+	l.Blob = &fakeBlob{data: bad}
+	err, obs := runLayer(t, dir, l)
+	if !errors.Is(err, ErrDigestMismatch) || errors.Is(err, ErrZTOCMismatch) {
+		t.Fatalf("want a digest mismatch only, got %v", err)
+	}
+	if obs.failures["verification"] != 1 || len(obs.failures) != 1 {
+		t.Errorf("failures %v", obs.failures)
+	}
+	if NewMarkers(dir).Bad(l.Digest, l.ZTOC) != nil {
+		t.Error("marked bad")
+	}
+}
+
+// TestCancelDuringCrossCheck: canceling a walk with a file table stops it
+// (the stream check included) without a result or a marker.
+func TestCancelDuringCrossCheck(t *testing.T) {
+	r := newRealLayer(t, true)
+	dir := t.TempDir()
+	l := r.layer(t, "/mnt/cancel", nil, nil, -1)
+	second := make(chan struct{})
+	calls := 0
+	l.Blob.(*fakeBlob).before = func(ctx context.Context, off int64) error {
+		if calls++; calls == 2 {
+			close(second)
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return nil
+	}
+	res := newResults()
+	s := New(Options{StateDir: dir, OnDone: res.onDone, ChunkSize: 100 << 10})
+	defer s.Close()
+	s.Enqueue(context.Background(), l, Background)
+	<-second
+	s.Cancel(l.Key) // returns once the worker let go of the layer
+	res.mu.Lock()
+	_, done := res.errs[l.Key]
+	res.mu.Unlock()
+	mk := NewMarkers(dir)
+	if done || mk.verified(l.Digest, l.ZTOC) || mk.Bad(l.Digest, l.ZTOC) != nil {
+		t.Errorf("canceled layer: done %v, markers set", done)
+	}
+}
