@@ -101,32 +101,25 @@ func TestHostileIndex(t *testing.T) {
 	t.Run("b_dotdot_name", func(t *testing.T) {
 		s.check(t, ctx, s.ztocCase(t, ctx, "dotdot", func(z *ztoc.Ztoc, _ []byte) ([]byte, error) {
 			return encodeAfter(z, hostile.Rename(z, "data/a.txt", escape))
-		}, regexp.MustCompile(`(?i)escape|\.\.|name`)))
+		}, regexp.MustCompile(`(?i)escape|outside|travers|unsafe|bad name|invalid name`)))
 	})
 	t.Run("b_absolute_name", func(t *testing.T) {
 		c := s.ztocCase(t, ctx, "absolute", func(z *ztoc.Ztoc, _ []byte) ([]byte, error) {
 			return encodeAfter(z, hostile.Rename(z, "data/a.txt", "/data/a.txt"))
-		}, regexp.MustCompile(`(?i)absolute|name`))
+		}, regexp.MustCompile(`(?i)absolute|bad name|invalid name`))
 		c.lazyOK = true // "/data/a.txt" is data/a.txt, as in the tar
 		s.check(t, ctx, c)
 	})
 	t.Run("b_nul_name", func(t *testing.T) {
 		s.check(t, ctx, s.ztocCase(t, ctx, "nul", func(z *ztoc.Ztoc, _ []byte) ([]byte, error) {
 			return encodeAfter(z, hostile.Rename(z, "data/a.txt", "data/a.txt\x00/../../"+escape))
-		}, regexp.MustCompile(`(?i)NUL|\\x00|\\u0000|name`)))
+		}, regexp.MustCompile(`(?i)\bNUL\b|null|zero byte|bad name|invalid name|control`)))
 	})
 	t.Run("c_deep_chain", func(t *testing.T) {
 		s.check(t, ctx, s.ztocCase(t, ctx, "deep", func(z *ztoc.Ztoc, _ []byte) ([]byte, error) {
-			hostile.AddDeepChain(z, "deep", chainDepth)
+			hostile.AddDeepChain(z, "chain", chainDepth)
 			return hostile.Encode(z)
-		}, regexp.MustCompile(`(?i)depth|deep|nest|level|too long`)))
-	})
-	t.Run("d_entry_bomb", func(t *testing.T) {
-		s.check(t, ctx, s.ztocCase(t, ctx, "bomb", func(z *ztoc.Ztoc, _ []byte) ([]byte, error) {
-			data, err := hostile.EntryBomb(z, "d", bombEntries)
-			t.Logf("entry bomb: %d entries in %d bytes", len(z.FileMetadata)+bombEntries, len(data))
-			return data, err
-		}, regexp.MustCompile(`(?i)entries|entry count|too many|budget|larger than|flatbuffer`)))
+		}, regexp.MustCompile(`(?i)depth|deep|nest|level|too long|length`)))
 	})
 	t.Run("e_offset_beyond_blob", func(t *testing.T) {
 		c := s.ztocCase(t, ctx, "beyond", func(z *ztoc.Ztoc, _ []byte) ([]byte, error) {
@@ -152,6 +145,17 @@ func TestHostileIndex(t *testing.T) {
 		s.check(t, ctx, s.indexEntryCase(t, ctx, "traversal", ocispec.Descriptor{
 			MediaType: "application/octet-stream", Digest: bad, Size: canaries.Size("victim"),
 		}))
+	})
+	// The order matters only for a daemon without the defences: a bomb
+	// it accepts stays decoded in memory while its layer is mounted (the
+	// later cases report it as their RSS at start), and the colon-less
+	// digest kills it (then ensureDaemon restarts it).
+	t.Run("d_entry_bomb", func(t *testing.T) {
+		s.check(t, ctx, s.ztocCase(t, ctx, "bomb", func(z *ztoc.Ztoc, _ []byte) ([]byte, error) {
+			data, err := hostile.EntryBomb(z, "d", bombEntries)
+			t.Logf("entry bomb: %d entries in %d bytes", len(z.FileMetadata)+bombEntries, len(data))
+			return data, err
+		}, regexp.MustCompile(`(?i)entries|entry count|too many|budget|larger than|flatbuffer`)))
 	})
 	t.Run("a_colonless_digest", func(t *testing.T) {
 		sum := sha256.Sum256([]byte("no colon"))
@@ -250,7 +254,7 @@ func (s *hostileSuite) indexEntryCase(t *testing.T, ctx context.Context, name st
 	return indexCase{
 		name: name, ref: ref, paths: paths, want: want, layers: layers,
 		ids:   []string{idx.Desc.Digest.String(), extra.Digest.String()},
-		cause: regexp.MustCompile(`(?i)digest|descriptor|entry|layer`),
+		cause: regexp.MustCompile(`(?i)invalid|malformed|bad|reject|unsafe|format|separator`),
 	}
 }
 
@@ -334,8 +338,17 @@ func (s *hostileSuite) fromBlobDir(t *testing.T, path string) string {
 func (s *hostileSuite) check(t *testing.T, ctx context.Context, c indexCase) {
 	t.Helper()
 	s.ensureDaemon(t, ctx)
+	if err := s.canaries.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	// The peak restarts from the RSS the daemon has now (what earlier
+	// cases left in memory, e.g. a hostile zTOC still mounted).
 	if err := hostile.ResetPeakRSS(s.pid); err != nil {
 		t.Error(err)
+	}
+	startRSS := "-"
+	if stats, err := harness.ReadProcStats(s.pid); err == nil {
+		startRSS = fmt.Sprintf("%.1f", float64(stats.PeakRSS)/(1<<20))
 	}
 	logStart := fileSize(t, s.e.Daemon.Log())
 	fuseBefore := fuseLayers(t, s.e)
@@ -347,13 +360,13 @@ func (s *hostileSuite) check(t *testing.T, ctx context.Context, c indexCase) {
 		t.Errorf("%s: the container did not run: %v", c.name, runErr)
 	}
 
-	rss := "-"
+	rss := startRSS + " -> - MiB"
 	if !hostile.Alive(s.pid, "soci-snapshotter-grpc") || s.e.Daemon.Pid() != s.pid {
 		t.Errorf("%s: the daemon (pid %d) is gone; last log lines:\n%s", c.name, s.pid, s.e.Daemon.LogTail(30))
 	} else if stats, err := harness.ReadProcStats(s.pid); err != nil {
 		t.Error(err)
 	} else {
-		rss = fmt.Sprintf("%.1f MiB", float64(stats.PeakRSS)/(1<<20))
+		rss = fmt.Sprintf("%s -> %.1f MiB", startRSS, float64(stats.PeakRSS)/(1<<20))
 		if stats.PeakRSS > hostileRSSBound {
 			t.Errorf("%s: daemon peak RSS %s, over the bound of %d MiB", c.name, rss, hostileRSSBound>>20)
 		}
@@ -362,10 +375,13 @@ func (s *hostileSuite) check(t *testing.T, ctx context.Context, c indexCase) {
 		t.Errorf("%s: %v", c.name, err)
 	}
 	logText := readFrom(t, s.e.Daemon.Log(), logStart)
-	outcome, cause := s.judge(t, c, out, logText, fuseLayers(t, s.e)-fuseBefore)
-	line := fmt.Sprintf("  %-16s peak RSS %-10s %s", c.name, rss, outcome)
+	outcome, cause := "the container did not run", ""
+	if runErr == nil {
+		outcome, cause = s.judge(t, c, out, logText, fuseLayers(t, s.e)-fuseBefore)
+	}
+	line := fmt.Sprintf("  %-16s RSS at start -> peak: %-20s %s", c.name, rss, outcome)
 	if cause != "" {
-		line += "\n      log: " + truncate(cause, 400)
+		line += "\n      log: " + brief(cause)
 	}
 	t.Log(line)
 	s.summary = append(s.summary, line)
@@ -419,10 +435,14 @@ func (s *hostileSuite) judge(t *testing.T, c indexCase, out, logText string, new
 		outcome = "served lazily, content correct (allowed for this case)"
 	case len(wrong) == 0 && len(eio) > 0 && subset(eio, c.eio):
 		outcome, needCause = fmt.Sprintf("served lazily, EIO for %v only", eio), true
+	case len(wrong) > 0:
+		outcome = "served lazily from the hostile artefact, WRONG bytes read without an error"
+		t.Errorf("%s: layer %v was served lazily from the hostile artefact and reads gave wrong bytes, no error (want a fallback to a normal pull%s): %v",
+			c.name, c.layers, eioNote(c.eio), wrong)
 	default:
 		outcome = "served lazily from the hostile artefact"
-		t.Errorf("%s: layer %v was served lazily from the hostile artefact (want a fallback to a normal pull%s); wrong reads: %v, EIO: %v",
-			c.name, c.layers, eioNote(c.eio), wrong, eio)
+		t.Errorf("%s: layer %v was served lazily from the hostile artefact (want a fallback to a normal pull%s); EIO: %v",
+			c.name, c.layers, eioNote(c.eio), eio)
 	}
 	if needCause && cause == "" {
 		t.Errorf("%s: no daemon log line at warning level or above names %v and matches %q", c.name, c.ids, c.cause)
@@ -523,9 +543,26 @@ func readFrom(t *testing.T, path string, offset int64) string {
 	return string(data)
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
+// logField matches one key=value field of a logrus text line.
+var logField = regexp.MustCompile(`(\w+)=("(?:[^"\\]|\\.)*"|\S+)`)
+
+// brief shortens a daemon log line to its level, message, error and
+// digest fields (the rest names snapshots and paths); lines of another
+// format are cut at 600 bytes.
+func brief(line string) string {
+	var parts []string
+	for _, m := range logField.FindAllStringSubmatch(line, -1) {
+		switch m[1] {
+		case "level", "msg", "error", "digest":
+			parts = append(parts, m[0])
+		}
 	}
-	return s[:n] + "..."
+	if len(parts) == 0 {
+		parts = []string{line}
+	}
+	out := strings.Join(parts, " ")
+	if len(out) > 600 {
+		out = out[:600] + "..."
+	}
+	return out
 }

@@ -35,15 +35,26 @@ func NewCanaries(dir string, names ...string) (*Canaries, error) {
 	for _, name := range names {
 		path := filepath.Join(dir, name)
 		data := []byte("canary " + path + ": the daemon must never read, write or remove this file\n")
-		if err := os.WriteFile(path, data, 0o644); err != nil {
-			return nil, fmt.Errorf("write canary: %w", err)
-		}
-		if err := os.Chtimes(path, canaryTime, canaryTime); err != nil {
-			return nil, fmt.Errorf("date canary: %w", err)
-		}
 		c.files[path] = canary{data: data, mtime: canaryTime}
 	}
+	if err := c.Restore(); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// Restore writes every canary afresh, so that a check after it sees only
+// what happened since.
+func (c *Canaries) Restore() error {
+	for path, want := range c.files {
+		if err := os.WriteFile(path, want.data, 0o644); err != nil {
+			return fmt.Errorf("write canary: %w", err)
+		}
+		if err := os.Chtimes(path, want.mtime, want.mtime); err != nil {
+			return fmt.Errorf("date canary: %w", err)
+		}
+	}
+	return nil
 }
 
 // Path returns the path of the canary named name.
