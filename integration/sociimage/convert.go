@@ -78,33 +78,13 @@ func V2ImageIndex(manifest, sociIndex ocispec.Descriptor) (data []byte, desc oci
 // manifest is not pushed. It returns the annotated manifest's descriptor (as
 // listed in the image index) and the SOCI index.
 func PushV2(ctx context.Context, ref string, img *image.Image, opts Options) (ocispec.Descriptor, *Index, error) {
-	repo, err := repositoryOf(ref)
-	if err != nil {
-		return ocispec.Descriptor{}, nil, err
-	}
 	idx, err := BuildIndex(img, 2, opts)
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
-	manifestData, manifestDesc, err := AnnotatedManifest(img, idx.Desc)
+	desc, err := PushV2Built(ctx, ref, img, idx, nil)
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
-	indexData, _, err := V2ImageIndex(manifestDesc, idx.Desc)
-	if err != nil {
-		return ocispec.Descriptor{}, nil, err
-	}
-	if err := pushBlobs(ctx, ref, img); err != nil {
-		return ocispec.Descriptor{}, nil, fmt.Errorf("push %s: %w", ref, err)
-	}
-	if err := pushIndex(ctx, ref, idx); err != nil {
-		return ocispec.Descriptor{}, nil, fmt.Errorf("push %s: %w", ref, err)
-	}
-	if _, err := image.PushManifest(ctx, repo.at(manifestDesc.Digest), manifestDesc.MediaType, manifestData); err != nil {
-		return ocispec.Descriptor{}, nil, fmt.Errorf("push annotated manifest of %s: %w", ref, err)
-	}
-	if _, err := image.PushManifest(ctx, ref, ocispec.MediaTypeImageIndex, indexData); err != nil {
-		return ocispec.Descriptor{}, nil, fmt.Errorf("push image index of %s: %w", ref, err)
-	}
-	return manifestDesc, idx, nil
+	return desc, idx, nil
 }
