@@ -49,13 +49,16 @@ const (
 	// CorruptBytes answers 206 with the right headers and length but 64
 	// bytes in the middle of the body inverted.
 	CorruptBytes
+	// RedirectChallenge redirects like Redirect, but the blob store answers
+	// 401 with a Basic challenge, fishing for the registry's credentials.
+	RedirectChallenge
 )
 
 var hostilityNames = map[Hostility]string{
 	Honest: "honest", WholeBlob: "whole blob", ShiftedRange: "shifted range",
 	ShortRange: "short range", GarbageRange: "garbage Content-Range", WrongTotal: "wrong total",
 	TruncatedBody: "truncated body", LongBody: "long body", Redirect: "redirect",
-	CorruptBytes: "corrupt bytes",
+	CorruptBytes: "corrupt bytes", RedirectChallenge: "redirect, 401 there",
 }
 
 func (h Hostility) String() string {
@@ -170,9 +173,12 @@ func (p *HostileProxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		p.rp.ServeHTTP(w, req)
 		return
 	}
-	if mode == Redirect {
+	if mode == Redirect || mode == RedirectChallenge {
 		p.count(mode)
 		loc := fmt.Sprintf("http://%s/blobs/%s?X-Amz-Signature=%s", p.store.host, m[2], RedirectSecret)
+		if mode == RedirectChallenge {
+			loc += "&challenge=1"
+		}
 		http.Redirect(w, req, loc, http.StatusTemporaryRedirect)
 		return
 	}
@@ -303,7 +309,8 @@ func parseRange(v string) (first, last int64, ok bool) {
 
 // blobStore stands for blob storage a registry redirects to: it serves
 // GET /blobs/<digest> (ranges included) from a registry's storage root and
-// records the headers of every request.
+// records the headers of every request. With the query challenge=1 it
+// answers 401 with a Basic challenge instead.
 type blobStore struct {
 	host    string
 	storage string
@@ -343,6 +350,11 @@ func (s *blobStore) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	m := storeBlobPath.FindStringSubmatch(req.URL.Path)
 	if m == nil || req.URL.Query().Get("X-Amz-Signature") != RedirectSecret {
 		http.Error(w, "forbidden", http.StatusForbidden)
+		return
+	}
+	if req.URL.Query().Get("challenge") != "" {
+		w.Header().Set("WWW-Authenticate", `Basic realm="blob-store"`)
+		http.Error(w, "unauthorized", http.StatusUnauthorized)
 		return
 	}
 	f, err := os.Open(filepath.Join(s.storage, "docker/registry/v2/blobs/sha256", m[1][:2], m[1], "data"))

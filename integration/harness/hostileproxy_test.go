@@ -113,6 +113,10 @@ func TestHostileProxy(t *testing.T) {
 	if err != nil || resp.StatusCode != 206 || len(body) != len(asked) || bytes.Equal(body, asked) {
 		t.Errorf("corrupt bytes: status %v, %d bytes (equal to the blob's: %v), err %v", resp.StatusCode, len(body), bytes.Equal(body, asked), err)
 	}
+	p.Set(dgst, RedirectChallenge)
+	if resp, _, err := get(path, rng); err != nil || resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") == "" {
+		t.Errorf("redirect to a challenge: %v, %v", resp, err)
+	}
 	// Other requests of the target, and requests of other paths, pass.
 	if _, body, err := get(path, ""); err != nil || !bytes.Equal(body, blob) {
 		t.Errorf("whole-blob GET through a hostile proxy: %d bytes, %v", len(body), err)
@@ -123,7 +127,7 @@ func TestHostileProxy(t *testing.T) {
 	// The redirect target is another host; it got the redirect's request
 	// (Go's client drops Authorization on a redirect to another host).
 	reqs := p.StoreRequests()
-	if len(reqs) != 1 || reqs[0].Get("Range") != rng || reqs[0].Get("Authorization") != "" {
+	if len(reqs) != 2 || reqs[0].Get("Range") != rng || reqs[0].Get("Authorization") != "" || reqs[1].Get("Authorization") != "" {
 		t.Errorf("blob store requests: %v", reqs)
 	}
 	if !strings.HasPrefix(p.StoreHost(), "127.0.0.2:") {
