@@ -20,12 +20,12 @@ import (
 	"github.com/fastsoci/soci-snapshotter/integration/sociimage"
 )
 
-// hostileRSSBound is the most the daemon's peak RSS (VmHWM) may reach while
+// rangeRSSBound is the most the daemon's peak RSS (VmHWM) may reach while
 // a registry answers range reads with hostile responses, and
 // hostileRSSGrowth how much one case may raise it: a daemon that held a
 // whole-blob answer (84 MiB) or a long body's junk (32 MiB) would exceed it.
 const (
-	hostileRSSBound  = 300 << 20
+	rangeRSSBound  = 300 << 20
 	hostileRSSGrowth = 32 << 20
 )
 
@@ -105,7 +105,7 @@ func hostileRangeImage() (image.Spec, map[string]string) {
 // the daemon and an htpasswd-protected registry and, for each kind of
 // hostile answer to the daemon's range reads of a lazily loaded layer, runs
 // a container reading a file of that layer. For every case the daemon
-// survives (same pid), its peak RSS stays under hostileRSSBound, the read
+// survives (same pid), its peak RSS stays under rangeRSSBound, the read
 // returns the right bytes or fails with EIO within a bound, a daemon log
 // line names the cause, and once the registry behaves again every file
 // reads correctly (nothing bad was cached). The redirect goes to another
@@ -185,8 +185,8 @@ func TestHostileRangeResponses(t *testing.T) {
 		if err != nil || st.PeakRSS == 0 {
 			t.Fatalf("%s: daemon (pid %d) is gone: %v", phase, pid, err)
 		}
-		if st.PeakRSS > hostileRSSBound {
-			t.Errorf("%s: daemon peak RSS %d MiB, bound %d MiB", phase, st.PeakRSS>>20, hostileRSSBound>>20)
+		if st.PeakRSS > rangeRSSBound {
+			t.Errorf("%s: daemon peak RSS %d MiB, bound %d MiB", phase, st.PeakRSS>>20, rangeRSSBound>>20)
 		}
 		return st.PeakRSS
 	}
@@ -221,7 +221,7 @@ func TestHostileRangeResponses(t *testing.T) {
 		line := got[path]
 		served := line == want[path]
 		eio := strings.Contains(line, "ERROR") && strings.Contains(line, "input/output error")
-		cause := causeLine(t, e, logStart, target.Digest.Encoded(), c.cause)
+		cause := rangeCauseLine(t, e, logStart, target.Digest.Encoded(), c.cause)
 		outcome := "EIO"
 		if served {
 			outcome = "correct bytes"
@@ -328,10 +328,10 @@ func logSize(t *testing.T, e *harness.Env) int64 {
 	return st.Size()
 }
 
-// causeLine returns the first daemon log line after offset from that names
+// rangeCauseLine returns the first daemon log line after offset from that names
 // the layer (its hex digest) and matches cause, shortened; "" when none
 // does (or cause is nil).
-func causeLine(t *testing.T, e *harness.Env, from int64, layerHex string, cause *regexp.Regexp) string {
+func rangeCauseLine(t *testing.T, e *harness.Env, from int64, layerHex string, cause *regexp.Regexp) string {
 	t.Helper()
 	if cause == nil {
 		return "(none needed)"
