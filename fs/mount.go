@@ -118,11 +118,13 @@ func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest
 }
 
 // refuseBad returns an error when the background check found the zTOC
-// ztoc to contradict layer: the mount fails (not as "not found") and the
-// snapshotter falls back to a normal unpack.
+// ztoc to contradict layer: the mount fails (not as "not found", so the
+// fallback is logged as a warning) and the snapshotter falls back to a normal
+// unpack. The error is also a failed precondition, so that restoring the
+// snapshots of such a layer at start-up skips them instead of failing.
 func (f *FS) refuseBad(layer, ztoc digest.Digest) error {
 	if err := f.markers.Bad(layer, ztoc); err != nil {
-		return fmt.Errorf("refuse to mount layer %s lazily: %w", layer, err)
+		return fmt.Errorf("refuse to mount layer %s lazily: %w: %w", layer, err, errdefs.ErrFailedPrecondition)
 	}
 	return nil
 }

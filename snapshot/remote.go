@@ -199,17 +199,33 @@ func (s *Snapshotter) ensureMounted(ctx context.Context, l remoteLayer) (bool, e
 		return false, nil
 	}
 	if err := s.mounter.Mount(ctx, l.mountpoint, l.labels); err != nil {
-		// Classified as unavailable on purpose: the snapshot exists, so the
-		// Mounter's own class (not found, say) would mislead containerd.
-		return false, fmt.Errorf("remote snapshot %q at %s: check: %v; mount again: %v: %w",
-			l.name, l.mountpoint, cerr, err, errdefs.ErrUnavailable)
+		return false, &remountError{name: l.name, mountpoint: l.mountpoint, check: cerr, mount: err}
 	}
 	return true, nil
 }
 
+// remountError is a remote layer that failed its check and could not be
+// mounted again. It is classified as unavailable on purpose: the snapshot
+// exists, so the Mounter's own class (not found, say) would mislead
+// containerd. restoreRemote looks at the Mounter's error through it.
+type remountError struct {
+	name, mountpoint string
+	check, mount     error
+}
+
+func (e *remountError) Error() string {
+	return fmt.Sprintf("remote snapshot %q at %s: check: %v; mount again: %v: %v",
+		e.name, e.mountpoint, e.check, e.mount, errdefs.ErrUnavailable)
+}
+
+func (e *remountError) Unwrap() error { return errdefs.ErrUnavailable }
+
 // restoreRemote runs at start-up: every remote snapshot whose layer is no
 // longer served is mounted again. A layer that is still served (its check
-// passes) is left alone. Failures are fatal unless allowInvalid.
+// passes) is left alone. Failures are fatal unless allowInvalid, except for
+// layers the Mounter declines on purpose (errdefs.ErrNotFound: no longer to
+// be served lazily; errdefs.ErrFailedPrecondition: found bad): those are
+// reported and skipped, so that no image can stop the daemon from starting.
 func (s *Snapshotter) restoreRemote(ctx context.Context, allowInvalid bool) error {
 	layers, err := s.committedRemote(ctx)
 	if err != nil {
@@ -221,7 +237,7 @@ func (s *Snapshotter) restoreRemote(ctx context.Context, allowInvalid bool) erro
 		remounted[i], err = s.ensureMounted(ctx, l)
 		return err
 	})
-	if err := errors.Join(errs...); err != nil && !allowInvalid {
+	if err := errors.Join(fatal(errs)...); err != nil && !allowInvalid {
 		// Start-up fails: don't leave layers served by a dying process.
 		for i, l := range layers {
 			if remounted[i] {
@@ -242,6 +258,22 @@ func (s *Snapshotter) restoreRemote(ctx context.Context, allowInvalid bool) erro
 	}
 	log.G(ctx).WithFields(log.Fields{"snapshots": len(layers), "failed": failed}).Info("restored remote snapshots")
 	return nil
+}
+
+// fatal returns the errors of errs that make start-up fail: those that are
+// not a Mounter declining a layer on purpose.
+func fatal(errs []error) []error {
+	var out []error
+	for _, err := range errs {
+		var re *remountError
+		if errors.As(err, &re) && (errdefs.IsNotFound(re.mount) || errdefs.IsFailedPrecondition(re.mount)) {
+			continue
+		}
+		if err != nil {
+			out = append(out, err)
+		}
+	}
+	return out
 }
 
 // UnmountAll stops serving every remote snapshot. Their metadata stays, so

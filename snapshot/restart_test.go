@@ -2,7 +2,10 @@ package snapshot
 
 import (
 	"errors"
+	"fmt"
 	"testing"
+
+	"github.com/containerd/errdefs"
 )
 
 func TestRemoteRestartRemounts(t *testing.T) {
@@ -74,5 +77,33 @@ func TestRemoteRestartFailures(t *testing.T) {
 	}
 	if _, err := e.sn.Stat(e.ctx, "layer1"); err != nil {
 		t.Errorf("invalid snapshot must be left in place: %v", err)
+	}
+}
+
+// A layer the Mounter declines on purpose (found bad, or no longer to be
+// served lazily) must not stop start-up, even without
+// allow_invalid_mounts_on_restart: an image must never keep the daemon down.
+func TestRemoteRestartSkipsDeclinedLayers(t *testing.T) {
+	for _, class := range []error{errdefs.ErrFailedPrecondition, errdefs.ErrNotFound} {
+		t.Run(class.Error(), func(t *testing.T) {
+			e := newRemoteEnv(t)
+			mp1, mp2 := e.twoRemoteLayers()
+			e.sn.Close()
+			declining := newFakeMounter()
+			declining.mountErr = func(mp string, _ map[string]string) error {
+				if mp == mp1 {
+					return fmt.Errorf("layer found bad: %w", class)
+				}
+				return nil
+			}
+			e.open(declining, false)
+			if declining.count("mount", mp2) != 1 {
+				t.Errorf("calls = %v, want a mount of %s", declining.calls, mp2)
+			}
+			e.assertMounted(mp2, true)
+			if _, err := e.sn.Stat(e.ctx, "layer1"); err != nil {
+				t.Errorf("declined snapshot must be left in place: %v", err)
+			}
+		})
 	}
 }
