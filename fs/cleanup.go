@@ -67,15 +67,15 @@ func (f *FS) begin(layerDigest string) (end func()) {
 	}
 }
 
-// pin protects the layer's cached spans from eviction while it is mounted
-// (but as a last resort: they can be fetched again) and returns the function
-// undoing it.
-func (f *FS) pin(ctx context.Context, layerDigest string) (unpin func()) {
-	if err := f.cache.Pin(layerDigest); err != nil {
+// pin protects the cached spans under key (a layer served with one zTOC)
+// from eviction while it is mounted (but as a last resort: they can be
+// fetched again) and returns the function undoing it.
+func (f *FS) pin(ctx context.Context, key string) (unpin func()) {
+	if err := f.cache.Pin(key); err != nil {
 		log.G(ctx).WithError(err).Warn("cannot protect the layer's cached spans from eviction")
 		return func() {}
 	}
-	return func() { f.cache.Unpin(layerDigest) }
+	return func() { f.cache.Unpin(key) }
 }
 
 // release deletes the span cache and zTOC of the layer m, unless another

@@ -2,6 +2,7 @@ package remote
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -147,8 +149,14 @@ func FuzzRangeResponse(f *testing.F) {
 		p := make([]byte, n)
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		got, err := c.Blob(reg.ref(), desc).FetchAt(t.Context(), p, int64(off))
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		got, err := c.Blob(reg.ref(), desc).FetchAt(ctx, p, int64(off))
 		runtime.ReadMemStats(&after)
+		if ctx.Err() != nil {
+			t.Fatalf("FetchAt hung on status %d, Content-Range %q, Content-Length %q, %d body bytes: %v",
+				r.status, r.contentRange, r.contentLength, len(body), err)
+		}
 		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 4<<20 {
 			t.Fatalf("a read of %d bytes allocated %d bytes", n, alloc)
 		}
