@@ -85,8 +85,10 @@ type Config struct {
 	Debug bool `toml:"debug"`
 	// DisableVerification skips checking fetched spans against the zTOC.
 	DisableVerification bool `toml:"disable_verification"`
-	// MaxConcurrency limits layers fetched at once; after normalization 0
-	// means unlimited (written as a negative number in the file).
+	// MaxConcurrency limits the registry requests in flight on the node
+	// (span reads, read-ahead, background fetch, index and zTOC fetches);
+	// after normalization 0 means unlimited (written as a negative number
+	// in the file).
 	MaxConcurrency int64 `toml:"max_concurrency"`
 	// MountTimeoutSec bounds how long a mount waits to resolve a layer.
 	MountTimeoutSec Seconds `toml:"mount_timeout_sec"`

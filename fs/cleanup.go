@@ -9,8 +9,16 @@ import (
 
 // layerRef names the data of an unmounted layer, which Release deletes.
 type layerRef struct {
-	name string // layer digest, also the span cache's key prefix
+	name string // layer digest, the prefix of the span cache's keys
 	ztoc digest.Digest
+}
+
+// cacheKey is the span cache's key prefix for a layer served with a zTOC
+// ("sha256:<layer>/sha256:<ztoc>"): decompressed spans depend on both, so
+// two zTOCs of one layer never share cached spans, while every zTOC's spans
+// of a layer stay under the layer's digest (for Remove and Pin by layer).
+func cacheKey(layer string, ztoc digest.Digest) string {
+	return layer + "/" + ztoc.String()
 }
 
 // shares tells whether r and other use the same layer data.
@@ -59,20 +67,21 @@ func (f *FS) begin(layerDigest string) (end func()) {
 	}
 }
 
-// pin protects the layer's cached spans from eviction while it is mounted
-// (but as a last resort: they can be fetched again) and returns the function
-// undoing it.
-func (f *FS) pin(ctx context.Context, layerDigest string) (unpin func()) {
-	if err := f.cache.Pin(layerDigest); err != nil {
+// pin protects the cached spans under key (a layer served with one zTOC)
+// from eviction while it is mounted (but as a last resort: they can be
+// fetched again) and returns the function undoing it.
+func (f *FS) pin(ctx context.Context, key string) (unpin func()) {
+	if err := f.cache.Pin(key); err != nil {
 		log.G(ctx).WithError(err).Warn("cannot protect the layer's cached spans from eviction")
 		return func() {}
 	}
-	return func() { f.cache.Unpin(layerDigest) }
+	return func() { f.cache.Unpin(key) }
 }
 
 // release deletes the span cache and zTOC of the layer m, unless another
 // layer, mounted or unmounted but not released, or a Mount in progress, uses
-// the same layer digest or zTOC.
+// the same layer digest or zTOC. When other snapshots use the layer with
+// other zTOCs only, just the spans and the zTOC of m's zTOC are deleted.
 // It runs under f.mu, so a Mount starting after it fetches the zTOC again.
 // The SOCI index and the index chosen per image stay: they are small and
 // shared by the image's other layers. Failures are logged: the snapshot is
@@ -83,20 +92,26 @@ func (f *FS) release(ctx context.Context, m layerRef) {
 	if f.pending[m.name] > 0 {
 		return
 	}
+	others := make([]layerRef, 0, len(f.mounted)+len(f.unmounted))
 	for _, other := range f.mounted {
-		if m.shares(layerRef{name: other.name, ztoc: other.ztoc}) {
-			return
-		}
+		others = append(others, layerRef{name: other.name, ztoc: other.ztoc})
 	}
 	// An unmounted snapshot that stays (after a failed start-up, say) needs
 	// them when it is mounted again.
 	for _, other := range f.unmounted {
-		if m.shares(other) {
+		others = append(others, other)
+	}
+	prefix := m.name // every zTOC's spans of the layer
+	for _, other := range others {
+		switch {
+		case other.name == m.name && other.ztoc != m.ztoc && m.ztoc != "":
+			prefix = cacheKey(m.name, m.ztoc) // the layer stays with another zTOC
+		case m.shares(other):
 			return
 		}
 	}
 	l := log.G(ctx).WithField("layer", m.name)
-	if err := f.cache.Remove(m.name); err != nil {
+	if err := f.cache.Remove(prefix); err != nil {
 		l.WithError(err).Warn("cannot delete the cached spans of a removed layer")
 	}
 	if m.ztoc != "" {

@@ -4,11 +4,14 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/fastsoci/soci-snapshotter/fs/index"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
+	"github.com/fastsoci/soci-snapshotter/fs/source"
 )
 
 // The snapshotter finds Release through its optional Releaser interface.
@@ -30,9 +33,15 @@ func newTestFS(t *testing.T) *FS {
 // would, and returns the layerRef release looks at.
 func fakeLayer(t *testing.T, f *FS, name string) layerRef {
 	t.Helper()
-	l := digest.FromString("layer " + name)
-	z := digest.FromString("ztoc " + name)
-	if err := f.cache.Put(l.String()+"/0-5", []byte("hello")); err != nil {
+	return fakeZTOC(t, f, digest.FromString("layer "+name), "ztoc "+name)
+}
+
+// fakeZTOC is fakeLayer for a given layer digest and zTOC (named by its
+// content).
+func fakeZTOC(t *testing.T, f *FS, l digest.Digest, ztoc string) layerRef {
+	t.Helper()
+	z := digest.FromString(ztoc)
+	if err := f.cache.Put(cacheKey(l.String(), z)+"/0-5", []byte("hello")); err != nil {
 		t.Fatal(err)
 	}
 	p := filepath.Join(f.opts.Root, "index", "blobs", string(z.Algorithm()), z.Encoded())
@@ -47,7 +56,7 @@ func fakeLayer(t *testing.T, f *FS, name string) layerRef {
 
 func kept(t *testing.T, f *FS, m layerRef) bool {
 	t.Helper()
-	_, cerr := f.cache.Get(m.name + "/0-5")
+	_, cerr := f.cache.Get(cacheKey(m.name, m.ztoc) + "/0-5")
 	_, zerr := os.Stat(filepath.Join(f.opts.Root, "index", "blobs", string(m.ztoc.Algorithm()), m.ztoc.Encoded()))
 	if (cerr == nil) != (zerr == nil) {
 		t.Fatalf("layer %s: cache error %v but zTOC error %v", m.name, cerr, zerr)
@@ -127,5 +136,59 @@ func TestReleaseOnlyWhenTold(t *testing.T) {
 	// A second Release is nothing to do.
 	if err := f.Release(t.Context(), "/snap/1/fs"); err != nil {
 		t.Fatalf("second Release: %v", err)
+	}
+}
+
+// TestReleaseKeepsOtherZTOCsOfLayer: two images share a layer with
+// different zTOCs; removing one frees its zTOC and spans only, and the
+// last one frees the layer's whole cache (spans of an older key layout too).
+func TestReleaseKeepsOtherZTOCsOfLayer(t *testing.T) {
+	f := newTestFS(t)
+	l := digest.FromString("shared layer")
+	honest, altered := fakeZTOC(t, f, l, "honest ztoc"), fakeZTOC(t, f, l, "altered ztoc")
+	if err := f.cache.Put(l.String()+"/legacy/0-5", []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	f.mounted["/mnt/honest"] = &mountedLayer{name: honest.name, ztoc: honest.ztoc}
+	f.release(t.Context(), altered)
+	if kept(t, f, altered) {
+		t.Fatal("spans and zTOC of a removed image's zTOC kept")
+	}
+	if !kept(t, f, honest) {
+		t.Fatal("removing another zTOC of the layer deleted the mounted one's spans")
+	}
+	delete(f.mounted, "/mnt/honest")
+	f.release(t.Context(), honest)
+	if kept(t, f, honest) {
+		t.Fatal("layer used by no mount kept")
+	}
+	if _, err := f.cache.Get(l.String() + "/legacy/0-5"); err == nil {
+		t.Fatal("other spans of a layer used by no mount kept")
+	}
+}
+
+// TestSpanCacheKeyBindsZTOC: the span manager of a layer caches under the
+// layer and zTOC digests, so two zTOCs of one layer get disjoint keys under
+// the layer's prefix (which Pin and Remove use).
+func TestSpanCacheKeyBindsZTOC(t *testing.T) {
+	f, err := New(Options{Root: t.TempDir(), Registry: remote.New(remote.Options{}), MaxDecompressBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	tg := source.Target{LayerDigest: digest.FromString("layer")}
+	l := &index.Layer{}
+	a := f.spanOptions(tg, l, digest.FromString("ztoc a"), nil).CacheKey
+	b := f.spanOptions(tg, l, digest.FromString("ztoc b"), nil).CacheKey
+	if a == b || strings.HasPrefix(a, b) || strings.HasPrefix(b, a) {
+		t.Fatalf("cache keys %q and %q overlap", a, b)
+	}
+	for _, k := range []string{a, b} {
+		if !strings.HasPrefix(k, tg.LayerDigest.String()+"/") {
+			t.Fatalf("cache key %q not under the layer's digest", k)
+		}
+	}
+	if lim := f.spanOptions(tg, l, digest.FromString("ztoc a"), nil).Limit; lim == nil || lim != f.decompress || lim.Max() != 1<<20 {
+		t.Fatal("span manager does not share the FS's decompression limit")
 	}
 }

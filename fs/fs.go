@@ -44,6 +44,12 @@ type Options struct {
 	Metrics *metrics.Metrics
 	// MaxCacheBytes bounds the span cache on disk; 0 is unbounded.
 	MaxCacheBytes int64
+
+	// Span path bounds (issue 9). MaxDecompressBytes bounds the bytes being
+	// decompressed at once by all layers of the FS together; a span longer
+	// than that alone is refused (reads of it get EIO). 0: unbounded. The
+	// node-wide bound on registry requests is the Registry's own.
+	MaxDecompressBytes int64
 }
 
 // FS mounts remote layers. It is safe for concurrent use.
@@ -56,6 +62,9 @@ type FS struct {
 	bg      *background.Scheduler    // nil when background fetch is off
 	markers background.Markers       // layers whose zTOC was found bad (also when bg is off)
 	pending map[string]int           // Mount calls in progress, by layer digest
+	// decompress bounds the bytes being decompressed at once, shared by
+	// every layer's span manager; nil: unbounded.
+	decompress *span.DecompressLimit
 	// unmounted are the layers unmounted since, by mountpoint: their data
 	// stays until Release says their snapshot is gone.
 	unmounted map[string]layerRef
@@ -67,7 +76,7 @@ type mountedLayer struct {
 	spans  *span.Manager
 	layer  *index.Layer
 	blob   span.Fetcher // the compressed layer blob
-	name   string       // layer digest, also the span cache's key prefix
+	name   string       // layer digest, the prefix of the span cache's keys (see cacheKey)
 	ztoc   digest.Digest
 	unpin  func()
 }
@@ -102,7 +111,8 @@ func New(opts Options) (*FS, error) {
 	}
 	return &FS{
 		bg: bg, markers: background.NewMarkers(stateDir), opts: opts, indices: indices, cache: spanCache,
-		mounted: map[string]*mountedLayer{}, pending: map[string]int{}, unmounted: map[string]layerRef{},
+		decompress: span.NewDecompressLimit(opts.MaxDecompressBytes),
+		mounted:    map[string]*mountedLayer{}, pending: map[string]int{}, unmounted: map[string]layerRef{},
 	}, nil
 }
 

@@ -55,12 +55,11 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 		l.Close()
 		return fmt.Errorf("layer %s: %d bytes, below min_layer_size %d: %w", t.LayerDigest, size, f.opts.MinLayerSize, errdefs.ErrNotFound)
 	}
-	m, err := f.serve(ctx, mountpoint, t, l)
+	m, err := f.serve(ctx, mountpoint, t, l, ztoc)
 	if err != nil {
 		l.Close()
 		return err
 	}
-	m.ztoc = ztoc
 	f.mu.Lock()
 	old := f.mounted[mountpoint]
 	f.mounted[mountpoint] = m
@@ -131,11 +130,45 @@ func (f *FS) refuseBad(layer, ztoc digest.Digest) error {
 
 // serve builds the span manager and the FUSE tree of the layer and mounts
 // it, replacing a dead mount an earlier daemon may have left there.
-func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *index.Layer) (*mountedLayer, error) {
+func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *index.Layer, ztoc digest.Digest) (*mountedLayer, error) {
+	if err := ztoc.Validate(); err != nil {
+		return nil, fmt.Errorf("spans of layer %s: zTOC digest %q: %w", t.LayerDigest, ztoc, err)
+	}
 	blob := f.opts.Registry.Blob(t.ImageRef, ocispec.Descriptor{Digest: t.LayerDigest, Size: l.Spans.CompressedSize})
+	spans, err := span.New(f.spanOptions(t, l, ztoc, blob))
+	if err != nil {
+		return nil, fmt.Errorf("spans of layer %s: %w", t.LayerDigest, err)
+	}
+	root, err := layer.NewRoot(l.TOC, spans, layer.Options{DisableXattrs: l.DisableXattrs})
+	if err != nil {
+		spans.Close()
+		return nil, fmt.Errorf("file tree of layer %s: %w", t.LayerDigest, err)
+	}
+	if err := detach(mountpoint); err != nil {
+		spans.Close()
+		return nil, err
+	}
+	key := cacheKey(t.LayerDigest.String(), ztoc)
+	unpin := f.pin(ctx, key)
+	server, err := fusefs.Mount(mountpoint, root, layer.MountOptions())
+	if err != nil {
+		spans.Close()
+		unpin()
+		return nil, fmt.Errorf("mount layer %s at %s: %w", t.LayerDigest, mountpoint, err)
+	}
+	return &mountedLayer{server: server, spans: spans, layer: l, blob: blob, name: t.LayerDigest.String(), ztoc: ztoc, unpin: unpin}, nil
+}
+
+// spanOptions configures the span manager of a layer served with the zTOC
+// ztoc. Its spans are cached under the layer and zTOC digests: the
+// decompressed bytes depend on the zTOC's checkpoint windows, which the span
+// digests do not cover, so a zTOC must never read spans another zTOC of
+// the layer produced.
+func (f *FS) spanOptions(t source.Target, l *index.Layer, ztoc digest.Digest, blob span.Fetcher) span.Options {
 	so := span.Options{
 		Table: l.Spans, Fetcher: blob, Cache: f.cache, Decompressor: l,
-		CacheKey: t.LayerDigest.String(), FetchTimeout: f.opts.FetchTimeout,
+		CacheKey: cacheKey(t.LayerDigest.String(), ztoc), FetchTimeout: f.opts.FetchTimeout,
+		Limit: f.decompress,
 		// The background walk hashes the whole blob; reads keep what they
 		// fetched so that it need not fetch it twice.
 		KeepCompressed: f.bg != nil,
@@ -153,25 +186,5 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 	if f.bg != nil {
 		so.Demand = f.bg
 	}
-	spans, err := span.New(so)
-	if err != nil {
-		return nil, fmt.Errorf("spans of layer %s: %w", t.LayerDigest, err)
-	}
-	root, err := layer.NewRoot(l.TOC, spans, layer.Options{DisableXattrs: l.DisableXattrs})
-	if err != nil {
-		spans.Close()
-		return nil, fmt.Errorf("file tree of layer %s: %w", t.LayerDigest, err)
-	}
-	if err := detach(mountpoint); err != nil {
-		spans.Close()
-		return nil, err
-	}
-	unpin := f.pin(ctx, t.LayerDigest.String())
-	server, err := fusefs.Mount(mountpoint, root, layer.MountOptions())
-	if err != nil {
-		spans.Close()
-		unpin()
-		return nil, fmt.Errorf("mount layer %s at %s: %w", t.LayerDigest, mountpoint, err)
-	}
-	return &mountedLayer{server: server, spans: spans, layer: l, blob: blob, name: t.LayerDigest.String(), unpin: unpin}, nil
+	return so
 }

@@ -32,6 +32,9 @@ func registryOptions(cfg *config.Config) remote.Options {
 			MaxWait:    cfg.Blob.MaxWaitMsec.Duration(),
 		},
 		Mirrors: map[string][]remote.Mirror{},
+		// Registry requests in flight on the node, shared by span reads,
+		// read-ahead, background fetch and index/zTOC fetches (0: no bound).
+		MaxConcurrency: cfg.MaxConcurrency,
 	}
 	for host, h := range cfg.Resolver.Host {
 		for _, m := range h.Mirrors {

@@ -121,6 +121,11 @@ func fsOptions(cfg *config.Config, root string, m *metrics.Metrics, criCreds fun
 		MountTimeout: time.Duration(cfg.MountTimeoutSec) * time.Second,
 		// Unbounded (-1) is no bound for the cache too.
 		MaxCacheBytes: max(int64(cfg.DirectoryCache.MaxBytes), 0),
+
+		// Span path bounds (issue 9): bytes being decompressed at once on
+		// the node ([limits] max_decompress_bytes); the registry client's
+		// request slots (max_concurrency) are set in registryOptions.
+		MaxDecompressBytes: int64(cfg.Limits.MaxDecompressBytes),
 	}
 }
 

@@ -125,6 +125,36 @@ func TestBoundPinnedLayersGoLast(t *testing.T) {
 	}
 }
 
+// TestBoundPinnedZTOCInsideOlderLayerGroup: a layer's directory may hold
+// entries of its own (written before span keys named the zTOC) next to the
+// group of a mounted (pinned) zTOC; evicting the older group moves the whole
+// directory, so it counts as pinned and goes after the unpinned layer.
+func TestBoundPinnedZTOCInsideOlderLayerGroup(t *testing.T) {
+	dir := t.TempDir()
+	d := openBounded(t, dir, 600)
+	legacy := "sha256:0000/0-100"
+	mounted := "sha256:0000/sha256:00aa/0-100"
+	put(t, d, legacy, 200)         // oldest
+	put(t, d, layerKey(1, 0), 200) // unpinned
+	put(t, d, mounted, 200)
+	if err := d.Pin("sha256:0000/sha256:00aa"); err != nil {
+		t.Fatal(err)
+	}
+	put(t, d, layerKey(2, 0), 200)
+	if has(d, layerKey(1, 0)) || !has(d, mounted) || !has(d, legacy) {
+		t.Fatal("want the unpinned layer evicted before the group holding a mounted zTOC")
+	}
+	d.Unpin("sha256:0000/sha256:00aa")
+	put(t, d, layerKey(2, 1), 200) // the zTOC's group (least recently used) goes
+	put(t, d, layerKey(2, 2), 200) // then the layer's directory
+	if has(d, legacy) || has(d, mounted) {
+		t.Fatal("unpinned least recently used groups kept")
+	}
+	if b, _ := d.Size(); b != 600 || diskBytes(t, dir) != 600 {
+		t.Fatalf("accounted %d bytes, %d on disk, want 600", b, diskBytes(t, dir))
+	}
+}
+
 func TestBoundEntryTooLarge(t *testing.T) {
 	dir := t.TempDir()
 	d := openBounded(t, dir, 500)

@@ -10,8 +10,9 @@ import (
 )
 
 // usage accounts the bytes of a Disk by group and orders the groups by last
-// use. A group is the directory holding an entry (the layer, for span keys
-// "sha256:<hex>/<range>"); a key without '/' is a group of its own. Pins
+// use. A group is the directory holding an entry (a layer served with one
+// zTOC, for span keys "sha256:<layer>/sha256:<ztoc>/<range>"); a key without
+// '/' is a group of its own. Pins
 // protect groups (the layers mounted now) from eviction but as a last resort.
 // It is not safe for concurrent use: Disk guards it with its mutex.
 type usage struct {
@@ -101,8 +102,14 @@ func (u *usage) forget(p string) {
 	}
 }
 
-// pinned reports whether group g, or a prefix of it, is pinned.
-func (u *usage) pinned(g string) bool {
+// pinned reports whether group g, a prefix of it, or a path below it is
+// pinned: evicting g moves its whole directory, groups nested in it too
+// (a layer's directory holds one group per zTOC, and may hold entries of
+// its own written by an older version). holding is pinHolders' result.
+func (u *usage) pinned(g string, holding map[string]bool) bool {
+	if holding[g] {
+		return true
+	}
 	for p := g; ; p = path.Dir(p) {
 		if u.pins[p] > 0 {
 			return true
@@ -113,6 +120,18 @@ func (u *usage) pinned(g string) bool {
 	}
 }
 
+// pinHolders returns the strict ancestors of every pinned path.
+func (u *usage) pinHolders() map[string]bool {
+	holding := map[string]bool{}
+	for p := range u.pins {
+		for strings.Contains(p, "/") {
+			p = path.Dir(p)
+			holding[p] = true
+		}
+	}
+	return holding
+}
+
 // victim returns the least recently used group to evict so that the entry
 // at p can be written: unpinned groups first, pinned ones as a last resort,
 // never the group of p nor one holding it. ok is false when none is left.
@@ -121,11 +140,12 @@ func (u *usage) victim(p string) (g string, ok bool) {
 	var best string
 	var bestUsed uint64
 	bestPinned := true
+	holding := u.pinHolders()
 	for cand, gr := range u.groups {
 		if under(own, cand) {
 			continue
 		}
-		pinned := u.pinned(cand)
+		pinned := u.pinned(cand, holding)
 		better := !ok || (bestPinned && !pinned) || (pinned == bestPinned && gr.used < bestUsed)
 		if better {
 			best, bestUsed, bestPinned, ok = cand, gr.used, pinned, true

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -47,7 +45,8 @@ func (c *Client) Blob(ref string, desc ocispec.Descriptor) *Blob {
 // FetchAt reads len(p) bytes at offset off of the compressed blob, like
 // io.ReaderAt: it returns fewer bytes only at the end of the blob, and then
 // io.EOF. Reads are HTTP range requests; a registry that ignores the range
-// (200) is handled by skipping to off.
+// (200) is handled by skipping to off, up to maxRangeSkip bytes. See
+// readRangeBody for what a response must look like.
 func (b *Blob) FetchAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("read blob %s at %d: negative offset: %w", b.desc.Digest, off, errdefs.ErrInvalidArgument)
@@ -120,7 +119,7 @@ func (b *Blob) readViaRegistry(ctx context.Context, p []byte, off int64) (int, e
 	if u, moved := finalURL(resp); moved {
 		b.remember(&directURL{url: u.String(), host: host})
 	}
-	return readRangeBody(resp, watchedReader{r: resp.Body, w: wd}, p, off, b.desc.Size > 0)
+	return readRangeBody(resp, watchedReader{r: resp.Body, w: wd}, p, off, b.desc.Size)
 }
 
 func (b *Blob) readDirect(ctx context.Context, d *directURL, p []byte, off int64) (int, error) {
@@ -131,16 +130,22 @@ func (b *Blob) readDirect(ctx context.Context, d *directURL, p []byte, off int64
 		return 0, err
 	}
 	req.Header.Set("Range", rangeValue(off, len(p)))
-	resp, err := httpClient(wctx, d.host).Do(req)
+	release, err := b.c.acquire(wctx)
 	if err != nil {
+		return 0, wd.explain(err)
+	}
+	resp, err := httpClient(wctx, d.host, false).Do(req)
+	if err != nil {
+		release()
 		return 0, wd.explain(&netError{url: redact(d.url), err: unwrapURLError(err)})
 	}
+	holdSlot(resp, release)
 	wd.pause()
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent {
 		return 0, b.endOfBlob(newStatusError(resp, nil))
 	}
-	return readRangeBody(resp, watchedReader{r: resp.Body, w: wd}, p, off, b.desc.Size > 0)
+	return readRangeBody(resp, watchedReader{r: resp.Body, w: wd}, p, off, b.desc.Size)
 }
 
 // endOfBlob turns "range not satisfiable" into io.EOF when the blob's size
@@ -184,48 +189,3 @@ type bodyError struct{ err error }
 
 func (e *bodyError) Error() string { return e.err.Error() }
 func (e *bodyError) Unwrap() error { return e.err }
-
-// readRangeBody copies the bytes at off from a 206 (single range starting
-// at off) or 200 (whole blob, range ignored) response into p.
-func readRangeBody(resp *http.Response, body io.Reader, p []byte, off int64, sizeKnown bool) (int, error) {
-	switch resp.StatusCode {
-	case http.StatusPartialContent:
-		if err := checkContentRange(resp, off); err != nil {
-			return 0, err
-		}
-	case http.StatusOK:
-		if _, err := io.CopyN(io.Discard, body, off); err != nil {
-			if err == io.EOF && !sizeKnown {
-				return 0, io.EOF
-			}
-			return 0, &bodyError{fmt.Errorf("skip to offset %d of a whole-blob response: %w", off, err)}
-		}
-	default:
-		return 0, newStatusError(resp, nil)
-	}
-	n, err := io.ReadFull(body, p)
-	switch {
-	case err == nil:
-		return n, nil
-	case (err == io.EOF || err == io.ErrUnexpectedEOF) && !sizeKnown:
-		return n, io.EOF
-	default:
-		return n, &bodyError{fmt.Errorf("read response body after %d of %d bytes: %w", n, len(p), err)}
-	}
-}
-
-// checkContentRange accepts only a single range starting at off.
-func checkContentRange(resp *http.Response, off int64) error {
-	url := redact(resp.Request.URL.String())
-	if strings.HasPrefix(resp.Header.Get("Content-Type"), "multipart/") {
-		return fmt.Errorf("GET %s: multipart range response not supported: %w", url, errdefs.ErrNotImplemented)
-	}
-	cr := resp.Header.Get("Content-Range")
-	spec, ok := strings.CutPrefix(cr, "bytes ")
-	first, _, ok2 := strings.Cut(spec, "-")
-	start, err := strconv.ParseInt(first, 10, 64)
-	if !ok || !ok2 || err != nil || start != off {
-		return fmt.Errorf("GET %s: Content-Range %q does not start at %d", url, cr, off)
-	}
-	return nil
-}

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/containerd/v2/pkg/reference"
 	"github.com/containerd/errdefs"
+	"golang.org/x/sync/semaphore"
 )
 
 // DefaultTimeout bounds one request when Options.Timeout is not set.
@@ -52,6 +53,12 @@ type Options struct {
 	// Observer receives one observation per manifest, blob or range GET;
 	// nil: none.
 	Observer Observer
+	// MaxConcurrency bounds the requests in flight (sent and their body not
+	// yet closed) to all registries and blob storage, for every user of the
+	// Client: span reads, read-ahead, background fetch, index and zTOC
+	// fetches. A request waits for a slot as long as its context allows.
+	// Token requests are not counted. 0 or less: unbounded.
+	MaxConcurrency int64
 }
 
 // Mirror is an endpoint serving a registry's content, configured outside
@@ -76,6 +83,7 @@ type Client struct {
 	retry     RetryPolicy
 	blobRetry RetryPolicy
 	auth      *authorizer
+	slots     *semaphore.Weighted // Options.MaxConcurrency; nil: unbounded
 
 	mu    sync.Mutex
 	hosts map[string][]docker.RegistryHost // by reference host; read once
@@ -95,6 +103,9 @@ func New(opts Options) *Client {
 		retry: opts.Retry.withDefaults(DefaultRetry), hosts: map[string][]docker.RegistryHost{},
 	}
 	c.blobRetry = opts.BlobRetry.withDefaults(c.retry)
+	if opts.MaxConcurrency > 0 {
+		c.slots = semaphore.NewWeighted(opts.MaxConcurrency)
+	}
 	tokenClient := &http.Client{Transport: c.transport(http.DefaultTransport.(*http.Transport).Clone())}
 	c.auth = newAuthorizer(tokenClient, opts.Credentials)
 	return c

@@ -135,34 +135,59 @@ func (c *Client) do(ctx context.Context, host docker.RegistryHost, u string, hea
 			return nil, fmt.Errorf("authorize GET %s: %w", redact(u), err)
 		}
 	}
-	resp, err := httpClient(ctx, host).Do(req)
+	release, err := c.acquire(ctx)
 	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", redact(u), err)
+	}
+	resp, err := httpClient(ctx, host, true).Do(req)
+	if err != nil {
+		release()
 		return nil, &netError{url: redact(u), err: unwrapURLError(err)}
 	}
+	holdSlot(resp, release)
 	return resp, nil
 }
 
-// httpClient is the host's client with a redirect policy that never sends
-// the registry's Authorization header to another host (blob storage
-// rejects or would leak it) but authorizes hosts the authorizer knows.
-func httpClient(ctx context.Context, host docker.RegistryHost) *http.Client {
+// httpClient is the host's client with a redirect policy for responses
+// from registries, which are untrusted: at most maxRedirects hops, no
+// loops, http and https only, and the registry's Authorization is never
+// sent to another origin (blob storage rejects it, anyone else could steal
+// it). With authorize, a redirect within the origin is authorized again
+// (tokens are per host); direct blob storage reads pass false.
+func httpClient(ctx context.Context, host docker.RegistryHost, authorize bool) *http.Client {
 	client := &http.Client{}
 	if host.Client != nil {
 		*client = *host.Client
 	}
 	client.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		to := req.URL
 		if len(via) >= maxRedirects {
 			return fmt.Errorf("stopped after %d redirects", maxRedirects)
 		}
-		if req.URL.Host != via[0].URL.Host {
-			req.Header.Del("Authorization")
+		if to.Scheme != "http" && to.Scheme != "https" {
+			return fmt.Errorf("redirect to %q: only http and https are followed", to.Scheme)
 		}
-		if host.Authorizer != nil {
+		for _, v := range via {
+			if v.URL.String() == to.String() {
+				return fmt.Errorf("redirect loop at %s", redact(to.String()))
+			}
+		}
+		if !sameOrigin(via[0].URL, to) {
+			req.Header.Del("Authorization")
+			return nil
+		}
+		if authorize && host.Authorizer != nil {
 			return host.Authorizer.Authorize(ctx, req)
 		}
 		return nil
 	}
 	return client
+}
+
+// sameOrigin reports whether a redirect from first to to stays with the
+// same server: same host and port, and no downgrade from https to http.
+func sameOrigin(first, to *url.URL) bool {
+	return to.Host == first.Host && (to.Scheme == first.Scheme || first.Scheme == "http" && to.Scheme == "https")
 }
 
 // finalURL is where a response came from after redirects, and whether that

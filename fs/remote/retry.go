@@ -74,6 +74,10 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// maxRetryAfter bounds the seconds of a Retry-After header (waits are
+// bounded by RetryPolicy.MaxWait anyway).
+const maxRetryAfter = 24 * 60 * 60
+
 // parseRetryAfter reads a Retry-After header: seconds or an HTTP date.
 func parseRetryAfter(h http.Header, now time.Time) time.Duration {
 	v := h.Get("Retry-After")
@@ -84,7 +88,7 @@ func parseRetryAfter(h http.Header, now time.Time) time.Duration {
 		if s <= 0 {
 			return 0
 		}
-		return time.Duration(s) * time.Second
+		return time.Duration(min(s, maxRetryAfter)) * time.Second // no overflow
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
 		return t.Sub(now)

@@ -12,7 +12,8 @@ import (
 // plan returns, for each span in [first, last], the shared fetch to wait on,
 // or nil when the span is cached. Spans in neither state are marked as being
 // fetched and their fetches started, adjacent ones grouped into one request.
-func (m *Manager) plan(first, last int) ([]*call, error) {
+// A span too large for the decompression bound fails at once, unfetched.
+func (m *Manager) plan(ctx context.Context, first, last int) ([]*call, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -22,6 +23,10 @@ func (m *Manager) plan(first, last int) ([]*call, error) {
 	var fresh []int
 	for i := first; i <= last; i++ {
 		if m.state[i] == cached {
+			continue
+		}
+		if err := m.tooLarge(ctx, i); err != nil {
+			calls[i-first] = failedCall(err)
 			continue
 		}
 		if m.calls[i] == nil {
@@ -41,6 +46,24 @@ func (m *Manager) plan(first, last int) ([]*call, error) {
 		fresh = fresh[n:]
 	}
 	return calls, nil
+}
+
+// tooLarge refuses span i when its uncompressed length alone exceeds the
+// decompression bound, logging the first refusal. Callers hold mu.
+func (m *Manager) tooLarge(ctx context.Context, i int) error {
+	err := m.limit.check(m.table.Spans[i].Len())
+	if err == nil {
+		return nil
+	}
+	if !m.refused[i] {
+		if m.refused == nil {
+			m.refused = map[int]bool{}
+		}
+		m.refused[i] = true
+		log.G(ctx).WithError(err).WithField("layer", m.key).WithField("span", i).
+			Error("span too large to decompress; reads of it fail with EIO")
+	}
+	return fmt.Errorf("span %d of %s: %w", i, m.key, err)
 }
 
 // run returns how many leading spans of fresh (ascending indices) form one
@@ -141,10 +164,8 @@ func (m *Manager) fetch(first, last int) {
 		}
 		s := spans[i]
 		compressed := buf[s.CompressedStart-base : s.CompressedEnd-base]
-		data, serr := m.load(ctx, i, compressed)
-		stored := false
+		data, stored, serr := m.load(ctx, i, compressed)
 		if serr == nil {
-			stored = m.store(ctx, i, data)
 			m.keepCompressed(ctx, i, compressed)
 		}
 		m.finish(i, data, serr, stored)
@@ -206,24 +227,36 @@ func fetchFull(ctx context.Context, f Fetcher, buf []byte, off int64) error {
 	}
 }
 
-// load verifies the compressed bytes of span i against its digest and
-// decompresses them. Unverified bytes never reach the decompressor.
-func (m *Manager) load(ctx context.Context, i int, compressed []byte) ([]byte, error) {
+// load verifies the compressed bytes of span i against its digest,
+// decompresses them and stores the result in the cache (stored reports
+// whether that worked). Unverified bytes never reach the decompressor. The
+// decompression holds the span's length of the decompression bound until
+// the data is stored, waiting for it as long as ctx allows.
+func (m *Manager) load(ctx context.Context, i int, compressed []byte) (data []byte, stored bool, err error) {
 	s := m.table.Spans[i]
 	if got := s.Digest.Algorithm().FromBytes(compressed); got != s.Digest {
 		err := fmt.Errorf("verify span %d of %s: %w", i, m.key, ErrVerification)
-		log.G(ctx).WithField("span", i).WithField("expected", s.Digest).WithField("actual", got).
+		log.G(ctx).WithField("layer", m.key).WithField("span", i).WithField("expected", s.Digest).WithField("actual", got).
 			Error("span digest mismatch; not serving it")
-		return nil, err
+		return nil, false, err
 	}
-	data, err := m.dec.Decompress(compressed, i)
+	release, err := m.limit.acquire(ctx, s.Len())
 	if err != nil {
-		return nil, fmt.Errorf("decompress span %d of %s: %w", i, m.key, err)
+		if isTooLarge(err) {
+			log.G(ctx).WithError(err).WithField("layer", m.key).WithField("span", i).
+				Error("span too large to decompress; reads of it fail with EIO")
+		}
+		return nil, false, fmt.Errorf("decompress span %d of %s: %w", i, m.key, err)
+	}
+	defer release()
+	data, err = m.dec.Decompress(compressed, i)
+	if err != nil {
+		return nil, false, fmt.Errorf("decompress span %d of %s: %w", i, m.key, err)
 	}
 	if int64(len(data)) != s.Len() {
-		return nil, fmt.Errorf("decompress span %d of %s: got %d bytes, want %d: %w", i, m.key, len(data), s.Len(), io.ErrUnexpectedEOF)
+		return nil, false, fmt.Errorf("decompress span %d of %s: got %d bytes, want %d: %w", i, m.key, len(data), s.Len(), io.ErrUnexpectedEOF)
 	}
-	return data, nil
+	return data, m.store(ctx, i, data), nil
 }
 
 // store puts span i into the cache and reports success. A failure (disk

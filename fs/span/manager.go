@@ -35,7 +35,9 @@ type RangeCache interface {
 }
 
 // Decompressor inflates span i of the table from exactly its compressed bytes
-// (blob[CompressedStart:CompressedEnd]).
+// (blob[CompressedStart:CompressedEnd]). It must size its output by the
+// span's declared uncompressed length (plus small slack), never by what the
+// compressed data says: the Manager bounds decompressions by that length.
 type Decompressor interface {
 	Decompress(compressed []byte, i int) ([]byte, error)
 }
@@ -65,9 +67,12 @@ type Options struct {
 	Fetcher      Fetcher
 	Cache        Cache
 	Decompressor Decompressor
-	// CacheKey identifies the layer's content (its digest); cache keys are
-	// CacheKey + "/" + uncompressed range, so identical layers in two images
-	// share cached spans.
+	// CacheKey identifies what produced the decompressed data: the layer's
+	// digest and the zTOC's ("sha256:<layer>/sha256:<ztoc>"; the checkpoint
+	// windows that inflate uses are not covered by the span digests). Cache
+	// keys are CacheKey + "/" + uncompressed range, so images sharing a
+	// layer and its zTOC share cached spans, and a different zTOC for the
+	// layer never reads or writes them.
 	CacheKey     string
 	FetchTimeout time.Duration // bound for one shared fetch (default 10s): a read fails with EIO within it when the registry is down
 	MaxCoalesce  int64         // max compressed bytes fetched in one range request (default 16 MiB)
@@ -102,6 +107,10 @@ type Options struct {
 	// connection (TCP windows over a long RTT, per-connection shaping).
 	SplitRequest int64
 	MaxSplit     int
+	// Limit bounds the bytes being decompressed at once, shared by every
+	// Manager of the node; a span longer than the bound alone is refused
+	// (ErrTooLarge) without being fetched. nil: no bound.
+	Limit *DecompressLimit
 }
 
 // Observer receives metrics of reads. Failure kinds are "verification"
@@ -136,6 +145,7 @@ type Manager struct {
 	aheadReq    int64 // Options.ReadAheadRequest
 	split       int64 // Options.SplitRequest
 	maxSplit    int   // Options.MaxSplit
+	limit       *DecompressLimit
 
 	// life is the lifecycle of shared fetches (not a request context): it
 	// is canceled by Close only.
@@ -149,6 +159,7 @@ type Manager struct {
 	state   []state         // what is known about the cache, per span
 	nCached int             // spans in state cached
 	closed  bool
+	refused map[int]bool // spans refused for their size, logged once
 	// lastEnd is where the previous read ended (-1: none); runStart is
 	// the first span of the current run of sequential reads.
 	lastEnd  int64
@@ -194,7 +205,7 @@ func New(opts Options) (*Manager, error) {
 		observer: opts.Observer, demand: opts.Demand,
 		calls: make([]*call, n), state: make([]state, n),
 		ahead: opts.ReadAhead, aheadReq: opts.ReadAheadRequest, lastEnd: -1,
-		split: opts.SplitRequest, maxSplit: opts.MaxSplit,
+		split: opts.SplitRequest, maxSplit: opts.MaxSplit, limit: opts.Limit,
 	}
 	if m.maxSplit <= 0 {
 		m.maxSplit = 4
@@ -262,7 +273,7 @@ func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error)
 	end := min(off+int64(len(p)), size)
 	first, last := m.table.Find(off), m.table.Find(end-1)
 	m.probe(ctx, first, last)
-	calls, err := m.plan(first, last)
+	calls, err := m.plan(ctx, first, last)
 	if err != nil {
 		return 0, fmt.Errorf("read %s at %d: %w", m.key, off, err)
 	}
@@ -336,7 +347,7 @@ func (m *Manager) readSpan(ctx context.Context, i int, c *call, dst []byte, off 
 			return 0, fmt.Errorf("read span %d of %s: cache lost the span %d times: %w", i, m.key, attempt+1, errdefs.ErrDataLoss)
 		}
 		m.invalidate(i)
-		calls, err := m.plan(i, i)
+		calls, err := m.plan(ctx, i, i)
 		if err != nil {
 			return 0, fmt.Errorf("read span %d of %s: %w", i, m.key, err)
 		}
@@ -350,7 +361,7 @@ func (m *Manager) readSpan(ctx context.Context, i int, c *call, dst []byte, off 
 			break
 		}
 		// A background walk gave up the span it had reserved: fetch it.
-		calls, err := m.plan(i, i)
+		calls, err := m.plan(ctx, i, i)
 		if err != nil {
 			return 0, fmt.Errorf("read span %d of %s: %w", i, m.key, err)
 		}
@@ -413,7 +424,7 @@ func (m *Manager) Prefetch(ctx context.Context, off, length int64) error {
 	for i := first; i <= last; {
 		j := m.window(i, last)
 		m.probe(ctx, i, j)
-		calls, err := m.plan(i, j)
+		calls, err := m.plan(ctx, i, j)
 		if err != nil {
 			return fmt.Errorf("prefetch %s spans %d-%d: %w", m.key, i, j, err)
 		}

@@ -48,11 +48,7 @@ func (m *Manager) Load(ctx context.Context, first, last int, compressed []byte, 
 	var firstErr error
 	for _, i := range mine {
 		s := spans[i]
-		data, err := m.load(ctx, i, compressed[s.CompressedStart-base:s.CompressedEnd-base])
-		stored := false
-		if err == nil {
-			stored = m.store(ctx, i, data)
-		}
+		data, stored, err := m.load(ctx, i, compressed[s.CompressedStart-base:s.CompressedEnd-base])
 		m.finish(i, data, err, stored)
 		if err != nil && firstErr == nil {
 			firstErr = err
