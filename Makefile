@@ -15,6 +15,7 @@ GO       ?= go
 GOTEST_FLAGS ?=
 FUZZTIME ?= 10m
 FUZZPARALLEL ?= 1
+FUZZMINIMIZETIME ?= 5s
 
 LDFLAGS := -X github.com/fastsoci/soci-snapshotter/internal/version.Version=$(VERSION) \
            -X github.com/fastsoci/soci-snapshotter/internal/version.Revision=$(REVISION)
@@ -53,7 +54,7 @@ unit:
 
 # Discovers the fuzz targets afresh, so targets added later are run too.
 fuzz:
-	GO="$(GO)" scripts/fuzz.sh "$(FUZZTIME)" "$(FUZZPARALLEL)"
+	GO="$(GO)" scripts/fuzz.sh "$(FUZZTIME)" "$(FUZZPARALLEL)" "$(FUZZMINIMIZETIME)"
 
 integration: deps build
 	SOCI_TOOLS=$(TOOLS)/bin SOCI_BIN=$(CURDIR)/bin $(GO) test $(GOTEST_FLAGS) -count=1 -timeout 25m -v ./integration/
