@@ -1,7 +1,8 @@
 # Build, install and test the SOCI snapshotter.
 #   make            build bin/soci-snapshotter-grpc and bin/soci
 #   make demo       run an image lazily end to end on a private containerd + registry
-#   make test       unit tests, containerd's snapshotter conformance suite, integration tests
+#   make test       unit tests (race detector on) with the fuzz seed corpora, containerd's snapshotter conformance suite, integration tests
+#   make fuzz       every fuzz target of the module for FUZZTIME (default 10m) each, one after another (-parallel FUZZPARALLEL, default 1)
 #   make bench      time-to-ready: overlayfs vs soci (vs --compare builds) over a shaped link (BENCH_QUICK=1: one small workload, 2 runs)
 #   make install    install binaries, systemd units and the containerd config snippet
 
@@ -12,13 +13,16 @@ DESTDIR  ?=
 TOOLS    ?= $(CURDIR)/.tools
 GO       ?= go
 GOTEST_FLAGS ?=
+FUZZTIME ?= 10m
+FUZZPARALLEL ?= 1
+FUZZMINIMIZETIME ?= 5s
 
 LDFLAGS := -X github.com/fastsoci/soci-snapshotter/internal/version.Version=$(VERSION) \
            -X github.com/fastsoci/soci-snapshotter/internal/version.Revision=$(REVISION)
 
 BINARIES := bin/soci-snapshotter-grpc bin/soci
 
-.PHONY: all build deps demo test unit integration install vet clean bench FORCE
+.PHONY: all build deps demo test unit integration fuzz install vet clean bench FORCE
 
 all: build
 
@@ -43,8 +47,14 @@ bench: deps build
 vet:
 	$(GO) vet ./...
 
+# The unit packages (everything but integration/), with the race detector.
+# Fuzz targets run their seeds (f.Add and testdata/fuzz/) as ordinary tests.
 unit:
-	$(GO) test $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v /integration$$)
+	$(GO) test -race $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v /integration$$)
+
+# Discovers the fuzz targets afresh, so targets added later are run too.
+fuzz:
+	GO="$(GO)" scripts/fuzz.sh "$(FUZZTIME)" "$(FUZZPARALLEL)" "$(FUZZMINIMIZETIME)"
 
 integration: deps build
 	SOCI_TOOLS=$(TOOLS)/bin SOCI_BIN=$(CURDIR)/bin $(GO) test $(GOTEST_FLAGS) -count=1 -timeout 25m -v ./integration/

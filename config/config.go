@@ -101,7 +101,8 @@ type Config struct {
 	MetricsNetwork string `toml:"metrics_network"`
 	// NoPrometheus disables metric emission.
 	NoPrometheus bool `toml:"no_prometheus"`
-	// DebugAddress is a unix socket serving /debug/ (pprof); "" disables it.
+	// DebugAddress is a unix socket path, or a loopback host:port, serving
+	// /debug/ (pprof); "" disables it.
 	DebugAddress string `toml:"debug_address"`
 	// MetadataStore is MetadataStoreDB or MetadataStoreDBMulti.
 	MetadataStore string `toml:"metadata_store"`

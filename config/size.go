@@ -58,6 +58,18 @@ func ParseByteSize(s string) (ByteSize, error) {
 	if number == "" || !ok {
 		return 0, fmt.Errorf("invalid size %q: want a number with an optional unit b, kb, mb or gb, such as \"8mb\"", s)
 	}
+	if !strings.Contains(number, ".") {
+		// Whole numbers exactly: a float would round sizes above 2^53 and
+		// refuse math.MaxInt64 bytes, which MarshalText writes as such.
+		n, err := strconv.ParseInt(number, 10, 64)
+		if err != nil || n > math.MaxInt64/multiplier {
+			return 0, fmt.Errorf("invalid size %q: too large", s)
+		}
+		if n == 0 {
+			return Unbounded, nil
+		}
+		return ByteSize(n * multiplier), nil
+	}
 	value, err := strconv.ParseFloat(number, 64)
 	if err != nil {
 		return 0, fmt.Errorf("invalid size %q: %w", s, err)

@@ -22,6 +22,10 @@ func TestParseByteSize(t *testing.T) {
 		{"2gb", 2 << 30},
 		{"1.5mb", 3 << 19},
 		{"1.5b", 1},
+		{"9223372036854775807", 9223372036854775807},
+		{"9223372036854775807b", 9223372036854775807},
+		{"9007199254740993", 9007199254740993},
+		{"8589934591gb", 8589934591 << 30},
 	}
 	for _, tc := range tests {
 		got, err := ParseByteSize(tc.in)
@@ -32,7 +36,7 @@ func TestParseByteSize(t *testing.T) {
 }
 
 func TestParseByteSizeErrors(t *testing.T) {
-	for _, in := range []string{"mb", "8xb", "8 m b", "-8mb", "+8mb", "8.", ".5mb", "1e3", "8mb8", "0x10", "8_000", "99999999999gb", "1tb"} {
+	for _, in := range []string{"mb", "8xb", "8 m b", "-8mb", "+8mb", "8.", ".5mb", "1e3", "8mb8", "0x10", "8_000", "99999999999gb", "1tb", "9223372036854775808", "8589934592gb", "9223372036854775807kb", "99999999999999999999999"} {
 		if got, err := ParseByteSize(in); err == nil {
 			t.Errorf("ParseByteSize(%q) = %d, want an error", in, got)
 		}

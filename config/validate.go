@@ -22,6 +22,11 @@ func (c *Config) Validate() error {
 	v.positiveSec("mount_timeout_sec", c.MountTimeoutSec)
 	v.positiveSec("fuse_metrics_emit_wait_duration_sec", c.FuseMetricsEmitWaitDurationSec)
 	v.oneOf("metrics_network", c.MetricsNetwork, NetworkTCP, NetworkUnix)
+	if c.DebugAddress != "" && DebugNetwork(c.DebugAddress) == NetworkTCP {
+		if err := CheckLoopback(c.DebugAddress); err != nil {
+			v.fail("debug_address", "%v", err)
+		}
+	}
 	v.oneOf("metadata_store", c.MetadataStore, MetadataStoreDB, MetadataStoreDBMulti)
 	v.nonNegative("metadata_insertion_chunk_size", int64(c.MetadataInsertionChunkSize))
 	c.HTTP.validate(&v)

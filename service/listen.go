@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -16,32 +15,16 @@ import (
 // Listen opens the socket the daemon serves on. address is a path, a
 // "unix://" URL, or "fd://" for a socket handed over by systemd.
 //
-// The socket's directory is created with mode 0700. A socket file left by a
-// daemon that is gone is replaced; one that still answers is an error, so
-// two daemons never share an address.
+// A missing socket directory is created with mode 0700, and the socket file
+// has mode 0600 from the moment it exists (see listenUnix). A socket file
+// left by a daemon that is gone is replaced; one that still answers is an
+// error, so two daemons never share an address. Closing the listener removes
+// the socket file.
 func Listen(address string) (net.Listener, error) {
 	if address == "fd://" {
 		return systemdListener()
 	}
-	path := strings.TrimPrefix(address, "unix://")
-	if path == "" {
-		return nil, errors.New("listen: empty socket address")
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create socket directory for %s: %w", path, err)
-	}
-	if err := removeStaleSocket(path); err != nil {
-		return nil, err
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("restrict permissions of %s: %w", path, err)
-	}
-	return l, nil
+	return listenUnix(strings.TrimPrefix(address, "unix://"))
 }
 
 // removeStaleSocket deletes a socket file at path unless a live process is

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/containerd/log"
@@ -36,15 +34,15 @@ func serveMetrics(ctx context.Context, cfg *config.Config, m *metrics.Metrics) (
 	if network == "" {
 		network = config.NetworkTCP
 	}
+	var l net.Listener
+	var err error
 	if network == config.NetworkUnix {
-		if err := os.MkdirAll(filepath.Dir(addr), 0o700); err != nil {
-			return nil, fmt.Errorf("create metrics socket directory for %s: %w", addr, err)
-		}
-		if err := removeStaleSocket(addr); err != nil {
-			return nil, err
-		}
+		// Mode 0600 from the moment the socket exists (see listenUnix).
+		l, err = listenUnix(addr)
+	} else {
+		// Unauthenticated: Prometheus scrapes it; the README says so.
+		l, err = net.Listen(network, addr)
 	}
-	l, err := net.Listen(network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen for metrics on %s %s: %w", network, addr, err)
 	}
