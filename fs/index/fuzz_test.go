@@ -23,7 +23,7 @@ func FuzzConvert(f *testing.F) {
 	_, gz := buildZTOC(f, gzipMembers(f, buildTar(f, testEntries(70<<10))), 64<<10, compression.Gzip)
 	f.Add(gz) // two spans: 64 KiB of checkpoint windows
 	f.Fuzz(func(t *testing.T, data []byte) {
-		z, err := decodeZTOC(data)
+		z, err := decodeZTOC(data, Limits{}.withDefaults())
 		if err != nil {
 			return
 		}
