@@ -15,17 +15,22 @@ import (
 const (
 	// entryHeap is per file entry: ztoc.FileMetadata (176 bytes) and its
 	// PAX map, layer.Entry (136), the tree's node (112) and dirents (the
-	// append-grown list and the packed copy), directory name indexes, and
-	// the decoder's short-lived garbage.
+	// append-grown list and the packed copy), directory name indexes, one
+	// implicit parent directory (the tree builder allows no more than one
+	// per entry on average) and the decoder's short-lived garbage.
 	entryHeap = 1024
 	// stringHeap is per string besides its bytes: allocation rounding.
 	stringHeap = 16
 	// xattrHeap is per extended attribute: its slots in the decoded PAX
 	// map and in the converted xattr map.
-	xattrHeap = 256
+	xattrHeap = 320
 	// spanHeap is per span: the digest string, span.Span, the parsed
 	// checkpoint and the C decoder's per-checkpoint state.
 	spanHeap = 512
+	// readFactor is per byte of the flatbuffer: soci's Unmarshal copies it
+	// with io.ReadAll, whose growing buffer allocates about 2.5 times its
+	// size in all.
+	readFactor = 3
 )
 
 // budget bounds the work and memory of decoding a flatbuffer of n bytes.
@@ -78,7 +83,7 @@ func checkFlatbuffer(buf []byte, lim Limits) (heap int64, err error) {
 		return 0, err
 	}
 	// The checkpoints are copied by the decoder and again into C memory.
-	b.heap = int64(n)*entryHeap + int64(spans)*spanHeap + 2*int64(info.CheckpointsLength()) +
+	b.heap = readFactor*int64(len(buf)) + int64(n)*entryHeap + int64(spans)*spanHeap + 2*int64(info.CheckpointsLength()) +
 		int64(len(root.Version())+len(root.BuildToolIdentifier())) + 2*stringHeap
 	for j := range spans {
 		if err := b.take(0, len(info.SpanDigests(j))); err != nil {
