@@ -44,6 +44,12 @@ type Options struct {
 	Metrics *metrics.Metrics
 	// MaxCacheBytes bounds the span cache on disk; 0 is unbounded.
 	MaxCacheBytes int64
+
+	// Bounds on SOCI indices and zTOCs from registries ([limits]; zero
+	// takes the default): index entries, zTOC bytes, entries and
+	// estimated heap (IndexLimits), and the layer tree's depth.
+	IndexLimits  index.Limits
+	MaxTreeDepth int
 }
 
 // FS mounts remote layers. It is safe for concurrent use.
@@ -81,6 +87,7 @@ func New(opts Options) (*FS, error) {
 	}
 	indices, err := index.New(index.Options{
 		Root: filepath.Join(opts.Root, "index"), Registry: opts.Registry, V1: opts.V1, V2: opts.V2,
+		Limits: opts.IndexLimits,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open index store: %w", err)

@@ -139,7 +139,7 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 	if err != nil {
 		return nil, fmt.Errorf("spans of layer %s: %w", t.LayerDigest, err)
 	}
-	root, err := layer.NewRoot(l.TOC, spans, layer.Options{DisableXattrs: l.DisableXattrs})
+	root, err := layer.NewRoot(l.TOC, spans, layer.Options{DisableXattrs: l.DisableXattrs, MaxDepth: f.opts.MaxTreeDepth})
 	if err != nil {
 		spans.Close()
 		return nil, fmt.Errorf("file tree of layer %s: %w", t.LayerDigest, err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/fs"
+	"github.com/fastsoci/soci-snapshotter/fs/index"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
 	"github.com/fastsoci/soci-snapshotter/metrics"
 	"github.com/fastsoci/soci-snapshotter/snapshot"
@@ -121,6 +122,14 @@ func fsOptions(cfg *config.Config, root string, m *metrics.Metrics, criCreds fun
 		MountTimeout: time.Duration(cfg.MountTimeoutSec) * time.Second,
 		// Unbounded (-1) is no bound for the cache too.
 		MaxCacheBytes: max(int64(cfg.DirectoryCache.MaxBytes), 0),
+		// [limits] on indices, zTOCs and trees.
+		IndexLimits: index.Limits{
+			MaxIndexEntries:  cfg.Limits.MaxIndexEntries,
+			MaxZTOCBytes:     int64(cfg.Limits.MaxZTOCBytes),
+			MaxZTOCEntries:   cfg.Limits.MaxZTOCEntries,
+			MaxZTOCHeapBytes: int64(cfg.Limits.MaxZTOCHeapBytes),
+		},
+		MaxTreeDepth: cfg.Limits.MaxTreeDepth,
 	}
 }
 
