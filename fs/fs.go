@@ -61,6 +61,9 @@ type FS struct {
 	mounted map[string]*mountedLayer // by mountpoint
 	bg      *background.Scheduler    // nil when background fetch is off
 	pending map[string]int           // Mount calls in progress, by layer digest
+	// pendingImages counts the Mount calls in progress by image manifest,
+	// so that release keeps the SOCI index they are looking up.
+	pendingImages map[digest.Digest]int
 	// unmounted are the layers unmounted since, by mountpoint: their data
 	// stays until Release says their snapshot is gone.
 	unmounted map[string]layerRef
@@ -74,7 +77,10 @@ type mountedLayer struct {
 	blob   span.Fetcher // the compressed layer blob
 	name   string       // layer digest, also the span cache's key prefix
 	ztoc   digest.Digest
-	unpin  func()
+	// index and manifest are the SOCI index the layer was found in and
+	// the image manifest it was looked up for.
+	index, manifest digest.Digest
+	unpin           func()
 }
 
 // New returns an FS keeping its state under opts.Root.
@@ -108,6 +114,7 @@ func New(opts Options) (*FS, error) {
 	return &FS{
 		bg: bg, opts: opts, indices: indices, cache: spanCache,
 		mounted: map[string]*mountedLayer{}, pending: map[string]int{}, unmounted: map[string]layerRef{},
+		pendingImages: map[digest.Digest]int{},
 	}, nil
 }
 
@@ -140,7 +147,7 @@ func (f *FS) Unmount(ctx context.Context, mountpoint string) error {
 	m, ok := f.mounted[mountpoint]
 	delete(f.mounted, mountpoint)
 	if ok {
-		f.unmounted[mountpoint] = layerRef{name: m.name, ztoc: m.ztoc}
+		f.unmounted[mountpoint] = m.ref()
 	}
 	f.mu.Unlock()
 	if f.bg != nil {

@@ -40,13 +40,13 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 		return fmt.Errorf("lazy layer at %s: %v: %w", mountpoint, err, errdefs.ErrNotFound)
 	}
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("layer", t.LayerDigest))
-	defer f.begin(t.LayerDigest.String())()
+	defer f.begin(t)()
 	if f.tooSmall(t.LayerSize) {
 		return fmt.Errorf("layer %s: %d bytes, below min_layer_size %d: %w", t.LayerDigest, t.LayerSize, f.opts.MinLayerSize, errdefs.ErrNotFound)
 	}
 	rctx, cancel := context.WithTimeout(ctx, f.opts.MountTimeout)
 	defer cancel()
-	l, ztoc, err := f.resolve(rctx, t)
+	l, ztoc, idx, err := f.resolve(rctx, t)
 	if err != nil {
 		return err
 	}
@@ -60,7 +60,7 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 		l.Close()
 		return err
 	}
-	m.ztoc = ztoc
+	m.ztoc, m.index, m.manifest = ztoc, idx, t.ManifestDigest
 	f.mu.Lock()
 	old := f.mounted[mountpoint]
 	f.mounted[mountpoint] = m
@@ -93,22 +93,22 @@ func (f *FS) tooSmall(size int64) bool {
 }
 
 // resolve finds the image's SOCI index and opens this layer's zTOC; it
-// returns the zTOC's digest too.
-func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest.Digest, error) {
+// returns the digests of the zTOC and of the index too.
+func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest.Digest, digest.Digest, error) {
 	idx, err := f.indices.Find(ctx, t.ImageRef, t.ManifestDigest, t.IndexDigest)
 	if err != nil {
-		return nil, "", fmt.Errorf("find SOCI index of %s: %w", t.ImageRef, err)
+		return nil, "", "", fmt.Errorf("find SOCI index of %s: %w", t.ImageRef, err)
 	}
 	f.indices.Prefetch(ctx, t.ImageRef, idx) // the other layers' zTOCs, while this one mounts
 	l, err := f.indices.Open(ctx, t.ImageRef, idx, t.LayerDigest)
 	if errors.Is(err, index.ErrNoZTOC) {
-		return nil, "", fmt.Errorf("layer %s is not in SOCI index %s: %w", t.LayerDigest, idx.Digest, errdefs.ErrNotFound)
+		return nil, "", "", fmt.Errorf("layer %s is not in SOCI index %s: %w", t.LayerDigest, idx.Digest, errdefs.ErrNotFound)
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("open zTOC of layer %s: %w", t.LayerDigest, err)
+		return nil, "", "", fmt.Errorf("open zTOC of layer %s: %w", t.LayerDigest, err)
 	}
 	desc, _ := idx.ZTOC(t.LayerDigest)
-	return l, desc.Digest, nil
+	return l, desc.Digest, idx.Digest, nil
 }
 
 // serve builds the span manager and the FUSE tree of the layer and mounts
