@@ -131,3 +131,39 @@ func TestHeapEstimate(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkZTOCHeapBound loads a zTOC whose estimated heap is a quarter of
+// the default limits.max_ztoc_heap_bytes (short names, one directory per
+// 100 files: the most entries per byte of estimate), and reports the bytes
+// allocated and retained, against the estimate.
+func BenchmarkZTOCHeapBound(b *testing.B) {
+	target := int64(DefaultMaxZTOCHeapBytes / 4)
+	n := int(target / (entryHeap + 100))
+	data := synthZTOC(b, 64<<10, 1<<20, synthFiles(n, 100, 0, 0))
+	est, err := checkFlatbuffer(data, Limits{MaxZTOCHeapBytes: 1 << 40}.withDefaults())
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		l, err := ParseZTOC(data, Limits{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		root, err := layer.NewRoot(l.TOC, nopReader{}, layer.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		runtime.KeepAlive(root)
+		l.Close()
+		b.ReportMetric(float64(est), "estB")
+		b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc), "allocB")
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc), "liveB")
+		b.ReportMetric(float64(len(data)), "ztocB")
+		b.ReportMetric(float64(n), "entries")
+	}
+}
