@@ -94,8 +94,8 @@ func loadAllocs(t testing.TB, data []byte) uint64 {
 // zTOC allocates on the Go heap (plus the checkpoints' copy in C memory),
 // and not wildly more.
 func TestHeapEstimate(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds zTOCs of tens of MiB of heap")
+	if testing.Short() || raceEnabled {
+		t.Skip("builds zTOCs of tens of MiB of heap; the race detector's own allocations would count")
 	}
 	cases := []struct {
 		name string
