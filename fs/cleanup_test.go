@@ -2,12 +2,16 @@ package fs
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/awslabs/soci-snapshotter/soci"
 	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/fastsoci/soci-snapshotter/fs/index"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
@@ -87,7 +91,7 @@ func TestReleaseFreesUnusedLayersOnly(t *testing.T) {
 	delete(f.unmounted, "/mnt/one-stays")
 
 	// The layer is being mounted again.
-	end := f.begin(one.name)
+	end := f.begin(source.Target{LayerDigest: digest.Digest(one.name)})
 	f.release(t.Context(), one)
 	if !kept(t, f, one) {
 		t.Fatal("released a layer being mounted")
@@ -190,5 +194,92 @@ func TestSpanCacheKeyBindsZTOC(t *testing.T) {
 	}
 	if lim := f.spanOptions(tg, l, digest.FromString("ztoc a"), nil).Limit; lim == nil || lim != f.decompress || lim.Max() != 1<<20 {
 		t.Fatal("span manager does not share the FS's decompression limit")
+	}
+}
+
+// fakeIndex stores a SOCI index over zTOCs (each of a layer of its own) and
+// a record choosing it for an image manifest, as Find leaves them, and
+// returns the index digest and the manifest.
+func fakeIndex(t *testing.T, f *FS, ztocs ...digest.Digest) (idx, manifest digest.Digest) {
+	t.Helper()
+	m := ocispec.Manifest{
+		Versioned: specs.Versioned{SchemaVersion: 2},
+		MediaType: ocispec.MediaTypeImageManifest,
+		Config:    ocispec.Descriptor{MediaType: soci.SociIndexArtifactTypeV2, Digest: digest.FromString("{}"), Size: 2},
+	}
+	for _, z := range ztocs {
+		m.Layers = append(m.Layers, ocispec.Descriptor{MediaType: soci.SociLayerMediaType, Digest: z, Size: 4,
+			Annotations: map[string]string{soci.IndexAnnotationImageLayerDigest: digest.FromString("layer of " + z.String()).String()}})
+	}
+	data, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, manifest = digest.FromBytes(data), digest.FromString("manifest of "+string(data))
+	writeFile(t, f.indexPath("blobs", idx), data)
+	writeFile(t, f.indexPath("manifests", manifest), []byte(`{"index":"`+idx.String()+`","mode":"v2"}`))
+	return idx, manifest
+}
+
+func (f *FS) indexPath(dir string, d digest.Digest) string {
+	return filepath.Join(f.opts.Root, "index", dir, string(d.Algorithm()), d.Encoded())
+}
+
+func writeFile(t *testing.T, p string, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// TestReleaseFreesIndex: once the last layer found in a SOCI index is
+// released, the index blob, the record choosing it, and the zTOCs it lists
+// that no live layer uses (prefetched ones) are deleted; not before, and
+// not while a Mount for the same image is in progress.
+func TestReleaseFreesIndex(t *testing.T) {
+	f := newTestFS(t)
+	one, two, shared := fakeLayer(t, f, "one"), fakeLayer(t, f, "two"), fakeLayer(t, f, "shared")
+	prefetched := digest.FromString("ztoc prefetched")
+	writeFile(t, f.indexPath("blobs", prefetched), []byte("ztoc"))
+	idx, manifest := fakeIndex(t, f, one.ztoc, two.ztoc, shared.ztoc, prefetched)
+	one.index, one.manifest = idx, manifest
+	two.index, two.manifest = idx, manifest
+	// shared's zTOC is also used by a layer of another image, still mounted.
+	f.mounted["/mnt/other"] = &mountedLayer{name: shared.name, ztoc: shared.ztoc, index: digest.FromString("other index")}
+	t.Cleanup(func() { delete(f.mounted, "/mnt/other") })
+	f.unmounted["/mnt/two"] = two
+
+	f.release(t.Context(), one)
+	if !exists(f.indexPath("blobs", idx)) || !exists(f.indexPath("manifests", manifest)) {
+		t.Fatal("index released while another of its layers stays")
+	}
+	delete(f.unmounted, "/mnt/two")
+
+	end := f.begin(source.Target{LayerDigest: digest.FromString("layer three"), ManifestDigest: manifest})
+	f.release(t.Context(), two)
+	if !exists(f.indexPath("blobs", idx)) {
+		t.Fatal("index released while a Mount for its image is in progress")
+	}
+	end()
+
+	f.release(t.Context(), two)
+	for name, p := range map[string]string{
+		"index": f.indexPath("blobs", idx), "choice record": f.indexPath("manifests", manifest),
+		"prefetched zTOC": f.indexPath("blobs", prefetched), "zTOC": f.indexPath("blobs", two.ztoc),
+	} {
+		if exists(p) {
+			t.Errorf("%s kept after the last layer of the index was released", name)
+		}
+	}
+	if !exists(f.indexPath("blobs", shared.ztoc)) {
+		t.Error("deleted a zTOC a layer of another image uses")
 	}
 }

@@ -45,11 +45,16 @@ type Options struct {
 	// MaxCacheBytes bounds the span cache on disk; 0 is unbounded.
 	MaxCacheBytes int64
 
-	// Span path bounds (issue 9). MaxDecompressBytes bounds the bytes being
+	// Bounds on remote data ([limits]). MaxDecompressBytes bounds the bytes being
 	// decompressed at once by all layers of the FS together; a span longer
 	// than that alone is refused (reads of it get EIO). 0: unbounded. The
 	// node-wide bound on registry requests is the Registry's own.
 	MaxDecompressBytes int64
+	// Bounds on SOCI indices and zTOCs from registries ([limits]; zero
+	// takes the default): index entries, zTOC bytes, entries and
+	// estimated heap (IndexLimits), and the layer tree's depth.
+	IndexLimits  index.Limits
+	MaxTreeDepth int
 }
 
 // FS mounts remote layers. It is safe for concurrent use.
@@ -65,6 +70,9 @@ type FS struct {
 	// decompress bounds the bytes being decompressed at once, shared by
 	// every layer's span manager; nil: unbounded.
 	decompress *span.DecompressLimit
+	// pendingImages counts the Mount calls in progress by image manifest,
+	// so that release keeps the SOCI index they are looking up.
+	pendingImages map[digest.Digest]int
 	// unmounted are the layers unmounted since, by mountpoint: their data
 	// stays until Release says their snapshot is gone.
 	unmounted map[string]layerRef
@@ -78,7 +86,10 @@ type mountedLayer struct {
 	blob   span.Fetcher // the compressed layer blob
 	name   string       // layer digest, the prefix of the span cache's keys (see cacheKey)
 	ztoc   digest.Digest
-	unpin  func()
+	// index and manifest are the SOCI index the layer was found in and
+	// the image manifest it was looked up for.
+	index, manifest digest.Digest
+	unpin           func()
 }
 
 // New returns an FS keeping its state under opts.Root.
@@ -91,6 +102,7 @@ func New(opts Options) (*FS, error) {
 	}
 	indices, err := index.New(index.Options{
 		Root: filepath.Join(opts.Root, "index"), Registry: opts.Registry, V1: opts.V1, V2: opts.V2,
+		Limits: opts.IndexLimits,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open index store: %w", err)
@@ -113,6 +125,7 @@ func New(opts Options) (*FS, error) {
 		bg: bg, markers: background.NewMarkers(stateDir), opts: opts, indices: indices, cache: spanCache,
 		decompress: span.NewDecompressLimit(opts.MaxDecompressBytes),
 		mounted:    map[string]*mountedLayer{}, pending: map[string]int{}, unmounted: map[string]layerRef{},
+		pendingImages: map[digest.Digest]int{},
 	}, nil
 }
 
@@ -145,7 +158,7 @@ func (f *FS) Unmount(ctx context.Context, mountpoint string) error {
 	m, ok := f.mounted[mountpoint]
 	delete(f.mounted, mountpoint)
 	if ok {
-		f.unmounted[mountpoint] = layerRef{name: m.name, ztoc: m.ztoc}
+		f.unmounted[mountpoint] = m.ref()
 	}
 	f.mu.Unlock()
 	if f.bg != nil {

@@ -40,13 +40,13 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 		return fmt.Errorf("lazy layer at %s: %v: %w", mountpoint, err, errdefs.ErrNotFound)
 	}
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("layer", t.LayerDigest))
-	defer f.begin(t.LayerDigest.String())()
+	defer f.begin(t)()
 	if f.tooSmall(t.LayerSize) {
 		return fmt.Errorf("layer %s: %d bytes, below min_layer_size %d: %w", t.LayerDigest, t.LayerSize, f.opts.MinLayerSize, errdefs.ErrNotFound)
 	}
 	rctx, cancel := context.WithTimeout(ctx, f.opts.MountTimeout)
 	defer cancel()
-	l, ztoc, err := f.resolve(rctx, t)
+	l, ztoc, idx, err := f.resolve(rctx, t)
 	if err != nil {
 		return err
 	}
@@ -60,6 +60,7 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 		l.Close()
 		return err
 	}
+	m.index, m.manifest = idx, t.ManifestDigest
 	f.mu.Lock()
 	old := f.mounted[mountpoint]
 	f.mounted[mountpoint] = m
@@ -93,27 +94,27 @@ func (f *FS) tooSmall(size int64) bool {
 }
 
 // resolve finds the image's SOCI index and opens this layer's zTOC; it
-// returns the zTOC's digest too.
-func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest.Digest, error) {
+// returns the digests of the zTOC and of the index too.
+func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest.Digest, digest.Digest, error) {
 	idx, err := f.indices.Find(ctx, t.ImageRef, t.ManifestDigest, t.IndexDigest)
 	if err != nil {
-		return nil, "", fmt.Errorf("find SOCI index of %s: %w", t.ImageRef, err)
+		return nil, "", "", fmt.Errorf("find SOCI index of %s: %w", t.ImageRef, err)
 	}
 	f.indices.Prefetch(ctx, t.ImageRef, idx) // the other layers' zTOCs, while this one mounts
 	if desc, ok := idx.ZTOC(t.LayerDigest); ok {
 		if err := f.refuseBad(t.LayerDigest, desc.Digest); err != nil {
-			return nil, "", err
+			return nil, "", "", err
 		}
 	}
 	l, err := f.indices.Open(ctx, t.ImageRef, idx, t.LayerDigest)
 	if errors.Is(err, index.ErrNoZTOC) {
-		return nil, "", fmt.Errorf("layer %s is not in SOCI index %s: %w", t.LayerDigest, idx.Digest, errdefs.ErrNotFound)
+		return nil, "", "", fmt.Errorf("layer %s is not in SOCI index %s: %w", t.LayerDigest, idx.Digest, errdefs.ErrNotFound)
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("open zTOC of layer %s: %w", t.LayerDigest, err)
+		return nil, "", "", fmt.Errorf("open zTOC of layer %s: %w", t.LayerDigest, err)
 	}
 	desc, _ := idx.ZTOC(t.LayerDigest)
-	return l, desc.Digest, nil
+	return l, desc.Digest, idx.Digest, nil
 }
 
 // refuseBad returns an error when the background check found the zTOC
@@ -139,7 +140,7 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 	if err != nil {
 		return nil, fmt.Errorf("spans of layer %s: %w", t.LayerDigest, err)
 	}
-	root, err := layer.NewRoot(l.TOC, spans, layer.Options{DisableXattrs: l.DisableXattrs})
+	root, err := layer.NewRoot(l.TOC, spans, layer.Options{DisableXattrs: l.DisableXattrs, MaxDepth: f.opts.MaxTreeDepth})
 	if err != nil {
 		spans.Close()
 		return nil, fmt.Errorf("file tree of layer %s: %w", t.LayerDigest, err)

@@ -210,7 +210,29 @@ func TestCache(t *testing.T) {
 			case ztocStored(e, b.ztoc) || ztocStored(e, b.probe):
 				return false, "zTOCs of the removed image still stored"
 			}
+			if files := indexStoreFiles(t, e); len(files) != 0 {
+				return false, fmt.Sprintf("index store still holds %v", files)
+			}
 			return true, ""
 		})
 	})
+}
+
+// indexStoreFiles lists the files under the daemon's SOCI index store:
+// indices, zTOCs (also prefetched ones) and the records choosing an index
+// per image, which go with the last image using them.
+func indexStoreFiles(t *testing.T, e *harness.Env) []string {
+	t.Helper()
+	var files []string
+	root := filepath.Join(e.Daemon.Root, "fs", "index")
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			files = append(files, strings.TrimPrefix(p, root))
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("walk the index store: %v", err)
+	}
+	return files
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/fs"
+	"github.com/fastsoci/soci-snapshotter/fs/index"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
 	"github.com/fastsoci/soci-snapshotter/metrics"
 	"github.com/fastsoci/soci-snapshotter/snapshot"
@@ -122,10 +123,18 @@ func fsOptions(cfg *config.Config, root string, m *metrics.Metrics, criCreds fun
 		// Unbounded (-1) is no bound for the cache too.
 		MaxCacheBytes: max(int64(cfg.DirectoryCache.MaxBytes), 0),
 
-		// Span path bounds (issue 9): bytes being decompressed at once on
+		// [limits]: bytes being decompressed at once on
 		// the node ([limits] max_decompress_bytes); the registry client's
 		// request slots (max_concurrency) are set in registryOptions.
 		MaxDecompressBytes: int64(cfg.Limits.MaxDecompressBytes),
+		// [limits] on indices, zTOCs and trees.
+		IndexLimits: index.Limits{
+			MaxIndexEntries:  cfg.Limits.MaxIndexEntries,
+			MaxZTOCBytes:     int64(cfg.Limits.MaxZTOCBytes),
+			MaxZTOCEntries:   cfg.Limits.MaxZTOCEntries,
+			MaxZTOCHeapBytes: int64(cfg.Limits.MaxZTOCHeapBytes),
+		},
+		MaxTreeDepth: cfg.Limits.MaxTreeDepth,
 	}
 }
 

@@ -19,7 +19,7 @@ import (
 func benchLayer(b *testing.B) ([]byte, *index.Layer) {
 	b.Helper()
 	blob := tarchecktest.Gzip(b, tarchecktest.Tar(b, tarchecktest.Entries(32<<20)))
-	z, err := index.ParseZTOC(tarchecktest.ZTOC(b, blob, 4<<20, compression.Gzip))
+	z, err := index.ParseZTOC(tarchecktest.ZTOC(b, blob, 4<<20, compression.Gzip), index.Limits{})
 	if err != nil {
 		b.Fatal(err)
 	}

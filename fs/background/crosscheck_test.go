@@ -34,7 +34,7 @@ func newRealLayer(t *testing.T, gzip bool) realLayer {
 		blob, alg = tarchecktest.Gzip(t, tb), compression.Gzip
 	}
 	data := tarchecktest.ZTOC(t, blob, 64<<10, alg)
-	z, err := index.ParseZTOC(data)
+	z, err := index.ParseZTOC(data, index.Limits{})
 	if err != nil {
 		t.Fatalf("parse zTOC: %v", err)
 	}

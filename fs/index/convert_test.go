@@ -51,7 +51,7 @@ func TestConvertRealLayers(t *testing.T) {
 				blob, algorithm = tc.blob(t, tb), compression.Gzip
 			}
 			_, data := buildZTOC(t, blob, tc.spanSize, algorithm)
-			l, err := ParseZTOC(data)
+			l, err := ParseZTOC(data, Limits{})
 			if err != nil {
 				t.Fatalf("ParseZTOC: %v", err)
 			}
@@ -134,7 +134,7 @@ func checkSpans(t *testing.T, l *Layer, blob, tarBytes []byte) {
 
 func TestDecompressErrors(t *testing.T) {
 	tl := newTestLayer(t, 200<<10, 64<<10)
-	l, err := ParseZTOC(tl.ztocData)
+	l, err := ParseZTOC(tl.ztocData, Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +161,7 @@ func TestDecompressErrors(t *testing.T) {
 // forever.
 func TestDecompressLyingZTOC(t *testing.T) {
 	tl := newTestLayer(t, 400<<10, 64<<10)
-	z, err := decodeZTOC(tl.ztocData)
+	z, err := decodeZTOC(tl.ztocData, Limits{}.withDefaults())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func TestConvertRejects(t *testing.T) {
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {
-			z, err := decodeZTOC(tl.ztocData)
+			z, err := decodeZTOC(tl.ztocData, Limits{}.withDefaults())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -278,7 +278,7 @@ func TestParseZTOCGarbage(t *testing.T) {
 		"truncated": tl.ztocData[:len(tl.ztocData)/2],
 	}
 	for name, in := range inputs {
-		if _, err := ParseZTOC(in); err == nil {
+		if _, err := ParseZTOC(in, Limits{}); err == nil {
 			t.Errorf("%s: ParseZTOC accepted it", name)
 		}
 	}

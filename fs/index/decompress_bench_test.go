@@ -17,7 +17,7 @@ func BenchmarkSpanDecompress(b *testing.B) {
 	for _, spanSize := range []int64{1 << 20, 4 << 20} {
 		b.Run(fmt.Sprintf("span=%dMiB", spanSize>>20), func(b *testing.B) {
 			tl := newTestLayer(b, 32<<20, spanSize)
-			l, err := ParseZTOC(tl.ztocData)
+			l, err := ParseZTOC(tl.ztocData, Limits{})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -56,7 +56,7 @@ func BenchmarkOpenZTOC100k(b *testing.B) {
 	b.Logf("zTOC of %d entries: %d bytes (layer %d bytes)", n, len(data), len(blob))
 	b.ReportAllocs()
 	for b.Loop() {
-		l, err := ParseZTOC(data)
+		l, err := ParseZTOC(data, Limits{})
 		if err != nil {
 			b.Fatal(err)
 		}

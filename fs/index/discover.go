@@ -32,12 +32,21 @@ type Registry interface {
 // a SOCI index but is not one.
 var ErrNotSOCIIndex = errors.New("not a SOCI index")
 
+// ErrMalformedIndex is wrapped by errors for a SOCI index that fails
+// validation (a bad digest, size, media type, annotation or count); it
+// wraps ErrNotSOCIIndex. The image is then pulled normally.
+var ErrMalformedIndex = fmt.Errorf("malformed SOCI index: %w", ErrNotSOCIIndex)
+
 // Index is a parsed SOCI index. It is immutable and shared between callers.
 type Index struct {
 	Digest   digest.Digest
 	Manifest ocispec.Manifest // the SOCI index as an OCI image manifest
 
 	ztocs map[digest.Digest]ocispec.Descriptor // by image layer digest
+	// ztocList is the zTOC descriptors of ztocs in index order: what
+	// Prefetch fetches.
+	ztocList []ocispec.Descriptor
+	size     int64 // bytes of JSON, for the memory bound
 }
 
 // ZTOC returns the descriptor of the zTOC of an image layer, or false when
@@ -71,15 +80,18 @@ func (s *Store) Find(ctx context.Context, ref string, manifest, explicit digest.
 	if a, ok := s.recall(key); ok {
 		return a.idx, a.err
 	}
+	// singleflight re-panics in a new goroutine: guard the work itself.
 	ch := s.finds.DoChan(key, func() (any, error) {
-		if a, ok := s.recall(key); ok {
-			return a.idx, a.err
-		}
-		wctx, cancel := s.workContext(ctx)
-		defer cancel()
-		idx, err := s.find(wctx, ref, manifest, explicit)
-		s.remember(key, idx, err)
-		return idx, err
+		return guard(ctx, "find SOCI index", func() (*Index, error) {
+			if a, ok := s.recall(key); ok {
+				return a.idx, a.err
+			}
+			wctx, cancel := s.workContext(ctx)
+			defer cancel()
+			idx, err := s.find(wctx, ref, manifest, explicit)
+			s.remember(key, idx, err)
+			return idx, err
+		})
 	})
 	v, err := wait(ctx, ch)
 	if err != nil {
@@ -143,8 +155,10 @@ func (s *Store) recorded(ctx context.Context, manifest digest.Digest) (*Index, b
 	if !ok {
 		return nil, false
 	}
-	idx, err := parseIndex(c.Index, data, "")
+	idx, err := parseIndex(c.Index, data, "", s.lim)
 	if err != nil {
+		log.G(ctx).WithError(err).Warn("local SOCI index rejected; looking it up again")
+		s.dropBlob(ctx, c.Index)
 		return nil, false
 	}
 	return s.cacheIndex(idx), true
@@ -236,9 +250,13 @@ func (s *Store) loadIndex(ctx context.Context, ref string, d digest.Digest) (*In
 		return idx, nil
 	}
 	if data, ok := s.readBlob(ctx, d); ok {
-		if idx, err := parseIndex(d, data, ""); err == nil {
+		idx, err := parseIndex(d, data, "", s.lim)
+		if err == nil {
 			return s.cacheIndex(idx), nil
 		}
+		// Stored by an older version with looser checks, say.
+		log.G(ctx).WithError(err).Warn("local SOCI index rejected; fetching it again")
+		s.dropBlob(ctx, d)
 	}
 	data, mediaType, err := s.reg.FetchManifest(ctx, ref, d)
 	if err != nil {
@@ -247,7 +265,7 @@ func (s *Store) loadIndex(ctx context.Context, ref string, d digest.Digest) (*In
 	if err := verify(d, data); err != nil {
 		return nil, err
 	}
-	idx, err := parseIndex(d, data, mediaType)
+	idx, err := parseIndex(d, data, mediaType, s.lim)
 	if err != nil {
 		return nil, err
 	}
@@ -255,65 +273,6 @@ func (s *Store) loadIndex(ctx context.Context, ref string, d digest.Digest) (*In
 		return nil, err
 	}
 	return s.cacheIndex(idx), nil
-}
-
-func (s *Store) cachedIndex(d digest.Digest) *Index {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.indices[d]
-}
-
-// cacheIndex keeps idx in memory; a concurrent load of the same index wins
-// over this one so that callers share one value.
-func (s *Store) cacheIndex(idx *Index) *Index {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if old, ok := s.indices[idx.Digest]; ok {
-		return old
-	}
-	s.indices[idx.Digest] = idx
-	return idx
-}
-
-// parseIndex decodes and checks a SOCI index. mediaType is the registry's
-// media type for it, or empty when unknown.
-func parseIndex(d digest.Digest, data []byte, mediaType string) (*Index, error) {
-	if mediaType != "" && mediaType != ocispec.MediaTypeImageManifest {
-		return nil, fmt.Errorf("%s has media type %q: %w", d, mediaType, ErrNotSOCIIndex)
-	}
-	var m ocispec.Manifest
-	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("decode %s: %v: %w", d, err, ErrNotSOCIIndex)
-	}
-	if m.MediaType != "" && m.MediaType != ocispec.MediaTypeImageManifest {
-		return nil, fmt.Errorf("%s has media type %q: %w", d, m.MediaType, ErrNotSOCIIndex)
-	}
-	switch m.Config.MediaType {
-	case soci.SociIndexArtifactTypeV1, soci.SociIndexArtifactTypeV2:
-	default:
-		return nil, fmt.Errorf("%s has config media type %q: %w", d, m.Config.MediaType, ErrNotSOCIIndex)
-	}
-	idx := &Index{Digest: d, Manifest: m, ztocs: map[digest.Digest]ocispec.Descriptor{}}
-	for i, l := range m.Layers {
-		if l.MediaType != soci.SociLayerMediaType {
-			continue // e.g. a prefetch artifact
-		}
-		v, ok := l.Annotations[soci.IndexAnnotationImageLayerDigest]
-		if !ok {
-			continue
-		}
-		layer, err := digest.Parse(v)
-		if err != nil {
-			return nil, fmt.Errorf("SOCI index %s: zTOC %d: layer digest: %w", d, i, err)
-		}
-		if err := l.Digest.Validate(); err != nil || l.Size < 0 {
-			return nil, fmt.Errorf("SOCI index %s: zTOC %d: bad descriptor %q (%d bytes)", d, i, l.Digest, l.Size)
-		}
-		if _, dup := idx.ztocs[layer]; !dup {
-			idx.ztocs[layer] = l
-		}
-	}
-	return idx, nil
 }
 
 // isNotFound reports whether err means "no such index".

@@ -1,12 +1,16 @@
 package index
 
 import (
+	"encoding/json"
 	"io"
 	"strings"
 	"testing"
 
+	"github.com/awslabs/soci-snapshotter/soci"
 	"github.com/awslabs/soci-snapshotter/ztoc"
 	"github.com/awslabs/soci-snapshotter/ztoc/compression"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/fastsoci/soci-snapshotter/fs/layer"
 )
@@ -23,7 +27,7 @@ func FuzzConvert(f *testing.F) {
 	_, gz := buildZTOC(f, gzipMembers(f, buildTar(f, testEntries(70<<10))), 64<<10, compression.Gzip)
 	f.Add(gz) // two spans: 64 KiB of checkpoint windows
 	f.Fuzz(func(t *testing.T, data []byte) {
-		z, err := decodeZTOC(data)
+		z, err := decodeZTOC(data, Limits{}.withDefaults())
 		if err != nil {
 			return
 		}
@@ -87,4 +91,83 @@ func v1SingleCheckpoint(f *testing.F, blob []byte) []byte {
 		f.Fatalf("v1 seed: %v", err)
 	}
 	return data
+}
+
+// FuzzParseIndex feeds index JSON to parseIndex, which must never panic,
+// and must only accept indices whose every descriptor has a valid digest
+// that maps to a path inside the store, and whose zTOCs are within the
+// size bound.
+func FuzzParseIndex(f *testing.F) {
+	fx := newDiscoveryFixture(f)
+	for _, d := range []ocispec.Descriptor{fx.v1, fx.v2} {
+		f.Add(fx.reg.manifests[d.Digest])
+	}
+	m := validIndex(fx)
+	m.Layers = append(m.Layers, ocispec.Descriptor{MediaType: soci.SociLayerMediaType, Digest: "sha256:../../../../x", Size: 1,
+		Annotations: map[string]string{soci.IndexAnnotationImageLayerDigest: "nocolon"}})
+	bad, _ := json.Marshal(m)
+	f.Add(bad)
+	s, err := New(Options{Root: f.TempDir(), Registry: newFakeRegistry()})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		idx, err := parseIndex(digest.FromBytes(data), data, "", Limits{MaxIndexEntries: 64, MaxZTOCBytes: 1 << 20})
+		if err != nil {
+			return
+		}
+		descs := append([]ocispec.Descriptor{idx.Manifest.Config}, idx.Manifest.Layers...)
+		if idx.Manifest.Subject != nil {
+			descs = append(descs, *idx.Manifest.Subject)
+		}
+		if len(idx.Manifest.Layers) > 64 {
+			t.Fatalf("accepted %d entries", len(idx.Manifest.Layers))
+		}
+		for _, d := range descs {
+			p, err := s.blobPath(d.Digest)
+			if err != nil || !strings.HasPrefix(p, s.root+"/blobs/") || strings.Contains(p, "..") {
+				t.Fatalf("accepted digest %q: path %q, %v", d.Digest, p, err)
+			}
+			if d.Size < 0 || d.MediaType == "" {
+				t.Fatalf("accepted descriptor %+v", d)
+			}
+		}
+		for _, z := range idx.ztocList {
+			if z.Size <= 0 || z.Size > 1<<20 || z.MediaType != soci.SociLayerMediaType {
+				t.Fatalf("accepted zTOC %+v", z)
+			}
+		}
+	})
+}
+
+// FuzzZTOCTree mutates real zTOCs and runs them through what a mount
+// does: the bounded decoder, Convert, loading the checkpoints and building
+// the layer's tree with a small depth bound. None may panic; a tree that is
+// built has no path deeper than the bound.
+func FuzzZTOCTree(f *testing.F) {
+	small := buildTar(f, testEntries(1<<10))
+	_, plain := buildZTOC(f, small, 64<<10, compression.Uncompressed)
+	f.Add(plain)
+	f.Add(v1SingleCheckpoint(f, gzipMembers(f, small)))
+	f.Add(synthZTOC(f, 1<<10, 1<<20, deepFiles(12)))
+	lim := Limits{MaxZTOCEntries: 1 << 12, MaxZTOCHeapBytes: 64 << 20}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		l, err := ParseZTOC(data, lim)
+		if err != nil {
+			return
+		}
+		defer l.Close()
+		if len(l.TOC.Entries) > lim.MaxZTOCEntries {
+			t.Fatalf("accepted %d entries", len(l.TOC.Entries))
+		}
+		if _, err := layer.NewRoot(l.TOC, nopReader{}, layer.Options{MaxDepth: 8}); err != nil {
+			return
+		}
+		for _, e := range l.TOC.Entries {
+			checkAccepted(t, e, l.Spans.UncompressedSize)
+			if strings.Count(e.Name, "/") >= 8 {
+				t.Fatalf("tree built with %q deeper than 8", e.Name)
+			}
+		}
+	})
 }

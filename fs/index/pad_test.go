@@ -77,12 +77,12 @@ func TestStopper(t *testing.T) {
 // the lying spans).
 func TestDecompressHostile(t *testing.T) {
 	tl := newTestLayer(t, 600<<10, 64<<10)
-	l, err := ParseZTOC(tl.ztocData)
+	l, err := ParseZTOC(tl.ztocData, Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	z, err := decodeZTOC(tl.ztocData)
+	z, err := decodeZTOC(tl.ztocData, Limits{}.withDefaults())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func TestFreeZinfo(t *testing.T) {
 		t.Skipf("layout check only asserted on amd64 and arm64, not %s", runtime.GOARCH)
 	}
 	tl := newTestLayer(t, 300<<10, 64<<10)
-	z, err := decodeZTOC(tl.ztocData)
+	z, err := decodeZTOC(tl.ztocData, Limits{}.withDefaults())
 	if err != nil {
 		t.Fatal(err)
 	}

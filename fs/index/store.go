@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/log"
@@ -38,6 +40,8 @@ type Options struct {
 	// detached from the caller's cancellation so that one impatient caller
 	// does not fail the others waiting on it.
 	Timeout time.Duration
+	// Limits bound the indices and zTOCs the store accepts.
+	Limits Limits
 }
 
 // Store finds SOCI indices and opens zTOCs, keeping both on local disk so
@@ -49,14 +53,18 @@ type Store struct {
 	v1, v2      bool
 	negativeTTL time.Duration
 	timeout     time.Duration
+	lim         Limits
 	now         func() time.Time
 
 	finds   singleflight.Group // by manifest and explicit index digest
 	fetches singleflight.Group // zTOC downloads, by digest
 
+	// The maps are bounded (see memory.go): they are a cache of what is on
+	// disk, and Release prunes them with the images that used them.
 	mu         sync.Mutex
 	answers    map[string]answer
 	indices    map[digest.Digest]*Index
+	indexBytes int64                  // sum of the cached indices' sizes
 	prefetched map[digest.Digest]bool // indices whose zTOCs Prefetch has started
 }
 
@@ -82,7 +90,7 @@ func New(opts Options) (*Store, error) {
 	}
 	s := &Store{
 		root: opts.Root, reg: opts.Registry, v1: opts.V1, v2: opts.V2,
-		negativeTTL: opts.NegativeTTL, timeout: opts.Timeout, now: time.Now,
+		negativeTTL: opts.NegativeTTL, timeout: opts.Timeout, lim: opts.Limits.withDefaults(), now: time.Now,
 		answers: map[string]answer{}, indices: map[digest.Digest]*Index{}, prefetched: map[digest.Digest]bool{},
 	}
 	if s.negativeTTL <= 0 {
@@ -123,34 +131,62 @@ func (s *Store) recall(key string) (answer, bool) {
 	return a, ok
 }
 
-// remember keeps a found index for good and a "not found" for the negative
-// TTL; other errors (a registry hiccup) are not remembered.
+// remember keeps a found index (until it is released or evicted) and, for
+// the negative TTL, a "not found" or a malformed index (its digest was
+// verified: fetching it again gives the same bytes); other errors (a
+// registry hiccup) are not remembered.
 func (s *Store) remember(key string, idx *Index, err error) {
 	a := answer{idx: idx, err: err}
 	switch {
 	case err == nil:
-	case isNotFound(err):
+	case isNotFound(err) || errors.Is(err, ErrNotSOCIIndex):
 		a.expires = s.now().Add(s.negativeTTL)
 	default:
 		return
 	}
 	s.mu.Lock()
+	s.makeRoomForAnswer()
 	s.answers[key] = a
 	s.mu.Unlock()
 }
 
-func (s *Store) blobPath(d digest.Digest) string {
-	return filepath.Join(s.root, "blobs", string(d.Algorithm()), d.Encoded())
+// blobPath is where blob d is kept: blobs/<algorithm>/<hex>.
+func (s *Store) blobPath(d digest.Digest) (string, error) {
+	return s.localPath("blobs", d)
 }
 
-func (s *Store) choicePath(manifest digest.Digest) string {
-	return filepath.Join(s.root, "manifests", string(manifest.Algorithm()), manifest.Encoded())
+// choicePath is where the index chosen for an image manifest is recorded:
+// manifests/<algorithm>/<hex>.
+func (s *Store) choicePath(manifest digest.Digest) (string, error) {
+	return s.localPath("manifests", manifest)
+}
+
+// localPath maps a digest to dir/<algorithm>/<hex> under the root. Only a
+// valid digest of a registered algorithm maps (no "..", no separator, no
+// panic on a digest without ":"); the result is checked to stay in dir as
+// a second line of defence.
+func (s *Store) localPath(dir string, d digest.Digest) (string, error) {
+	if err := d.Validate(); err != nil {
+		return "", fmt.Errorf("local path of digest %s: %w", short(string(d)), err)
+	}
+	alg, hex := string(d.Algorithm()), d.Encoded()
+	rel := filepath.Join(alg, hex)
+	if !filepath.IsLocal(rel) || rel != alg+string(filepath.Separator)+hex {
+		return "", fmt.Errorf("local path of digest %s: %q is not a plain relative path", short(string(d)), rel)
+	}
+	return filepath.Join(s.root, dir, rel), nil
 }
 
 // readBlob returns the local copy of blob d, verified. A copy that fails
-// verification is removed and reported as missing.
+// verification is removed (only that regular file, at the path derived from
+// the validated digest) and reported as missing.
 func (s *Store) readBlob(ctx context.Context, d digest.Digest) ([]byte, bool) {
-	data, err := os.ReadFile(s.blobPath(d))
+	p, err := s.blobPath(d)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("refusing to look up a blob by an invalid digest")
+		return nil, false
+	}
+	data, err := readRegular(p, s.lim.maxBlobBytes())
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			log.G(ctx).WithError(err).WithField("digest", d).Warn("unreadable local blob, fetching it again")
@@ -159,25 +195,73 @@ func (s *Store) readBlob(ctx context.Context, d digest.Digest) ([]byte, bool) {
 	}
 	if err := verify(d, data); err != nil {
 		log.G(ctx).WithError(err).WithField("digest", d).Warn("corrupt local blob removed, fetching it again")
-		_ = os.Remove(s.blobPath(d))
+		s.removeFile(ctx, p)
 		return nil, false
 	}
 	return data, true
 }
 
+// dropBlob removes the local copy of blob d, if d is a valid digest and the
+// copy a regular file.
+func (s *Store) dropBlob(ctx context.Context, d digest.Digest) {
+	if p, err := s.blobPath(d); err == nil {
+		s.removeFile(ctx, p)
+	}
+}
+
+// removeFile removes p, a path localPath returned, if it is a regular file.
+func (s *Store) removeFile(ctx context.Context, p string) {
+	if fi, err := os.Lstat(p); err != nil || !fi.Mode().IsRegular() {
+		return
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		log.G(ctx).WithError(err).WithField("path", p).Warn("cannot remove a local blob")
+	}
+}
+
+// readRegular reads the regular file at p (not through a symlink) when it
+// holds at most limit bytes.
+func readRegular(p string, limit int64) ([]byte, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() > limit {
+		return nil, fmt.Errorf("%s: not a regular file of at most %d bytes", p, limit)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s: grew beyond %d bytes", p, limit)
+	}
+	return data, nil
+}
+
 // writeBlob stores blob d, which the caller has verified.
 func (s *Store) writeBlob(d digest.Digest, data []byte) error {
-	return writeAtomic(s.blobPath(d), data)
+	p, err := s.blobPath(d)
+	if err != nil {
+		return err
+	}
+	return writeAtomic(p, data)
 }
 
 // RemoveBlob deletes the local copy of blob d (a zTOC no mounted layer
 // needs any more); a later Open fetches it again. A missing blob is not an
 // error.
 func (s *Store) RemoveBlob(d digest.Digest) error {
-	if err := d.Validate(); err != nil {
-		return fmt.Errorf("remove blob %q: %w", d, err)
+	p, err := s.blobPath(d)
+	if err != nil {
+		return fmt.Errorf("remove blob: %w", err)
 	}
-	if err := os.Remove(s.blobPath(d)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove blob %s: %w", d, err)
 	}
 	return nil
@@ -190,7 +274,11 @@ type choice struct {
 }
 
 func (s *Store) readChoice(manifest digest.Digest) (choice, bool) {
-	data, err := os.ReadFile(s.choicePath(manifest))
+	p, err := s.choicePath(manifest)
+	if err != nil {
+		return choice{}, false
+	}
+	data, err := readRegular(p, maxChoiceBytes)
 	if err != nil {
 		return choice{}, false
 	}
@@ -201,12 +289,19 @@ func (s *Store) readChoice(manifest digest.Digest) (choice, bool) {
 	return c, true
 }
 
+// maxChoiceBytes bounds a choice record (about 100 bytes).
+const maxChoiceBytes = 4 << 10
+
 func (s *Store) writeChoice(manifest digest.Digest, c choice) error {
+	p, err := s.choicePath(manifest)
+	if err != nil {
+		return err
+	}
 	data, err := json.Marshal(c)
 	if err != nil {
 		return err
 	}
-	return writeAtomic(s.choicePath(manifest), data)
+	return writeAtomic(p, data)
 }
 
 // writeAtomic writes data to path through a synced temporary file and a

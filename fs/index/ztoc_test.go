@@ -180,7 +180,10 @@ func TestOpenVerifies(t *testing.T) {
 	l.Close()
 
 	// A corrupted local copy is dropped and fetched again.
-	path := s.blobPath(f.ztoc.Digest)
+	path, err := s.blobPath(f.ztoc.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(path, []byte("rot"), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -26,10 +26,21 @@ type builder struct {
 	lastDir  *node
 	files    uint64 // live nodes, for Statfs
 	blocks   uint64 // 4 KiB blocks of data, for Statfs
+	// maxDepth bounds the components of a path; maxImplicit the parent
+	// directories created without an entry of their own.
+	maxDepth, maxImplicit int
+	implicit              int
 }
 
-func newBuilder(entries int) *builder {
-	b := &builder{slab: make([]node, 0, entries+1), files: 1}
+// newBuilder returns a builder for the given number of entries; maxDepth
+// <= 0 takes DefaultMaxDepth. Implicit directories are limited to one per
+// entry plus maxDepth (one file at the maximum depth), which bounds the
+// nodes, and so the memory, of a tree to about two per entry.
+func newBuilder(entries, maxDepth int) *builder {
+	if maxDepth <= 0 {
+		maxDepth = DefaultMaxDepth
+	}
+	b := &builder{slab: make([]node, 0, entries+1), files: 1, maxDepth: maxDepth, maxImplicit: entries + maxDepth}
 	b.root = b.newNode(syscall.S_IFDIR | implicitDirMode)
 	return b
 }
@@ -62,6 +73,9 @@ func (b *builder) build(entries []Entry) error {
 func (b *builder) add(e *Entry) error {
 	if err := e.validate(); err != nil {
 		return err
+	}
+	if d := depth(e.Name); d > b.maxDepth {
+		return fmt.Errorf("%d directory levels, more than limits.max_tree_depth (%d)", d, b.maxDepth)
 	}
 	if e.Name == "." {
 		return nil // containerd ignores entries that resolve to the root
@@ -194,23 +208,37 @@ func (b *builder) put(parent *node, name string, n *node) {
 	b.unlink(old)
 }
 
-// unlink drops one name of n; for a directory, recursively its whole tree.
+// unlink drops one name of n; for a directory, its whole tree (walked
+// with an explicit stack: a tree may be deep).
 func (b *builder) unlink(n *node) {
-	if !n.isDir() {
-		n.nlink--
-		if n.nlink == 0 {
-			b.files--
-			b.blocks -= blocksOf(n.size)
+	stack := []*node{n}
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if !n.isDir() {
+			n.nlink--
+			if n.nlink == 0 {
+				b.files--
+				b.blocks -= blocksOf(n.size)
+			}
+			continue
 		}
-		return
-	}
-	b.files--
-	b.lastDir, b.lastPath = nil, "" // it may be cached, or hold the cached one
-	if n.dir != nil {
-		for _, d := range n.dir.list {
-			b.unlink(d.n)
+		b.files--
+		b.lastDir, b.lastPath = nil, "" // it may be cached, or hold the cached one
+		if n.dir != nil {
+			for _, d := range n.dir.list {
+				stack = append(stack, d.n)
+			}
 		}
 	}
+}
+
+// depth is the number of components of a validated path ("." has none).
+func depth(p string) int {
+	if p == "." {
+		return 0
+	}
+	return strings.Count(p, "/") + 1
 }
 
 // blocksOf is the number of 4 KiB blocks size bytes occupy.
@@ -236,6 +264,9 @@ func (b *builder) dir(p string) (*node, error) {
 		comp, tail, _ := strings.Cut(rest, "/")
 		child := n.dir.get(comp)
 		if child == nil {
+			if b.implicit++; b.implicit > b.maxImplicit {
+				return nil, fmt.Errorf("parent %q: more than %d directories without an entry of their own", p[:len(p)-len(rest)+len(comp)], b.maxImplicit)
+			}
 			child = b.newNode(syscall.S_IFDIR | implicitDirMode)
 			b.put(n, comp, child)
 		} else if !child.isDir() {
@@ -279,15 +310,21 @@ func (b *builder) pack() {
 	})
 }
 
-// walkDirs calls f for the children of n and of every directory below it.
+// walkDirs calls f for the children of n and of every directory below it,
+// depth first, with an explicit stack: a tree may be deep.
 func (b *builder) walkDirs(n *node, f func(*children)) {
-	if n.dir == nil {
-		return
-	}
-	f(n.dir)
-	for _, d := range n.dir.list {
-		if d.n.isDir() {
-			b.walkDirs(d.n, f)
+	stack := []*node{n}
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if n.dir == nil {
+			continue
+		}
+		f(n.dir)
+		for i := len(n.dir.list) - 1; i >= 0; i-- {
+			if d := n.dir.list[i].n; d.isDir() {
+				stack = append(stack, d)
+			}
 		}
 	}
 }

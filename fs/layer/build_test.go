@@ -80,7 +80,7 @@ func TestNewRootAccepts(t *testing.T) {
 
 // TestLinkCounts checks nlink and Statfs accounting through replacements.
 func TestLinkCounts(t *testing.T) {
-	b := newBuilder(0)
+	b := newBuilder(0, 0)
 	entries := []Entry{
 		{Name: "d/f", Type: TypeReg, Size: 5000},
 		{Name: "l1", Type: TypeHardlink, Linkname: "d/f"},

@@ -23,7 +23,13 @@ type Options struct {
 	// com.amazon.soci.disable-xattrs: "true": the layer reports no
 	// extended attributes, except the overlay opaque marker.
 	DisableXattrs bool
+	// MaxDepth bounds the directory levels of the tree (the components
+	// of any path); 0 takes DefaultMaxDepth. Deeper entries fail NewRoot.
+	MaxDepth int
 }
+
+// DefaultMaxDepth is the default of Options.MaxDepth (limits.max_tree_depth).
+const DefaultMaxDepth = 1024
 
 // FUSE naming and caching of layer mounts.
 const (
@@ -52,14 +58,16 @@ type tree struct {
 // apply in order as containerd's overlay applier applies the tar stream:
 // later entries replace earlier ones of the same name (directories merge),
 // missing parents are created 0755 root:root, whiteouts become overlay
-// whiteouts. Errors wrap errdefs.ErrInvalidArgument.
+// whiteouts. Paths deeper than opts.MaxDepth, and more parent directories
+// without entries than entries plus MaxDepth, are refused. Errors wrap
+// errdefs.ErrInvalidArgument.
 //
 // The returned root is for one mount only (go-fuse embeds state in it).
 func NewRoot(toc TOC, r Reader, opts Options) (fusefs.InodeEmbedder, error) {
 	if r == nil {
 		return nil, fmt.Errorf("layer tree without a reader: %w", errdefs.ErrInvalidArgument)
 	}
-	b := newBuilder(len(toc.Entries))
+	b := newBuilder(len(toc.Entries), opts.MaxDepth)
 	if err := b.build(toc.Entries); err != nil {
 		return nil, err
 	}

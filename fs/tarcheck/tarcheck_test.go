@@ -20,7 +20,7 @@ import (
 func honest(t *testing.T) (tarchecktest.Layer, []layer.Entry) {
 	t.Helper()
 	l := tarchecktest.NewLayer(t, 300<<10, 64<<10)
-	z, err := index.ParseZTOC(l.ZTOC)
+	z, err := index.ParseZTOC(l.ZTOC, index.Limits{})
 	if err != nil {
 		t.Fatalf("parse zTOC: %v", err)
 	}

@@ -1,0 +1,6 @@
+//go:build !race
+
+package index
+
+// raceEnabled: the race detector allocates besides the code measured.
+const raceEnabled = false
