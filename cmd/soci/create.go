@@ -161,6 +161,10 @@ type buildInput struct {
 // openBuild opens the session and resolves ref, its platforms and the
 // builder options from the command's flags. The caller must call done.
 func openBuild(c *cli.Context, ref string) (*buildInput, error) {
+	// Flag errors first: they need no containerd.
+	if _, err := builderOptions(c, nil); err != nil {
+		return nil, err
+	}
 	ctx, s, done, err := open(c.Context, c)
 	if err != nil {
 		return nil, err

@@ -113,6 +113,13 @@ func repository(ctx context.Context, o registryOptions, locator string) (*remote
 	if httpClient.Transport == nil {
 		httpClient.Transport = http.DefaultTransport
 	}
+	if o.tls.given() {
+		// Files named on the command line are used as given, also for a
+		// loopback registry (where containerd would skip verification).
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = defaultTLS
+		httpClient.Transport = tr
+	}
 	httpClient.Transport = debugTransport(httpClient.Transport, o)
 	cred := credentials(o, host)
 	repo.Client = &auth.Client{

@@ -74,6 +74,9 @@ func convertStandalone(c *cli.Context, src, dst string) error {
 	if err != nil {
 		return fmt.Errorf("open layout %s for writing: %w", src, err)
 	}
+	if err := os.Mkdir(filepath.Join(work, "db"), 0o700); err != nil {
+		return err
+	}
 	db, err := soci.NewDB(soci.ArtifactsDbPath(filepath.Join(work, "db")))
 	if err != nil {
 		return fmt.Errorf("scratch artifact database: %w", err)

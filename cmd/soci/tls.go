@@ -13,6 +13,9 @@ type tlsFiles struct {
 	ca, cert, key string
 }
 
+// given says whether any of the files was named.
+func (f tlsFiles) given() bool { return f.ca != "" || f.cert != "" || f.key != "" }
+
 // config builds the TLS client configuration the registry connection
 // starts from (hosts.toml can still add its own): the CA file replaces the
 // system roots, the certificate and key are presented when the registry
