@@ -95,7 +95,7 @@ func TestCLIPushTLS(t *testing.T) {
 			t.Errorf("stdout lacks %q:\n%s", want, stdout)
 		}
 	}
-	for _, want := range []string{"> PUT https://" + reg.Host + "/v2/cli/tls/manifests/" + idx, "< HTTP/1.1 201 Created",
+	for _, want := range []string{"> PUT https://" + reg.Host + "/v2/cli/tls/manifests/" + idx, " 201 Created\n",
 		"http-trace: ", "TLS handshake done"} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("stderr (dump and trace) lacks %q:\n%.3000s", want, stderr)
