@@ -18,8 +18,8 @@ func convertCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "convert",
 		Usage:     "convert an image in containerd into a SOCI-enabled image (SOCI index v2)",
-		ArgsUsage: "<src-ref> <dst-ref>",
-		Flags:     append(platformFlags(), buildFlags()...),
+		ArgsUsage: "<src-ref> <dst-ref> | --standalone <src-layout> <dst-path>",
+		Flags:     append(append(platformFlags(), buildFlags()...), standaloneFlags()...),
 		Action:    convert,
 	}
 }
@@ -42,6 +42,12 @@ func convert(c *cli.Context) error {
 		return errors.New("convert: want a source and a destination image reference")
 	}
 	src, dst := c.Args().Get(0), c.Args().Get(1)
+	if err := checkFormat(c.String(formatFlag)); err != nil {
+		return err
+	}
+	if c.Bool(standaloneFlag) {
+		return convertStandalone(c, src, dst)
+	}
 	if err := checkTagged(dst); err != nil {
 		return err
 	}

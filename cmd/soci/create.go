@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"strings"
 
 	"github.com/awslabs/soci-snapshotter/soci"
 	"github.com/containerd/containerd/v2/core/images"
@@ -21,6 +19,7 @@ const (
 	optimizationFlag = "optimizations"
 	forceFlag        = "force"
 	prefetchFlag     = "prefetch-file"
+	prefetchJSONFlag = "prefetch-files-json"
 
 	buildToolIdentifier = "AWS SOCI CLI v0.2"
 	// imageIndexGCLabel on the image keeps its SOCI index (and through the
@@ -34,7 +33,9 @@ func buildFlags() []cli.Flag {
 		&cli.Int64Flag{Name: minLayerSizeFlag, Usage: "layers smaller than this (bytes) get no zTOC", Value: 10 << 20},
 		&cli.StringSliceFlag{Name: optimizationFlag, Usage: fmt.Sprintf("optional optimizations %v", soci.Optimizations)},
 		&cli.BoolFlag{Name: forceFlag, Aliases: []string{"f"}, Usage: "rebuild zTOCs that already exist"},
-		&cli.StringSliceFlag{Name: prefetchFlag, Usage: "file listing paths to prefetch, one a line (repeatable)"},
+		&cli.StringSliceFlag{Name: prefetchFlag, Usage: "path of a file in the image to prefetch when a container starts (repeatable, e.g. /app/config.json); " +
+			"it needs a zTOC, so it must sit in a layer of at least --min-layer-size"},
+		&cli.StringFlag{Name: prefetchJSONFlag, Usage: "JSON file holding an array of paths in the image to prefetch (added to --prefetch-file)"},
 	}
 }
 
@@ -72,7 +73,7 @@ func builderOptions(c *cli.Context, db *soci.ArtifactsDb) ([]soci.BuilderOption,
 		soci.WithForceRecreateZtocs(c.Bool(forceFlag)),
 		soci.WithArtifactsDb(db),
 	}
-	paths, err := prefetchPaths(c.StringSlice(prefetchFlag))
+	paths, err := prefetchPaths(c.StringSlice(prefetchFlag), c.String(prefetchJSONFlag))
 	if err != nil {
 		return nil, err
 	}
@@ -80,22 +81,6 @@ func builderOptions(c *cli.Context, db *soci.ArtifactsDb) ([]soci.BuilderOption,
 		out = append(out, soci.WithPrefetchPaths(paths))
 	}
 	return out, nil
-}
-
-func prefetchPaths(files []string) ([]string, error) {
-	var paths []string
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("read prefetch file: %w", err)
-		}
-		for _, line := range strings.Split(string(data), "\n") {
-			if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
-				paths = append(paths, line)
-			}
-		}
-	}
-	return paths, nil
 }
 
 func create(c *cli.Context) error {
@@ -176,6 +161,10 @@ type buildInput struct {
 // openBuild opens the session and resolves ref, its platforms and the
 // builder options from the command's flags. The caller must call done.
 func openBuild(c *cli.Context, ref string) (*buildInput, error) {
+	// Flag errors first: they need no containerd.
+	if _, err := builderOptions(c, nil); err != nil {
+		return nil, err
+	}
 	ctx, s, done, err := open(c.Context, c)
 	if err != nil {
 		return nil, err

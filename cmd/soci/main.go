@@ -59,6 +59,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			convertCommand(),
 			indexCommand(),
 			ztocCommand(),
+			prefetchCommand(),
+			rebuildDBCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version",
