@@ -213,7 +213,7 @@ func (m *Manager) load(ctx context.Context, i int, compressed []byte) ([]byte, e
 	if got := s.Digest.Algorithm().FromBytes(compressed); got != s.Digest {
 		err := fmt.Errorf("verify span %d of %s: %w", i, m.key, ErrVerification)
 		log.G(ctx).WithField("span", i).WithField("expected", s.Digest).WithField("actual", got).
-			Error("span digest mismatch; not serving it")
+			Error("span digests do not match; not serving it")
 		return nil, err
 	}
 	data, err := m.dec.Decompress(compressed, i)
