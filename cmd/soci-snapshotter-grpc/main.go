@@ -166,9 +166,9 @@ func logNotices(ctx context.Context, path string, notices []config.Notice) {
 			if n.Suggestion != "" {
 				l = l.WithField("did_you_mean", n.Suggestion)
 			}
-			l.Warn("unknown configuration key ignored: " + n.String())
+			l.Warn("config: " + n.String())
 		default:
-			l.WithField("reason", n.Reason).Warn("configuration key accepted but not acted on: " + n.String())
+			l.WithField("reason", n.Reason).Warn("config: " + n.String())
 		}
 	}
 }
