@@ -40,6 +40,14 @@ const (
 	NetworkUnix = "unix"
 )
 
+// MetricsNetworks are the values of metrics_network that net.Listen
+// accepts for a stream listener; upstream passes them through to it.
+var MetricsNetworks = []string{NetworkTCP, "tcp4", "tcp6", NetworkUnix, "unixpacket"}
+
+// CacheTypeDirectory is the filesystem_cache_type upstream's docs name for
+// caching on disk; upstream reads any value but CacheTypeMemory so.
+const CacheTypeDirectory = "directory"
+
 // Values accepted by Config.MetadataStore.
 const (
 	// MetadataStoreDB keeps all layers' metadata in one bbolt database.

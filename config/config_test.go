@@ -65,15 +65,6 @@ func TestEmptyDocumentIsDefault(t *testing.T) {
 	}
 }
 
-// TestReferenceConfig parses the upstream sample file, which lists upstream's
-// defaults: the same file must mean the same thing here.
-func TestReferenceConfig(t *testing.T) {
-	got := mustParse(t, readTestdata(t, "reference-config.toml"))
-	if !reflect.DeepEqual(got, Default()) {
-		t.Fatalf("reference config.toml = %+v\nwant Default() = %+v", got, Default())
-	}
-}
-
 func TestDefaultGolden(t *testing.T) {
 	got := encode(t, Default())
 	golden := filepath.Join("testdata", "default.toml")

@@ -12,6 +12,12 @@
 // default" for most settings (for example mount_timeout_sec = 0 is 30
 // seconds) and the CamelCase keys of the [http] table.
 //
-// Decoding is strict: unknown keys, values of the wrong type and invalid
-// values are errors that name the dotted key path and, when known, the line.
+// Every file upstream accepts loads, with upstream's meaning for every value
+// it gives meaning to (a negative min_layer_size is "unset", a negative
+// request timeout is none, a shortest retry wait above the longest waits the
+// longest, ...). Unknown keys are ignored, as upstream ignores them, and
+// returned by Read as Notices naming the line and the nearest known key;
+// keys the daemon accepts but does not act on (UnusedKeys) are returned as
+// Notices too. Values of the wrong type and values upstream cannot use
+// either are errors that name the dotted key path and, when known, the line.
 package config

@@ -11,7 +11,7 @@ import (
 // FuzzParse checks that Parse never panics and that every configuration it
 // accepts survives Encode and Parse unchanged.
 func FuzzParse(f *testing.F) {
-	for _, name := range []string{"sample.toml", "reference-config.toml", "default.toml"} {
+	for _, name := range []string{"sample.toml", "default.toml", "upstream/full.toml", "upstream/parallel.toml", "upstream/legacy.toml"} {
 		data, err := os.ReadFile(filepath.Join("testdata", name))
 		if err != nil {
 			f.Fatal(err)

@@ -11,41 +11,66 @@ import (
 	"github.com/pelletier/go-toml/v2"
 )
 
-// Load reads and parses the configuration file at path. When the file does
-// not exist and explicit is false (the daemon is looking at its default
-// path), Load returns Default(); every other failure to read the file is an
-// error naming path.
+// Load reads and parses the configuration file at path, as Read does,
+// dropping the notices.
 func Load(path string, explicit bool) (*Config, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		if !explicit && errors.Is(err, fs.ErrNotExist) {
-			return Default(), nil
-		}
-		return nil, fmt.Errorf("read config file %s: %w", path, err)
-	}
-	cfg, err := Parse(data)
-	if err != nil {
-		return nil, fmt.Errorf("config file %s: %w", path, err)
-	}
-	return cfg, nil
+	cfg, _, err := LoadFile(path, explicit)
+	return cfg, err
 }
 
-// Parse decodes a TOML document on top of Default(), rejecting unknown keys
-// and values of the wrong type, then replaces values that mean "use the
-// default" and validates the result. Errors name the dotted key and, when
-// it can be found, the line.
+// LoadFile reads and parses the configuration file at path, as Read does.
+// When the file does not exist and path is DefaultConfigPath or explicit is
+// false, LoadFile returns Default(): as upstream, a daemon started with the
+// default path and no file runs with the defaults. Every other failure to
+// read the file is an error naming path.
+func LoadFile(path string, explicit bool) (*Config, []Notice, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if (!explicit || path == DefaultConfigPath) && errors.Is(err, fs.ErrNotExist) {
+			return Default(), nil, nil
+		}
+		return nil, nil, fmt.Errorf("read config file %s: %w", path, err)
+	}
+	cfg, notices, err := Read(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("config file %s: %w", path, err)
+	}
+	return cfg, notices, nil
+}
+
+// Parse decodes a TOML document as Read does, dropping the notices.
 func Parse(data []byte) (*Config, error) {
+	cfg, _, err := Read(data)
+	return cfg, err
+}
+
+// Read decodes a TOML document on top of Default(), replaces values that
+// mean "use the default" and validates the result. As upstream, unknown
+// keys are ignored; each is returned as a Notice naming its line and the
+// nearest known key, followed by a Notice for each key the document sets
+// that the daemon accepts but does not act on (see UnusedKeys). Values of
+// the wrong type and values upstream cannot use either are errors naming
+// the dotted key and, when it can be found, the line.
+func Read(data []byte) (*Config, []Notice, error) {
 	cfg := Default()
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
+	var notices []Notice
 	if err := dec.Decode(cfg); err != nil {
-		return nil, describeDecodeError(err)
+		// go-toml reports unknown keys only once the whole document has
+		// been decoded into cfg.
+		var strict *toml.StrictMissingError
+		if !errors.As(err, &strict) {
+			return nil, nil, describeDecodeError(err)
+		}
+		notices = unknownKeyNotices(strict)
 	}
 	cfg.normalize()
+	lines := keyLines(data)
 	if err := cfg.Validate(); err != nil {
-		return nil, withLines(err, keyLines(data))
+		return nil, nil, withLines(err, lines)
 	}
-	return cfg, nil
+	return cfg, append(notices, unusedKeyNotices(cfg, lines)...), nil
 }
 
 // normalize replaces the values upstream treats as "use the default" and
@@ -60,6 +85,14 @@ func (c *Config) normalize() {
 	}
 	defaultIfZero(&c.MetricsNetwork, NetworkTCP)
 	defaultIfZero(&c.MetadataStore, MetadataStoreDB)
+	// Upstream gives these no meaning below zero beyond "the built-in
+	// size", which 0 means.
+	zeroIfNegative(&c.ResolveResultEntry)
+	zeroIfNegative(&c.MetadataInsertionChunkSize)
+	zeroIfNegative(&c.DirectoryCache.MaxLRUCacheEntry)
+	zeroIfNegative(&c.DirectoryCache.MaxCacheFds)
+	// Upstream reads a negative min_layer_size as "unset".
+	zeroIfNegative(&c.Snapshotter.MinLayerSize)
 	if c.Prefetch.MaxConcurrency < 0 {
 		c.Prefetch.MaxConcurrency = 0 // unlimited
 	}
@@ -91,6 +124,22 @@ func (h *HTTPConfig) normalize() {
 	defaultIfZero(&h.MaxRetries, defaultMaxRetries)
 	defaultIfZero(&h.MinWaitMsec, defaultMinWaitMsec)
 	defaultIfZero(&h.MaxWaitMsec, defaultMaxWaitMsec)
+	// Upstream hands a negative request timeout to net/http, where it
+	// means no timeout.
+	if h.RequestTimeoutMsec < 0 {
+		h.RequestTimeoutMsec = maxMilliseconds
+	}
+	normalizeWaits(&h.MinWaitMsec, &h.MaxWaitMsec)
+}
+
+// normalizeWaits gives a retry backoff range upstream's meaning: a negative
+// wait is no wait (the shortest one, 1 ms, here, since 0 means the
+// default), and a shortest wait above the longest waits the longest every
+// time.
+func normalizeWaits(minWait, maxWait *Milliseconds) {
+	*minWait = max(*minWait, 1)
+	*maxWait = max(*maxWait, 1)
+	*minWait = min(*minWait, *maxWait)
 }
 
 // normalize fills the blob retry settings written as 0 from the (already
@@ -98,6 +147,11 @@ func (h *HTTPConfig) normalize() {
 // an absent key keeps the built-in default.
 func (b *BlobConfig) normalize(h HTTPConfig) {
 	defaultIfZero(&b.ValidIntervalSec, defaultValidIntervalSec)
+	// Upstream's check of a blob is due whenever its age exceeds
+	// valid_interval: below zero, always.
+	if b.ValidIntervalSec < 0 {
+		b.CheckAlways = true
+	}
 	if b.CheckAlways {
 		b.ValidIntervalSec = 0
 	}
@@ -105,6 +159,8 @@ func (b *BlobConfig) normalize(h HTTPConfig) {
 	defaultIfZero(&b.MaxRetries, h.MaxRetries)
 	defaultIfZero(&b.MinWaitMsec, h.MinWaitMsec)
 	defaultIfZero(&b.MaxWaitMsec, h.MaxWaitMsec)
+	normalizeWaits(&b.MinWaitMsec, &b.MaxWaitMsec)
+	zeroIfNegative(&b.MaxSpanVerificationRetries)
 }
 
 func (f *FuseConfig) normalize() {
@@ -116,6 +172,9 @@ func (f *FuseConfig) normalize() {
 func (b *BackgroundFetchConfig) normalize() {
 	defaultIfZero(&b.SilencePeriodMsec, defaultSilencePeriodMsec)
 	defaultIfZero(&b.FetchPeriodMsec, defaultFetchPeriodMsec)
+	// Upstream paces fetches with rate.Every(fetch_period), which below
+	// zero is no pacing at all.
+	b.FetchPeriodMsec = max(b.FetchPeriodMsec, 1)
 	defaultIfZero(&b.MaxQueueSize, defaultMaxQueueSize)
 	defaultIfZero(&b.DropPolicy, DropNewest)
 	defaultIfZero(&b.EmitMetricPeriodSec, defaultEmitMetricPeriodSec)
@@ -152,6 +211,11 @@ func (r *ResolverConfig) normalize() {
 			r.Host[name] = h
 		}
 	}
+}
+
+// zeroIfNegative sets *v to 0 when it is negative.
+func zeroIfNegative[T int | int64](v *T) {
+	*v = max(*v, 0)
 }
 
 // defaultIfZero sets *v to def when *v is the zero value.

@@ -15,17 +15,21 @@ import (
 // invalid here: normalization would have replaced it.
 func (c *Config) Validate() error {
 	var v validator
-	v.oneOf("http_cache_type", c.HTTPCacheType, "", CacheTypeMemory)
-	v.oneOf("filesystem_cache_type", c.FSCacheType, "", CacheTypeMemory)
+	// Upstream caches in memory for "memory" and on disk for any other
+	// filesystem_cache_type, and does not read http_cache_type.
 	v.nonNegative("resolve_result_entry", int64(c.ResolveResultEntry))
 	v.nonNegative("max_concurrency", c.MaxConcurrency)
 	v.positiveSec("mount_timeout_sec", c.MountTimeoutSec)
-	v.positiveSec("fuse_metrics_emit_wait_duration_sec", c.FuseMetricsEmitWaitDurationSec)
-	v.oneOf("metrics_network", c.MetricsNetwork, NetworkTCP, NetworkUnix)
+	v.seconds("fuse_metrics_emit_wait_duration_sec", c.FuseMetricsEmitWaitDurationSec)
 	if c.DebugAddress != "" && DebugNetwork(c.DebugAddress) == NetworkTCP {
 		if err := CheckLoopback(c.DebugAddress); err != nil {
 			v.fail("debug_address", "%v", err)
 		}
+	}
+	if c.MetricsAddress != "" {
+		// Upstream passes any other network to net.Listen; unused without
+		// an address.
+		v.oneOf("metrics_network", c.MetricsNetwork, MetricsNetworks...)
 	}
 	v.oneOf("metadata_store", c.MetadataStore, MetadataStoreDB, MetadataStoreDBMulti)
 	v.nonNegative("metadata_insertion_chunk_size", int64(c.MetadataInsertionChunkSize))
@@ -36,9 +40,9 @@ func (c *Config) Validate() error {
 	if c.DirectoryCache.MaxBytes <= 0 && c.DirectoryCache.MaxBytes != Unbounded {
 		v.fail("directory_cache.max_bytes", "must be positive, or empty for an unbounded cache")
 	}
-	v.positiveSec("fuse.attr_timeout", c.Fuse.AttrTimeoutSec)
-	v.positiveSec("fuse.entry_timeout", c.Fuse.EntryTimeoutSec)
-	v.positiveSec("fuse.negative_timeout", c.Fuse.NegativeTimeoutSec)
+	v.seconds("fuse.attr_timeout", c.Fuse.AttrTimeoutSec)
+	v.seconds("fuse.entry_timeout", c.Fuse.EntryTimeoutSec)
+	v.seconds("fuse.negative_timeout", c.Fuse.NegativeTimeoutSec)
 	c.BackgroundFetch.validate(&v)
 	c.ContentStore.validate(&v)
 	v.nonNegative("prefetch.max_concurrency", c.Prefetch.MaxConcurrency)
@@ -52,26 +56,34 @@ func (c *Config) Validate() error {
 
 func (h *HTTPConfig) validate(v *validator) {
 	v.positiveMsec("http.DialTimeoutMsec", h.DialTimeoutMsec)
-	v.positiveMsec("http.ResponseHeaderTimeoutMsec", h.ResponseHeaderTimeoutMsec)
+	// Negative: no timeout, as net/http reads it.
+	v.nonZeroMsec("http.ResponseHeaderTimeoutMsec", h.ResponseHeaderTimeoutMsec)
 	v.positiveMsec("http.RequestTimeoutMsec", h.RequestTimeoutMsec)
 	v.waits("http.MinWaitMsec", h.MinWaitMsec, "http.MaxWaitMsec", h.MaxWaitMsec)
 }
 
 func (b *BlobConfig) validate(v *validator) {
 	v.nonNegativeSec("blob.valid_interval", b.ValidIntervalSec)
-	v.positiveSec("blob.fetching_timeout_sec", b.FetchTimeoutSec)
+	// Negative: no timeout, as net/http reads it.
+	v.nonZeroSec("blob.fetching_timeout_sec", b.FetchTimeoutSec)
 	v.waits("blob.min_wait_msec", b.MinWaitMsec, "blob.max_wait_msec", b.MaxWaitMsec)
 	v.nonNegative("blob.max_span_verification_retries", int64(b.MaxSpanVerificationRetries))
 }
 
 func (b *BackgroundFetchConfig) validate(v *validator) {
-	v.positiveMsec("background_fetch.silence_period_msec", b.SilencePeriodMsec)
+	// Negative: no silence period, as time.Sleep reads it.
+	v.nonZeroMsec("background_fetch.silence_period_msec", b.SilencePeriodMsec)
 	v.positiveMsec("background_fetch.fetch_period_msec", b.FetchPeriodMsec)
 	if b.MaxQueueSize == 0 {
 		v.fail("background_fetch.max_queue_size", "must be positive, or negative for unbounded")
 	}
 	v.oneOf("background_fetch.drop_policy", b.DropPolicy, DropOldest, DropNewest)
-	v.positiveSec("background_fetch.emit_metric_period_sec", b.EmitMetricPeriodSec)
+	if b.Disable {
+		v.seconds("background_fetch.emit_metric_period_sec", b.EmitMetricPeriodSec)
+	} else {
+		// Upstream's fetcher makes a time.Ticker of it, which panics below 1.
+		v.positiveSec("background_fetch.emit_metric_period_sec", b.EmitMetricPeriodSec)
+	}
 }
 
 func (s *ContentStoreConfig) validate(v *validator) {
@@ -162,6 +174,22 @@ func (v *validator) positive(key string, value int64) {
 func (v *validator) seconds(key string, value Seconds) {
 	if value > maxSeconds || value < -maxSeconds {
 		v.fail(key, "%d seconds is out of range", value)
+	}
+}
+
+func (v *validator) nonZeroSec(key string, value Seconds) {
+	if value == 0 {
+		v.fail(key, "must not be 0 (0 takes the default)")
+	}
+	v.seconds(key, value)
+}
+
+func (v *validator) nonZeroMsec(key string, value Milliseconds) {
+	switch {
+	case value == 0:
+		v.fail(key, "must not be 0 (0 takes the default)")
+	case value > maxMilliseconds || value < -maxMilliseconds:
+		v.fail(key, "%d milliseconds is out of range", value)
 	}
 }
 

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +12,8 @@ import (
 )
 
 // TestBadConfigRefused: the daemon exits non-zero, naming the problem, for a
-// typo'd key, a wrong type, an invalid value and an unreadable file.
+// wrong type, an invalid value and an unreadable file. (Unknown keys are
+// warnings, as upstream: see TestUpstreamConfigJSONLog.)
 func TestBadConfigRefused(t *testing.T) {
 	tools, err := harness.ToolsFromEnv()
 	if err != nil {
@@ -21,8 +23,6 @@ func TestBadConfigRefused(t *testing.T) {
 	cases := []struct {
 		name, config, want string
 	}{
-		{"unknown key", "mount_timeout_secs = 3\n", "mount_timeout_secs"},
-		{"unknown section key", "[pull_modes.soci_v2]\nenabled = true\n", "pull_modes.soci_v2.enabled"},
 		{"wrong type", "mount_timeout_sec = \"30\"\n", "mount_timeout_sec"},
 		{"invalid value", "[background_fetch]\ndrop_policy = \"middle\"\n", "background_fetch.drop_policy"},
 		{"unreadable file", "", "is a directory"},
@@ -89,5 +89,74 @@ func TestConfigCommands(t *testing.T) {
 	}
 	if !strings.Contains(dump, "mount_timeout_sec = 17") {
 		t.Errorf("dump does not show the edited value:\n%s", dump)
+	}
+}
+
+// TestUpstreamConfigJSONLog: a configuration written for upstream, with a
+// key upstream removed, a typo and a key we do not act on, starts the
+// daemon; with the default log format every line of its log is a JSON
+// object with containerd's fields, and the warnings name key, line and the
+// nearest known key.
+func TestUpstreamConfigJSONLog(t *testing.T) {
+	tools, err := harness.ToolsFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := "allow_no_verification = true\n" +
+		"metrics_network = \"tcp4\"\n" +
+		"[pull_modes.soci_v2]\nenabled = true\n" +
+		"[snapshotter]\nmin_layer_size = -1\n" +
+		"[blob]\nmax_wait_msec = 20\n" +
+		"[fuse]\nattr_timeout = 1\n"
+	d, err := harness.NewDaemon(filepath.Join(tools.Ours, "soci-snapshotter-grpc"), t.TempDir(), conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.LogFormat = "" // the default: JSON
+	ctx := testContext(t, time.Minute)
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Stop(); err != nil {
+		t.Fatalf("stop: %v\n%s", err, d.LogTail(20))
+	}
+	data, err := os.ReadFile(d.Log())
+	if err != nil {
+		t.Fatal(err)
+	}
+	warnings := map[string]map[string]any{}
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var entry map[string]any
+		if err := json.Unmarshal([]byte(line), &entry); err != nil {
+			t.Fatalf("log line is not JSON: %q: %v", line, err)
+		}
+		for _, field := range []string{"time", "level", "msg"} {
+			if _, ok := entry[field]; !ok {
+				t.Errorf("log line lacks %q: %q", field, line)
+			}
+		}
+		if key, ok := entry["key"].(string); ok && entry["level"] == "warning" {
+			warnings[key] = entry
+		}
+	}
+	want := map[string]string{ // key -> nearest known key
+		"allow_no_verification":      "disable_verification",
+		"pull_modes.soci_v2.enabled": "pull_modes.soci_v2.enable",
+	}
+	for key, suggestion := range want {
+		w, ok := warnings[key]
+		if !ok {
+			t.Errorf("no warning for %s in:\n%s", key, data)
+			continue
+		}
+		if w["did_you_mean"] != suggestion || w["line"] == nil {
+			t.Errorf("warning for %s = %v, want line and did_you_mean %s", key, w, suggestion)
+		}
+	}
+	if _, ok := warnings["fuse.attr_timeout"]; !ok {
+		t.Errorf("no warning for the unused key fuse.attr_timeout in:\n%s", data)
+	}
+	if !strings.Contains(string(data), "starting soci-snapshotter-grpc") {
+		t.Errorf("no start line in:\n%s", data)
 	}
 }

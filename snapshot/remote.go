@@ -68,13 +68,15 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent, target str
 }
 
 // logFallback says why a layer is unpacked by containerd instead of being
-// served lazily. A layer without SOCI index is the ordinary case.
+// served lazily. A layer without SOCI index is the ordinary case. The
+// messages start as upstream's, which its debugging guide tells operators
+// to look for.
 func logFallback(ctx context.Context, err error) {
 	if errdefs.IsNotFound(err) {
-		log.G(ctx).WithError(err).Debug("layer not served lazily; containerd unpacks it")
+		log.G(ctx).WithError(err).Debug("deferring to container runtime: layer not served lazily; containerd unpacks it")
 		return
 	}
-	log.G(ctx).WithError(err).Warn("layer not served lazily; containerd unpacks it")
+	log.G(ctx).WithError(err).Warn("failed to prepare remote snapshot: layer not served lazily; containerd unpacks it")
 }
 
 // committedExists tells whether a committed snapshot is named name.

@@ -1,8 +1,16 @@
 // Command soci-snapshotter-grpc is the daemon containerd talks to through a
 // proxy_plugins entry: it serves the snapshots gRPC API on a unix socket.
 //
-//	soci-snapshotter-grpc [--address A] [--config F] [--root D] [--log-level L]
-//	soci-snapshotter-grpc config default|dump [--config F]
+//	soci-snapshotter-grpc [--address A] [--config F] [--root D] [--log-level L] [--log-format json|text]
+//	soci-snapshotter-grpc [--config F] config default|dump
+//	soci-snapshotter-grpc [--config F] config check [--strict] [FILE]
+//
+// As upstream's daemon, the flags --address, --config, --log-level and
+// --root take their default from SOCI_SNAPSHOTTER_ADDRESS,
+// SOCI_SNAPSHOTTER_CONFIG, SOCI_SNAPSHOTTER_LOG_LEVEL and
+// SOCI_SNAPSHOTTER_ROOT when those are set (a flag on the command line wins),
+// and logs are JSON; --log-format (or SOCI_SNAPSHOTTER_LOG_FORMAT) text
+// writes logrus's text format instead.
 package main
 
 import (
@@ -48,22 +56,52 @@ type flags struct {
 	configPath  string
 	root        string
 	logLevel    string
+	logFormat   string
 	showVersion bool
-	configSet   bool
+	// configSet is true when the config path was given, on the command
+	// line or in the environment.
+	configSet bool
 }
 
-func parseFlags(args []string, stderr io.Writer) (*flags, []string, error) {
+// Environment variables upstream's daemon reads as flag defaults, and ours
+// for --log-format.
+const (
+	envAddress   = "SOCI_SNAPSHOTTER_ADDRESS"
+	envConfig    = "SOCI_SNAPSHOTTER_CONFIG"
+	envLogLevel  = "SOCI_SNAPSHOTTER_LOG_LEVEL"
+	envRoot      = "SOCI_SNAPSHOTTER_ROOT"
+	envLogFormat = "SOCI_SNAPSHOTTER_LOG_FORMAT"
+)
+
+// parseFlags parses the global flags. getenv supplies the environment: a
+// variable that is set (even to "") replaces the flag's built-in default,
+// and a flag on the command line replaces both, as upstream's CLI library
+// orders them.
+func parseFlags(args []string, getenv func(string) (string, bool), stderr io.Writer) (*flags, []string, error) {
 	f := &flags{}
+	fromEnv := func(name, def string) string {
+		if v, ok := getenv(name); ok {
+			return v
+		}
+		return def
+	}
 	fset := flag.NewFlagSet("soci-snapshotter-grpc", flag.ContinueOnError)
 	fset.SetOutput(stderr)
-	fset.StringVar(&f.address, "address", config.DefaultAddress, "socket to serve on: a path, unix://PATH, or fd:// (systemd socket activation)")
-	fset.StringVar(&f.configPath, "config", config.DefaultConfigPath, "path to the TOML configuration file")
-	fset.StringVar(&f.root, "root", config.DefaultRootPath, "directory for the daemon's state")
-	fset.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	fset.StringVar(&f.address, "address", fromEnv(envAddress, config.DefaultAddress),
+		"socket to serve on: a path, unix://PATH, or fd:// (systemd socket activation) [$"+envAddress+"]")
+	fset.StringVar(&f.configPath, "config", fromEnv(envConfig, config.DefaultConfigPath),
+		"path to the TOML configuration file [$"+envConfig+"]")
+	fset.StringVar(&f.root, "root", fromEnv(envRoot, config.DefaultRootPath),
+		"directory for the daemon's state [$"+envRoot+"]")
+	fset.StringVar(&f.logLevel, "log-level", fromEnv(envLogLevel, "info"),
+		"log level: trace, debug, info, warn, error, fatal, panic [$"+envLogLevel+"]")
+	fset.StringVar(&f.logFormat, "log-format", fromEnv(envLogFormat, string(log.JSONFormat)),
+		"log format: json (as upstream) or text [$"+envLogFormat+"]")
 	fset.BoolVar(&f.showVersion, "version", false, "print the version and exit")
 	if err := fset.Parse(args); err != nil {
 		return nil, nil, err
 	}
+	_, f.configSet = getenv(envConfig)
 	fset.Visit(func(fl *flag.Flag) {
 		if fl.Name == "config" {
 			f.configSet = true
@@ -73,7 +111,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, []string, error) {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f, rest, err := parseFlags(args, stderr)
+	f, rest, err := parseFlags(args, os.LookupEnv, stderr)
 	if err != nil {
 		return err
 	}
@@ -82,17 +120,57 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	if len(rest) > 0 {
-		return configCommand(rest, f, stdout)
+		return configCommand(rest, f, stdout, stderr)
 	}
-	if err := log.SetLevel(f.logLevel); err != nil {
-		return fmt.Errorf("--log-level %q: %w", f.logLevel, err)
+	if err := setupLogging(f.logLevel, f.logFormat, stderr); err != nil {
+		return err
 	}
-	log.L.Logger.SetOutput(stderr)
-	cfg, err := config.Load(f.configPath, f.configSet)
+	log.G(ctx).WithField("version", version.Version).WithField("revision", version.Revision).
+		Info("starting soci-snapshotter-grpc")
+	cfg, notices, err := config.LoadFile(f.configPath, f.configSet)
 	if err != nil {
 		return err
 	}
+	logNotices(ctx, f.configPath, notices)
 	return serve(ctx, cfg, f)
+}
+
+// setupLogging sets the level and format of the process's logger (that of
+// containerd/log, which every package logs through) and sends it to w.
+func setupLogging(level, format string, w io.Writer) error {
+	if err := log.SetLevel(level); err != nil {
+		return fmt.Errorf("--log-level %q: %w", level, err)
+	}
+	switch f := log.OutputFormat(format); f {
+	case log.JSONFormat, log.TextFormat:
+		if err := log.SetFormat(f); err != nil {
+			return fmt.Errorf("--log-format %q: %w", format, err)
+		}
+	default:
+		return fmt.Errorf("--log-format %q: want %s or %s", format, log.JSONFormat, log.TextFormat)
+	}
+	log.L.Logger.SetOutput(w)
+	return nil
+}
+
+// logNotices writes one warning per key of the configuration file that the
+// daemon ignores or does not act on.
+func logNotices(ctx context.Context, path string, notices []config.Notice) {
+	for _, n := range notices {
+		l := log.G(ctx).WithField("config", path).WithField("key", n.Key)
+		if n.Line > 0 {
+			l = l.WithField("line", n.Line)
+		}
+		switch n.Kind {
+		case config.UnknownKey:
+			if n.Suggestion != "" {
+				l = l.WithField("did_you_mean", n.Suggestion)
+			}
+			l.Warn("config: " + n.String())
+		default:
+			l.WithField("reason", n.Reason).Warn("config: " + n.String())
+		}
+	}
 }
 
 func serve(ctx context.Context, cfg *config.Config, f *flags) error {
@@ -117,21 +195,64 @@ func serve(ctx context.Context, cfg *config.Config, f *flags) error {
 	return closeErr
 }
 
-// configCommand handles `config default` and `config dump`.
-func configCommand(args []string, f *flags, stdout io.Writer) error {
-	if args[0] != "config" || len(args) != 2 {
-		return fmt.Errorf("unknown command %q (want: config default|dump)", args)
+// configCommand handles `config default`, `config dump` and `config check`.
+func configCommand(args []string, f *flags, stdout, stderr io.Writer) error {
+	if args[0] != "config" || len(args) < 2 {
+		return fmt.Errorf("unknown command %q (want: config default|dump|check)", args)
 	}
 	switch args[1] {
-	case "default":
-		return config.Default().Encode(stdout)
-	case "dump":
+	case "default", "dump":
+		if len(args) != 2 {
+			return fmt.Errorf("config %s takes no arguments, got %q", args[1], args[2:])
+		}
+		if args[1] == "default" {
+			return config.Default().Encode(stdout)
+		}
 		cfg, err := config.Load(f.configPath, f.configSet)
 		if err != nil {
 			return err
 		}
 		return cfg.Encode(stdout)
+	case "check":
+		return configCheck(args[2:], f, stdout, stderr)
 	default:
-		return fmt.Errorf("unknown config command %q (want: default or dump)", args[1])
+		return fmt.Errorf("unknown config command %q (want: default, dump or check)", args[1])
 	}
+}
+
+// configCheck validates a configuration file for CI: it prints one line per
+// notice and fails on an invalid file, on unknown keys and, with --strict,
+// on keys the daemon accepts but does not act on. FILE defaults to the
+// --config path; the file must exist.
+func configCheck(args []string, f *flags, stdout, stderr io.Writer) error {
+	fset := flag.NewFlagSet("config check", flag.ContinueOnError)
+	fset.SetOutput(stderr)
+	strict := fset.Bool("strict", false, "also fail on keys that are accepted but not acted on")
+	if err := fset.Parse(args); err != nil {
+		return err
+	}
+	path := f.configPath
+	switch fset.NArg() {
+	case 0:
+	case 1:
+		path = fset.Arg(0)
+	default:
+		return fmt.Errorf("config check takes at most one file, got %q", fset.Args())
+	}
+	_, notices, err := config.LoadFile(path, true)
+	if err != nil {
+		return err
+	}
+	failing := 0
+	for _, n := range notices {
+		fmt.Fprintf(stdout, "%s: %s\n", path, n)
+		if n.Kind == config.UnknownKey || *strict {
+			failing++
+		}
+	}
+	if failing > 0 {
+		return fmt.Errorf("config check %s: %d key(s) ignored or not acted on", path, failing)
+	}
+	fmt.Fprintf(stdout, "%s: OK\n", path)
+	return nil
 }

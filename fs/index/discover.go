@@ -107,6 +107,7 @@ func (s *Store) find(ctx context.Context, ref string, manifest, explicit digest.
 		if err != nil {
 			return nil, fmt.Errorf("SOCI index %s given for %s: %w", explicit, ref, err)
 		}
+		log.G(ctx).WithField("index", explicit).Debug("using provided soci index digest")
 		return idx, nil
 	}
 	if idx, ok := s.recorded(ctx, manifest); ok {
@@ -120,8 +121,10 @@ func (s *Store) find(ctx context.Context, ref string, manifest, explicit digest.
 		enabled bool
 		find    func(context.Context, string, digest.Digest) (*Index, error)
 	}
+	// The Debug lines are upstream's, which its debugging guide names.
 	for _, m := range []method{{"v2", s.v2, s.findV2}, {"v1", s.v1, s.findV1}} {
 		if !m.enabled {
+			log.G(ctx).Debugf("soci %s is disabled", m.mode)
 			continue
 		}
 		idx, err := m.find(ctx, ref, manifest)
@@ -134,8 +137,12 @@ func (s *Store) find(ctx context.Context, ref string, manifest, explicit digest.
 		if err := s.writeChoice(manifest, choice{Index: idx.Digest, Mode: m.mode}); err != nil {
 			log.G(ctx).WithError(err).Warn("could not record the SOCI index of an image")
 		}
+		msg := "using soci v2 index annotation"
+		if m.mode == "v1" {
+			msg = "using soci v1 index via referrers API"
+		}
 		log.G(ctx).WithField("manifest", manifest).WithField("index", idx.Digest).
-			WithField("mode", m.mode).Debug("found SOCI index")
+			WithField("mode", m.mode).Debug(msg)
 		return idx, nil
 	}
 	return nil, fmt.Errorf("no SOCI index for image manifest %s of %s: %w", manifest, ref, errdefs.ErrNotFound)

@@ -117,7 +117,7 @@ func (i *inode) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off 
 		err = io.ErrUnexpectedEOF
 	}
 	log.G(ctx).WithError(err).WithField("ino", n.ino).WithField("offset", off).
-		Debugf("layer read of %d bytes failed after %d", want, got)
+		Debugf("failed to read the file: layer read of %d bytes failed after %d", want, got)
 	return nil, syscall.EIO
 }
 

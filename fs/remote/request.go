@@ -86,7 +86,7 @@ func (c *Client) doWithRetries(ctx context.Context, host docker.RegistryHost, u 
 			return resp, err
 		}
 		wait := p.wait(attempt, err)
-		log.G(ctx).WithError(err).WithField("attempt", attempt).WithField("wait", wait).Debug("retrying registry request")
+		log.G(ctx).WithError(err).WithField("attempt", attempt).WithField("wait", wait).Debug("retrying request to the registry")
 		if !sleep(ctx, wait) {
 			return nil, err
 		}

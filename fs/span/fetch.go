@@ -237,7 +237,7 @@ func (m *Manager) load(ctx context.Context, i int, compressed []byte) (data []by
 	if got := s.Digest.Algorithm().FromBytes(compressed); got != s.Digest {
 		err := fmt.Errorf("verify span %d of %s: %w", i, m.key, ErrVerification)
 		log.G(ctx).WithField("layer", m.key).WithField("span", i).WithField("expected", s.Digest).WithField("actual", got).
-			Error("span digest mismatch; not serving it")
+			Error("span digests do not match; not serving it")
 		return nil, false, err
 	}
 	release, err := m.limit.acquire(ctx, s.Len())

@@ -15,21 +15,26 @@ type Daemon struct {
 	Root    string
 	Config  string
 	// Env is added to the daemon's environment (e.g. DOCKER_CONFIG=dir).
-	Env     []string
-	bin     string
-	logPath string
-	proc    *Process
+	Env []string
+	// LogFormat is passed as --log-format: "text" (NewDaemon's choice, so
+	// that tests read logrus's key=value lines), or "" for the daemon's
+	// default, JSON.
+	LogFormat string
+	bin       string
+	logPath   string
+	proc      *Process
 }
 
 // NewDaemon prepares a daemon whose socket, root and config live under dir.
 // configTOML is written as its config file.
 func NewDaemon(bin, dir, configTOML string) (*Daemon, error) {
 	d := &Daemon{
-		Address: filepath.Join(dir, "run", "soci.sock"),
-		Root:    filepath.Join(dir, "root"),
-		Config:  filepath.Join(dir, "config.toml"),
-		bin:     bin,
-		logPath: filepath.Join(dir, "daemon.log"),
+		Address:   filepath.Join(dir, "run", "soci.sock"),
+		Root:      filepath.Join(dir, "root"),
+		Config:    filepath.Join(dir, "config.toml"),
+		bin:       bin,
+		logPath:   filepath.Join(dir, "daemon.log"),
+		LogFormat: "text",
 	}
 	if err := os.WriteFile(d.Config, []byte(configTOML), 0o644); err != nil {
 		return nil, fmt.Errorf("write daemon config: %w", err)
@@ -39,8 +44,11 @@ func NewDaemon(bin, dir, configTOML string) (*Daemon, error) {
 
 // Start starts the daemon and waits until its socket accepts connections.
 func (d *Daemon) Start(ctx context.Context) error {
-	p, err := StartProcess("soci-snapshotter-grpc", d.logPath, d.Env, d.bin,
-		"--address", d.Address, "--root", d.Root, "--config", d.Config, "--log-level", "debug")
+	args := []string{"--address", d.Address, "--root", d.Root, "--config", d.Config, "--log-level", "debug"}
+	if d.LogFormat != "" {
+		args = append(args, "--log-format", d.LogFormat)
+	}
+	p, err := StartProcess("soci-snapshotter-grpc", d.logPath, d.Env, d.bin, args...)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,146 @@
+package config
+
+import (
+	"slices"
+	"strings"
+)
+
+// Unused is a key of the schema that the daemon accepts, so that files
+// written for upstream load, but does not act on. A file that sets it gets
+// one warning at start (and fails `config check --strict`) when Ignored
+// says its value asks for something the daemon does not do.
+type Unused struct {
+	// Key is the dotted path.
+	Key string
+	// Reason says what the daemon does instead.
+	Reason string
+	// Ignored reports whether c's value of the key asks for a behaviour the
+	// daemon does not have. nil: any value written in the file does.
+	Ignored func(c *Config) bool
+}
+
+// unusedKeys is the table of accepted-but-unused keys. Implementing a key
+// removes its row. [limits] is ours and wired through fs.Options; keys that
+// are honoured as upper bounds ([background_fetch] silence_period_msec,
+// fetch_period_msec, [blob] fetching_timeout_sec) are not listed, and
+// neither is http_cache_type, which upstream does not use either.
+var unusedKeys = []Unused{
+	{"filesystem_cache_type", "span data is always cached on disk under the root directory ([directory_cache] max_bytes bounds it)",
+		func(c *Config) bool { return c.FSCacheType == CacheTypeMemory }},
+	{"resolve_result_entry", "there is no cache of resolved layers to size: a layer is resolved once per mount",
+		func(c *Config) bool { return c.ResolveResultEntry != 0 }},
+	{"debug", "go-fuse debug logging is not available", func(c *Config) bool { return c.Debug }},
+	{"disable_verification", "span data is always verified against the zTOC's span digests",
+		func(c *Config) bool { return c.DisableVerification }},
+	{"max_concurrency", "there is no node-wide limit on concurrent layer resolution", nil},
+	{"fuse_metrics_emit_wait_duration_sec", "per-image FUSE operation counts are not emitted", nil},
+	{"no_prometheus", "metrics are always collected; leave metrics_address empty to not serve them",
+		func(c *Config) bool { return c.NoPrometheus }},
+	{"metadata_store", "layer metadata is kept in memory, not in bbolt",
+		func(c *Config) bool { return c.MetadataStore != MetadataStoreDB }},
+	{"metadata_db_no_sync", "layer metadata is kept in memory, not in bbolt",
+		func(c *Config) bool { return c.MetadataDBNoSync }},
+	{"metadata_insertion_chunk_size", "layer metadata is kept in memory, not in bbolt",
+		func(c *Config) bool { return c.MetadataInsertionChunkSize != 0 }},
+	{"skip_check_snapshotter_supported", "the overlayfs check always runs at start",
+		func(c *Config) bool { return c.SkipCheckSnapshotterSupported }},
+
+	{"blob.valid_interval", "a blob's reachability is not re-checked on a timer; a failed read is retried as [blob] max_retries says", nil},
+	{"blob.check_always", "a blob's reachability is not re-checked before reads",
+		func(c *Config) bool { return c.Blob.CheckAlways }},
+	{"blob.max_span_verification_retries", "a span that fails verification is not fetched again: the read fails with EIO",
+		func(c *Config) bool { return c.Blob.MaxSpanVerificationRetries != 0 }},
+
+	{"directory_cache.max_lru_cache_entry", "there is no in-memory buffer in front of the span cache",
+		func(c *Config) bool { return c.DirectoryCache.MaxLRUCacheEntry != 0 }},
+	{"directory_cache.max_cache_fds", "span cache files are not kept open between reads",
+		func(c *Config) bool { return c.DirectoryCache.MaxCacheFds != 0 }},
+	{"directory_cache.sync_add", "the span cache's write mode is not configurable",
+		func(c *Config) bool { return c.DirectoryCache.SyncAdd }},
+	{"directory_cache.direct", "there is no in-memory buffer in front of the span cache (as with direct = true)",
+		func(c *Config) bool { return !c.DirectoryCache.Direct }},
+
+	{"fuse.attr_timeout", "the kernel caches a layer's attributes for 24h (layers are immutable)", nil},
+	{"fuse.entry_timeout", "the kernel caches a layer's name lookups for 24h (layers are immutable)", nil},
+	{"fuse.negative_timeout", "the kernel caches a layer's failed lookups for 24h (layers are immutable)", nil},
+	{"fuse.log_fuse_operations", "FUSE operations are not logged",
+		func(c *Config) bool { return c.Fuse.LogFuseOperations }},
+
+	{"background_fetch.emit_metric_period_sec", "the background fetcher's metrics are read when Prometheus scrapes", nil},
+
+	{"content_store.type", "SOCI indices and zTOCs are kept in the daemon's own store under its root",
+		func(c *Config) bool { return c.ContentStore.Type != ContentStoreSOCI }},
+	{"content_store.containerd_address", "the daemon does not read containerd's content store", nil},
+	{"content_store.namespace", "the daemon does not read containerd's content store", nil},
+
+	{"prefetch.enable", "prefetch artifacts are not fetched", func(c *Config) bool { return c.Prefetch.Enable }},
+	{"prefetch.max_concurrency", "prefetch artifacts are not fetched",
+		func(c *Config) bool { return c.Prefetch.Enable && c.Prefetch.MaxConcurrency != 0 }},
+
+	{"pull_modes.parallel_pull_unpack.enable", parallelReason,
+		func(c *Config) bool { return c.PullModes.Parallel.Enable }},
+	{"pull_modes.parallel_pull_unpack.experimental_parallel_pull_as_fallback", parallelReason,
+		func(c *Config) bool { return c.PullModes.Parallel.ExperimentalParallelPullAsFallback }},
+	{"pull_modes.parallel_pull_unpack.max_concurrent_downloads", parallelReason, parallelOn},
+	{"pull_modes.parallel_pull_unpack.max_concurrent_downloads_per_image", parallelReason, parallelOn},
+	{"pull_modes.parallel_pull_unpack.concurrent_download_chunk_size", parallelReason, parallelOn},
+	{"pull_modes.parallel_pull_unpack.max_concurrent_unpacks", parallelReason, parallelOn},
+	{"pull_modes.parallel_pull_unpack.max_concurrent_unpacks_per_image", parallelReason, parallelOn},
+	{"pull_modes.parallel_pull_unpack.discard_unpacked_layers", parallelReason, parallelOn},
+	{"pull_modes.parallel_pull_unpack.decompress_streams", parallelReason, parallelOn},
+
+	{"kubeconfig_keychain.enable_keychain", "registry credentials come from the docker config and [cri_keychain] only",
+		func(c *Config) bool { return c.KubeconfigKeychain.EnableKeychain }},
+	{"kubeconfig_keychain.kubeconfig_path", "registry credentials come from the docker config and [cri_keychain] only",
+		func(c *Config) bool { return c.KubeconfigKeychain.EnableKeychain }},
+
+	{"resolver.auth_client_ttl_sec", "registry tokens are kept until they expire or the registry refuses them", nil},
+}
+
+const parallelReason = "parallel pull and unpack is not implemented: layers without a SOCI index are unpacked by containerd"
+
+func parallelOn(c *Config) bool {
+	return c.PullModes.Parallel.Enable || c.PullModes.Parallel.ExperimentalParallelPullAsFallback
+}
+
+// UnusedKeys returns the table of keys the daemon accepts but does not act
+// on, in schema order.
+func UnusedKeys() []Unused {
+	return slices.Clone(unusedKeys)
+}
+
+// unusedKeyNotices returns a notice for each key of unusedKeys that the
+// document sets and whose value c (the document, normalized) does not
+// honour. lines maps the document's dotted key paths to their lines.
+func unusedKeyNotices(c *Config, lines map[string]int) []Notice {
+	lower := make(map[string]int, len(lines))
+	for k, line := range lines {
+		lower[strings.ToLower(k)] = line
+	}
+	var notices []Notice
+	for _, u := range unusedKeys {
+		line, ok := setIn(u.Key, lower)
+		if !ok || (u.Ignored != nil && !u.Ignored(c)) {
+			continue
+		}
+		notices = append(notices, Notice{Kind: UnusedKey, Key: u.Key, Line: line, Reason: u.Reason})
+	}
+	return notices
+}
+
+// setIn reports whether the document whose lower-cased key paths are lines
+// sets key, or a table below it, and the first line that does.
+func setIn(key string, lines map[string]int) (int, bool) {
+	if line, ok := lines[key]; ok {
+		return line, true
+	}
+	first, found := 0, false
+	for k, line := range lines {
+		if strings.HasPrefix(k, key+".") || strings.HasPrefix(k, key+"[") {
+			if !found || line < first {
+				first, found = line, true
+			}
+		}
+	}
+	return first, found
+}
