@@ -32,7 +32,10 @@ var unusedKeys = []Unused{
 	{"debug", "go-fuse debug logging is not available", func(c *Config) bool { return c.Debug }},
 	{"disable_verification", "span data is always verified against the zTOC's span digests",
 		func(c *Config) bool { return c.DisableVerification }},
-	{"max_concurrency", "there is no node-wide limit on concurrent layer resolution", nil},
+	{"debug_address", "pprof is unauthenticated, so it is served only on a unix socket or a loopback address; this one is not served",
+		func(c *Config) bool {
+			return c.DebugAddress != "" && DebugNetwork(c.DebugAddress) == NetworkTCP && CheckLoopback(c.DebugAddress) != nil
+		}},
 	{"fuse_metrics_emit_wait_duration_sec", "per-image FUSE operation counts are not emitted", nil},
 	{"no_prometheus", "metrics are always collected; leave metrics_address empty to not serve them",
 		func(c *Config) bool { return c.NoPrometheus }},

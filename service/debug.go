@@ -28,6 +28,17 @@ func startDebug(ctx context.Context, addr string) (*debugServer, error) {
 	if addr == "" {
 		return nil, nil
 	}
+	if config.DebugNetwork(addr) == config.NetworkTCP {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("debug_address %s: %w", addr, err)
+		}
+		if err := config.CheckLoopback(addr); err != nil {
+			// Upstream serves pprof on any address; we load such a file
+			// but never expose the unauthenticated endpoint beyond the node.
+			log.G(ctx).WithError(err).WithField("address", addr).Warn("debug_address not served")
+			return nil, nil
+		}
+	}
 	l, err := listenDebug(addr)
 	if err != nil {
 		return nil, err
