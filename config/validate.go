@@ -1,10 +1,10 @@
 package config
 
 import (
-	"net"
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"path/filepath"
 	"slices"
 	"strings"
