@@ -90,6 +90,7 @@ type mountedLayer struct {
 	// the image manifest it was looked up for.
 	index, manifest digest.Digest
 	unpin           func()
+	metrics         *metrics.Layer // nil without metrics
 }
 
 // New returns an FS keeping its state under opts.Root.
@@ -120,6 +121,7 @@ func New(opts Options) (*FS, error) {
 			bo.Observer = opts.Metrics
 		}
 		bg = background.New(bo)
+		opts.Metrics.SetBackgroundQueue(bg.Queued)
 	}
 	return &FS{
 		bg: bg, markers: background.NewMarkers(stateDir), opts: opts, indices: indices, cache: spanCache,
@@ -196,6 +198,7 @@ func (m *mountedLayer) close(mountpoint string) error {
 	}
 	errs = append(errs, m.spans.Close(), m.layer.Close())
 	m.unpin()
+	m.metrics.Close()
 	return errors.Join(errs...)
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -27,10 +28,12 @@ import (
 // snapshotter then has the layer unpacked as usual.
 func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]string) (err error) {
 	start := time.Now()
+	var layerDigest string // for the reference's mount series
 	defer func() {
 		switch {
 		case err == nil:
 			f.opts.Metrics.ObserveMount(time.Since(start))
+			f.opts.Metrics.ObserveOperation(metrics.OpMount, layerDigest, time.Since(start))
 		case !errdefs.IsNotFound(err):
 			f.opts.Metrics.Failure(metrics.FailureMount)
 		}
@@ -40,6 +43,7 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 		return fmt.Errorf("lazy layer at %s: %v: %w", mountpoint, err, errdefs.ErrNotFound)
 	}
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("layer", t.LayerDigest))
+	layerDigest = t.LayerDigest.String()
 	defer f.begin(t)()
 	if f.tooSmall(t.LayerSize) {
 		return fmt.Errorf("layer %s: %d bytes, below min_layer_size %d: %w", t.LayerDigest, t.LayerSize, f.opts.MinLayerSize, errdefs.ErrNotFound)
@@ -74,8 +78,12 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 	log.G(ctx).WithField("entries", len(l.TOC.Entries)).WithField("spans", len(l.Spans.Spans)).
 		WithField("took", time.Since(start)).Info("layer mounted lazily")
 	if f.bg != nil {
+		var blob span.Fetcher = m.blob
+		if m.metrics != nil {
+			blob = backgroundBlob{Fetcher: m.blob, spans: l.Spans.Spans, o: m.metrics}
+		}
 		f.bg.Enqueue(ctx, background.Layer{
-			Key: mountpoint, Digest: t.LayerDigest, Table: l.Spans, Blob: m.blob, Spans: m.spans,
+			Key: mountpoint, Digest: t.LayerDigest, Table: l.Spans, Blob: blob, Spans: m.spans,
 			ZTOC: ztoc, Files: &l.TOC, Gzip: l.Gzip(),
 		}, background.Background)
 	}
@@ -96,17 +104,23 @@ func (f *FS) tooSmall(size int64) bool {
 // resolve finds the image's SOCI index and opens this layer's zTOC; it
 // returns the digests of the zTOC and of the index too.
 func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest.Digest, digest.Digest, error) {
+	start := time.Now()
 	idx, err := f.indices.Find(ctx, t.ImageRef, t.ManifestDigest, t.IndexDigest)
 	if err != nil {
 		return nil, "", "", fmt.Errorf("find SOCI index of %s: %w", t.ImageRef, err)
 	}
+	f.opts.Metrics.ObserveIndexFetch(idx.Digest.String(), time.Since(start))
 	f.indices.Prefetch(ctx, t.ImageRef, idx) // the other layers' zTOCs, while this one mounts
 	if desc, ok := idx.ZTOC(t.LayerDigest); ok {
 		if err := f.refuseBad(t.LayerDigest, desc.Digest); err != nil {
 			return nil, "", "", err
 		}
 	}
+	start = time.Now()
 	l, err := f.indices.Open(ctx, t.ImageRef, idx, t.LayerDigest)
+	if err == nil {
+		f.opts.Metrics.ObserveOperation(metrics.OpZtocUnmarshal, t.LayerDigest.String(), time.Since(start))
+	}
 	if errors.Is(err, index.ErrNoZTOC) {
 		return nil, "", "", fmt.Errorf("layer %s is not in SOCI index %s: %w", t.LayerDigest, idx.Digest, errdefs.ErrNotFound)
 	}
@@ -135,29 +149,65 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 	if err := ztoc.Validate(); err != nil {
 		return nil, fmt.Errorf("spans of layer %s: zTOC digest %q: %w", t.LayerDigest, ztoc, err)
 	}
-	blob := f.opts.Registry.Blob(t.ImageRef, ocispec.Descriptor{Digest: t.LayerDigest, Size: l.Spans.CompressedSize})
-	spans, err := span.New(f.spanOptions(t, l, ztoc, blob))
+	var blob span.Fetcher = f.opts.Registry.Blob(t.ImageRef, ocispec.Descriptor{Digest: t.LayerDigest, Size: l.Spans.CompressedSize})
+	// The layer's metrics handle (nil without metrics) sees its reads,
+	// fetches and FUSE requests.
+	lm := f.opts.Metrics.Layer(t.LayerDigest.String(), mountpoint, t.ManifestDigest.String(), l.Spans.CompressedSize)
+	if lm != nil {
+		blob = observedBlob{Fetcher: blob, o: lm}
+	}
+	so := f.spanOptions(t, l, ztoc, blob)
+	if lm != nil {
+		so.Observer = lm
+	}
+	spans, err := span.New(so)
 	if err != nil {
+		lm.Close()
 		return nil, fmt.Errorf("spans of layer %s: %w", t.LayerDigest, err)
 	}
+	start := time.Now()
 	root, err := layer.NewRoot(l.TOC, spans, layer.Options{DisableXattrs: l.DisableXattrs, MaxDepth: f.opts.MaxTreeDepth})
 	if err != nil {
 		spans.Close()
+		lm.Close()
 		return nil, fmt.Errorf("file tree of layer %s: %w", t.LayerDigest, err)
 	}
+	f.opts.Metrics.ObserveOperation(metrics.OpInitMetadataStore, t.LayerDigest.String(), time.Since(start))
 	if err := detach(mountpoint); err != nil {
 		spans.Close()
+		lm.Close()
 		return nil, err
 	}
 	key := cacheKey(t.LayerDigest.String(), ztoc)
 	unpin := f.pin(ctx, key)
-	server, err := fusefs.Mount(mountpoint, root, layer.MountOptions())
+	start = time.Now()
+	server, err := mountFUSE(mountpoint, root, layer.MountOptions(), lm)
 	if err != nil {
 		spans.Close()
 		unpin()
+		lm.Close()
 		return nil, fmt.Errorf("mount layer %s at %s: %w", t.LayerDigest, mountpoint, err)
 	}
-	return &mountedLayer{server: server, spans: spans, layer: l, blob: blob, name: t.LayerDigest.String(), ztoc: ztoc, unpin: unpin}, nil
+	f.opts.Metrics.ObserveOperation(metrics.OpFuseMount, t.LayerDigest.String(), time.Since(start))
+	return &mountedLayer{server: server, spans: spans, layer: l, blob: blob, name: t.LayerDigest.String(), ztoc: ztoc, unpin: unpin, metrics: lm}, nil
+}
+
+// mountFUSE mounts root at mountpoint as fusefs.Mount does, with the
+// requests observed by o when it is not nil.
+func mountFUSE(mountpoint string, root fusefs.InodeEmbedder, opts *fusefs.Options, o *metrics.Layer) (*fuse.Server, error) {
+	if o == nil {
+		return fusefs.Mount(mountpoint, root, opts)
+	}
+	raw := observedFUSE{RawFileSystem: fusefs.NewNodeFS(root, opts), o: o}
+	server, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
+	if err != nil {
+		return nil, err
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
+		return nil, err
+	}
+	return server, nil
 }
 
 // spanOptions configures the span manager of a layer served with the zTOC
@@ -182,7 +232,7 @@ func (f *FS) spanOptions(t source.Target, l *index.Layer, ztoc digest.Digest, bl
 		SplitRequest: 1 << 20,
 	}
 	if f.opts.Metrics != nil {
-		so.Observer = f.opts.Metrics
+		so.Observer = f.opts.Metrics // serve sets the layer's own
 	}
 	if f.bg != nil {
 		so.Demand = f.bg

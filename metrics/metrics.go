@@ -42,6 +42,8 @@ type Metrics struct {
 	backgroundLayers prometheus.Counter
 	mountLatency     prometheus.Histogram
 	failures         *prometheus.CounterVec
+
+	ref *reference // the reference snapshotter's series (reference.go)
 }
 
 // New returns metrics registered with a fresh registry (plus the Go runtime
@@ -88,7 +90,9 @@ func New() *Metrics {
 			Name: "soci_failures_total",
 			Help: "Failures by kind: verification, fetch, mount, span_load, unverified, ztoc_mismatch.",
 		}, []string{"kind"}),
+		ref: newReference(),
 	}
+	m.reg.MustRegister(m.ref.collectors()...)
 	m.reg.MustRegister(m.registryGet, m.registryBytes, m.cacheHits, m.cacheMisses, m.readLatency,
 		m.backgroundBytes, m.backgroundLayers, m.mountLatency, m.failures,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -134,12 +138,16 @@ func (m *Metrics) ObserveRead(took time.Duration, hits, misses int) {
 }
 
 // Failure counts one failure of kind (FailureVerification, FailureFetch,
-// FailureMount).
+// FailureMount, ...). A mount failure is also the reference's
+// fuse_mount_failure_count: the snapshotter falls back to a normal unpack.
 func (m *Metrics) Failure(kind string) {
 	if m == nil {
 		return
 	}
 	m.failures.WithLabelValues(kind).Inc()
+	if kind == FailureMount {
+		m.ref.count.WithLabelValues(OpFuseMountFailureCount, "").Inc()
+	}
 }
 
 // ObserveMount records the latency of one successful lazy mount.

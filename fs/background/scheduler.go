@@ -47,6 +47,14 @@ type Observer interface {
 	Failure(kind string)
 }
 
+// LayerObserver is optionally implemented by an Observer that also wants
+// which layer was completed and how long its walk took, and the layers
+// the full queue had no room for.
+type LayerObserver interface {
+	LayerFetched(layer string, took time.Duration)
+	QueueFull()
+}
+
 // Options configure a Scheduler.
 type Options struct {
 	// Workers is the number of layers fetched at once, each with one range
@@ -163,6 +171,7 @@ func (s *Scheduler) Enqueue(ctx context.Context, l Layer, p Priority) bool {
 		return false
 	}
 	if limit := s.opts.MaxQueue; limit > 0 && len(s.queue) >= limit {
+		s.observeLayer(func(o LayerObserver) { o.QueueFull() })
 		if !s.opts.DropOldest {
 			lg.WithField("queued", len(s.queue)).Warn("background fetch queue full; layer stays lazily loaded")
 			return false
@@ -374,6 +383,7 @@ func (s *Scheduler) run(j *job) {
 	case err == nil:
 		lg.Info("layer fully local")
 		s.observe(func(o Observer) { o.LayerCompleted() })
+		s.observeLayer(func(o LayerObserver) { o.LayerFetched(j.layer.Digest.String(), time.Since(start)) })
 	case errors.Is(err, ErrDigestMismatch):
 		lg.WithError(err).Error("layer blob does not match its digest")
 		s.observe(func(o Observer) { o.Failure(metrics.FailureVerification) })
@@ -435,4 +445,17 @@ func (s *Scheduler) observe(f func(Observer)) {
 	if s.opts.Observer != nil {
 		f(s.opts.Observer)
 	}
+}
+
+func (s *Scheduler) observeLayer(f func(LayerObserver)) {
+	if o, ok := s.opts.Observer.(LayerObserver); ok {
+		f(o)
+	}
+}
+
+// Queued is the number of layers waiting to start.
+func (s *Scheduler) Queued() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.queue)
 }
