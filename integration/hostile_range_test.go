@@ -25,7 +25,7 @@ import (
 // hostileRSSGrowth how much one case may raise it: a daemon that held a
 // whole-blob answer (84 MiB) or a long body's junk (32 MiB) would exceed it.
 const (
-	rangeRSSBound  = 300 << 20
+	rangeRSSBound    = 300 << 20
 	hostileRSSGrowth = 32 << 20
 )
 
