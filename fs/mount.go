@@ -140,7 +140,11 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 	if err != nil {
 		return nil, fmt.Errorf("spans of layer %s: %w", t.LayerDigest, err)
 	}
-	root, err := layer.NewRoot(l.TOC, spans, layer.Options{DisableXattrs: l.DisableXattrs, MaxDepth: f.opts.MaxTreeDepth})
+	lo := layer.Options{DisableXattrs: l.DisableXattrs, MaxDepth: f.opts.MaxTreeDepth}
+	if f.opts.LogFuseOperations {
+		lo.OperationLog = log.G(ctx)
+	}
+	root, err := layer.NewRoot(l.TOC, spans, lo)
 	if err != nil {
 		spans.Close()
 		return nil, fmt.Errorf("file tree of layer %s: %w", t.LayerDigest, err)
@@ -151,13 +155,25 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 	}
 	key := cacheKey(t.LayerDigest.String(), ztoc)
 	unpin := f.pin(ctx, key)
-	server, err := fusefs.Mount(mountpoint, root, layer.MountOptions())
+	server, err := fusefs.Mount(mountpoint, root, layer.MountOptions(f.mountConfig(ctx)))
 	if err != nil {
 		spans.Close()
 		unpin()
 		return nil, fmt.Errorf("mount layer %s at %s: %w", t.LayerDigest, mountpoint, err)
 	}
 	return &mountedLayer{server: server, spans: spans, layer: l, blob: blob, name: t.LayerDigest.String(), ztoc: ztoc, unpin: unpin}, nil
+}
+
+// mountConfig is how layers are mounted: the [fuse] cache timeouts, and
+// go-fuse's trace into ctx's log when asked for.
+func (f *FS) mountConfig(ctx context.Context) layer.MountConfig {
+	mc := layer.MountConfig{
+		AttrTimeout: f.opts.AttrTimeout, EntryTimeout: f.opts.EntryTimeout, NegativeTimeout: f.opts.NegativeTimeout,
+	}
+	if f.opts.FuseDebug {
+		mc.DebugLog = log.G(ctx)
+	}
+	return mc
 }
 
 // spanOptions configures the span manager of a layer served with the zTOC
@@ -169,7 +185,7 @@ func (f *FS) spanOptions(t source.Target, l *index.Layer, ztoc digest.Digest, bl
 	so := span.Options{
 		Table: l.Spans, Fetcher: blob, Cache: f.cache, Decompressor: l,
 		CacheKey: cacheKey(t.LayerDigest.String(), ztoc), FetchTimeout: f.opts.FetchTimeout,
-		Limit: f.decompress,
+		Limit: f.decompress, VerifyRetries: f.opts.VerifyRetries,
 		// The background walk hashes the whole blob; reads keep what they
 		// fetched so that it need not fetch it twice.
 		KeepCompressed: f.bg != nil,

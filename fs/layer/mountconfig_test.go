@@ -124,7 +124,6 @@ func TestOperationLog(t *testing.T) {
 			t.Errorf("no FUSE operation line with %v in:\n%s", want, logged.String())
 		}
 	}
-
 }
 
 // TestDebugLog: with a DebugLog go-fuse's trace of requests reaches it, one
