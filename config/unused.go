@@ -45,16 +45,17 @@ var unusedKeys = []Unused{
 	{"skip_check_snapshotter_supported", "the overlayfs check always runs at start",
 		func(c *Config) bool { return c.SkipCheckSnapshotterSupported }},
 
-	{"blob.valid_interval", "a blob's reachability is not re-checked on a timer; a failed read is retried as [blob] max_retries says", nil},
-	{"blob.check_always", "a blob's reachability is not re-checked before reads",
+	{"blob.valid_interval", "a layer's blob is not probed when containerd checks its snapshot (upstream probes it when its last " +
+		"successful fetch is older than valid_interval); a read that cannot reach it fails with EIO after [blob] max_retries", nil},
+	{"blob.check_always", "a layer's blob is not probed when containerd checks its snapshot; a read that cannot reach it fails with EIO after [blob] max_retries",
 		func(c *Config) bool { return c.Blob.CheckAlways }},
 
-	{"directory_cache.max_lru_cache_entry", "there is no in-memory buffer in front of the span cache",
-		func(c *Config) bool { return c.DirectoryCache.MaxLRUCacheEntry != 0 }},
+	{"directory_cache.max_lru_cache_entry", "there is no in-memory buffer in front of the span cache (upstream has one only with direct = false)",
+		func(c *Config) bool { return c.DirectoryCache.MaxLRUCacheEntry != 0 && !c.DirectoryCache.Direct }},
 	{"directory_cache.max_cache_fds", "span cache files are not kept open between reads",
 		func(c *Config) bool { return c.DirectoryCache.MaxCacheFds != 0 }},
-	{"directory_cache.sync_add", "the span cache's write mode is not configurable",
-		func(c *Config) bool { return c.DirectoryCache.SyncAdd }},
+	{"directory_cache.sync_add", "span cache writes are always synchronous (as with sync_add = true): there is no in-memory buffer to write behind",
+		func(c *Config) bool { return !c.DirectoryCache.SyncAdd && !c.DirectoryCache.Direct }},
 	{"directory_cache.direct", "there is no in-memory buffer in front of the span cache (as with direct = true)",
 		func(c *Config) bool { return !c.DirectoryCache.Direct }},
 
