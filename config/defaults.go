@@ -15,22 +15,19 @@ const (
 	defaultValidIntervalSec          = 60
 	defaultFetchTimeoutSec           = 300
 	defaultFuseTimeoutSec            = 1
-	// negativeSpanVerificationRetries is what a negative [blob]
-	// max_span_verification_retries means (upstream's built-in count).
-	negativeSpanVerificationRetries = 3
-	defaultSilencePeriodMsec        = 30_000
-	defaultFetchPeriodMsec          = 500
-	defaultMaxQueueSize             = 300
-	defaultEmitMetricPeriodSec      = 10
-	defaultAuthClientTTLSec         = 3600
-	defaultDownloadsPerImage        = 3
-	defaultUnpacksPerImage          = 1
-	defaultMaxIndexEntries          = 4096
-	defaultMaxZTOCBytes             = 256 << 20
-	defaultMaxZTOCEntries           = 1 << 20
-	defaultMaxZTOCHeapBytes         = 512 << 20
-	defaultMaxTreeDepth             = 1024
-	defaultMaxDecompressBytes       = 64 << 20
+	defaultSilencePeriodMsec         = 30_000
+	defaultFetchPeriodMsec           = 500
+	defaultMaxQueueSize              = 300
+	defaultEmitMetricPeriodSec       = 10
+	defaultAuthClientTTLSec          = 3600
+	defaultDownloadsPerImage         = 3
+	defaultUnpacksPerImage           = 1
+	defaultMaxIndexEntries           = 4096
+	defaultMaxZTOCBytes              = 256 << 20
+	defaultMaxZTOCEntries            = 1 << 20
+	defaultMaxZTOCHeapBytes          = 512 << 20
+	defaultMaxTreeDepth              = 1024
+	defaultMaxDecompressBytes        = 64 << 20
 )
 
 // Default returns the configuration used when no file is present. It is
@@ -97,3 +94,7 @@ func Default() *Config {
 		},
 	}
 }
+
+// negativeSpanVerificationRetries is what a negative [blob]
+// max_span_verification_retries means (upstream's built-in count).
+const negativeSpanVerificationRetries = 3
