@@ -171,7 +171,9 @@ type BlobConfig struct {
 	MaxWaitMsec Milliseconds `toml:"max_wait_msec"`
 	// CheckAlways re-checks the blob on every access.
 	CheckAlways bool `toml:"check_always"`
-	// ForceSingleRangeMode never asks the registry for several ranges at once.
+	// ForceSingleRangeMode never asks the registry for several ranges at
+	// once. Accepted, and true whatever its value: the daemon's requests
+	// always ask for a single range.
 	ForceSingleRangeMode bool `toml:"force_single_range_mode"`
 	// MaxSpanVerificationRetries is how many more times a span is fetched
 	// when its content fails verification.

@@ -94,3 +94,7 @@ func Default() *Config {
 		},
 	}
 }
+
+// negativeSpanVerificationRetries is what a negative [blob]
+// max_span_verification_retries means (upstream's built-in count).
+const negativeSpanVerificationRetries = 3

@@ -160,7 +160,10 @@ func (b *BlobConfig) normalize(h HTTPConfig) {
 	defaultIfZero(&b.MinWaitMsec, h.MinWaitMsec)
 	defaultIfZero(&b.MaxWaitMsec, h.MaxWaitMsec)
 	normalizeWaits(&b.MinWaitMsec, &b.MaxWaitMsec)
-	zeroIfNegative(&b.MaxSpanVerificationRetries)
+	// Upstream's span manager reads a negative count as its built-in 3.
+	if b.MaxSpanVerificationRetries < 0 {
+		b.MaxSpanVerificationRetries = negativeSpanVerificationRetries
+	}
 }
 
 func (f *FuseConfig) normalize() {

@@ -23,22 +23,19 @@ type Unused struct {
 // removes its row. [limits] is ours and wired through fs.Options; keys that
 // are honoured as upper bounds ([background_fetch] silence_period_msec,
 // fetch_period_msec, [blob] fetching_timeout_sec) are not listed, and
-// neither is http_cache_type, which upstream does not use either.
+// neither is http_cache_type, which upstream does not use either, nor
+// [blob] force_single_range_mode: every registry request the daemon makes
+// asks for a single range, so the mode it asks for is always on.
 var unusedKeys = []Unused{
 	{"filesystem_cache_type", "span data is always cached on disk under the root directory ([directory_cache] max_bytes bounds it)",
 		func(c *Config) bool { return c.FSCacheType == CacheTypeMemory }},
 	{"resolve_result_entry", "there is no cache of resolved layers to size: a layer is resolved once per mount",
 		func(c *Config) bool { return c.ResolveResultEntry != 0 }},
-	{"debug", "go-fuse debug logging is not available", func(c *Config) bool { return c.Debug }},
-	{"disable_verification", "span data is always verified against the zTOC's span digests",
-		func(c *Config) bool { return c.DisableVerification }},
 	{"debug_address", "pprof is unauthenticated, so it is served only on a unix socket or a loopback address; this one is not served",
 		func(c *Config) bool {
 			return c.DebugAddress != "" && DebugNetwork(c.DebugAddress) == NetworkTCP && CheckLoopback(c.DebugAddress) != nil
 		}},
 	{"fuse_metrics_emit_wait_duration_sec", "per-image FUSE operation counts are not emitted", nil},
-	{"no_prometheus", "metrics are always collected; leave metrics_address empty to not serve them",
-		func(c *Config) bool { return c.NoPrometheus }},
 	{"metadata_store", "layer metadata is kept in memory, not in bbolt",
 		func(c *Config) bool { return c.MetadataStore != MetadataStoreDB }},
 	{"metadata_db_no_sync", "layer metadata is kept in memory, not in bbolt",
@@ -48,26 +45,19 @@ var unusedKeys = []Unused{
 	{"skip_check_snapshotter_supported", "the overlayfs check always runs at start",
 		func(c *Config) bool { return c.SkipCheckSnapshotterSupported }},
 
-	{"blob.valid_interval", "a blob's reachability is not re-checked on a timer; a failed read is retried as [blob] max_retries says", nil},
-	{"blob.check_always", "a blob's reachability is not re-checked before reads",
+	{"blob.valid_interval", "a layer's blob is not probed when containerd checks its snapshot (upstream probes it when its last " +
+		"successful fetch is older than valid_interval); a read that cannot reach it fails with EIO after [blob] max_retries", nil},
+	{"blob.check_always", "a layer's blob is not probed when containerd checks its snapshot; a read that cannot reach it fails with EIO after [blob] max_retries",
 		func(c *Config) bool { return c.Blob.CheckAlways }},
-	{"blob.max_span_verification_retries", "a span that fails verification is not fetched again: the read fails with EIO",
-		func(c *Config) bool { return c.Blob.MaxSpanVerificationRetries != 0 }},
 
-	{"directory_cache.max_lru_cache_entry", "there is no in-memory buffer in front of the span cache",
-		func(c *Config) bool { return c.DirectoryCache.MaxLRUCacheEntry != 0 }},
+	{"directory_cache.max_lru_cache_entry", "there is no in-memory buffer in front of the span cache (upstream has one only with direct = false)",
+		func(c *Config) bool { return c.DirectoryCache.MaxLRUCacheEntry != 0 && !c.DirectoryCache.Direct }},
 	{"directory_cache.max_cache_fds", "span cache files are not kept open between reads",
 		func(c *Config) bool { return c.DirectoryCache.MaxCacheFds != 0 }},
-	{"directory_cache.sync_add", "the span cache's write mode is not configurable",
-		func(c *Config) bool { return c.DirectoryCache.SyncAdd }},
+	{"directory_cache.sync_add", "span cache writes are always synchronous (as with sync_add = true): there is no in-memory buffer to write behind",
+		func(c *Config) bool { return !c.DirectoryCache.SyncAdd && !c.DirectoryCache.Direct }},
 	{"directory_cache.direct", "there is no in-memory buffer in front of the span cache (as with direct = true)",
 		func(c *Config) bool { return !c.DirectoryCache.Direct }},
-
-	{"fuse.attr_timeout", "the kernel caches a layer's attributes for 24h (layers are immutable)", nil},
-	{"fuse.entry_timeout", "the kernel caches a layer's name lookups for 24h (layers are immutable)", nil},
-	{"fuse.negative_timeout", "the kernel caches a layer's failed lookups for 24h (layers are immutable)", nil},
-	{"fuse.log_fuse_operations", "FUSE operations are not logged",
-		func(c *Config) bool { return c.Fuse.LogFuseOperations }},
 
 	{"background_fetch.emit_metric_period_sec", "the background fetcher's metrics are read when Prometheus scrapes", nil},
 

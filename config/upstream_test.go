@@ -130,7 +130,7 @@ func TestUpstreamValues(t *testing.T) {
 		{"[http]\nResponseHeaderTimeoutMsec = -1", func(c *Config) bool { return c.HTTP.ResponseHeaderTimeoutMsec == -1 }},
 		{"[blob]\nfetching_timeout_sec = -1", func(c *Config) bool { return c.Blob.FetchTimeoutSec == -1 }},
 		{"[blob]\nvalid_interval = -1", func(c *Config) bool { return c.Blob.CheckAlways && c.Blob.ValidIntervalSec == 0 }},
-		{"[blob]\nmax_span_verification_retries = -2", func(c *Config) bool { return c.Blob.MaxSpanVerificationRetries == 0 }},
+		{"[blob]\nmax_span_verification_retries = -2", func(c *Config) bool { return c.Blob.MaxSpanVerificationRetries == 3 }},
 		{"[fuse]\nentry_timeout = -5", func(c *Config) bool { return c.Fuse.EntryTimeoutSec == -5 }},
 		{"fuse_metrics_emit_wait_duration_sec = -1", func(c *Config) bool { return c.FuseMetricsEmitWaitDurationSec == -1 }},
 		{"[background_fetch]\nsilence_period_msec = -1", func(c *Config) bool { return c.BackgroundFetch.SilencePeriodMsec == -1 }},
@@ -197,13 +197,13 @@ func TestUnknownKeyNotices(t *testing.T) {
 }
 
 func TestUnusedKeyNotices(t *testing.T) {
-	doc := "debug = true\ndisable_verification = false\n[fuse]\nattr_timeout = 1\n" +
+	doc := "resolve_result_entry = 5\ndisable_verification = false\ndebug = true\n[resolver]\nauth_client_ttl_sec = 60\n" +
 		"[pull_modes.parallel_pull_unpack]\nmax_concurrent_downloads = 5\n"
 	_, notices := mustRead(t, doc)
-	if got := noticeKeys(notices, UnusedKey); !slices.Equal(got, []string{"debug", "fuse.attr_timeout"}) {
-		t.Errorf("unused keys %v, want debug and fuse.attr_timeout", got)
+	if got := noticeKeys(notices, UnusedKey); !slices.Equal(got, []string{"resolve_result_entry", "resolver.auth_client_ttl_sec"}) {
+		t.Errorf("unused keys %v, want resolve_result_entry and resolver.auth_client_ttl_sec", got)
 	}
-	if notices[1].Line != 4 || !strings.Contains(notices[1].String(), "24h") {
+	if notices[1].Line != 5 || !strings.Contains(notices[1].String(), "tokens") {
 		t.Errorf("notice %+v", notices[1])
 	}
 	// With parallel pull on, its keys ask for something the daemon lacks.
@@ -216,9 +216,9 @@ func TestUnusedKeyNotices(t *testing.T) {
 		}
 	}
 	// Keys in a different case are the same keys.
-	_, notices = mustRead(t, "DEBUG = true\n")
-	if got := noticeKeys(notices, UnusedKey); !slices.Equal(got, []string{"debug"}) {
-		t.Errorf("DEBUG: unused keys %v", got)
+	_, notices = mustRead(t, "RESOLVE_RESULT_ENTRY = 3\n")
+	if got := noticeKeys(notices, UnusedKey); !slices.Equal(got, []string{"resolve_result_entry"}) {
+		t.Errorf("RESOLVE_RESULT_ENTRY: unused keys %v", got)
 	}
 	// The defaults ask for nothing the daemon lacks, except keys with no
 	// counterpart at all.

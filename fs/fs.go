@@ -55,6 +55,21 @@ type Options struct {
 	// estimated heap (IndexLimits), and the layer tree's depth.
 	IndexLimits  index.Limits
 	MaxTreeDepth int
+
+	// AttrTimeout, EntryTimeout and NegativeTimeout are how long the
+	// kernel caches a layer's attributes, name lookups and failed lookups
+	// ([fuse]; 0 takes layer.DefaultCacheTimeout, negative is as long as
+	// the kernel can).
+	AttrTimeout, EntryTimeout, NegativeTimeout time.Duration
+	// FuseDebug writes go-fuse's trace of every request into the log at
+	// debug ("debug"); LogFuseOperations logs every operation on a layer
+	// with its path at debug ([fuse] log_fuse_operations). Both reveal
+	// file names.
+	FuseDebug, LogFuseOperations bool
+	// VerifyRetries is how many more times a span that fails verification
+	// is fetched before reads of it fail ([blob]
+	// max_span_verification_retries).
+	VerifyRetries int
 }
 
 // FS mounts remote layers. It is safe for concurrent use.

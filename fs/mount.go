@@ -166,7 +166,11 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 		return nil, fmt.Errorf("spans of layer %s: %w", t.LayerDigest, err)
 	}
 	start := time.Now()
-	root, err := layer.NewRoot(l.TOC, spans, layer.Options{DisableXattrs: l.DisableXattrs, MaxDepth: f.opts.MaxTreeDepth})
+	lo := layer.Options{DisableXattrs: l.DisableXattrs, MaxDepth: f.opts.MaxTreeDepth}
+	if f.opts.LogFuseOperations {
+		lo.OperationLog = log.G(ctx)
+	}
+	root, err := layer.NewRoot(l.TOC, spans, lo)
 	if err != nil {
 		spans.Close()
 		lm.Close()
@@ -181,7 +185,7 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 	key := cacheKey(t.LayerDigest.String(), ztoc)
 	unpin := f.pin(ctx, key)
 	start = time.Now()
-	server, err := mountFUSE(mountpoint, root, layer.MountOptions(), lm)
+	server, err := mountFUSE(mountpoint, root, layer.MountOptions(f.mountConfig(ctx)), lm)
 	if err != nil {
 		spans.Close()
 		unpin()
@@ -210,6 +214,18 @@ func mountFUSE(mountpoint string, root fusefs.InodeEmbedder, opts *fusefs.Option
 	return server, nil
 }
 
+// mountConfig is how layers are mounted: the [fuse] cache timeouts, and
+// go-fuse's trace into ctx's log when asked for.
+func (f *FS) mountConfig(ctx context.Context) layer.MountConfig {
+	mc := layer.MountConfig{
+		AttrTimeout: f.opts.AttrTimeout, EntryTimeout: f.opts.EntryTimeout, NegativeTimeout: f.opts.NegativeTimeout,
+	}
+	if f.opts.FuseDebug {
+		mc.DebugLog = log.G(ctx)
+	}
+	return mc
+}
+
 // spanOptions configures the span manager of a layer served with the zTOC
 // ztoc. Its spans are cached under the layer and zTOC digests: the
 // decompressed bytes depend on the zTOC's checkpoint windows, which the span
@@ -219,7 +235,7 @@ func (f *FS) spanOptions(t source.Target, l *index.Layer, ztoc digest.Digest, bl
 	so := span.Options{
 		Table: l.Spans, Fetcher: blob, Cache: f.cache, Decompressor: l,
 		CacheKey: cacheKey(t.LayerDigest.String(), ztoc), FetchTimeout: f.opts.FetchTimeout,
-		Limit: f.decompress,
+		Limit: f.decompress, VerifyRetries: f.opts.VerifyRetries,
 		// The background walk hashes the whole blob; reads keep what they
 		// fetched so that it need not fetch it twice.
 		KeepCompressed: f.bg != nil,

@@ -107,7 +107,7 @@ func TestUpstreamConfigJSONLog(t *testing.T) {
 		"[pull_modes.soci_v2]\nenabled = true\n" +
 		"[snapshotter]\nmin_layer_size = -1\n" +
 		"[blob]\nmax_wait_msec = 20\n" +
-		"[fuse]\nattr_timeout = 1\n"
+		"[resolver]\nauth_client_ttl_sec = 60\n"
 	d, err := harness.NewDaemon(filepath.Join(tools.Ours, "soci-snapshotter-grpc"), t.TempDir(), conf)
 	if err != nil {
 		t.Fatal(err)
@@ -153,8 +153,8 @@ func TestUpstreamConfigJSONLog(t *testing.T) {
 			t.Errorf("warning for %s = %v, want line and did_you_mean %s", key, w, suggestion)
 		}
 	}
-	if _, ok := warnings["fuse.attr_timeout"]; !ok {
-		t.Errorf("no warning for the unused key fuse.attr_timeout in:\n%s", data)
+	if _, ok := warnings["resolver.auth_client_ttl_sec"]; !ok {
+		t.Errorf("no warning for the unused key resolver.auth_client_ttl_sec in:\n%s", data)
 	}
 	if !strings.Contains(string(data), "starting soci-snapshotter-grpc") {
 		t.Errorf("no start line in:\n%s", data)

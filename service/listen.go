@@ -1,6 +1,7 @@
 package service
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -9,20 +10,26 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/log"
 	"github.com/coreos/go-systemd/v22/activation"
+
+	"github.com/fastsoci/soci-snapshotter/config"
 )
 
 // Listen opens the socket the daemon serves on. address is a path, a
-// "unix://" URL, or "fd://" for a socket handed over by systemd.
+// "unix://" URL, or "fd://" for a socket handed over by systemd. As with
+// upstream, "fd://" when no socket was handed over (the daemon was started
+// directly, not by socket activation) serves on config.DefaultAddress, and
+// says so in an Info line.
 //
 // A missing socket directory is created with mode 0700, and the socket file
 // has mode 0600 from the moment it exists (see listenUnix). A socket file
 // left by a daemon that is gone is replaced; one that still answers is an
 // error, so two daemons never share an address. Closing the listener removes
 // the socket file.
-func Listen(address string) (net.Listener, error) {
+func Listen(ctx context.Context, address string) (net.Listener, error) {
 	if address == "fd://" {
-		return systemdListener()
+		return systemdListener(ctx, config.DefaultAddress)
 	}
 	return listenUnix(strings.TrimPrefix(address, "unix://"))
 }
@@ -55,8 +62,8 @@ func removeStaleSocket(path string) error {
 }
 
 // systemdListener returns the single socket passed by systemd socket
-// activation (LISTEN_FDS).
-func systemdListener() (net.Listener, error) {
+// activation (LISTEN_FDS), or a unix socket at fallback when none was passed.
+func systemdListener(ctx context.Context, fallback string) (net.Listener, error) {
 	ls, err := activation.Listeners()
 	if err != nil {
 		return nil, fmt.Errorf("take sockets from systemd: %w", err)
@@ -69,7 +76,13 @@ func systemdListener() (net.Listener, error) {
 	}
 	switch len(found) {
 	case 0:
-		return nil, errors.New("fd://: systemd passed no listening socket (is the .socket unit active?)")
+		log.G(ctx).WithField("address", fallback).
+			Info("fd://: no socket was passed (not started by systemd socket activation); serving on the default socket")
+		l, err := listenUnix(fallback)
+		if err != nil {
+			return nil, fmt.Errorf("fd:// without a passed socket: %w", err)
+		}
+		return l, nil
 	case 1:
 		return found[0], nil
 	default:

@@ -1,16 +1,21 @@
 package service
 
 import (
+	"bytes"
+	"context"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/containerd/log"
+	"github.com/sirupsen/logrus"
 )
 
 func TestListenCreatesPrivateDirectory(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "run", "soci", "s.sock")
-	l, err := Listen("unix://" + path)
+	l, err := Listen(context.Background(), "unix://"+path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +48,7 @@ func TestListenReplacesStaleSocket(t *testing.T) {
 	if _, err := os.Stat(path); err != nil {
 		t.Fatalf("stale socket file should exist: %v", err)
 	}
-	l, err := Listen(path)
+	l, err := Listen(context.Background(), path)
 	if err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
@@ -57,12 +62,12 @@ func TestListenReplacesStaleSocket(t *testing.T) {
 
 func TestListenRefusesLiveSocket(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "s.sock")
-	live, err := Listen(path)
+	live, err := Listen(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer live.Close()
-	if l, err := Listen(path); err == nil {
+	if l, err := Listen(context.Background(), path); err == nil {
 		l.Close()
 		t.Fatal("second listener took a live socket")
 	} else if !strings.Contains(err.Error(), "in use") {
@@ -75,7 +80,7 @@ func TestListenRefusesNonSocket(t *testing.T) {
 	if err := os.WriteFile(path, []byte("precious"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if l, err := Listen(path); err == nil {
+	if l, err := Listen(context.Background(), path); err == nil {
 		l.Close()
 		t.Fatal("listened over a regular file")
 	}
@@ -84,11 +89,53 @@ func TestListenRefusesNonSocket(t *testing.T) {
 	}
 }
 
-func TestListenSystemdWithoutSockets(t *testing.T) {
+// fd:// with nothing passed serves on the fallback (the default socket in
+// the daemon), as upstream does, and says so at Info.
+func TestListenSystemdWithoutSocketsFallsBack(t *testing.T) {
 	t.Setenv("LISTEN_FDS", "")
 	t.Setenv("LISTEN_PID", "")
-	if _, err := Listen("fd://"); err == nil || !strings.Contains(err.Error(), "no listening socket") {
-		t.Errorf("fd:// without systemd sockets: got %v", err)
+	var buf bytes.Buffer
+	logger := logrus.New()
+	logger.SetOutput(&buf)
+	logger.SetLevel(logrus.InfoLevel)
+	ctx := log.WithLogger(context.Background(), logrus.NewEntry(logger))
+
+	path := filepath.Join(t.TempDir(), "run", "default.sock")
+	l, err := systemdListener(ctx, path)
+	if err != nil {
+		t.Fatalf("fd:// without systemd sockets: %v", err)
+	}
+	defer l.Close()
+	if got := l.Addr().String(); got != path {
+		t.Errorf("listening on %q, want the fallback %q", got, path)
+	}
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("fallback socket does not accept: %v", err)
+	}
+	c.Close()
+	out := buf.String()
+	if !strings.Contains(out, "level=info") || !strings.Contains(out, "no socket was passed") || !strings.Contains(out, path) {
+		t.Errorf("want an Info line naming the fallback address, got %q", out)
+	}
+}
+
+// The fallback keeps the unix listener's safety: a live daemon on the
+// default socket is not displaced.
+func TestListenSystemdFallbackRefusesLiveSocket(t *testing.T) {
+	t.Setenv("LISTEN_FDS", "")
+	t.Setenv("LISTEN_PID", "")
+	path := filepath.Join(t.TempDir(), "default.sock")
+	live, err := Listen(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	if l, err := systemdListener(context.Background(), path); err == nil {
+		l.Close()
+		t.Fatal("fd:// fallback took a live socket")
+	} else if !strings.Contains(err.Error(), "in use") {
+		t.Errorf("error %q does not say the socket is in use", err)
 	}
 }
 

@@ -24,10 +24,11 @@ type metricsServer struct {
 
 // serveMetrics listens on cfg.MetricsAddress (tcp "host:port", or a unix
 // socket path when metrics_network is "unix") and serves m's registry at
-// /metrics (and /). An empty address turns the endpoint off.
+// /metrics (and /). An empty address, or no metrics (m nil: no_prometheus),
+// turns the endpoint off.
 func serveMetrics(ctx context.Context, cfg *config.Config, m *metrics.Metrics) (*metricsServer, error) {
 	addr := cfg.MetricsAddress
-	if addr == "" {
+	if addr == "" || m == nil {
 		return nil, nil
 	}
 	network := cfg.MetricsNetwork
@@ -75,8 +76,10 @@ func (s *metricsServer) close() error {
 	return nil
 }
 
-// observed sets m as the registry client's observer.
+// observed sets m as the registry client's observer (none when m is nil).
 func observed(o remote.Options, m *metrics.Metrics) remote.Options {
-	o.Observer = m
+	if m != nil {
+		o.Observer = m
+	}
 	return o
 }

@@ -49,7 +49,8 @@ func New(ctx context.Context, cfg *config.Config, root string) (*Service, error)
 	if err != nil {
 		return nil, err
 	}
-	m := metrics.New()
+	warnOverrides(ctx, cfg)
+	m := newMetrics(ctx, cfg)
 	var cri *criProxy
 	var criCreds func(string) (string, string, error)
 	if cfg.CRIKeychain.EnableKeychain {
@@ -102,6 +103,30 @@ func New(ctx context.Context, cfg *config.Config, root string) (*Service, error)
 	return &Service{lock: lock, fs: mounter, snapshotter: sn, server: server, metrics: ms, debug: dbg, cri: cri}, nil
 }
 
+// warnOverrides says, once at start, which settings of cfg the daemon does
+// not honour on purpose.
+func warnOverrides(ctx context.Context, cfg *config.Config) {
+	if cfg.DisableVerification {
+		log.G(ctx).WithField("key", "disable_verification").
+			Warn("disable_verification = true is not honoured: span data is still verified against the zTOC's span digests, " +
+				"so that a registry or proxy serving other bytes cannot change what containers read")
+	}
+}
+
+// newMetrics returns the daemon's metrics, or nil when no_prometheus says
+// none are to be collected (as upstream: nothing is registered or served).
+func newMetrics(ctx context.Context, cfg *config.Config) *metrics.Metrics {
+	if cfg.NoPrometheus {
+		l := log.G(ctx)
+		if cfg.MetricsAddress != "" {
+			l = l.WithField("metrics_address", cfg.MetricsAddress)
+		}
+		l.Info("no_prometheus: metrics are neither collected nor served")
+		return nil
+	}
+	return metrics.New()
+}
+
 // fsOptions maps the configuration onto the lazy filesystem's options.
 // criCreds, when not nil, are credentials captured from CRI pulls, tried
 // before the docker config.
@@ -135,6 +160,13 @@ func fsOptions(cfg *config.Config, root string, m *metrics.Metrics, criCreds fun
 			MaxZTOCHeapBytes: int64(cfg.Limits.MaxZTOCHeapBytes),
 		},
 		MaxTreeDepth: cfg.Limits.MaxTreeDepth,
+
+		AttrTimeout:       time.Duration(cfg.Fuse.AttrTimeoutSec) * time.Second,
+		EntryTimeout:      time.Duration(cfg.Fuse.EntryTimeoutSec) * time.Second,
+		NegativeTimeout:   time.Duration(cfg.Fuse.NegativeTimeoutSec) * time.Second,
+		FuseDebug:         cfg.Debug,
+		LogFuseOperations: cfg.Fuse.LogFuseOperations,
+		VerifyRetries:     cfg.Blob.MaxSpanVerificationRetries,
 	}
 }
 

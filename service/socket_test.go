@@ -127,7 +127,7 @@ func TestListenSocketNeverHasWiderMode(t *testing.T) {
 	}
 	w := watchDir(t, dir)
 	path := filepath.Join(dir, "s.sock")
-	l, err := Listen("unix://" + path)
+	l, err := Listen(context.Background(), "unix://"+path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func TestListenSocketNeverHasWiderMode(t *testing.T) {
 func TestListenPrivateDirectoryWithWideUmask(t *testing.T) {
 	wideUmask(t)
 	path := filepath.Join(t.TempDir(), "run", "soci", "s.sock")
-	l, err := Listen(path)
+	l, err := Listen(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestListenPrivateDirectoryWithWideUmask(t *testing.T) {
 
 func TestListenCloseKeepsAReplacedPath(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "s.sock")
-	l, err := Listen(path)
+	l, err := Listen(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +190,7 @@ func TestListenCloseKeepsAReplacedPath(t *testing.T) {
 
 func TestListenRefusesTooLongPath(t *testing.T) {
 	path := filepath.Join(t.TempDir(), strings.Repeat("d", 100), "s.sock")
-	if l, err := Listen(path); err == nil {
+	if l, err := Listen(context.Background(), path); err == nil {
 		l.Close()
 		t.Fatal("listened on a path longer than sun_path")
 	}

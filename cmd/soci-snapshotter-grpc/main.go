@@ -179,7 +179,7 @@ func serve(ctx context.Context, cfg *config.Config, f *flags) error {
 	if err != nil {
 		return err
 	}
-	l, err := service.Listen(f.address)
+	l, err := service.Listen(ctx, f.address)
 	if err != nil {
 		svc.Close()
 		return err

@@ -17,6 +17,7 @@ var (
 // OpendirHandle opens a directory for listing ".", ".." and the children
 // in tar order. The kernel may cache the listing: it never changes.
 func (i *inode) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	i.logOp("opendir", "")
 	if !i.n.isDir() {
 		return nil, 0, syscall.ENOTDIR
 	}

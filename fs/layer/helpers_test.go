@@ -97,7 +97,7 @@ func mount(t testing.TB, toc TOC, r Reader, opts Options) string {
 		t.Fatalf("NewRoot: %v", err)
 	}
 	dir := t.TempDir()
-	server, err := fusefs.Mount(dir, root, MountOptions())
+	server, err := fusefs.Mount(dir, root, MountOptions(MountConfig{}))
 	if err != nil {
 		t.Fatalf("mount: %v", err)
 	}

@@ -3,10 +3,14 @@ package layer
 import (
 	"context"
 	"fmt"
+	golog "log"
+	"math"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -26,6 +30,10 @@ type Options struct {
 	// MaxDepth bounds the directory levels of the tree (the components
 	// of any path); 0 takes DefaultMaxDepth. Deeper entries fail NewRoot.
 	MaxDepth int
+	// OperationLog, when not nil, gets a debug line "FUSE operation" for
+	// every operation on the tree, with its kind and path ([fuse]
+	// log_fuse_operations; the paths reveal the image's file names).
+	OperationLog *log.Entry
 }
 
 // DefaultMaxDepth is the default of Options.MaxDepth (limits.max_tree_depth).
@@ -39,17 +47,22 @@ const (
 	fuseName = "rawBridge"
 	// fuseSource is the mount source shown in the mount table.
 	fuseSource = "soci"
-	// cacheTimeout is how long the kernel may cache entries, negative
-	// lookups and attributes: layers never change.
-	cacheTimeout = 24 * time.Hour
+	// DefaultCacheTimeout is how long the kernel may cache entries,
+	// failed lookups and attributes when MountConfig leaves it at 0:
+	// layers never change.
+	DefaultCacheTimeout = 24 * time.Hour
+	// foreverTimeout stands for a negative timeout: the kernel clamps it
+	// to the longest it can keep an entry.
+	foreverTimeout = time.Duration(math.MaxInt64)
 )
 
 // tree is what all nodes of one layer share.
 type tree struct {
 	r             Reader
 	disableXattrs bool
-	files         uint64 // live nodes
-	blocks        uint64 // 4 KiB blocks of file data
+	opLog         *log.Entry // Options.OperationLog
+	files         uint64     // live nodes
+	blocks        uint64     // 4 KiB blocks of file data
 }
 
 // NewRoot validates toc and builds the whole tree of the layer in memory:
@@ -71,19 +84,31 @@ func NewRoot(toc TOC, r Reader, opts Options) (fusefs.InodeEmbedder, error) {
 	if err := b.build(toc.Entries); err != nil {
 		return nil, err
 	}
-	t := &tree{r: r, disableXattrs: opts.DisableXattrs, files: b.files, blocks: b.blocks}
+	t := &tree{r: r, disableXattrs: opts.DisableXattrs, opLog: opts.OperationLog, files: b.files, blocks: b.blocks}
 	return &inode{n: b.root, t: t}, nil
+}
+
+// MountConfig is what may be tuned about how a layer is mounted ([fuse]
+// and debug in the configuration).
+type MountConfig struct {
+	// AttrTimeout, EntryTimeout and NegativeTimeout are how long the
+	// kernel caches attributes, name lookups and failed lookups: 0 takes
+	// DefaultCacheTimeout, a negative value as long as the kernel can
+	// (what upstream's negative values come to).
+	AttrTimeout, EntryTimeout, NegativeTimeout time.Duration
+	// DebugLog, when not nil, gets go-fuse's trace of every request and
+	// reply, one debug line each ("debug" in the configuration).
+	DebugLog *log.Entry
 }
 
 // MountOptions returns the go-fuse options layers are mounted with:
 // read-only, allow_other with kernel permission checks, setuid binaries and
-// device nodes honoured as on a containerd-unpacked snapshot, long kernel
-// cache timeouts, modes passed through as they are (0 stays 0), source
-// "soci" and type "fuse.rawBridge". Each call returns a fresh value the
-// caller may adjust (Debug, Logger).
-func MountOptions() *fusefs.Options {
-	timeout := cacheTimeout
-	return &fusefs.Options{
+// device nodes honoured as on a containerd-unpacked snapshot, the kernel
+// cache timeouts of c, modes passed through as they are (0 stays 0), source
+// "soci" and type "fuse.rawBridge". Each call returns a fresh value.
+func MountOptions(c MountConfig) *fusefs.Options {
+	attr, entry, negative := cacheTimeout(c.AttrTimeout), cacheTimeout(c.EntryTimeout), cacheTimeout(c.NegativeTimeout)
+	o := &fusefs.Options{
 		MountOptions: fuse.MountOptions{
 			AllowOther: true,
 			FsName:     fuseSource,
@@ -95,9 +120,35 @@ func MountOptions() *fusefs.Options {
 			DirectMount:      true,
 			DirectMountFlags: syscall.MS_RDONLY,
 		},
-		EntryTimeout:    &timeout,
-		AttrTimeout:     &timeout,
-		NegativeTimeout: &timeout,
+		EntryTimeout:    &entry,
+		AttrTimeout:     &attr,
+		NegativeTimeout: &negative,
 		NullPermissions: true,
 	}
+	if c.DebugLog != nil {
+		// The trace is written by the fuse server (MountOptions) and
+		// the node bridge (Options) through loggers of their own.
+		l := golog.New(debugWriter{c.DebugLog}, "", 0)
+		o.MountOptions.Debug, o.MountOptions.Logger = true, l
+		o.Logger = l
+	}
+	return o
+}
+
+func cacheTimeout(d time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return DefaultCacheTimeout
+	case d < 0:
+		return foreverTimeout
+	}
+	return d
+}
+
+// debugWriter turns each line go-fuse's logger writes into a debug entry.
+type debugWriter struct{ e *log.Entry }
+
+func (w debugWriter) Write(p []byte) (int, error) {
+	w.e.Debug(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }

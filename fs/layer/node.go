@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"path"
 	"syscall"
 
 	"github.com/containerd/log"
@@ -34,6 +35,7 @@ var (
 
 // Lookup finds a child by name: a map or short linear search.
 func (i *inode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	i.logOp("lookup", name)
 	if !i.n.isDir() {
 		return nil, syscall.ENOTDIR
 	}
@@ -48,6 +50,7 @@ func (i *inode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*f
 
 // Getattr reports the node's attributes.
 func (i *inode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	i.logOp("getattr", "")
 	fillAttr(i.n, &out.Attr)
 	return 0
 }
@@ -77,6 +80,7 @@ func fillAttr(n *node, a *fuse.Attr) {
 
 // Readlink returns a symlink's target.
 func (i *inode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	i.logOp("readlink", "")
 	if i.n.mode&syscall.S_IFMT != syscall.S_IFLNK {
 		return nil, syscall.EINVAL
 	}
@@ -86,6 +90,7 @@ func (i *inode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 // Open allows reading only. The kernel may keep cached pages across opens:
 // the content never changes.
 func (i *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	i.logOp("open", "")
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
 	}
@@ -101,6 +106,7 @@ func (i *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint
 // not cancelled and must bound its own time. A killed reader does not wait:
 // the kernel abandons the request.
 func (i *inode) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	i.logOp("read", "")
 	n := i.n
 	if off < 0 {
 		return nil, syscall.EINVAL
@@ -123,6 +129,7 @@ func (i *inode) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off 
 
 // Statfs describes the layer: its data blocks and inodes, nothing free.
 func (i *inode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	i.logOp("statfs", "")
 	*out = fuse.StatfsOut{
 		Blocks:  i.t.blocks,
 		Files:   i.t.files,
@@ -131,4 +138,17 @@ func (i *inode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 		NameLen: maxNameLen,
 	}
 	return 0
+}
+
+// logOp logs an operation on the node (on its child name, for a lookup)
+// when the tree logs operations (Options.OperationLog).
+func (i *inode) logOp(op, child string) {
+	if i.t.opLog == nil {
+		return
+	}
+	p := "/" + i.Path(nil)
+	if child != "" {
+		p = path.Join(p, child)
+	}
+	i.t.opLog.WithField("operation", op).WithField("path", p).Debug("FUSE operation")
 }

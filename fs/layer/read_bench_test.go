@@ -130,7 +130,7 @@ func mountTOC(b *testing.B, toc TOC) (*fuse.Server, string) {
 		b.Fatal(err)
 	}
 	dir := b.TempDir()
-	server, err := fusefs.Mount(dir, root, MountOptions())
+	server, err := fusefs.Mount(dir, root, MountOptions(MountConfig{}))
 	if err != nil {
 		b.Fatalf("mount: %v", err)
 	}

@@ -10,6 +10,7 @@ import (
 // small for the value (including the size probe with an empty dest)
 // yields the value's size and ERANGE.
 func (i *inode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	i.logOp("getxattr", "")
 	var (
 		v  string
 		ok bool
@@ -33,6 +34,7 @@ func (i *inode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32,
 // attributes, sorted. A dest too small for the list yields its size and
 // ERANGE.
 func (i *inode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	i.logOp("listxattr", "")
 	names := i.xattrNames()
 	size := 0
 	for _, name := range names {

@@ -165,6 +165,16 @@ func (m *Manager) fetch(first, last int) {
 		s := spans[i]
 		compressed := buf[s.CompressedStart-base : s.CompressedEnd-base]
 		data, stored, serr := m.load(ctx, i, compressed)
+		for r := 0; r < m.retries && errors.Is(serr, ErrVerification) && ctx.Err() == nil; r++ {
+			// Options.VerifyRetries: fetch the span alone again. A
+			// failed fetch ends the retries (the client retried it).
+			again := make([]byte, len(compressed))
+			if err := fetchFull(ctx, m.fetcher, again, s.CompressedStart); err != nil {
+				break
+			}
+			compressed = again
+			data, stored, serr = m.load(ctx, i, compressed)
+		}
 		if serr == nil {
 			m.keepCompressed(ctx, i, compressed)
 		}

@@ -111,6 +111,10 @@ type Options struct {
 	// Manager of the node; a span longer than the bound alone is refused
 	// (ErrTooLarge) without being fetched. nil: no bound.
 	Limit *DecompressLimit
+	// VerifyRetries is how many more times a span whose bytes fail
+	// verification is fetched, alone, before its readers get the error
+	// ([blob] max_span_verification_retries; 0: none).
+	VerifyRetries int
 }
 
 // Observer receives metrics of reads. Failure kinds are "verification"
@@ -146,6 +150,7 @@ type Manager struct {
 	split       int64 // Options.SplitRequest
 	maxSplit    int   // Options.MaxSplit
 	limit       *DecompressLimit
+	retries     int // Options.VerifyRetries
 
 	// life is the lifecycle of shared fetches (not a request context): it
 	// is canceled by Close only.
@@ -206,6 +211,7 @@ func New(opts Options) (*Manager, error) {
 		calls: make([]*call, n), state: make([]state, n),
 		ahead: opts.ReadAhead, aheadReq: opts.ReadAheadRequest, lastEnd: -1,
 		split: opts.SplitRequest, maxSplit: opts.MaxSplit, limit: opts.Limit,
+		retries: max(opts.VerifyRetries, 0),
 	}
 	if m.maxSplit <= 0 {
 		m.maxSplit = 4
