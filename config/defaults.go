@@ -14,7 +14,7 @@ const (
 	defaultMaxWaitMsec               = 300_000
 	defaultValidIntervalSec          = 60
 	defaultFetchTimeoutSec           = 300
-	defaultFuseTimeoutSec            = 1
+	defaultFuseTimeoutSec            = 86400 // layers are immutable: cache for a day (the reference: 1)
 	defaultSilencePeriodMsec         = 30_000
 	defaultFetchPeriodMsec           = 500
 	defaultMaxQueueSize              = 300

@@ -128,7 +128,7 @@ func TestNormalization(t *testing.T) {
 		{"[blob]\nvalid_interval = 10\ncheck_always = true", func(c *Config) bool { return c.Blob.ValidIntervalSec == 0 }},
 		{"[blob]\nfetching_timeout_sec = 0", func(c *Config) bool { return c.Blob.FetchTimeoutSec == 300 }},
 		{"[fuse]\nattr_timeout = 0\nentry_timeout = 0\nnegative_timeout = 0", func(c *Config) bool {
-			return c.Fuse.AttrTimeoutSec == 1 && c.Fuse.EntryTimeoutSec == 1 && c.Fuse.NegativeTimeoutSec == 1
+			return c.Fuse.AttrTimeoutSec == 86400 && c.Fuse.EntryTimeoutSec == 86400 && c.Fuse.NegativeTimeoutSec == 86400
 		}},
 		{"[background_fetch]\nsilence_period_msec = 0\nfetch_period_msec = 0\nmax_queue_size = 0\ndrop_policy = ''\nemit_metric_period_sec = 0",
 			func(c *Config) bool { return reflect.DeepEqual(c.BackgroundFetch, Default().BackgroundFetch) }},

@@ -40,8 +40,8 @@ func TestFSOptionsFuse(t *testing.T) {
 		t.Errorf("debug %v, log_fuse_operations %v: want both on", o.FuseDebug, o.LogFuseOperations)
 	}
 	d := fsOptions(config.Default(), t.TempDir(), metrics.New(), nil)
-	if d.AttrTimeout != time.Second || d.EntryTimeout != time.Second || d.NegativeTimeout != time.Second || d.FuseDebug || d.LogFuseOperations {
-		t.Errorf("defaults: %v %v %v debug %v ops %v, want 1s (as upstream) and off", d.AttrTimeout, d.EntryTimeout, d.NegativeTimeout, d.FuseDebug, d.LogFuseOperations)
+	if day := 24 * time.Hour; d.AttrTimeout != day || d.EntryTimeout != day || d.NegativeTimeout != day || d.FuseDebug || d.LogFuseOperations {
+		t.Errorf("defaults: %v %v %v debug %v ops %v, want a day (layers never change) and off", d.AttrTimeout, d.EntryTimeout, d.NegativeTimeout, d.FuseDebug, d.LogFuseOperations)
 	}
 }
 
