@@ -1,6 +1,7 @@
 package span
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,9 +31,10 @@ func (m *Manager) Load(ctx context.Context, first, last int, compressed []byte, 
 	}
 	m.probe(ctx, first, last)
 	m.mu.Lock()
-	if m.closed {
+	if m.closed || m.poisoned != nil {
+		err := cmp.Or(m.poisoned, ErrClosed)
 		m.mu.Unlock()
-		return fmt.Errorf("load spans %d-%d of %s: %w", first, last, m.key, ErrClosed)
+		return fmt.Errorf("load spans %d-%d of %s: %w", first, last, m.key, err)
 	}
 	var mine []int
 	for i := first; i <= last; i++ {
@@ -46,9 +48,13 @@ func (m *Manager) Load(ctx context.Context, first, last int, compressed []byte, 
 	}
 	m.mu.Unlock()
 	var firstErr error
+	loaded := -1 // the last span loaded without error
 	for _, i := range mine {
 		s := spans[i]
-		data, stored, err := m.load(ctx, i, compressed[s.CompressedStart-base:s.CompressedEnd-base])
+		data, stored, err := m.load(ctx, i, compressed[s.CompressedStart-base:s.CompressedEnd-base], loaded == i-1 && i > 0)
+		if err == nil {
+			loaded = i
+		}
 		m.finish(i, data, err, stored)
 		if err != nil && firstErr == nil {
 			firstErr = err
@@ -74,7 +80,7 @@ func (m *Manager) Reserve(ctx context.Context, first, last int) int {
 	m.probe(ctx, first, last)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed {
+	if m.closed || m.poisoned != nil {
 		return first - 1
 	}
 	i := first
@@ -154,9 +160,7 @@ func (m *Manager) DropCompressed(ctx context.Context) {
 	if !m.keepZ {
 		return
 	}
-	if r, ok := m.cache.(interface{ Remove(prefix string) error }); ok {
-		if err := r.Remove(m.key + "/z"); err != nil {
-			log.G(ctx).WithError(err).Debug("cannot drop compressed spans")
-		}
+	if err := m.cache.Remove(m.key + "/z"); err != nil {
+		log.G(ctx).WithError(err).Debug("cannot drop compressed spans")
 	}
 }
