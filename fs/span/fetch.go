@@ -162,7 +162,6 @@ func (m *Manager) fetch(first, last int) {
 	if err != nil {
 		err = fmt.Errorf("fetch spans %d-%d of %s: %w", first, last, m.key, err)
 	}
-	checked := false // the previous span's load checked this span's window
 	for i := first; i <= last; i++ {
 		if err == nil && ctx.Err() != nil { // Close or the timeout stops the remaining work
 			err = fmt.Errorf("fetch span %d of %s: %w", i, m.key, ctx.Err())
@@ -173,8 +172,7 @@ func (m *Manager) fetch(first, last int) {
 		}
 		s := spans[i]
 		compressed := buf[s.CompressedStart-base : s.CompressedEnd-base]
-		data, stored, serr := m.load(ctx, i, compressed, checked)
-		checked = serr == nil
+		data, stored, serr := m.load(ctx, i, compressed)
 		if serr == nil {
 			m.keepCompressed(ctx, i, compressed)
 		}
@@ -239,13 +237,13 @@ func fetchFull(ctx context.Context, f Fetcher, buf []byte, off int64) error {
 
 // load verifies the compressed bytes of span i against its digest,
 // decompresses them, checks the checkpoint windows around the span (see
-// checkWindows; checked: the previous span's load did span i's) and stores
+// checkWindows) and stores
 // the result in the cache (stored reports whether that worked). Unverified
 // bytes never reach the decompressor, and bytes from a mismatched window
 // are neither served nor cached. The decompression holds the span's
 // length of the decompression bound until the data is stored, waiting for
 // it as long as ctx allows.
-func (m *Manager) load(ctx context.Context, i int, compressed []byte, checked bool) (data []byte, stored bool, err error) {
+func (m *Manager) load(ctx context.Context, i int, compressed []byte) (data []byte, stored bool, err error) {
 	s := m.table.Spans[i]
 	if err := m.badSpan(i); err != nil {
 		return nil, false, err
@@ -272,7 +270,7 @@ func (m *Manager) load(ctx context.Context, i int, compressed []byte, checked bo
 	if int64(len(data)) != s.Len() {
 		return nil, false, fmt.Errorf("decompress span %d of %s: got %d bytes, want %d: %w", i, m.key, len(data), s.Len(), io.ErrUnexpectedEOF)
 	}
-	if err := m.checkWindows(ctx, i, data, checked); err != nil {
+	if err := m.checkWindows(ctx, i, data); err != nil {
 		return nil, false, err
 	}
 	return data, m.store(ctx, i, data), nil

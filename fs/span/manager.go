@@ -166,6 +166,7 @@ type Manager struct {
 	// condemn); poisoned is set when the layer was found bad (Poison).
 	bad      map[int]error
 	poisoned error
+	winOK    []bool // spans whose window matched the previous span's bytes
 	// lastEnd is where the previous read ended (-1: none); runStart is
 	// the first span of the current run of sequential reads.
 	lastEnd  int64
@@ -209,7 +210,7 @@ func New(opts Options) (*Manager, error) {
 		key: opts.CacheKey, keys: make([]string, n), keepZ: opts.KeepCompressed,
 		timeout: opts.FetchTimeout, maxCoalesce: opts.MaxCoalesce,
 		observer: opts.Observer, demand: opts.Demand,
-		calls: make([]*call, n), state: make([]state, n),
+		calls: make([]*call, n), state: make([]state, n), winOK: make([]bool, n),
 		ahead: opts.ReadAhead, aheadReq: opts.ReadAheadRequest, lastEnd: -1,
 		split: opts.SplitRequest, maxSplit: opts.MaxSplit, limit: opts.Limit,
 	}

@@ -48,13 +48,9 @@ func (m *Manager) Load(ctx context.Context, first, last int, compressed []byte, 
 	}
 	m.mu.Unlock()
 	var firstErr error
-	loaded := -1 // the last span loaded without error
 	for _, i := range mine {
 		s := spans[i]
-		data, stored, err := m.load(ctx, i, compressed[s.CompressedStart-base:s.CompressedEnd-base], loaded == i-1 && i > 0)
-		if err == nil {
-			loaded = i
-		}
+		data, stored, err := m.load(ctx, i, compressed[s.CompressedStart-base:s.CompressedEnd-base])
 		m.finish(i, data, err, stored)
 		if err != nil && firstErr == nil {
 			firstErr = err

@@ -54,11 +54,16 @@ func windowDigest(start int64, tail []byte) (sum [32]byte, ok bool) {
 }
 
 // checkWindows checks the windows around span i, which just decompressed
-// to data: span i's own against the previous span (unless checked says the
-// previous span's load did that already), which fails the load, and span
-// i+1's against data, which takes span i+1 out of service on a mismatch.
-func (m *Manager) checkWindows(ctx context.Context, i int, data []byte, checked bool) error {
+// to data: span i's own against the previous span's cached bytes (unless
+// the previous span's load matched it already), which fails the load, and
+// span i+1's against data, which takes span i+1 out of service on a
+// mismatch. Spans decompressed in order (a batch, the background walk)
+// thus cost one window hash each.
+func (m *Manager) checkWindows(ctx context.Context, i int, data []byte) error {
 	spans := m.table.Spans
+	m.mu.Lock()
+	checked := m.winOK[i]
+	m.mu.Unlock()
 	if s := spans[i]; s.HasWindow && !checked {
 		if want, ok := m.windowBefore(i); ok && want != s.Window {
 			err := fmt.Errorf("span %d of %s: %w", i, m.key, ErrWindowMismatch)
@@ -67,8 +72,14 @@ func (m *Manager) checkWindows(ctx context.Context, i int, data []byte, checked 
 		}
 	}
 	if i+1 < len(spans) && spans[i+1].HasWindow {
-		if got, ok := windowDigest(spans[i+1].UncompressedStart, data); ok && got != spans[i+1].Window {
+		got, ok := windowDigest(spans[i+1].UncompressedStart, data)
+		switch {
+		case ok && got != spans[i+1].Window:
 			m.condemn(ctx, i+1, fmt.Errorf("span %d of %s: %w", i+1, m.key, ErrWindowMismatch))
+		case ok:
+			m.mu.Lock()
+			m.winOK[i+1] = true // its own load need not check it again
+			m.mu.Unlock()
 		}
 	}
 	return nil
