@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/log"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -127,23 +128,42 @@ func New(opts Options) (*FS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open span cache: %w", err)
 	}
-	var bg *background.Scheduler
 	stateDir := filepath.Join(opts.Root, "background")
+	f := &FS{
+		markers: background.NewMarkers(stateDir), opts: opts, indices: indices, cache: spanCache,
+		decompress: span.NewDecompressLimit(opts.MaxDecompressBytes),
+		mounted:    map[string]*mountedLayer{}, pending: map[string]int{}, unmounted: map[string]layerRef{},
+		pendingImages: map[digest.Digest]int{},
+	}
 	if opts.Background != nil {
 		bo := *opts.Background
 		bo.StateDir = stateDir
 		if opts.Metrics != nil {
 			bo.Observer = opts.Metrics
 		}
-		bg = background.New(bo)
-		opts.Metrics.SetBackgroundQueue(bg.Queued)
+		bo.OnBad = f.poison
+		f.bg = background.New(bo)
+		opts.Metrics.SetBackgroundQueue(f.bg.Queued)
 	}
-	return &FS{
-		bg: bg, markers: background.NewMarkers(stateDir), opts: opts, indices: indices, cache: spanCache,
-		decompress: span.NewDecompressLimit(opts.MaxDecompressBytes),
-		mounted:    map[string]*mountedLayer{}, pending: map[string]int{}, unmounted: map[string]layerRef{},
-		pendingImages: map[digest.Digest]int{},
-	}, nil
+	return f, nil
+}
+
+// poison takes every mounted layer served from the zTOC ztoc of layer out
+// of service once the background walk found the pair bad: their reads fail
+// with EIO and their cached spans go (span.Manager.Poison).
+func (f *FS) poison(layer, ztoc digest.Digest, reason error) {
+	f.mu.Lock()
+	var hit []*mountedLayer
+	for _, m := range f.mounted {
+		if m.name == layer.String() && m.ztoc == ztoc {
+			hit = append(hit, m)
+		}
+	}
+	f.mu.Unlock()
+	ctx := log.WithLogger(context.Background(), log.L.WithField("ztoc", ztoc))
+	for _, m := range hit {
+		m.spans.Poison(ctx, reason)
+	}
 }
 
 // Check reports whether the layer at mountpoint is still served by this

@@ -18,6 +18,9 @@ const (
 	FailureSpanLoad     = "span_load"     // a span did not load, or is not cached after the walk
 	FailureUnverified   = "unverified"    // the whole-blob digest check (or the tar cross-check) could not run
 	FailureZTOCMismatch = "ztoc_mismatch" // the zTOC's file table or spans disagree with the verified blob
+	// FailureWindowMismatch: a span's gzip checkpoint window disagrees with
+	// the bytes before it (fs/span; counted once per span found).
+	FailureWindowMismatch = "window_mismatch"
 )
 
 // GET kinds of soci_registry_get_* metrics.
@@ -88,7 +91,7 @@ func New() *Metrics {
 		}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "soci_failures_total",
-			Help: "Failures by kind: verification, fetch, mount, span_load, unverified, ztoc_mismatch.",
+			Help: "Failures by kind: verification, fetch, mount, span_load, unverified, ztoc_mismatch, window_mismatch.",
 		}, []string{"kind"}),
 		ref: newReference(),
 	}
@@ -100,7 +103,7 @@ func New() *Metrics {
 		m.registryBytes.WithLabelValues(k)
 		m.registryGet.WithLabelValues(k)
 	}
-	for _, k := range []string{FailureVerification, FailureFetch, FailureMount, FailureSpanLoad, FailureUnverified, FailureZTOCMismatch} {
+	for _, k := range []string{FailureVerification, FailureFetch, FailureMount, FailureSpanLoad, FailureUnverified, FailureZTOCMismatch, FailureWindowMismatch} {
 		m.failures.WithLabelValues(k) // present at 0 so that rates work from the start
 	}
 	return m

@@ -250,3 +250,42 @@ func TestCancelDuringCrossCheck(t *testing.T) {
 		t.Errorf("canceled layer: done %v, markers set", done)
 	}
 }
+
+// TestOnBadPoisons: a layer found bad is reported to OnBad (before OnDone)
+// with its digest and zTOC, and poisoning its span manager then fails every
+// read of it; an honest layer is not reported.
+func TestOnBadPoisons(t *testing.T) {
+	r := newRealLayer(t, true)
+	for _, alter := range []int{-1, 2} {
+		l := r.layer(t, "/mnt/onbad", nil, nil, alter)
+		type bad struct{ layer, ztoc digest.Digest }
+		var got []bad
+		res := newResults()
+		s := New(Options{StateDir: t.TempDir(), OnDone: res.onDone, ChunkSize: 100 << 10,
+			OnBad: func(layer, ztoc digest.Digest, reason error) {
+				got = append(got, bad{layer, ztoc}) // before OnDone: wait orders it
+				if !errors.Is(reason, ErrZTOCMismatch) {
+					t.Errorf("OnBad reason %v", reason)
+				}
+				l.Spans.(*span.Manager).Poison(context.Background(), reason)
+			}})
+		if !s.Enqueue(context.Background(), l, Background) {
+			t.Fatal("not queued")
+		}
+		err := res.wait(t, l.Key)
+		s.Close()
+		if (alter >= 0) != (len(got) == 1) || alter < 0 && err != nil {
+			t.Fatalf("alter %d: OnBad calls %v, result %v", alter, got, err)
+		}
+		if alter < 0 {
+			continue
+		}
+		if got[0] != (bad{l.Digest, l.ZTOC}) {
+			t.Errorf("OnBad(%v), want %s %s", got[0], l.Digest, l.ZTOC)
+		}
+		_, rerr := l.Spans.(*span.Manager).FetchAt(context.Background(), make([]byte, 10), 0)
+		if !errors.Is(rerr, span.ErrLayerBad) {
+			t.Errorf("read after OnBad: %v, want ErrLayerBad", rerr)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
 
 	"github.com/fastsoci/soci-snapshotter/fs/span"
@@ -89,6 +90,11 @@ type Options struct {
 	// table the cross-check). It is not called for canceled or dropped
 	// layers.
 	OnDone func(key string, err error)
+	// OnBad, if set, is called when a layer served from a zTOC was found
+	// to contradict it (ErrZTOCMismatch; the pair is marked bad), before
+	// OnDone and the log: whoever serves that layer with that zTOC takes
+	// it out of service (span.Manager.Poison).
+	OnBad func(layer, ztoc digest.Digest, reason error)
 }
 
 // Scheduler runs the background fetches of a node. It is safe for
@@ -366,6 +372,9 @@ func (s *Scheduler) run(j *job) {
 		s.markVerified(j)
 	case errors.Is(err, ErrZTOCMismatch) && !canceled:
 		s.markBad(j, err) // before finish: a mount after OnDone sees it
+		if s.opts.OnBad != nil {
+			s.opts.OnBad(j.layer.Digest, j.layer.ZTOC, err)
+		}
 	}
 	s.finish(j, err)
 	lg := j.log.WithField("took", time.Since(start)).WithField("bytes", res.fetched).WithField("blob_digest_checked", res.checked)
@@ -418,6 +427,10 @@ func (s *Scheduler) judge(ctx context.Context, l Layer, res *walkResult) error {
 		}
 	}
 	switch {
+	case errors.Is(res.loadErr, span.ErrWindowMismatch):
+		// The span's compressed bytes matched the zTOC's digest: its
+		// windows contradict bytes the zTOC itself vouches for.
+		return fmt.Errorf("layer %s, zTOC %s: %w: %w", l.Digest, l.ZTOC, ErrZTOCMismatch, res.loadErr)
 	case res.loadFailed > 0:
 		return fmt.Errorf("layer %s: %d chunks had spans that failed to load, the first: %w: %w", l.Digest, res.loadFailed, res.loadErr, ErrSpanLoad)
 	case missing > 0:

@@ -3,6 +3,7 @@ package index
 import (
 	"bytes"
 	"compress/gzip"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/fastsoci/soci-snapshotter/fs/layer"
+	"github.com/fastsoci/soci-snapshotter/fs/span"
 )
 
 func TestConvertRealLayers(t *testing.T) {
@@ -30,6 +32,7 @@ func TestConvertRealLayers(t *testing.T) {
 		blob     func(testing.TB, []byte) []byte // nil: an uncompressed tar layer
 	}{
 		{"gzip 64KiB", 300 << 10, 64 << 10, gz(gzip.DefaultCompression, 1)},
+		{"gzip 8KiB", 100 << 10, 8 << 10, gz(gzip.DefaultCompression, 1)}, // checkpoints before 32 KiB
 		{"gzip 256KiB", 1 * mib, 256 << 10, gz(gzip.DefaultCompression, 1)},
 		{"gzip 1MiB", 3*mib + 500<<10, mib, gz(gzip.DefaultCompression, 1)},
 		{"gzip stored blocks", 400 << 10, 64 << 10, gz(gzip.NoCompression, 1)},
@@ -129,6 +132,27 @@ func checkSpans(t *testing.T, l *Layer, blob, tarBytes []byte) {
 				t.Fatalf("span %d [%d, %d): decompressed bytes differ from the tar stream", i, s.UncompressedStart, s.UncompressedEnd)
 			}
 		}
+		checkWindow(t, l, i, tarBytes)
+	}
+}
+
+// checkWindow checks the fact the span manager's window check relies on:
+// the window of a gzip span's checkpoint is the last 32 KiB of the tar
+// stream before it, zero-filled in front when fewer bytes precede it.
+func checkWindow(t *testing.T, l *Layer, i int, tarBytes []byte) {
+	t.Helper()
+	s := l.Spans.Spans[i]
+	if !l.gzip {
+		if s.HasWindow {
+			t.Errorf("tar span %d has a window", i)
+		}
+		return
+	}
+	want := make([]byte, span.WindowSize)
+	need := min(s.UncompressedStart, span.WindowSize)
+	copy(want[span.WindowSize-need:], tarBytes[s.UncompressedStart-need:s.UncompressedStart])
+	if !s.HasWindow || s.Window != sha256.Sum256(want) {
+		t.Errorf("span %d (start %d): window digest is not that of the 32 KiB before it", i, s.UncompressedStart)
 	}
 }
 

@@ -1,6 +1,7 @@
 package index
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -40,6 +41,7 @@ const (
 type checkpoint struct {
 	in, out int64
 	bits    uint8
+	window  []byte // the inflate window, in the blob; nil: all zeros (v1 checkpoint 0)
 }
 
 // layout is the span table of a zTOC and what decompressing needs.
@@ -102,9 +104,10 @@ func parseCheckpoints(blob []byte) (int64, []checkpoint, error) {
 	for i := first; i < count; i++ {
 		p := blob[blobHeaderSize+(i-first)*checkpointSize:]
 		cps[i] = checkpoint{
-			in:   int64(binary.LittleEndian.Uint64(p)),
-			out:  int64(binary.LittleEndian.Uint64(p[8:])),
-			bits: p[16],
+			in:     int64(binary.LittleEndian.Uint64(p)),
+			out:    int64(binary.LittleEndian.Uint64(p[8:])),
+			bits:   p[16],
+			window: p[17:checkpointSize],
 		}
 	}
 	return spanSize, cps, nil
@@ -113,6 +116,12 @@ func parseCheckpoints(blob []byte) (int64, []checkpoint, error) {
 // gzipSpans lays out spans between consecutive checkpoints: span i starts
 // at checkpoint i (one byte earlier when it starts inside a byte) and ends
 // where checkpoint i+1 starts, or at the end of the blob and tar stream.
+// Each span carries the sha256 of its checkpoint's inflate window, which
+// decompressing it uses but its digest does not cover. soci's builder
+// writes as window the last 32 KiB of the uncompressed stream before the
+// checkpoint, zero-filled in front when fewer bytes precede it (so all
+// zeros at checkpoint 0), whatever gzip members the stream has; the span
+// manager checks it against the bytes its neighbour decompressed to.
 func gzipSpans(z *ztoc.Ztoc) (layout, error) {
 	spanSize, cps, err := parseCheckpoints(z.Checkpoints)
 	if err != nil {
@@ -125,6 +134,10 @@ func gzipSpans(z *ztoc.Ztoc) (layout, error) {
 		return layout{}, fmt.Errorf("bad checkpoint header: span size %d, first offset %d", spanSize, cps[0].out)
 	}
 	nextBits := make([]uint8, len(cps))
+	var zeros [32]byte
+	if cps[0].window == nil {
+		zeros = sha256.Sum256(make([]byte, windowSize))
+	}
 	t := span.Table{
 		Spans:            make([]span.Span, len(cps)),
 		CompressedSize:   int64(z.CompressedArchiveSize),
@@ -134,7 +147,10 @@ func gzipSpans(z *ztoc.Ztoc) (layout, error) {
 		s := span.Span{
 			CompressedStart: cp.in, CompressedEnd: t.CompressedSize,
 			UncompressedStart: cp.out, UncompressedEnd: t.UncompressedSize,
-			Digest: z.SpanDigests[i],
+			Digest: z.SpanDigests[i], Window: zeros, HasWindow: true,
+		}
+		if cp.window != nil {
+			s.Window = sha256.Sum256(cp.window)
 		}
 		if cp.bits > 0 {
 			s.CompressedStart--

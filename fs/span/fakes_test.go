@@ -223,6 +223,7 @@ type getOnlyCache struct{ m *cache.Memory }
 
 func (c getOnlyCache) Get(key string) ([]byte, error)    { return c.m.Get(key) }
 func (c getOnlyCache) Put(key string, data []byte) error { return c.m.Put(key, data) }
+func (c getOnlyCache) Remove(key string) error           { return c.m.Remove(key) }
 
 func newManager(t testing.TB, l testLayer, f Fetcher, c Cache, mod func(*Options)) *Manager {
 	t.Helper()

@@ -1,6 +1,7 @@
 package span
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,9 +20,16 @@ func (m *Manager) plan(ctx context.Context, first, last int) ([]*call, error) {
 	if m.closed {
 		return nil, ErrClosed
 	}
+	if m.poisoned != nil {
+		return nil, m.poisoned
+	}
 	calls := make([]*call, last-first+1)
 	var fresh []int
 	for i := first; i <= last; i++ {
+		if err := m.bad[i]; err != nil {
+			calls[i-first] = failedCall(err)
+			continue
+		}
 		if m.state[i] == cached {
 			continue
 		}
@@ -238,12 +246,18 @@ func fetchFull(ctx context.Context, f Fetcher, buf []byte, off int64) error {
 }
 
 // load verifies the compressed bytes of span i against its digest,
-// decompresses them and stores the result in the cache (stored reports
-// whether that worked). Unverified bytes never reach the decompressor. The
-// decompression holds the span's length of the decompression bound until
-// the data is stored, waiting for it as long as ctx allows.
+// decompresses them, checks the checkpoint windows around the span (see
+// checkWindows) and stores
+// the result in the cache (stored reports whether that worked). Unverified
+// bytes never reach the decompressor, and bytes from a mismatched window
+// are neither served nor cached. The decompression holds the span's
+// length of the decompression bound until the data is stored, waiting for
+// it as long as ctx allows.
 func (m *Manager) load(ctx context.Context, i int, compressed []byte) (data []byte, stored bool, err error) {
 	s := m.table.Spans[i]
+	if err := m.badSpan(i); err != nil {
+		return nil, false, err
+	}
 	if got := s.Digest.Algorithm().FromBytes(compressed); got != s.Digest {
 		err := fmt.Errorf("verify span %d of %s: %w", i, m.key, ErrVerification)
 		log.G(ctx).WithField("layer", m.key).WithField("span", i).WithField("expected", s.Digest).WithField("actual", got).
@@ -266,6 +280,9 @@ func (m *Manager) load(ctx context.Context, i int, compressed []byte) (data []by
 	if int64(len(data)) != s.Len() {
 		return nil, false, fmt.Errorf("decompress span %d of %s: got %d bytes, want %d: %w", i, m.key, len(data), s.Len(), io.ErrUnexpectedEOF)
 	}
+	if err := m.checkWindows(ctx, i, data); err != nil {
+		return nil, false, err
+	}
 	return data, m.store(ctx, i, data), nil
 }
 
@@ -274,6 +291,13 @@ func (m *Manager) load(ctx context.Context, i int, compressed []byte) (data []by
 func (m *Manager) store(ctx context.Context, i int, data []byte) bool {
 	if err := m.cache.Put(m.keys[i], data); err != nil {
 		log.G(ctx).WithError(err).WithField("span", i).Warn("cannot cache span; serving it from memory to waiting readers only")
+		return false
+	}
+	m.mu.Lock()
+	gone := m.poisoned != nil || m.bad[i] != nil // taken out of service meanwhile
+	m.mu.Unlock()
+	if gone {
+		_ = m.cache.Remove(m.keys[i])
 		return false
 	}
 	return true
@@ -285,6 +309,9 @@ func (m *Manager) finish(i int, data []byte, err error, stored bool) {
 	m.mu.Lock()
 	c := m.calls[i]
 	m.calls[i] = nil
+	if bad := cmp.Or(m.poisoned, m.bad[i]); bad != nil && err == nil {
+		data, err, stored = nil, bad, false // taken out of service while it loaded
+	}
 	if data == nil && !errors.Is(err, ErrVerification) { // a fetch that failed; a bad span is re-fetched
 		m.noteFailure(i, err)
 	} else {

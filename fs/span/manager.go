@@ -21,10 +21,12 @@ type Fetcher interface {
 }
 
 // Cache stores uncompressed span data. Get returns an error wrapping
-// errdefs.ErrNotFound on a miss.
+// errdefs.ErrNotFound on a miss. Remove drops the entry key and every entry
+// under key + "/" (a missing key is not an error).
 type Cache interface {
 	Get(key string) ([]byte, error)
 	Put(key string, data []byte) error
+	Remove(key string) error
 }
 
 // RangeCache is optionally implemented by a Cache that can read part of an
@@ -165,6 +167,11 @@ type Manager struct {
 	nCached int             // spans in state cached
 	closed  bool
 	refused map[int]bool // spans refused for their size, logged once
+	// bad are the spans whose checkpoint window mismatched (see
+	// condemn); poisoned is set when the layer was found bad (Poison).
+	bad      map[int]error
+	poisoned error
+	winOK    []bool // spans whose window matched the previous span's bytes
 	// lastEnd is where the previous read ended (-1: none); runStart is
 	// the first span of the current run of sequential reads.
 	lastEnd  int64
@@ -208,7 +215,7 @@ func New(opts Options) (*Manager, error) {
 		key: opts.CacheKey, keys: make([]string, n), keepZ: opts.KeepCompressed,
 		timeout: opts.FetchTimeout, maxCoalesce: opts.MaxCoalesce,
 		observer: opts.Observer, demand: opts.Demand,
-		calls: make([]*call, n), state: make([]state, n),
+		calls: make([]*call, n), state: make([]state, n), winOK: make([]bool, n),
 		ahead: opts.ReadAhead, aheadReq: opts.ReadAheadRequest, lastEnd: -1,
 		split: opts.SplitRequest, maxSplit: opts.MaxSplit, limit: opts.Limit,
 		retries: max(opts.VerifyRetries, 0),
@@ -327,6 +334,7 @@ func (m *Manager) observe(start time.Time, calls []*call) func(*error) {
 		m.observer.ObserveRead(time.Since(start), len(calls)-misses, misses)
 		switch err := *errp; {
 		case err == nil || errors.Is(err, context.Canceled) || errors.Is(err, ErrClosed):
+		case errors.Is(err, ErrWindowMismatch) || errors.Is(err, ErrLayerBad): // counted when found
 		case errors.Is(err, ErrVerification):
 			m.observer.Failure("verification")
 		default:

@@ -1,6 +1,7 @@
 package span
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,9 +31,10 @@ func (m *Manager) Load(ctx context.Context, first, last int, compressed []byte, 
 	}
 	m.probe(ctx, first, last)
 	m.mu.Lock()
-	if m.closed {
+	if m.closed || m.poisoned != nil {
+		err := cmp.Or(m.poisoned, ErrClosed)
 		m.mu.Unlock()
-		return fmt.Errorf("load spans %d-%d of %s: %w", first, last, m.key, ErrClosed)
+		return fmt.Errorf("load spans %d-%d of %s: %w", first, last, m.key, err)
 	}
 	var mine []int
 	for i := first; i <= last; i++ {
@@ -74,7 +76,7 @@ func (m *Manager) Reserve(ctx context.Context, first, last int) int {
 	m.probe(ctx, first, last)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed {
+	if m.closed || m.poisoned != nil {
 		return first - 1
 	}
 	i := first
@@ -154,9 +156,7 @@ func (m *Manager) DropCompressed(ctx context.Context) {
 	if !m.keepZ {
 		return
 	}
-	if r, ok := m.cache.(interface{ Remove(prefix string) error }); ok {
-		if err := r.Remove(m.key + "/z"); err != nil {
-			log.G(ctx).WithError(err).Debug("cannot drop compressed spans")
-		}
+	if err := m.cache.Remove(m.key + "/z"); err != nil {
+		log.G(ctx).WithError(err).Debug("cannot drop compressed spans")
 	}
 }

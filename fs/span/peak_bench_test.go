@@ -22,6 +22,7 @@ func (discardCache) Get(key string) ([]byte, error) {
 	return nil, fmt.Errorf("get %s: %w", key, errdefs.ErrNotFound)
 }
 func (discardCache) Put(string, []byte) error { return nil }
+func (discardCache) Remove(string) error      { return nil }
 
 // barrierDecompressor inflates a span into exactly its declared length,
 // then holds it until wait decompressions hold theirs (the worst case: all

@@ -10,6 +10,12 @@ func (m *Manager) ReadCached(ctx context.Context, i int, p []byte, rel int64) bo
 	if i < 0 || i >= len(m.table.Spans) || rel < 0 || rel > m.table.Spans[i].Len()-int64(len(p)) {
 		return false
 	}
+	m.mu.Lock()
+	bad := m.poisoned != nil || m.bad[i] != nil
+	m.mu.Unlock()
+	if bad {
+		return false
+	}
 	if len(p) == 0 {
 		return true
 	}

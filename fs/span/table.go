@@ -15,7 +15,17 @@ type Span struct {
 	UncompressedStart, UncompressedEnd int64 // [start, end) in the tar stream
 	// Digest is the sha256 of blob[CompressedStart:CompressedEnd], from the zTOC.
 	Digest digest.Digest
+	// Window is, when HasWindow (gzip), the sha256 of the 32 KiB inflate
+	// window decompressing the span starts from: the last WindowSize bytes
+	// of the tar stream before UncompressedStart, zero-filled in front
+	// when fewer precede it. Digest does not cover it, so the Manager
+	// checks it against what the previous span decompressed to.
+	Window    [32]byte
+	HasWindow bool
 }
+
+// WindowSize is the size of a gzip checkpoint's inflate window.
+const WindowSize = 32 << 10
 
 // Table is the span layout of one layer blob.
 type Table struct {

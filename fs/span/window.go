@@ -1,0 +1,178 @@
+package span
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+
+	"github.com/containerd/log"
+)
+
+// Checkpoint windows. Decompressing a gzip span starts from its
+// checkpoint's 32 KiB inflate window, which the span digest does not cover,
+// so a hostile zTOC could make a span inflate to other bytes than the
+// layer's. The window is the last WindowSize bytes of the tar stream before
+// the span (zero-filled in front near the start), so it can be checked
+// against the previous span's bytes whenever those are at hand: decompressed
+// in the same batch, or in the cache. A span whose window does not match is
+// never served or cached (ErrWindowMismatch) and its reads fail from then
+// on. A span whose predecessor is not at hand is served unchecked: it is
+// checked when the predecessor is decompressed (and removed from the cache
+// if it then mismatches), and the background walk compares every cached
+// span with the real layer once it is local (see Poison). A window that the
+// predecessor alone cannot supply (a span shorter than a window before it)
+// is not checked here.
+
+// ErrWindowMismatch is wrapped by errors for a span whose checkpoint window
+// contradicts the bytes before it: the zTOC is bad.
+var ErrWindowMismatch = fmt.Errorf("checkpoint window mismatch: %w", ErrVerification)
+
+// ErrLayerBad is wrapped by errors for reads of a layer that Poison has
+// taken out of service.
+var ErrLayerBad = fmt.Errorf("layer contradicts its zTOC: %w", ErrVerification)
+
+// FailureWindowMismatch is the Observer failure kind of a span found with a
+// checkpoint window that contradicts its predecessor (counted once per span
+// found; reads failing on it later are not counted again).
+const FailureWindowMismatch = "window_mismatch"
+
+// windowDigest returns the sha256 of the window a span starting at start
+// needs, from tail, the bytes of the stream just before start; ok is false
+// when tail holds fewer than the window needs.
+func windowDigest(start int64, tail []byte) (sum [32]byte, ok bool) {
+	need := min(start, WindowSize)
+	if need > int64(len(tail)) {
+		return sum, false
+	}
+	h := sha256.New()
+	var zeros [4096]byte
+	for z := WindowSize - need; z > 0; z -= int64(len(zeros)) {
+		h.Write(zeros[:min(z, int64(len(zeros)))])
+	}
+	h.Write(tail[int64(len(tail))-need:])
+	return [32]byte(h.Sum(nil)), true
+}
+
+// checkWindows checks the windows around span i, which just decompressed
+// to data: span i's own against the previous span's cached bytes (unless
+// the previous span's load matched it already), which fails the load, and
+// span i+1's against data, which takes span i+1 out of service on a
+// mismatch. Spans decompressed in order (a batch, the background walk)
+// thus cost one window hash each.
+func (m *Manager) checkWindows(ctx context.Context, i int, data []byte) error {
+	spans := m.table.Spans
+	m.mu.Lock()
+	checked := m.winOK[i]
+	m.mu.Unlock()
+	if s := spans[i]; s.HasWindow && !checked {
+		if want, ok := m.windowBefore(i); ok && want != s.Window {
+			err := fmt.Errorf("span %d of %s: %w", i, m.key, ErrWindowMismatch)
+			m.condemn(ctx, i, err)
+			return err
+		}
+	}
+	if i+1 < len(spans) && spans[i+1].HasWindow {
+		got, ok := windowDigest(spans[i+1].UncompressedStart, data)
+		switch {
+		case ok && got != spans[i+1].Window:
+			m.condemn(ctx, i+1, fmt.Errorf("span %d of %s: %w", i+1, m.key, ErrWindowMismatch))
+		case ok:
+			m.mu.Lock()
+			m.winOK[i+1] = true // its own load need not check it again
+			m.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+// windowBefore returns the digest of span i's window from the cached bytes
+// of span i-1, if they are there and suffice (at the start of the stream,
+// from nothing).
+func (m *Manager) windowBefore(i int) ([32]byte, bool) {
+	start := m.table.Spans[i].UncompressedStart
+	if start == 0 {
+		return windowDigest(0, nil)
+	}
+	prev := m.table.Spans[i-1]
+	need := min(start, WindowSize)
+	m.mu.Lock()
+	maybe := m.state[i-1] != missing && m.bad[i-1] == nil
+	m.mu.Unlock()
+	if !maybe || need > prev.Len() {
+		return [32]byte{}, false
+	}
+	tail := make([]byte, need)
+	if rc, ok := m.cache.(RangeCache); ok {
+		if n, _ := rc.GetAt(m.keys[i-1], tail, prev.Len()-need); int64(n) != need {
+			return [32]byte{}, false
+		}
+	} else {
+		data, err := m.cache.Get(m.keys[i-1])
+		if err != nil || int64(len(data)) != prev.Len() {
+			return [32]byte{}, false
+		}
+		tail = data[prev.Len()-need:]
+	}
+	return windowDigest(start, tail)
+}
+
+// condemn takes span i out of service for err (its window mismatched): it
+// is removed from the cache and its reads fail from now on. The first
+// condemnation of a span is logged and counted.
+func (m *Manager) condemn(ctx context.Context, i int, err error) {
+	m.mu.Lock()
+	first := m.bad[i] == nil
+	if first {
+		if m.bad == nil {
+			m.bad = map[int]error{}
+		}
+		m.bad[i] = err
+		m.setState(i, missing)
+	}
+	m.mu.Unlock()
+	if !first {
+		return
+	}
+	if rerr := m.cache.Remove(m.keys[i]); rerr != nil {
+		log.G(ctx).WithError(rerr).WithField("layer", m.key).WithField("span", i).Warn("cannot remove a span with a bad checkpoint window from the cache")
+	}
+	log.G(ctx).WithError(err).WithField("layer", m.key).WithField("span", i).
+		Error("checkpoint window of the span does not match the bytes before it: the zTOC is bad; reads of the span fail with EIO")
+	if m.observer != nil {
+		m.observer.Failure(FailureWindowMismatch)
+	}
+}
+
+// badSpan returns the error span i was condemned for, if it was.
+func (m *Manager) badSpan(i int) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.bad[i]
+}
+
+// Poison takes the layer out of service because it was found to contradict
+// its zTOC (the background walk's cross-check): every later read, Prefetch
+// and Load fails with an error wrapping ErrLayerBad, and the layer's cached
+// spans are removed. It logs once; later calls do nothing.
+func (m *Manager) Poison(ctx context.Context, reason error) {
+	err := fmt.Errorf("layer %s: %w: %w", m.key, ErrLayerBad, reason)
+	m.mu.Lock()
+	first := m.poisoned == nil
+	if first {
+		m.poisoned = err
+		for i := range m.state {
+			if m.table.Spans[i].Len() > 0 {
+				m.setState(i, missing)
+			}
+		}
+	}
+	m.mu.Unlock()
+	if !first {
+		return
+	}
+	if rerr := m.cache.Remove(m.key); rerr != nil {
+		log.G(ctx).WithError(rerr).WithField("layer", m.key).Warn("cannot remove the cached spans of a bad layer")
+	}
+	log.G(ctx).WithError(reason).WithField("layer", m.key).
+		Error("layer found to contradict its zTOC; its reads fail with EIO from now on and its cached spans are removed")
+}
