@@ -34,9 +34,6 @@ func entryType(name string) (layer.EntryType, bool) {
 	return 0, false
 }
 
-// xattrPrefix marks PAX records that carry extended attributes.
-const xattrPrefix = "SCHILY.xattr."
-
 // modeBits are the tar mode bits an entry keeps: permissions plus setuid,
 // setgid and sticky.
 const modeBits = 0o7777
@@ -119,7 +116,7 @@ func convertEntry(f *ztoc.FileMetadata, size int64) (e layer.Entry, keep bool, e
 	}
 	e = layer.Entry{
 		Name: name, Type: typ, Mode: uint32(f.Mode & modeBits), UID: f.UID, GID: f.GID,
-		ModTime: f.ModTime, Xattrs: xattrs(f.PAXHeaders),
+		ModTime: f.ModTime, Xattrs: layer.XattrsFromPAX(f.PAXHeaders),
 	}
 	if err := entryPayload(&e, f, size); err != nil {
 		return e, false, err
@@ -172,20 +169,4 @@ func cleanName(name string) (string, error) {
 		return "", fmt.Errorf("name %q escapes the layer root", name)
 	}
 	return p, nil
-}
-
-// xattrs extracts extended attributes from PAX records.
-func xattrs(pax map[string]string) map[string]string {
-	var m map[string]string
-	for k, v := range pax {
-		name, ok := strings.CutPrefix(k, xattrPrefix)
-		if !ok || name == "" {
-			continue
-		}
-		if m == nil {
-			m = map[string]string{}
-		}
-		m[name] = v
-	}
-	return m
 }

@@ -118,3 +118,24 @@ func validatePath(p string) error {
 		rest = tail
 	}
 }
+
+// xattrPAXPrefix marks the PAX records of a tar header that carry extended
+// attributes.
+const xattrPAXPrefix = "SCHILY.xattr."
+
+// XattrsFromPAX returns the extended attributes that a tar header's PAX
+// records carry (nil when there are none), as Entry.Xattrs holds them.
+func XattrsFromPAX(pax map[string]string) map[string]string {
+	var m map[string]string
+	for k, v := range pax {
+		name, ok := strings.CutPrefix(k, xattrPAXPrefix)
+		if !ok || name == "" {
+			continue
+		}
+		if m == nil {
+			m = map[string]string{}
+		}
+		m[name] = v
+	}
+	return m
+}

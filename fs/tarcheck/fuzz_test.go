@@ -106,7 +106,7 @@ func reference(tarBytes []byte) ([]layer.Entry, bool) {
 		if name == "" {
 			continue
 		}
-		e := layer.Entry{Name: name, Type: typ, Mode: uint32(h.Mode & 0o7777), UID: h.Uid, GID: h.Gid, ModTime: h.ModTime, Xattrs: xattrs(h.PAXRecords)}
+		e := layer.Entry{Name: name, Type: typ, Mode: uint32(h.Mode & 0o7777), UID: h.Uid, GID: h.Gid, ModTime: h.ModTime, Xattrs: layer.XattrsFromPAX(h.PAXRecords)}
 		switch typ {
 		case layer.TypeReg:
 			e.Offset, e.Size = src.n, h.Size

@@ -199,7 +199,7 @@ func compare(e *layer.Entry, h *tar.Header, off int64) *Mismatch {
 			return diff(FieldDevminor, fmt.Sprint(e.Devminor), fmt.Sprint(h.Devminor))
 		}
 	}
-	if x := xattrs(h.PAXRecords); !maps.Equal(x, e.Xattrs) {
+	if x := layer.XattrsFromPAX(h.PAXRecords); !maps.Equal(x, e.Xattrs) {
 		return diff(FieldXattrs, fmt.Sprintf("%d attributes %q", len(e.Xattrs), sortedKeys(e.Xattrs)), fmt.Sprintf("%d attributes %q", len(x), sortedKeys(x)))
 	}
 	return nil
@@ -270,26 +270,6 @@ func cleanName(name string) (string, bool) {
 		return "", false
 	}
 	return p, true
-}
-
-// xattrPrefix marks PAX records that carry extended attributes.
-const xattrPrefix = "SCHILY.xattr."
-
-// xattrs extracts extended attributes from PAX records as fs/index does
-// (nil when there are none).
-func xattrs(pax map[string]string) map[string]string {
-	var m map[string]string
-	for k, v := range pax {
-		name, ok := strings.CutPrefix(k, xattrPrefix)
-		if !ok || name == "" {
-			continue
-		}
-		if m == nil {
-			m = map[string]string{}
-		}
-		m[name] = v
-	}
-	return m
 }
 
 func sortedKeys(m map[string]string) []string { return slices.Sorted(maps.Keys(m)) }
