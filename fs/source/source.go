@@ -86,6 +86,12 @@ func imageRef(labels map[string]string) (string, error) {
 	if !strings.Contains(spec.Locator, "/") {
 		return "", malformed(LabelImageRef, v, "no repository after the host")
 	}
+	// reference.Parse checks the host only as part of a URL it builds, which
+	// lets through what its own output can't be parsed from again (a host
+	// of " ", say): the normalized form must parse to itself.
+	if again, err := reference.Parse(spec.String()); err != nil || again.String() != spec.String() {
+		return "", malformed(LabelImageRef, v, "host or repository does not survive normalization")
+	}
 	return spec.String(), nil
 }
 

@@ -86,6 +86,7 @@ func TestFromLabelsErrors(t *testing.T) {
 		{"ref without host", func(l map[string]string) { l[LabelImageRef] = "ubuntu" }, errdefs.ErrInvalidArgument, LabelImageRef},
 		{"ref with bad port", func(l map[string]string) { l[LabelImageRef] = "ubuntu:22.04" }, errdefs.ErrInvalidArgument, LabelImageRef},
 		{"ref with scheme", func(l map[string]string) { l[LabelImageRef] = "https://r.io/a:1" }, errdefs.ErrInvalidArgument, LabelImageRef},
+		{"ref normalizing to a blank host", func(l map[string]string) { l[LabelImageRef] = "./ /0" }, errdefs.ErrInvalidArgument, LabelImageRef},
 		{"no manifest", func(l map[string]string) { delete(l, LabelManifestDigest) }, errdefs.ErrNotFound, LabelManifestDigest},
 		{"bad manifest", func(l map[string]string) { l[LabelManifestDigest] = "sha256:xyz" }, errdefs.ErrInvalidArgument, LabelManifestDigest},
 		{"no layer", func(l map[string]string) { delete(l, LabelLayerDigest) }, errdefs.ErrNotFound, LabelLayerDigest},
