@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/integration/harness"
 	"github.com/fastsoci/soci-snapshotter/integration/hostile"
 	"github.com/fastsoci/soci-snapshotter/integration/image"
@@ -157,6 +158,15 @@ func TestHostileIndex(t *testing.T) {
 			return data, err
 		}, regexp.MustCompile(`(?i)entries|entry count|too many|budget|larger than|flatbuffer`)))
 	})
+	// The worst accepted case: zTOCs just under every default bound at
+	// once, one layer, then two layers of one image mounted together (the
+	// bounds are per zTOC, so N such layers cost about N times as much).
+	t.Run("d_largest_accepted", func(t *testing.T) {
+		s.check(t, ctx, s.largestCase(t, ctx, "largest", 1))
+	})
+	t.Run("d_largest_accepted_x2", func(t *testing.T) {
+		s.check(t, ctx, s.largestCase(t, ctx, "largest2", 2))
+	})
 	t.Run("a_colonless_digest", func(t *testing.T) {
 		sum := sha256.Sum256([]byte("no colon"))
 		bad := digest.Digest("sha256" + hex.EncodeToString(sum[:]))
@@ -164,6 +174,57 @@ func TestHostileIndex(t *testing.T) {
 			MediaType: "application/octet-stream", Digest: bad, Size: 1234,
 		}))
 	})
+}
+
+// largestCase builds the probe layer plus layers case layers, each with a
+// zTOC made by hostile.LargestAccepted under the default [limits]: the
+// daemon may serve them lazily (they are within its bounds) or refuse
+// them, as long as it survives and stays under hostileRSSBound.
+func (s *hostileSuite) largestCase(t *testing.T, ctx context.Context, name string, layers int) indexCase {
+	t.Helper()
+	def := config.Default().Limits
+	lim := hostile.Limits{MaxZTOCBytes: int64(def.MaxZTOCBytes), MaxZTOCEntries: int64(def.MaxZTOCEntries),
+		MaxZTOCHeapBytes: int64(def.MaxZTOCHeapBytes), MaxTreeDepth: def.MaxTreeDepth}
+	spec := image.Spec{Layers: []image.Layer{s.base}, Entrypoint: []string{"/bin/probe"}}
+	c := indexCase{name: name, want: map[string]string{}, lazyOK: true,
+		cause: regexp.MustCompile(`(?i)max_ztoc|limit|estimat|entries|depth|memory`)}
+	skip := []int{0}
+	for i := range layers {
+		layer, want, paths := caseLayer(fmt.Sprintf("%s-%d", name, i))
+		for j, e := range layer.Entries {
+			layer.Entries[j].Name = strings.Replace(e.Name, "data", fmt.Sprintf("data%d", i), 1)
+		}
+		for _, p := range paths {
+			q := strings.Replace(p, "/data/", fmt.Sprintf("/data%d/", i), 1)
+			c.paths = append(c.paths, q)
+			c.want[q] = strings.Replace(want[p], "/data/", fmt.Sprintf("/data%d/", i), 1)
+		}
+		spec.Layers = append(spec.Layers, layer)
+	}
+	built := buildImage(t, spec)
+	idx, err := sociimage.BuildIndex(built, 2, sociimage.Options{SpanSize: 1 << 20, SkipLayers: skip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range layers {
+		target := built.LayerDescs[1+i].Digest
+		z, err := hostile.Decode(idx.ZTOCs[idx.ZTOCByLayer[target]])
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, shape, err := hostile.LargestAccepted(z, fmt.Sprintf("fill%d", i), lim)
+		if err != nil {
+			t.Fatalf("craft the zTOC: %v", err)
+		}
+		t.Logf("layer %d zTOC: %s", 1+i, shape)
+		if err := idx.SetZTOC(target, data); err != nil {
+			t.Fatal(err)
+		}
+		c.layers = append(c.layers, target)
+		c.ids = append(c.ids, idx.ZTOCByLayer[target].String(), target.String())
+	}
+	c.ref = s.push(t, ctx, name, built, idx, nil)
+	return c
 }
 
 // encodeAfter encodes z unless the mutation before failed.
