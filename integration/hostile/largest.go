@@ -31,10 +31,8 @@ func (s Shape) String() string {
 // Filler shape: of the shapes tried against the daemon's estimate (many
 // entries with short names, long names, long link targets, many small
 // xattrs, few big xattrs), a few xattrs with values of a few KiB cost the
-// most real memory per estimated byte: each value byte is estimated at 4
-// (3 for the flatbuffer's copy, 1 decoded) but the decoded PAX map and the
-// converted xattr map each hold a copy, and the daemon's own copy of the
-// blob is not in the estimate.
+// most real memory per estimated byte (each value byte is estimated at 7:
+// 4 for the copies of the flatbuffer, 3 decoded).
 const (
 	fillXattrs   = 4
 	fillValueLen = 4000
@@ -105,9 +103,10 @@ func fillers(z *ztoc.Ztoc, top string, n int) []ztoc.FileMetadata {
 
 // Estimate is the daemon's heap estimate of loading a zTOC (the sum
 // checkFlatbuffer in fs/index/heap.go compares with max_ztoc_heap_bytes),
-// reproduced from its cost model: 3 per flatbuffer byte, 1024 per entry,
+// reproduced from its cost model: 4 per flatbuffer byte, 1024 per entry,
 // 512 per span, 2 per checkpoint byte, names and link targets twice, other
-// strings once, 16 per string, 320 per xattr.
+// strings once, xattr keys and values 3 times, 16 per string, 320 per
+// xattr.
 func Estimate(buf []byte) (est int64, err error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -121,7 +120,7 @@ func Estimate(buf []byte) (est int64, err error) {
 		return 0, errors.New("estimate: no TOC or compression info")
 	}
 	n, spans := toc.MetadataLength(), info.SpanDigestsLength()
-	est = 3*int64(len(buf)) + int64(n)*1024 + int64(spans)*512 + 2*int64(info.CheckpointsLength()) +
+	est = 4*int64(len(buf)) + int64(n)*1024 + int64(spans)*512 + 2*int64(info.CheckpointsLength()) +
 		int64(len(root.Version())+len(root.BuildToolIdentifier())) + 2*16
 	for j := range spans {
 		est += int64(len(info.SpanDigests(j)))
@@ -133,7 +132,7 @@ func Estimate(buf []byte) (est int64, err error) {
 		est += 2*int64(len(md.Name())+len(md.Linkname())) + int64(len(md.Type())+len(md.Uname())+len(md.Gname())) + 5*16
 		for j := range md.XattrsLength() {
 			md.Xattrs(&x, j)
-			est += int64(len(x.Key())+len(x.Value())) + 320
+			est += 3*int64(len(x.Key())+len(x.Value())) + 320
 		}
 	}
 	return est, nil
