@@ -15,6 +15,7 @@ import (
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -59,6 +60,12 @@ type Store struct {
 	finds   singleflight.Group // by manifest and explicit index digest
 	fetches singleflight.Group // zTOC downloads, by digest
 
+	// loads is the node-wide budget of zTOC loads in progress, weighed
+	// by their heap estimates (see parseZTOC); loading, if set, is called
+	// with the estimate once a load holds its share (tests).
+	loads   *semaphore.Weighted
+	loading func(estimate int64)
+
 	// The maps are bounded (see memory.go): they are a cache of what is on
 	// disk, and Release prunes them with the images that used them.
 	mu         sync.Mutex
@@ -93,6 +100,7 @@ func New(opts Options) (*Store, error) {
 		negativeTTL: opts.NegativeTTL, timeout: opts.Timeout, lim: opts.Limits.withDefaults(), now: time.Now,
 		answers: map[string]answer{}, indices: map[digest.Digest]*Index{}, prefetched: map[digest.Digest]bool{},
 	}
+	s.loads = semaphore.NewWeighted(s.lim.MaxZTOCHeapBytes)
 	if s.negativeTTL <= 0 {
 		s.negativeTTL = DefaultNegativeTTL
 	}
