@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 
 	"github.com/awslabs/soci-snapshotter/soci"
 	"github.com/awslabs/soci-snapshotter/ztoc"
@@ -120,8 +121,19 @@ func (s *Store) parseZTOC(ctx context.Context, data []byte) (*Layer, error) {
 	if s.loading != nil {
 		s.loading(est)
 	}
-	return buildLayer(data)
+	l, err := buildLayer(data)
+	if est >= returnHeapAfter {
+		// The load's garbage (copies of the flatbuffer, the decoded
+		// zTOC) is most of its estimate: give it back to the system now
+		// rather than leave the daemon's RSS at its peak for minutes.
+		debug.FreeOSMemory()
+	}
+	return l, err
 }
+
+// returnHeapAfter is the estimate of a zTOC load after which the heap's
+// free memory is returned to the system at once.
+const returnHeapAfter = 64 << 20
 
 // buildLayer decodes a zTOC estimateZTOC accepted, converts it and loads
 // its checkpoints.
