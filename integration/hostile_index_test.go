@@ -30,6 +30,9 @@ const (
 	// hostileRSSBound is the peak RSS (VmHWM, reset before each case) the
 	// daemon may reach while it handles one hostile image.
 	hostileRSSBound = 400 << 20
+	// largestX2RSSBound is d_largest_accepted_x2's: two layers whose zTOCs
+	// each just fit the default [limits] (see the case).
+	largestX2RSSBound = 600 << 20
 	// bombEntries is the entry count of the entry-count bomb: twice the
 	// default max_ztoc_entries (1Mi), in a zTOC of about 8 MiB.
 	bombEntries = 2 << 20
@@ -63,6 +66,8 @@ type indexCase struct {
 	lazyOK bool
 	// honest: an honest image; only its content is checked.
 	honest bool
+	// rssBound, if set, replaces hostileRSSBound for this case.
+	rssBound int64
 }
 
 // hostileSuite is one environment shared by every case: the daemon,
@@ -165,7 +170,16 @@ func TestHostileIndex(t *testing.T) {
 		s.check(t, ctx, s.largestCase(t, ctx, "largest", 1))
 	})
 	t.Run("d_largest_accepted_x2", func(t *testing.T) {
-		s.check(t, ctx, s.largestCase(t, ctx, "largest2", 2))
+		c := s.largestCase(t, ctx, "largest2", 2)
+		// The store loads zTOCs one at a time within max_ztoc_heap_bytes
+		// (so the two transient peaks don't add up), but the first
+		// layer stays mounted: its decoded xattrs and tree (about 70 MiB
+		// live) sit under the second load's peak (about 260 MiB over the
+		// RSS at start), and the larger live heap lets the collector
+		// leave more garbage. Measured 498 MiB at the 512 MiB heap
+		// default (254 MiB at 256 MiB).
+		c.rssBound = largestX2RSSBound
+		s.check(t, ctx, c)
 	})
 	t.Run("a_colonless_digest", func(t *testing.T) {
 		sum := sha256.Sum256([]byte("no colon"))
@@ -428,8 +442,12 @@ func (s *hostileSuite) check(t *testing.T, ctx context.Context, c indexCase) {
 		t.Error(err)
 	} else {
 		rss = fmt.Sprintf("%s -> %.1f MiB", startRSS, float64(stats.PeakRSS)/(1<<20))
-		if stats.PeakRSS > hostileRSSBound {
-			t.Errorf("%s: daemon peak RSS %s, over the bound of %d MiB", c.name, rss, hostileRSSBound>>20)
+		bound := int64(hostileRSSBound)
+		if c.rssBound > 0 {
+			bound = c.rssBound
+		}
+		if stats.PeakRSS > bound {
+			t.Errorf("%s: daemon peak RSS %s, over the bound of %d MiB", c.name, rss, bound>>20)
 		}
 	}
 	if err := s.canaries.Check(); err != nil {
