@@ -56,6 +56,22 @@ func synthFiles(n, perDir, nameLen, xattrs int) []ztoc.FileMetadata {
 	return files
 }
 
+// bigXattrFiles is n files, 100 to a directory, each with xattrs extended
+// attributes of valueLen bytes (the integration suite's largest shape).
+func bigXattrFiles(n, xattrs, valueLen int) []ztoc.FileMetadata {
+	value := strings.Repeat("v", valueLen-8)
+	files := make([]ztoc.FileMetadata, n)
+	for i := range files {
+		pax := make(map[string]string, xattrs)
+		for j := range xattrs {
+			pax[fmt.Sprintf("SCHILY.xattr.user.k%d", j)] = fmt.Sprintf("%08d", i) + value
+		}
+		files[i] = ztoc.FileMetadata{Name: fmt.Sprintf("d%04d/%06d", i/100, i), Type: "reg", Mode: 0o644,
+			ModTime: testTime, PAXHeaders: pax}
+	}
+	return files
+}
+
 // deepFiles is a chain of depth directories with a file at the bottom.
 func deepFiles(depth int) []ztoc.FileMetadata {
 	var files []ztoc.FileMetadata
@@ -91,8 +107,8 @@ func loadAllocs(t testing.TB, data []byte) uint64 {
 // TestHeapEstimate: for zTOCs of several shapes (many entries, long names,
 // many xattrs, a deep chain, many checkpoints) the estimate checkFlatbuffer
 // compares with limits.max_ztoc_heap_bytes is at least what loading the
-// zTOC allocates on the Go heap (plus the checkpoints' copy in C memory),
-// and not wildly more.
+// zTOC allocates on the Go heap (plus the checkpoints' copy in C memory
+// and the store's copy of the blob), and not wildly more.
 func TestHeapEstimate(t *testing.T) {
 	if testing.Short() || raceEnabled {
 		t.Skip("builds zTOCs of tens of MiB of heap; the race detector's own allocations would count")
@@ -105,6 +121,7 @@ func TestHeapEstimate(t *testing.T) {
 		{"5k long names", func() []byte { return synthZTOC(t, 64<<10, 1<<20, synthFiles(5_000, 1000, 3000, 0)) }},
 		{"10k files with 16 xattrs", func() []byte { return synthZTOC(t, 64<<10, 1<<20, synthFiles(10_000, 50, 0, 16)) }},
 		{"one file per directory", func() []byte { return synthZTOC(t, 64<<10, 1<<20, synthFiles(50_000, 1, 0, 0)) }},
+		{"1000 files with 4 xattrs of 4000 bytes", func() []byte { return synthZTOC(t, 64<<10, 1<<20, bigXattrFiles(1000, 4, 4000)) }},
 		{"1000 deep", func() []byte { return synthZTOC(t, 64<<10, 1<<20, deepFiles(1000)) }},
 		{"256 checkpoints", func() []byte { return synthZTOC(t, 8<<20, 32<<10, synthFiles(100, 10, 0, 0)) }},
 	}
@@ -120,7 +137,8 @@ func TestHeapEstimate(t *testing.T) {
 				t.Fatal(err)
 			}
 			cgo := uint64(len(z.Checkpoints)) // the C decoder's copy, not in MemStats
-			got := loadAllocs(t, data) + cgo
+			// The store's own copy of the blob is made before loadAllocs.
+			got := loadAllocs(t, data) + cgo + uint64(len(data))
 			t.Logf("%d-byte zTOC: estimated %d bytes, allocated %d (%.2fx)", len(data), est, got, float64(est)/float64(got))
 			if uint64(est) < got {
 				t.Errorf("estimate %d bytes is below the %d bytes allocated", est, got)

@@ -32,7 +32,8 @@ type Limits struct {
 	// MaxZTOCEntries bounds the file entries of one zTOC.
 	MaxZTOCEntries int
 	// MaxZTOCHeapBytes bounds the memory one zTOC is estimated to take to
-	// decode, convert and load (see heapEstimate).
+	// decode, convert and load (see checkFlatbuffer), and the sum of the
+	// estimates of the loads a Store runs at once (see parseZTOC).
 	MaxZTOCHeapBytes int64
 }
 

@@ -44,6 +44,12 @@ func (s *Store) Prefetch(ctx context.Context, ref string, idx *Index) {
 			defer wg.Done()
 			slots <- struct{}{}
 			defer func() { <-slots }()
+			// A local copy is enough: reading and verifying it here
+			// would hold a copy of every zTOC of the image at once,
+			// beside the mount's own.
+			if s.haveBlob(desc.Digest, desc.Size) {
+				return
+			}
 			_, err := guard(ctx, "prefetch zTOC", func() ([]byte, error) { return s.ztocBytes(ctx, ref, desc) })
 			if err != nil {
 				log.G(ctx).WithError(err).WithField("ztoc", desc.Digest).Debug("zTOC prefetch failed; the layer's mount will retry")

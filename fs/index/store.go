@@ -15,6 +15,7 @@ import (
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -59,6 +60,12 @@ type Store struct {
 	finds   singleflight.Group // by manifest and explicit index digest
 	fetches singleflight.Group // zTOC downloads, by digest
 
+	// loads is the node-wide budget of zTOC loads in progress, weighed
+	// by their heap estimates (see parseZTOC); loading, if set, is called
+	// with the estimate once a load holds its share (tests).
+	loads   *semaphore.Weighted
+	loading func(estimate int64)
+
 	// The maps are bounded (see memory.go): they are a cache of what is on
 	// disk, and Release prunes them with the images that used them.
 	mu         sync.Mutex
@@ -93,6 +100,7 @@ func New(opts Options) (*Store, error) {
 		negativeTTL: opts.NegativeTTL, timeout: opts.Timeout, lim: opts.Limits.withDefaults(), now: time.Now,
 		answers: map[string]answer{}, indices: map[digest.Digest]*Index{}, prefetched: map[digest.Digest]bool{},
 	}
+	s.loads = semaphore.NewWeighted(s.lim.MaxZTOCHeapBytes)
 	if s.negativeTTL <= 0 {
 		s.negativeTTL = DefaultNegativeTTL
 	}
@@ -234,14 +242,29 @@ func readRegular(p string, limit int64) ([]byte, error) {
 	if !fi.Mode().IsRegular() || fi.Size() > limit {
 		return nil, fmt.Errorf("%s: not a regular file of at most %d bytes", p, limit)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
+	// One buffer of the size the file has (zTOCs are tens of MiB: no
+	// append-grown copies), and one byte more to see it grow.
+	data := make([]byte, fi.Size()+1)
+	n, err := io.ReadFull(f, data)
+	switch {
+	case err == nil:
+		return nil, fmt.Errorf("%s: grew beyond %d bytes", p, fi.Size())
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		return data[:n:n], nil
+	default:
 		return nil, err
 	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s: grew beyond %d bytes", p, limit)
+}
+
+// haveBlob reports whether a local copy of blob d, of size bytes, is
+// there, without reading it (Open verifies what it reads).
+func (s *Store) haveBlob(d digest.Digest, size int64) bool {
+	p, err := s.blobPath(d)
+	if err != nil {
+		return false
 	}
-	return data, nil
+	fi, err := os.Lstat(p)
+	return err == nil && fi.Mode().IsRegular() && fi.Size() == size
 }
 
 // writeBlob stores blob d, which the caller has verified.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 
 	"github.com/awslabs/soci-snapshotter/soci"
 	"github.com/awslabs/soci-snapshotter/ztoc"
@@ -36,7 +37,7 @@ func (s *Store) Open(ctx context.Context, ref string, idx *Index, layer digest.D
 	if err != nil {
 		return nil, fmt.Errorf("zTOC %s of layer %s: %w", desc.Digest, layer, err)
 	}
-	l, err := ParseZTOC(data, s.lim)
+	l, err := s.parseZTOC(ctx, data)
 	if err != nil {
 		return nil, fmt.Errorf("zTOC %s of layer %s: %w", desc.Digest, layer, err)
 	}
@@ -91,7 +92,53 @@ func (s *Store) fetchZTOC(ctx context.Context, ref string, desc ocispec.Descript
 // ParseZTOC decodes, validates and converts a serialized zTOC within lim
 // (zero fields take the defaults). The caller must Close the Layer.
 func ParseZTOC(data []byte, lim Limits) (*Layer, error) {
-	z, err := decodeZTOC(data, lim.withDefaults())
+	if _, err := estimateZTOC(data, lim.withDefaults()); err != nil {
+		return nil, err
+	}
+	return buildLayer(data)
+}
+
+// parseZTOC is ParseZTOC within the store's limits and its node-wide
+// budget of zTOC loads in progress: the load takes its heap estimate from
+// the budget (limits.max_ztoc_heap_bytes in all) from before decoding
+// until the Layer is built, so that concurrent mounts of huge zTOCs load
+// one after another instead of adding up their transient peaks. Only the
+// blobs of the loads waiting (at most a quarter of their estimates) are
+// held meanwhile.
+func (s *Store) parseZTOC(ctx context.Context, data []byte) (*Layer, error) {
+	est, err := estimateZTOC(data, s.lim)
+	if err != nil {
+		return nil, err
+	}
+	// est is within the budget's capacity (checkFlatbuffer refuses
+	// more); min keeps a doomed Acquire from blocking until ctx ends.
+	est = min(est, s.lim.MaxZTOCHeapBytes)
+	if err := s.loads.Acquire(ctx, est); err != nil {
+		return nil, fmt.Errorf("wait for memory to load the zTOC (%d bytes estimated, limits.max_ztoc_heap_bytes %d for all loads at once): %w",
+			est, s.lim.MaxZTOCHeapBytes, err)
+	}
+	defer s.loads.Release(est)
+	if s.loading != nil {
+		s.loading(est)
+	}
+	l, err := buildLayer(data)
+	if est >= returnHeapAfter {
+		// The load's garbage (copies of the flatbuffer, the decoded
+		// zTOC) is most of its estimate: give it back to the system now
+		// rather than leave the daemon's RSS at its peak for minutes.
+		debug.FreeOSMemory()
+	}
+	return l, err
+}
+
+// returnHeapAfter is the estimate of a zTOC load after which the heap's
+// free memory is returned to the system at once.
+const returnHeapAfter = 64 << 20
+
+// buildLayer decodes a zTOC estimateZTOC accepted, converts it and loads
+// its checkpoints.
+func buildLayer(data []byte) (*Layer, error) {
+	z, err := unmarshalZTOC(data)
 	if err != nil {
 		return nil, err
 	}
@@ -102,18 +149,29 @@ func ParseZTOC(data []byte, lim Limits) (*Layer, error) {
 	return newLayer(z, c)
 }
 
-// decodeZTOC bounds the flatbuffer (size, entries, estimated heap) and
-// decodes it with soci's unmarshaler.
-func decodeZTOC(data []byte, lim Limits) (*ztoc.Ztoc, error) {
+// estimateZTOC bounds the flatbuffer (size, entries, estimated heap) and
+// returns its heap estimate.
+func estimateZTOC(data []byte, lim Limits) (int64, error) {
 	if int64(len(data)) > lim.MaxZTOCBytes {
-		return nil, fmt.Errorf("decode zTOC: %d bytes, more than limits.max_ztoc_bytes (%d)", len(data), lim.MaxZTOCBytes)
+		return 0, fmt.Errorf("decode zTOC: %d bytes, more than limits.max_ztoc_bytes (%d)", len(data), lim.MaxZTOCBytes)
 	}
-	if _, err := checkFlatbuffer(data, lim); err != nil {
-		return nil, err
-	}
+	return checkFlatbuffer(data, lim)
+}
+
+// unmarshalZTOC decodes a flatbuffer estimateZTOC accepted with soci's
+// unmarshaler.
+func unmarshalZTOC(data []byte) (*ztoc.Ztoc, error) {
 	z, err := ztoc.Unmarshal(bytes.NewReader(data))
 	if err != nil {
 		return nil, fmt.Errorf("decode zTOC: %w", err)
 	}
 	return z, nil
+}
+
+// decodeZTOC bounds the flatbuffer and decodes it.
+func decodeZTOC(data []byte, lim Limits) (*ztoc.Ztoc, error) {
+	if _, err := estimateZTOC(data, lim); err != nil {
+		return nil, err
+	}
+	return unmarshalZTOC(data)
 }

@@ -154,3 +154,39 @@ func TestDeepChainAndRename(t *testing.T) {
 		t.Errorf("data/rand not moved beyond the stream: %+v", e)
 	}
 }
+
+// TestLargestAccepted: the crafted zTOC's estimate is within 1% under the
+// heap limit, and it keeps the entry, size and depth limits.
+func TestLargestAccepted(t *testing.T) {
+	z, _ := textLayer(t)
+	lim := Limits{MaxZTOCBytes: 256 << 20, MaxZTOCEntries: 1 << 20, MaxZTOCHeapBytes: 16 << 20, MaxTreeDepth: 64}
+	data, shape, err := LargestAccepted(z, "fill", lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	est, err := Estimate(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(shape)
+	if est != shape.Estimate || est > lim.MaxZTOCHeapBytes || est < lim.MaxZTOCHeapBytes*99/100 {
+		t.Errorf("estimate %d (shape says %d), want within 1%% under %d", est, shape.Estimate, lim.MaxZTOCHeapBytes)
+	}
+	back, err := Decode(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(back.FileMetadata) != shape.Entries || int64(shape.Entries) > lim.MaxZTOCEntries {
+		t.Errorf("%d entries, shape says %d", len(back.FileMetadata), shape.Entries)
+	}
+	deepest := 0
+	for _, f := range back.FileMetadata {
+		deepest = max(deepest, strings.Count(f.Name, "/")+1)
+		if len(f.PAXHeaders) > 0 && len(f.PAXHeaders) != fillXattrs {
+			t.Errorf("%s: %d xattrs", f.Name, len(f.PAXHeaders))
+		}
+	}
+	if deepest != lim.MaxTreeDepth {
+		t.Errorf("deepest name has %d components, want %d", deepest, lim.MaxTreeDepth)
+	}
+}
