@@ -383,7 +383,9 @@ type LimitsConfig struct {
 	// MaxZTOCEntries bounds the file entries of one zTOC.
 	MaxZTOCEntries int `toml:"max_ztoc_entries"`
 	// MaxZTOCHeapBytes bounds the memory one zTOC may take to decode and
-	// hold (its file table, names, xattrs and checkpoints).
+	// hold (its file table, names, xattrs and checkpoints), as estimated
+	// before decoding; it is also the node-wide budget of zTOC loads in
+	// progress.
 	MaxZTOCHeapBytes ByteSize `toml:"max_ztoc_heap_bytes"`
 	// MaxTreeDepth bounds the directory depth of one layer's tree.
 	MaxTreeDepth int `toml:"max_tree_depth"`
