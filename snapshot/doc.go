@@ -1,4 +1,4 @@
-// Package snapshot is step 1 of the flow in DESIGN.md: the containerd
+// Package snapshot is step 1 of the flow in docs/architecture.md: the containerd
 // snapshotter that decides, layer by layer, whether a layer is served lazily
 // or unpacked by containerd.
 //
@@ -18,9 +18,13 @@
 // or any other failure), Prepare returns ordinary mounts and containerd
 // unpacks the layer itself.
 //
-// Lazily served layers outlive the daemon: Close leaves them mounted, and New
-// mounts again, from the labels stored with each remote snapshot, those whose
-// mount is no longer served. Whenever mounts are handed out for a snapshot on
-// top of remote layers, each of those layers is checked and, if it died,
-// mounted again.
+// On start, New mounts again, from the labels stored with each remote
+// snapshot, those whose mount is no longer served (today the FUSE servers
+// live in the daemon process, so after a restart that is all of them:
+// running containers lose their lazily loaded layers; see
+// docs/architecture.md). A layer the Mounter declines on purpose (not found,
+// or a failed precondition such as a zTOC found bad) is reported and
+// skipped; other failures stop start-up unless allow_invalid_mounts_on_restart
+// is set. Whenever mounts are handed out for a snapshot on top of remote
+// layers, each of those layers is checked and, if it died, mounted again.
 package snapshot

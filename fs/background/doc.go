@@ -1,4 +1,4 @@
-// Package background is step 6 of the flow in DESIGN.md: one scheduler per
+// Package background is step 6 of the flow in docs/architecture.md: one scheduler per
 // node that makes lazily mounted layers fully local while the link is idle.
 //
 // Priorities are demand > prefetch > background. Demand reads do not go

@@ -1,11 +1,11 @@
-// Package cache is the span cache of step 5 of the flow in DESIGN.md: it keeps
+// Package cache is the span cache of step 5 of the flow in docs/architecture.md: it keeps
 // the uncompressed data of fetched spans, keyed by what produced it (layer digest,
 // zTOC digest and uncompressed range: inflate also depends on the zTOC's
 // checkpoint windows), so images sharing a layer and its zTOC share entries,
 // another zTOC of the layer cannot poison them, and a restart needs no
 // refetch. Disk is the real cache, optionally bounded in size (whole
-// layers evicted least recently used first, mounted ones last); Memory serves
-// tests and is a fallback when the disk is unusable.
+// layers evicted least recently used first, mounted ones last); Memory is
+// an in-memory implementation for tests.
 //
 // Keys are slash-separated; a ':' also separates (so "sha256:ab/0-10" is
 // stored as sha256/ab/0-10 and names the same entry as "sha256/ab/0-10").

@@ -1,5 +1,5 @@
 // Package remote is the registry access used by every fetch of the flow in
-// DESIGN.md: manifests and the referrers list for discovery (step 2), zTOCs
+// docs/architecture.md: manifests and the referrers list for discovery (step 2), zTOCs
 // and other small blobs (step 3), and HTTP range reads of layer blobs for
 // on-demand and background reads (steps 5 and 6).
 //

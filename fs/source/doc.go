@@ -1,5 +1,5 @@
 // Package source is the input of step 2 (discovery) of the flow in
-// DESIGN.md: it turns the labels containerd (with remote snapshot
+// docs/architecture.md: it turns the labels containerd (with remote snapshot
 // annotations) or nerdctl attach to a layer's Prepare into a typed Target
 // naming the image, its manifest, the layer and an optional SOCI index.
 //

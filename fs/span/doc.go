@@ -1,4 +1,4 @@
-// Package span is step 5 of the flow in DESIGN.md: uncompressed reads over a
+// Package span is step 5 of the flow in docs/architecture.md: uncompressed reads over a
 // compressed layer blob. It maps offsets to spans, fetches missing spans from
 // the registry (adjacent ones in one range request, one fetch per span shared
 // by all readers), verifies each span's digest, decompresses it from its
