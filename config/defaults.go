@@ -25,7 +25,7 @@ const (
 	defaultMaxIndexEntries           = 4096
 	defaultMaxZTOCBytes              = 256 << 20
 	defaultMaxZTOCEntries            = 1 << 20
-	defaultMaxZTOCHeapBytes          = 512 << 20
+	defaultMaxZTOCHeapBytes          = 384 << 20
 	defaultMaxTreeDepth              = 1024
 	defaultMaxDecompressBytes        = 64 << 20
 )

@@ -176,8 +176,8 @@ func TestHostileIndex(t *testing.T) {
 		// layer stays mounted: its decoded xattrs and tree (about 70 MiB
 		// live) sit under the second load's peak (about 260 MiB over the
 		// RSS at start), and the larger live heap lets the collector
-		// leave more garbage. Measured 498 MiB at the 512 MiB heap
-		// default (254 MiB at 256 MiB).
+		// leave more garbage. Measured 392 MiB at the 384 MiB heap
+		// default (498 MiB at 512 MiB, 254 MiB at 256 MiB).
 		c.rssBound = largestX2RSSBound
 		s.check(t, ctx, c)
 	})

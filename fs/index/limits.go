@@ -13,7 +13,7 @@ const (
 	DefaultMaxIndexEntries  = 4096
 	DefaultMaxZTOCBytes     = 256 << 20
 	DefaultMaxZTOCEntries   = 1 << 20
-	DefaultMaxZTOCHeapBytes = 512 << 20
+	DefaultMaxZTOCHeapBytes = 384 << 20
 )
 
 // maxIndexBytes bounds a SOCI index (and the config and subject it names):
