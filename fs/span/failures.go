@@ -22,7 +22,7 @@ func (m *Manager) recentFailure(i int) error {
 	if !ok {
 		return nil
 	}
-	if m.failHold <= 0 || time.Since(f.at) >= m.failHold {
+	if m.failHold <= 0 || m.now().Sub(f.at) >= m.failHold {
 		delete(m.failed, i)
 		return nil
 	}
@@ -39,7 +39,7 @@ func (m *Manager) noteFailure(i int, err error) {
 	if m.failed == nil {
 		m.failed = map[int]failure{}
 	}
-	m.failed[i] = failure{at: time.Now(), err: err}
+	m.failed[i] = failure{at: m.now(), err: err}
 }
 
 // failedCall is a finished call that failed with err.

@@ -15,7 +15,8 @@ func TestFailHold(t *testing.T) {
 	l := buildLayer(t, 31, []int{1000}, false)
 	down := errors.New("registry down")
 	f := &fakeFetcher{blob: l.blob, err: down}
-	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) { o.FailHold = 200 * time.Millisecond })
+	clock := newFakeClock()
+	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) { o.FailHold = 200 * time.Millisecond; o.Now = clock.Now })
 	for range 2 {
 		if _, err := m.FetchAt(t.Context(), make([]byte, 10), 0); !errors.Is(err, down) {
 			t.Fatalf("FetchAt = %v, want %v", err, down)
@@ -25,7 +26,11 @@ func TestFailHold(t *testing.T) {
 		t.Fatalf("%d requests within the hold, want 1", n)
 	}
 	f.set(func(f *fakeFetcher) { f.err = nil })
-	time.Sleep(250 * time.Millisecond)
+	clock.Advance(199 * time.Millisecond)
+	if _, err := m.FetchAt(t.Context(), make([]byte, 10), 0); !errors.Is(err, down) || f.requests() != 1 {
+		t.Fatalf("FetchAt just before the hold ends = %v after %d requests, want %v after 1", err, f.requests(), down)
+	}
+	clock.Advance(time.Millisecond)
 	if _, err := m.FetchAt(t.Context(), make([]byte, 10), 0); err != nil {
 		t.Fatalf("after the hold: %v", err)
 	}

@@ -81,6 +81,8 @@ type Options struct {
 	// FailHold: a span whose fetch failed fails new reads at once for this
 	// long (0: DefaultFailHold, negative: never).
 	FailHold time.Duration
+	// Now is the clock of the fail hold and of read-ahead runs; nil: time.Now.
+	Now func() time.Time
 	// Observer receives the latency of every FetchAt with its cache hits
 	// and misses, and read failures; nil: none.
 	Observer Observer
@@ -145,6 +147,7 @@ type Manager struct {
 	timeout     time.Duration
 	maxCoalesce int64
 	failHold    time.Duration
+	now         func() time.Time // Options.Now
 	observer    Observer
 	demand      Demand
 	ahead       int64 // Options.ReadAhead
@@ -233,6 +236,10 @@ func New(opts Options) (*Manager, error) {
 		m.maxCoalesce = DefaultMaxCoalesce
 	}
 	m.failHold = opts.FailHold
+	m.now = opts.Now
+	if m.now == nil {
+		m.now = time.Now
+	}
 	if m.failHold == 0 {
 		m.failHold = DefaultFailHold
 	}

@@ -33,7 +33,7 @@ func (m *Manager) readAhead(ctx context.Context, off, end int64, first, last int
 	}
 	m.mu.Lock()
 	seq := false
-	now := time.Now()
+	now := m.now()
 	if m.lastEnd > 0 && now.Sub(m.lastAt) < runIdle {
 		// A gap of more than a quarter span is a jump, not a run.
 		gap := min(seqGap, m.table.Spans[m.table.Find(m.lastEnd-1)].Len()/4)

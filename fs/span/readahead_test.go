@@ -3,27 +3,49 @@ package span
 import (
 	"bytes"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/fastsoci/soci-snapshotter/fs/cache"
 )
 
-// waitCached waits until want spans are cached or fails the test.
+// waitCached waits for every fetch the manager started (the read-ahead
+// runs in the background) and fails the test unless want spans are cached.
 func waitCached(t *testing.T, m *Manager, want int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if n, _ := m.Cached(); n >= want {
-			return
-		}
-		if time.Now().After(deadline) {
-			n, _ := m.Cached()
-			t.Fatalf("cached spans = %d, want %d", n, want)
-		}
-		time.Sleep(time.Millisecond)
+	m.wg.Wait()
+	if n, _ := m.Cached(); n < want {
+		t.Fatalf("cached spans = %d, want %d", n, want)
 	}
 }
+
+// fakeClock is a clock that moves only when told (Options.Now).
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{now: time.Unix(1_700_000_000, 0)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// beginSignal is a Demand that tells, once per read that waits for spans,
+// that the read has planned them.
+type beginSignal chan struct{}
+
+func (b beginSignal) BeginDemand() { b <- struct{}{} }
+func (b beginSignal) EndDemand()   {}
 
 // TestReadAheadSequential: a run of sequential reads that crosses a span
 // boundary fetches the spans within ReadAhead bytes ahead, one request per
@@ -68,16 +90,17 @@ func TestReadAheadSequential(t *testing.T) {
 func TestReadAheadPause(t *testing.T) {
 	l := buildLayer(t, 34, []int{1000, 1000, 1000, 1000, 1000}, false)
 	f := &fakeFetcher{blob: l.blob}
-	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) { o.ReadAhead = 1 << 20 })
+	clock := newFakeClock()
+	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) { o.ReadAhead = 1 << 20; o.Now = clock.Now })
 	p := make([]byte, 900)
 	if n, err := m.FetchAt(t.Context(), p, 0); n != len(p) || err != nil {
 		t.Fatal(n, err)
 	}
-	time.Sleep(runIdle + 20*time.Millisecond)
+	clock.Advance(runIdle)
 	if n, err := m.FetchAt(t.Context(), p, 900); n != len(p) || err != nil {
 		t.Fatal(n, err)
 	}
-	time.Sleep(20 * time.Millisecond)
+	m.wg.Wait() // any read-ahead started
 	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{1, 1, 0, 0, 0}) {
 		t.Errorf("fetches per span = %v, want spans 0-1 only", got)
 	}
@@ -95,7 +118,7 @@ func TestReadAheadSparse(t *testing.T) {
 			t.Fatalf("FetchAt(%d) = %d, %v", off, n, err)
 		}
 	}
-	time.Sleep(20 * time.Millisecond)
+	m.wg.Wait() // any read-ahead started
 	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{1, 0, 0, 1, 0}) {
 		t.Errorf("fetches per span = %v, want only spans 0 and 3", got)
 	}
@@ -107,7 +130,8 @@ func TestReadAheadSparse(t *testing.T) {
 func TestReserve(t *testing.T) {
 	l := buildLayer(t, 33, []int{1000, 1000, 1000, 1000}, true)
 	f := &fakeFetcher{blob: l.blob}
-	m := newManager(t, l, f, cache.NewMemory(), nil)
+	begun := make(beginSignal, 8)
+	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) { o.Demand = begun })
 	if k := m.Reserve(t.Context(), 0, 1); k != 1 {
 		t.Fatalf("Reserve(0, 1) = %d, want 1", k)
 	}
@@ -132,7 +156,8 @@ func TestReserve(t *testing.T) {
 		return ch
 	}
 	r0, r1 := read(10), read(1010)
-	time.Sleep(20 * time.Millisecond)
+	<-begun // both readers planned their span and wait for it
+	<-begun
 	if got := f.requests(); got != 0 {
 		t.Fatalf("requests = %d while the spans are reserved, want 0", got)
 	}
