@@ -158,6 +158,7 @@ func TestReserve(t *testing.T) {
 	r0, r1 := read(10), read(1010)
 	<-begun // both readers planned their span and wait for it
 	<-begun
+	m.wg.Wait() // and any fetch they started has asked the registry
 	if got := f.requests(); got != 0 {
 		t.Fatalf("requests = %d while the spans are reserved, want 0", got)
 	}
