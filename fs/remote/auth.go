@@ -25,6 +25,7 @@ import (
 type authorizer struct {
 	client *http.Client // for token requests
 	creds  func(host string) (string, string, error)
+	now    func() time.Time // clock of token expiry
 
 	mu    sync.Mutex
 	hosts map[string]*hostAuth // by URL host
@@ -48,8 +49,11 @@ type tokenResult struct {
 	err     error
 }
 
-func newAuthorizer(client *http.Client, creds func(string) (string, string, error)) *authorizer {
-	return &authorizer{client: client, creds: creds, hosts: map[string]*hostAuth{}}
+func newAuthorizer(client *http.Client, creds func(string) (string, string, error), now func() time.Time) *authorizer {
+	if now == nil {
+		now = time.Now
+	}
+	return &authorizer{client: client, creds: creds, now: now, hosts: map[string]*hostAuth{}}
 }
 
 func (a *authorizer) credentials(host string) (string, string, error) {
@@ -103,7 +107,7 @@ func (a *authorizer) token(ctx context.Context, host string, h *hostAuth) (strin
 	to.Scopes = docker.GetTokenScopes(ctx, to.Scopes)
 	key := strings.Join(to.Scopes, " ")
 	r, ok := h.tokens[key]
-	if ok && r.done() && !r.expires.IsZero() && time.Now().After(r.expires) {
+	if ok && r.done() && !r.expires.IsZero() && a.now().After(r.expires) {
 		ok = false
 	}
 	if !ok {
@@ -133,7 +137,7 @@ func (a *authorizer) token(ctx context.Context, host string, h *hostAuth) (strin
 // fetchToken asks the realm for a token: an OAuth POST when there is a
 // secret (falling back to GET for token servers without POST), else GET.
 func (a *authorizer) fetchToken(ctx context.Context, to auth.TokenOptions) (string, time.Time, error) {
-	now := time.Now()
+	now := a.now()
 	if to.Secret != "" {
 		resp, err := auth.FetchTokenWithOAuth(ctx, a.client, nil, "soci-snapshotter", to)
 		if err == nil {

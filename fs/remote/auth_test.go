@@ -133,22 +133,49 @@ func TestTokenRefreshAfterExpiry(t *testing.T) {
 	}
 }
 
+// fakeClock is a clock that moves only when told (Options.Now).
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{now: time.Unix(1_700_000_000, 0)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// TestTokenExpiresIn: a token is used until a little before the expires_in
+// the token server gave (a tenth of it), then renewed before use.
 func TestTokenExpiresIn(t *testing.T) {
 	reg := newTokenRegistry(t)
-	reg.expiry = 1 // second
+	reg.expiry = 1 // second: used for 900 ms
 	desc := blobDesc(reg.blob)
-	c := New(Options{})
+	clock := newFakeClock()
+	c := New(Options{Now: clock.Now})
 	ref := reg.srv.Listener.Addr().String() + "/app:latest"
-	if _, err := c.FetchBlob(context.Background(), ref, desc); err != nil {
-		t.Fatal(err)
+	fetch := func(wantTok, wantBlobs int, why string) {
+		t.Helper()
+		if _, err := c.FetchBlob(context.Background(), ref, desc); err != nil {
+			t.Fatal(err)
+		}
+		if tok, blobs := reg.counts(); tok != wantTok || blobs != wantBlobs {
+			t.Fatalf("%d token and %d blob requests, want %d and %d: %s", tok, blobs, wantTok, wantBlobs, why)
+		}
 	}
-	time.Sleep(1100 * time.Millisecond)
-	if _, err := c.FetchBlob(context.Background(), ref, desc); err != nil {
-		t.Fatal(err)
-	}
-	if tok, blobs := reg.counts(); tok != 2 || blobs != 3 {
-		t.Fatalf("%d token and %d blob requests: an expired token was not renewed before use", tok, blobs)
-	}
+	fetch(1, 2, "the first fetch is challenged, then authorized")
+	clock.Advance(900 * time.Millisecond)
+	fetch(1, 3, "a token still valid was renewed")
+	clock.Advance(time.Millisecond)
+	fetch(2, 4, "an expired token was not renewed before use")
 }
 
 func TestConcurrentRefreshSharesToken(t *testing.T) {

@@ -59,6 +59,8 @@ type Options struct {
 	// fetches. A request waits for a slot as long as its context allows.
 	// Token requests are not counted. 0 or less: unbounded.
 	MaxConcurrency int64
+	// Now is the clock of token expiry; nil: time.Now.
+	Now func() time.Time
 }
 
 // Mirror is an endpoint serving a registry's content, configured outside
@@ -107,7 +109,7 @@ func New(opts Options) *Client {
 		c.slots = semaphore.NewWeighted(opts.MaxConcurrency)
 	}
 	tokenClient := &http.Client{Transport: c.transport(http.DefaultTransport.(*http.Transport).Clone())}
-	c.auth = newAuthorizer(tokenClient, opts.Credentials)
+	c.auth = newAuthorizer(tokenClient, opts.Credentials, opts.Now)
 	return c
 }
 
