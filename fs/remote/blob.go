@@ -107,7 +107,7 @@ func (b *Blob) readViaRegistry(ctx context.Context, p []byte, off int64) (int, e
 	if err != nil {
 		return 0, err
 	}
-	wctx, wd := startWatchdog(ctx, b.c.timeout)
+	wctx, wd := startWatchdog(ctx, b.c.timeout, b.c.afterFunc)
 	defer wd.stop()
 	header := http.Header{"Range": {rangeValue(off, len(p))}}
 	resp, host, err := b.c.send(wctx, b.c.blobRetry, repo, docker.HostCapabilityPull, "blobs/"+b.desc.Digest.String(), nil, header)
@@ -123,7 +123,7 @@ func (b *Blob) readViaRegistry(ctx context.Context, p []byte, off int64) (int, e
 }
 
 func (b *Blob) readDirect(ctx context.Context, d *directURL, p []byte, off int64) (int, error) {
-	wctx, wd := startWatchdog(ctx, b.c.timeout)
+	wctx, wd := startWatchdog(ctx, b.c.timeout, b.c.afterFunc)
 	defer wd.stop()
 	req, err := http.NewRequestWithContext(wctx, http.MethodGet, d.url, nil)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -228,11 +229,51 @@ func TestTimeoutBoundsHangingRegistry(t *testing.T) {
 	}
 }
 
+// trackedTimers makes the watchdogs' timers (real ones) and tells how many
+// are running.
+type trackedTimers struct {
+	mu     sync.Mutex
+	timers []*trackedTimer
+}
+
+type trackedTimer struct {
+	t       *time.Timer
+	running atomic.Bool
+}
+
+func (tt *trackedTimers) afterFunc(d time.Duration, f func()) stopTimer {
+	t := &trackedTimer{}
+	t.running.Store(true)
+	t.t = time.AfterFunc(d, func() { t.running.Store(false); f() })
+	tt.mu.Lock()
+	tt.timers = append(tt.timers, t)
+	tt.mu.Unlock()
+	return t
+}
+
+func (t *trackedTimer) Stop() bool { t.running.Store(false); return t.t.Stop() }
+
+func (t *trackedTimer) Reset(d time.Duration) bool { t.running.Store(true); return t.t.Reset(d) }
+
+func (tt *trackedTimers) armed() int {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	n := 0
+	for _, t := range tt.timers {
+		if t.running.Load() {
+			n++
+		}
+	}
+	return n
+}
+
 func TestTimeoutBoundsStalledBody(t *testing.T) {
 	reg := newFakeRegistry(t)
 	desc := reg.addBlob(blobContent(1 << 20))
 	reg.set(func(r *fakeRegistry) { r.stallBody = true })
 	c := New(Options{Timeout: 200 * time.Millisecond})
+	timers := &trackedTimers{}
+	c.afterFunc = timers.afterFunc
 	ctx := context.Background()
 	start := time.Now()
 	_, err := c.Blob(reg.ref("app"), desc).FetchAt(ctx, make([]byte, 1<<20), 0)
@@ -244,10 +285,21 @@ func TestTimeoutBoundsStalledBody(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rc.Close()
-	time.Sleep(300 * time.Millisecond) // a slow consumer is not a stall
+	// A slow consumer is not a stall: after the response and between reads
+	// no watchdog runs, so however long the consumer takes, none fires.
+	if n := timers.armed(); n != 0 {
+		t.Fatalf("%d watchdogs run while the consumer holds the stream", n)
+	}
+	head := make([]byte, 4096)
+	if _, err := io.ReadFull(rc, head); err != nil {
+		t.Fatal(err)
+	}
+	if n := timers.armed(); n != 0 {
+		t.Fatalf("%d watchdogs run between reads", n)
+	}
 	start = time.Now()
 	n, err := io.Copy(io.Discard, rc)
-	if !errors.Is(err, context.DeadlineExceeded) || n != 1<<19 || time.Since(start) > 2*time.Second {
+	if !errors.Is(err, context.DeadlineExceeded) || n != 1<<19-int64(len(head)) || time.Since(start) > 2*time.Second {
 		t.Fatalf("stream of a stalled body: %d bytes, %v after %s", n, err, time.Since(start))
 	}
 }

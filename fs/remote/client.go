@@ -85,7 +85,8 @@ type Client struct {
 	retry     RetryPolicy
 	blobRetry RetryPolicy
 	auth      *authorizer
-	slots     *semaphore.Weighted // Options.MaxConcurrency; nil: unbounded
+	slots     *semaphore.Weighted                   // Options.MaxConcurrency; nil: unbounded
+	afterFunc func(time.Duration, func()) stopTimer // timers of the watchdogs
 
 	mu    sync.Mutex
 	hosts map[string][]docker.RegistryHost // by reference host; read once
@@ -101,7 +102,7 @@ func New(opts Options) *Client {
 	opts.HostsDirs = slices.Clone(opts.HostsDirs)
 	opts.Insecure = slices.Clone(opts.Insecure)
 	c := &Client{
-		opts: opts, timeout: timeout,
+		opts: opts, timeout: timeout, afterFunc: realAfterFunc,
 		retry: opts.Retry.withDefaults(DefaultRetry), hosts: map[string][]docker.RegistryHost{},
 	}
 	c.blobRetry = opts.BlobRetry.withDefaults(c.retry)

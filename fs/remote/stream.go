@@ -22,7 +22,7 @@ func (b *Blob) Open(ctx context.Context) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open blob %s: %w", b.desc.Digest, err)
 	}
-	wctx, wd := startWatchdog(ctx, b.c.timeout)
+	wctx, wd := startWatchdog(ctx, b.c.timeout, b.c.afterFunc)
 	resp, _, err := b.c.send(wctx, b.c.blobRetry, repo, docker.HostCapabilityPull, "blobs/"+b.desc.Digest.String(), nil, nil)
 	if err != nil {
 		wd.stop()

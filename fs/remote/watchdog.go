@@ -13,16 +13,26 @@ import (
 // d. It is paused between reads so that a slow consumer does not count.
 type watchdog struct {
 	d      time.Duration
-	timer  *time.Timer
+	timer  stopTimer
 	fired  atomic.Bool
 	cancel context.CancelFunc
 }
 
-// startWatchdog returns a context canceled when the running watchdog fires.
-func startWatchdog(ctx context.Context, d time.Duration) (context.Context, *watchdog) {
+// stopTimer is what a watchdog needs of a *time.Timer made by time.AfterFunc.
+type stopTimer interface {
+	Stop() bool
+	Reset(d time.Duration) bool
+}
+
+// realAfterFunc is time.AfterFunc, the default Client.afterFunc.
+func realAfterFunc(d time.Duration, f func()) stopTimer { return time.AfterFunc(d, f) }
+
+// startWatchdog returns a context canceled when the running watchdog fires;
+// afterFunc makes its timer (realAfterFunc but in tests).
+func startWatchdog(ctx context.Context, d time.Duration, afterFunc func(time.Duration, func()) stopTimer) (context.Context, *watchdog) {
 	ctx, cancel := context.WithCancel(ctx)
 	w := &watchdog{d: d, cancel: cancel}
-	w.timer = time.AfterFunc(d, func() {
+	w.timer = afterFunc(d, func() {
 		w.fired.Store(true)
 		cancel()
 	})
