@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/awslabs/soci-snapshotter/soci"
@@ -220,67 +221,73 @@ func TestFindMemoized(t *testing.T) {
 	}
 }
 
+// TestFindSingleflight runs in a bubble, where synctest.Wait tells when
+// every caller waits.
 func TestFindSingleflight(t *testing.T) {
-	f := newDiscoveryFixture(t)
-	f.reg.gate = make(chan struct{})
-	s := newStore(t, t.TempDir(), f.reg, true, true)
-	const callers = 16
-	var wg sync.WaitGroup
-	errs := make(chan error, callers)
-	idxs := make(chan *Index, callers)
-	for range callers {
-		wg.Go(func() {
-			idx, err := s.Find(context.Background(), testRef, f.manifest.Digest, "")
-			errs <- err
-			idxs <- idx
-		})
-	}
-	for f.reg.count("manifest", f.manifest.Digest) == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(20 * time.Millisecond) // let the others pile up
-	close(f.reg.gate)
-	wg.Wait()
-	close(errs)
-	close(idxs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
+	synctest.Test(t, func(t *testing.T) {
+		f := newDiscoveryFixture(t)
+		f.reg.gate = make(chan struct{})
+		s := newStore(t, t.TempDir(), f.reg, true, true)
+		const callers = 16
+		var wg sync.WaitGroup
+		errs := make(chan error, callers)
+		idxs := make(chan *Index, callers)
+		for range callers {
+			wg.Go(func() {
+				idx, err := s.Find(context.Background(), testRef, f.manifest.Digest, "")
+				errs <- err
+				idxs <- idx
+			})
 		}
-	}
-	first := <-idxs
-	for idx := range idxs {
-		if idx != first {
-			t.Fatal("callers got different Index values")
+		// Every caller blocks: the one the registry serves on the gate, the
+		// others on the shared answer.
+		synctest.Wait()
+		close(f.reg.gate)
+		wg.Wait()
+		close(errs)
+		close(idxs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	if n := f.reg.count("manifest", f.manifest.Digest); n != 1 {
-		t.Errorf("%d concurrent Finds fetched the manifest %d times, want 1", callers, n)
-	}
+		first := <-idxs
+		for idx := range idxs {
+			if idx != first {
+				t.Fatal("callers got different Index values")
+			}
+		}
+		if n := f.reg.count("manifest", f.manifest.Digest); n != 1 {
+			t.Errorf("%d concurrent Finds fetched the manifest %d times, want 1", callers, n)
+		}
+	})
 }
 
 func TestFindCallerCancel(t *testing.T) {
-	f := newDiscoveryFixture(t)
-	f.reg.gate = make(chan struct{})
-	s := newStore(t, t.TempDir(), f.reg, true, true)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		_, err := s.Find(ctx, testRef, f.manifest.Digest, "")
-		done <- err
-	}()
-	for f.reg.count("manifest", f.manifest.Digest) == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled Find: %v", err)
-	}
-	close(f.reg.gate) // the shared lookup finishes for the next caller
-	if _, err := s.Find(context.Background(), testRef, f.manifest.Digest, ""); err != nil {
-		t.Fatal(err)
-	}
-	if n := f.reg.count("manifest", f.manifest.Digest); n != 1 {
-		t.Errorf("manifest fetched %d times, want 1", n)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		f := newDiscoveryFixture(t)
+		f.reg.gate = make(chan struct{})
+		s := newStore(t, t.TempDir(), f.reg, true, true)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, err := s.Find(ctx, testRef, f.manifest.Digest, "")
+			done <- err
+		}()
+		synctest.Wait() // the lookup waits at the registry
+		if n := f.reg.count("manifest", f.manifest.Digest); n != 1 {
+			t.Fatalf("%d manifest requests, want 1 waiting", n)
+		}
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled Find: %v", err)
+		}
+		close(f.reg.gate) // the shared lookup finishes for the next caller
+		if _, err := s.Find(context.Background(), testRef, f.manifest.Digest, ""); err != nil {
+			t.Fatal(err)
+		}
+		if n := f.reg.count("manifest", f.manifest.Digest); n != 1 {
+			t.Errorf("manifest fetched %d times, want 1", n)
+		}
+	})
 }
