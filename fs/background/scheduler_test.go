@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -294,126 +295,133 @@ func TestFetchFailureGivesUp(t *testing.T) {
 }
 
 func TestPausesWhileDemandWaits(t *testing.T) {
-	b := newTestBlob(t, 5, 1<<20, 8)
-	res := newResults()
-	s := New(Options{OnDone: res.onDone, ChunkSize: 1, Workers: 4})
-	defer s.Close()
-	var once sync.Once
-	started := make(chan struct{})
-	blob := &fakeBlob{data: b.blob, before: func(context.Context, int64) error {
-		once.Do(func() {
-			s.BeginDemand() // a demand read starts while the first chunk is in flight
-			close(started)
-		})
-		return nil
-	}}
-	l, _ := layerOf("/mnt/d", b, blob)
-	s.Enqueue(context.Background(), l, Background)
-	<-started
-	time.Sleep(200 * time.Millisecond)
-	blob.mu.Lock()
-	n := len(blob.reads)
-	blob.mu.Unlock()
-	if n != 1 {
-		t.Errorf("%d range requests while a demand read waited, want only the one in flight", n)
-	}
-	s.EndDemand()
-	if err := res.wait(t, "/mnt/d"); err != nil {
-		t.Fatal(err)
-	}
-	if len(blob.reads) != 8 {
-		t.Errorf("%d reads, want 8", len(blob.reads))
-	}
+	// In a bubble, synctest.Wait tells when the workers are blocked.
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBlob(t, 5, 1<<20, 8)
+		res := newResults()
+		s := New(Options{OnDone: res.onDone, ChunkSize: 1, Workers: 4})
+		defer s.Close()
+		var once sync.Once
+		started := make(chan struct{})
+		blob := &fakeBlob{data: b.blob, before: func(context.Context, int64) error {
+			once.Do(func() {
+				s.BeginDemand() // a demand read starts while the first chunk is in flight
+				close(started)
+			})
+			return nil
+		}}
+		l, _ := layerOf("/mnt/d", b, blob)
+		s.Enqueue(context.Background(), l, Background)
+		<-started
+		synctest.Wait() // every worker blocks: the one in flight waits for the demand read
+		blob.mu.Lock()
+		n := len(blob.reads)
+		blob.mu.Unlock()
+		if n != 1 {
+			t.Errorf("%d range requests while a demand read waited, want only the one in flight", n)
+		}
+		s.EndDemand()
+		if err := res.wait(t, "/mnt/d"); err != nil {
+			t.Fatal(err)
+		}
+		if len(blob.reads) != 8 {
+			t.Errorf("%d reads, want 8", len(blob.reads))
+		}
+	})
 }
 
 func TestPrefetchBeforeBackground(t *testing.T) {
-	b := newTestBlob(t, 6, 64<<10, 1)
-	res := newResults()
-	s := New(Options{OnDone: res.onDone, Workers: 1})
-	defer s.Close()
-	gate := make(chan struct{})
-	var mu sync.Mutex
-	var order []string
-	blobFor := func(key string, wait bool) *fakeBlob {
-		return &fakeBlob{data: b.blob, before: func(context.Context, int64) error {
-			mu.Lock()
-			order = append(order, key)
-			mu.Unlock()
-			if wait {
-				<-gate
-			}
-			return nil
-		}}
-	}
-	first, _ := layerOf("/mnt/first", b, blobFor("first", true))
-	s.Enqueue(context.Background(), first, Background)
-	for {
+	// In a bubble, synctest.Wait tells when the worker waits at the gate.
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBlob(t, 6, 64<<10, 1)
+		res := newResults()
+		s := New(Options{OnDone: res.onDone, Workers: 1})
+		defer s.Close()
+		gate := make(chan struct{})
+		var mu sync.Mutex
+		var order []string
+		blobFor := func(key string, wait bool) *fakeBlob {
+			return &fakeBlob{data: b.blob, before: func(context.Context, int64) error {
+				mu.Lock()
+				order = append(order, key)
+				mu.Unlock()
+				if wait {
+					<-gate
+				}
+				return nil
+			}}
+		}
+		first, _ := layerOf("/mnt/first", b, blobFor("first", true))
+		s.Enqueue(context.Background(), first, Background)
+		synctest.Wait() // the worker holds the first layer at the gate
 		mu.Lock()
 		n := len(order)
 		mu.Unlock()
-		if n == 1 {
-			break
+		if n != 1 {
+			t.Fatalf("%d chunks started before the gate, want 1", n)
 		}
-		time.Sleep(time.Millisecond)
-	}
-	// Distinct digests, so that completion of one does not skip the other.
-	b2, b3 := newTestBlob(t, 7, 64<<10, 1), newTestBlob(t, 8, 64<<10, 1)
-	bg := Layer{Key: "/mnt/bg", Digest: b2.digest, Table: b2.table, Blob: blobFor("bg", false), Spans: &fakeSpans{table: b2.table}}
-	bg.Blob.(*fakeBlob).data = b2.blob
-	pf := Layer{Key: "/mnt/pf", Digest: b3.digest, Table: b3.table, Blob: blobFor("pf", false), Spans: &fakeSpans{table: b3.table}}
-	pf.Blob.(*fakeBlob).data = b3.blob
-	s.Enqueue(context.Background(), bg, Background)
-	s.Enqueue(context.Background(), pf, Prefetch)
-	close(gate)
-	for _, k := range []string{"/mnt/first", "/mnt/bg", "/mnt/pf"} {
-		if err := res.wait(t, k); err != nil {
-			t.Fatal(k, err)
+		// Distinct digests, so that completion of one does not skip the other.
+		b2, b3 := newTestBlob(t, 7, 64<<10, 1), newTestBlob(t, 8, 64<<10, 1)
+		bg := Layer{Key: "/mnt/bg", Digest: b2.digest, Table: b2.table, Blob: blobFor("bg", false), Spans: &fakeSpans{table: b2.table}}
+		bg.Blob.(*fakeBlob).data = b2.blob
+		pf := Layer{Key: "/mnt/pf", Digest: b3.digest, Table: b3.table, Blob: blobFor("pf", false), Spans: &fakeSpans{table: b3.table}}
+		pf.Blob.(*fakeBlob).data = b3.blob
+		s.Enqueue(context.Background(), bg, Background)
+		s.Enqueue(context.Background(), pf, Prefetch)
+		close(gate)
+		for _, k := range []string{"/mnt/first", "/mnt/bg", "/mnt/pf"} {
+			if err := res.wait(t, k); err != nil {
+				t.Fatal(k, err)
+			}
 		}
-	}
-	if want := []string{"first", "pf", "bg"}; !slices.Equal(order, want) {
-		t.Errorf("order %v, want %v", order, want)
-	}
+		if want := []string{"first", "pf", "bg"}; !slices.Equal(order, want) {
+			t.Errorf("order %v, want %v", order, want)
+		}
+	})
 }
 
 func TestCancelStopsPromptly(t *testing.T) {
-	b := newTestBlob(t, 9, 1<<20, 8)
-	res := newResults()
-	s := New(Options{OnDone: res.onDone, ChunkSize: 1})
-	defer s.Close()
-	inFlight := make(chan struct{}, 10)
-	blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
-		inFlight <- struct{}{}
-		<-ctx.Done() // a registry that never answers
-		return ctx.Err()
-	}}
-	l, _ := layerOf("/mnt/x", b, blob)
-	s.Enqueue(context.Background(), l, Background)
-	<-inFlight
-	start := time.Now()
-	s.Cancel("/mnt/x")
-	if took := time.Since(start); took > time.Second {
-		t.Errorf("Cancel took %v", took)
-	}
-	time.Sleep(50 * time.Millisecond)
-	if len(blob.reads) != 1 {
-		t.Errorf("%d reads after cancel, want 1", len(blob.reads))
-	}
-	res.mu.Lock()
-	if _, ok := res.errs["/mnt/x"]; ok {
-		t.Error("OnDone called for a canceled layer")
-	}
-	res.mu.Unlock()
+	// In a bubble, synctest.Wait tells when the workers are idle again.
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBlob(t, 9, 1<<20, 8)
+		res := newResults()
+		s := New(Options{OnDone: res.onDone, ChunkSize: 1})
+		defer s.Close()
+		inFlight := make(chan struct{}, 10)
+		blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
+			inFlight <- struct{}{}
+			<-ctx.Done() // a registry that never answers
+			return ctx.Err()
+		}}
+		l, _ := layerOf("/mnt/x", b, blob)
+		s.Enqueue(context.Background(), l, Background)
+		<-inFlight
+		start := time.Now()
+		s.Cancel("/mnt/x")
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("Cancel took %v", took)
+		}
+		synctest.Wait() // whatever the workers still do after Cancel is done
+		if len(blob.reads) != 1 {
+			t.Errorf("%d reads after cancel, want 1", len(blob.reads))
+		}
+		res.mu.Lock()
+		if _, ok := res.errs["/mnt/x"]; ok {
+			t.Error("OnDone called for a canceled layer")
+		}
+		res.mu.Unlock()
 
-	// Canceling a queued (delayed) layer drops it.
-	s2 := New(Options{OnDone: res.onDone, Delay: time.Hour})
-	defer s2.Close()
-	blob2 := &fakeBlob{data: b.blob}
-	l2, _ := layerOf("/mnt/y", b, blob2)
-	s2.Enqueue(context.Background(), l2, Background)
-	s2.Cancel("/mnt/y")
-	if len(s2.queue) != 0 {
-		t.Errorf("queue still holds %d layers", len(s2.queue))
-	}
+		// Canceling a queued (delayed) layer drops it.
+		s2 := New(Options{OnDone: res.onDone, Delay: time.Hour})
+		defer s2.Close()
+		blob2 := &fakeBlob{data: b.blob}
+		l2, _ := layerOf("/mnt/y", b, blob2)
+		s2.Enqueue(context.Background(), l2, Background)
+		s2.Cancel("/mnt/y")
+		if len(s2.queue) != 0 {
+			t.Errorf("queue still holds %d layers", len(s2.queue))
+		}
+	})
 }
 
 func TestDelayAndQueueBound(t *testing.T) {
@@ -448,40 +456,49 @@ func TestDelayAndQueueBound(t *testing.T) {
 		}
 	})
 	t.Run("delay", func(t *testing.T) {
-		res := newResults()
-		s := New(Options{Delay: 150 * time.Millisecond, OnDone: res.onDone})
-		defer s.Close()
-		start := time.Now()
-		s.Enqueue(context.Background(), mk(30, "d"), Background)
-		if err := res.wait(t, "d"); err != nil {
-			t.Fatal(err)
-		}
-		if took := time.Since(start); took < 150*time.Millisecond {
-			t.Errorf("layer done after %v, before the delay", took)
-		}
+		// In a bubble the delay passes on a fake clock.
+		synctest.Test(t, func(t *testing.T) {
+			res := newResults()
+			s := New(Options{Delay: 150 * time.Millisecond, OnDone: res.onDone})
+			defer s.Close()
+			start := time.Now()
+			s.Enqueue(context.Background(), mk(30, "d"), Background)
+			if err := res.wait(t, "d"); err != nil {
+				t.Fatal(err)
+			}
+			if took := time.Since(start); took < 150*time.Millisecond {
+				t.Errorf("layer done after %v, before the delay", took)
+			}
+		})
 	})
 }
 
 func TestCloseStopsWork(t *testing.T) {
-	b := newTestBlob(t, 40, 256<<10, 4)
-	s := New(Options{ChunkSize: 1})
-	blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
-		<-ctx.Done()
-		return ctx.Err()
-	}}
-	l, _ := layerOf("/mnt/z", b, blob)
-	s.Enqueue(context.Background(), l, Background)
-	time.Sleep(20 * time.Millisecond)
-	done := make(chan struct{})
-	go func() { s.Close(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(2 * time.Second):
-		t.Fatal("Close hangs")
-	}
-	if s.Enqueue(context.Background(), l, Background) {
-		t.Error("queued after Close")
-	}
+	// In a bubble, synctest.Wait tells when the fetch is in flight.
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBlob(t, 40, 256<<10, 4)
+		s := New(Options{ChunkSize: 1})
+		blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
+			<-ctx.Done()
+			return ctx.Err()
+		}}
+		l, _ := layerOf("/mnt/z", b, blob)
+		s.Enqueue(context.Background(), l, Background)
+		synctest.Wait() // a worker waits in the stalled range request
+		if len(blob.reads) != 1 {
+			t.Fatalf("%d range requests in flight, want 1", len(blob.reads))
+		}
+		done := make(chan struct{})
+		go func() { s.Close(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+			t.Fatal("Close hangs")
+		}
+		if s.Enqueue(context.Background(), l, Background) {
+			t.Error("queued after Close")
+		}
+	})
 }
 
 // completeSpans is a fakeSpans that reports all spans cached once loaded.
@@ -531,13 +548,15 @@ func TestSameLayerTwice(t *testing.T) {
 	s := New(Options{OnDone: res.onDone, ChunkSize: 1})
 	defer s.Close()
 	spans := completeSpans{&fakeSpans{table: b.table}}
+	gate := make(chan struct{}) // the first fetch waits until both are queued
 	blob := &fakeBlob{data: b.blob, before: func(context.Context, int64) error {
-		time.Sleep(10 * time.Millisecond)
+		<-gate
 		return nil
 	}}
 	for _, k := range []string{"/mnt/1", "/mnt/2"} {
 		s.Enqueue(context.Background(), Layer{Key: k, Digest: b.digest, Table: b.table, Blob: blob, Spans: spans}, Background)
 	}
+	close(gate)
 	for _, k := range []string{"/mnt/1", "/mnt/2"} {
 		if err := res.wait(t, k); err != nil {
 			t.Fatal(k, err)
