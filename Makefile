@@ -1,7 +1,8 @@
 # Build, install and test the SOCI snapshotter.
 #   make            build bin/soci-snapshotter-grpc and bin/soci
 #   make demo       run an image lazily end to end on a private containerd + registry
-#   make test       unit tests (race detector on) with the fuzz seed corpora, containerd's snapshotter conformance suite, integration tests
+#   make lint       go vet and staticcheck (pinned in scripts/install-deps.sh)
+#   make test       go vet, staticcheck, unit tests (race detector on) with the fuzz seed corpora, containerd's snapshotter conformance suite, integration tests
 #   make fuzz       every fuzz target of the module for FUZZTIME (default 10m) each, one after another (-parallel FUZZPARALLEL, default 1)
 #   make bench      time-to-ready: overlayfs vs soci (vs --compare builds) over a shaped link (BENCH_QUICK=1: one small workload, 2 runs)
 #   make install    install binaries, systemd units and the containerd config snippet
@@ -22,7 +23,7 @@ LDFLAGS := -X github.com/fastsoci/soci-snapshotter/internal/version.Version=$(VE
 
 BINARIES := bin/soci-snapshotter-grpc bin/soci
 
-.PHONY: all build deps demo test unit integration fuzz install vet clean bench FORCE
+.PHONY: all build deps demo test unit integration fuzz install vet lint clean bench FORCE
 
 all: build
 
@@ -47,6 +48,11 @@ bench: deps build
 vet:
 	$(GO) vet ./...
 
+# Static analysis: go vet, then staticcheck with the checks staticcheck.conf selects.
+lint: deps
+	$(GO) vet ./...
+	$(TOOLS)/bin/staticcheck ./...
+
 # The unit packages (everything but integration/), with the race detector.
 # Fuzz targets run their seeds (f.Add and testdata/fuzz/) as ordinary tests.
 unit:
@@ -61,6 +67,7 @@ integration: deps build
 
 test: deps build
 	$(GO) vet ./...
+	$(TOOLS)/bin/staticcheck ./...
 	$(MAKE) unit
 	$(MAKE) integration
 

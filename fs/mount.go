@@ -40,7 +40,7 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 	}()
 	t, err := source.FromLabels(labels)
 	if err != nil {
-		return fmt.Errorf("lazy layer at %s: %v: %w", mountpoint, err, errdefs.ErrNotFound)
+		return fmt.Errorf("lazy layer at %s: %w: %w", mountpoint, err, errdefs.ErrNotFound)
 	}
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("layer", t.LayerDigest))
 	layerDigest = t.LayerDigest.String()

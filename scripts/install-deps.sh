@@ -7,6 +7,8 @@ set -euo pipefail
 CONTAINERD_VERSION=v2.2.6
 REGISTRY_VERSION=v3.1.2
 NERDCTL_VERSION=v2.2.0
+# staticcheck 2026.2.2; supports the Go 1.26 toolchain.
+STATICCHECK_VERSION=v0.8.2
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 prefix=${1:-${TOOLS_PREFIX:-$repo/.tools}}
@@ -43,6 +45,12 @@ if ! stamp_ok registry "$REGISTRY_VERSION"; then
   log "building registry $REGISTRY_VERSION"
   GOBIN=$bin go install "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
   echo "$REGISTRY_VERSION" >"$stamps/registry"
+fi
+
+if ! stamp_ok staticcheck "$STATICCHECK_VERSION"; then
+  log "building staticcheck $STATICCHECK_VERSION"
+  GOBIN=$bin go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+  echo "$STATICCHECK_VERSION" >"$stamps/staticcheck"
 fi
 
 if ! stamp_ok nerdctl "$NERDCTL_VERSION"; then

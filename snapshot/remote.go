@@ -278,26 +278,6 @@ func fatal(errs []error) []error {
 	return out
 }
 
-// UnmountAll stops serving every remote snapshot. Their metadata stays, so
-// the next New mounts them again. Use it for an explicit teardown; Close
-// leaves the layers mounted on purpose.
-func (s *Snapshotter) UnmountAll(ctx context.Context) error {
-	if s.mounter == nil {
-		return nil
-	}
-	layers, err := s.committedRemote(ctx)
-	if err != nil {
-		return fmt.Errorf("unmount remote snapshots: %w", err)
-	}
-	errs := forEachLayer(layers, func(_ int, l remoteLayer) error {
-		return s.unmountLayer(ctx, l.mountpoint)
-	})
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("unmount remote snapshots: %w", err)
-	}
-	return nil
-}
-
 // mountLayer asks the Mounter to serve a layer at mountpoint.
 func (s *Snapshotter) mountLayer(ctx context.Context, mountpoint string, labels map[string]string) error {
 	unlock := s.locks.lock(mountpoint)

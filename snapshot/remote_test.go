@@ -370,17 +370,3 @@ func TestRemoteConcurrentPrepareSameLayer(t *testing.T) {
 		t.Fatalf("mounts = %v, want just the one layer", left)
 	}
 }
-
-func TestRemoteUnmountAll(t *testing.T) {
-	e := newRemoteEnv(t)
-	mp1, mp2 := e.twoRemoteLayers()
-	if err := e.sn.UnmountAll(e.ctx); err != nil {
-		t.Fatalf("UnmountAll: %v", err)
-	}
-	e.assertMounted(mp1, false)
-	e.assertMounted(mp2, false)
-	// The snapshots stay: their layers' data must too.
-	if e.fake.count("release", mp1) != 0 || e.fake.count("release", mp2) != 0 {
-		t.Errorf("calls = %v, want no release", e.fake.calls)
-	}
-}

@@ -154,7 +154,7 @@ func overlayOptions(ctx context.Context, root string) []string {
 func (s *Snapshotter) Root() string { return s.root }
 
 // Close closes the metadata store. Remote layers stay mounted so that running
-// containers survive a restart of the daemon; see UnmountAll.
+// containers survive a restart of the daemon.
 func (s *Snapshotter) Close() error {
 	if err := s.ms.Close(); err != nil {
 		return fmt.Errorf("close snapshotter under %s: %w", s.root, err)

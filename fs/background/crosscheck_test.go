@@ -87,8 +87,8 @@ func (r realLayer) layer(t *testing.T, key string, table *span.Table, files *lay
 }
 
 // runLayer completes l on a fresh scheduler over stateDir and returns its
-// result and the observer.
-func runLayer(t *testing.T, stateDir string, l Layer) (error, *fakeObserver) {
+// observer and its result.
+func runLayer(t *testing.T, stateDir string, l Layer) (*fakeObserver, error) {
 	t.Helper()
 	res, obs := newResults(), &fakeObserver{}
 	s := New(Options{StateDir: stateDir, OnDone: res.onDone, Observer: obs, ChunkSize: 100 << 10})
@@ -96,7 +96,7 @@ func runLayer(t *testing.T, stateDir string, l Layer) (error, *fakeObserver) {
 	if !s.Enqueue(context.Background(), l, Background) {
 		t.Fatal("not queued")
 	}
-	return res.wait(t, l.Key), obs
+	return obs, res.wait(t, l.Key)
 }
 
 func TestCrossCheckHonestLayer(t *testing.T) {
@@ -105,7 +105,7 @@ func TestCrossCheckHonestLayer(t *testing.T) {
 			r := newRealLayer(t, gz)
 			dir := t.TempDir()
 			l := r.layer(t, "/mnt/honest", nil, nil, -1)
-			err, obs := runLayer(t, dir, l)
+			obs, err := runLayer(t, dir, l)
 			if err != nil {
 				t.Fatalf("honest layer: %v", err)
 			}
@@ -135,7 +135,7 @@ func TestCrossCheckLyingFileTable(t *testing.T) {
 	lie.Entries[i].Mode |= layer.ModeSetuid
 	dir := t.TempDir()
 	l := r.layer(t, "/mnt/lie", nil, &lie, -1)
-	err, obs := runLayer(t, dir, l)
+	obs, err := runLayer(t, dir, l)
 	var m *tarcheck.Mismatch
 	if !errors.Is(err, ErrZTOCMismatch) || !errors.As(err, &m) {
 		t.Fatalf("want a zTOC mismatch, got %v", err)
@@ -163,7 +163,7 @@ func TestCrossCheckAlteredSpans(t *testing.T) {
 	r := newRealLayer(t, true)
 	dir := t.TempDir()
 	l := r.layer(t, "/mnt/windows", nil, nil, 2)
-	err, obs := runLayer(t, dir, l)
+	obs, err := runLayer(t, dir, l)
 	if !errors.Is(err, ErrZTOCMismatch) || !strings.Contains(err.Error(), "span 2 ") {
 		t.Fatalf("want a zTOC mismatch in span 2, got %v", err)
 	}
@@ -185,7 +185,7 @@ func TestSpanLoadFailureNotLocal(t *testing.T) {
 	table.Spans[1].Digest = digest.FromString("not span 1")
 	dir := t.TempDir()
 	l := r.layer(t, "/mnt/load", &table, nil, -1)
-	err, obs := runLayer(t, dir, l)
+	obs, err := runLayer(t, dir, l)
 	if !errors.Is(err, ErrSpanLoad) || !errors.Is(err, span.ErrVerification) {
 		t.Fatalf("want a span load failure, got %v", err)
 	}
@@ -208,7 +208,7 @@ func TestDigestMismatchNotBad(t *testing.T) {
 	bad := slices.Clone(r.blob)
 	bad[4] ^= 0xff // gzip header mtime
 	l.Blob = &fakeBlob{data: bad}
-	err, obs := runLayer(t, dir, l)
+	obs, err := runLayer(t, dir, l)
 	if !errors.Is(err, ErrDigestMismatch) || errors.Is(err, ErrZTOCMismatch) {
 		t.Fatalf("want a digest mismatch only, got %v", err)
 	}

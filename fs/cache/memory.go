@@ -10,6 +10,8 @@ import (
 )
 
 // Memory is an in-memory cache, unbounded. It is safe for concurrent use.
+// It exists for tests: the unit tests of span, background, index and cache
+// use it as a fake; the daemon only ever uses Disk.
 type Memory struct {
 	mu      sync.RWMutex
 	entries map[string][]byte // by keyPath

@@ -71,10 +71,10 @@ func (i *Index) ZTOC(layer digest.Digest) (ocispec.Descriptor, bool) {
 func (s *Store) Find(ctx context.Context, ref string, manifest, explicit digest.Digest) (*Index, error) {
 	if explicit != "" {
 		if err := explicit.Validate(); err != nil {
-			return nil, fmt.Errorf("SOCI index digest %q: %v: %w", explicit, err, errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("SOCI index digest %q: %w: %w", explicit, err, errdefs.ErrInvalidArgument)
 		}
 	} else if err := manifest.Validate(); err != nil {
-		return nil, fmt.Errorf("image manifest digest %q: %v: %w", manifest, err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("image manifest digest %q: %w: %w", manifest, err, errdefs.ErrInvalidArgument)
 	}
 	key := string(manifest) + " " + string(explicit)
 	if a, ok := s.recall(key); ok {

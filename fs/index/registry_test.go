@@ -45,16 +45,6 @@ func (r *fakeRegistry) count(call string, d digest.Digest) int {
 	return r.calls[call+" "+d.String()]
 }
 
-func (r *fakeRegistry) total() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := 0
-	for _, c := range r.calls {
-		n += c
-	}
-	return n
-}
-
 func (r *fakeRegistry) enter(call string, d digest.Digest) error {
 	r.mu.Lock()
 	r.calls[call+" "+d.String()]++

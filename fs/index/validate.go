@@ -29,7 +29,7 @@ func parseIndex(d digest.Digest, data []byte, mediaType string, lim Limits) (*In
 	}
 	var m ocispec.Manifest
 	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("decode %s: %v: %w", d, err, ErrNotSOCIIndex)
+		return nil, fmt.Errorf("decode %s: %w: %w", d, err, ErrNotSOCIIndex)
 	}
 	if m.MediaType != "" && m.MediaType != ocispec.MediaTypeImageManifest {
 		return nil, fmt.Errorf("%s has media type %s: %w", d, short(m.MediaType), ErrNotSOCIIndex)

@@ -52,7 +52,7 @@ func (b *Blob) FetchAt(ctx context.Context, p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("read blob %s at %d: negative offset: %w", b.desc.Digest, off, errdefs.ErrInvalidArgument)
 	}
 	if err := b.desc.Digest.Validate(); err != nil {
-		return 0, fmt.Errorf("read blob %q: %v: %w", b.desc.Digest, err, errdefs.ErrInvalidArgument)
+		return 0, fmt.Errorf("read blob %q: %w: %w", b.desc.Digest, err, errdefs.ErrInvalidArgument)
 	}
 	want := int64(len(p))
 	if b.desc.Size > 0 {

@@ -156,7 +156,7 @@ type repository struct {
 func parseRef(ref string) (repository, error) {
 	spec, err := reference.Parse(ref)
 	if err != nil {
-		return repository{}, fmt.Errorf("image ref %q: %v: %w", ref, err, errdefs.ErrInvalidArgument)
+		return repository{}, fmt.Errorf("image ref %q: %w: %w", ref, err, errdefs.ErrInvalidArgument)
 	}
 	host := spec.Hostname()
 	name, ok := strings.CutPrefix(spec.Locator, host+"/")

@@ -48,7 +48,7 @@ func (c *Client) FetchManifest(ctx context.Context, ref string, dgst digest.Dige
 
 func (c *Client) fetchManifest(ctx context.Context, ref string, dgst digest.Digest) ([]byte, string, error) {
 	if err := dgst.Validate(); err != nil {
-		return nil, "", fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
+		return nil, "", fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	repo, err := parseRef(ref)
 	if err != nil {
@@ -103,7 +103,7 @@ func (c *Client) FetchBlob(ctx context.Context, ref string, desc ocispec.Descrip
 
 func (c *Client) fetchBlob(ctx context.Context, ref string, desc ocispec.Descriptor) ([]byte, error) {
 	if err := desc.Digest.Validate(); err != nil {
-		return nil, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	if desc.Size < 0 || desc.Size > MaxBlobSize {
 		return nil, fmt.Errorf("size %d outside [0, %d]: %w", desc.Size, MaxBlobSize, errdefs.ErrInvalidArgument)

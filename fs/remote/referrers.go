@@ -33,7 +33,7 @@ func (c *Client) Referrers(ctx context.Context, ref string, dgst digest.Digest, 
 
 func (c *Client) referrers(ctx context.Context, ref string, dgst digest.Digest, artifactType string) ([]ocispec.Descriptor, error) {
 	if err := dgst.Validate(); err != nil {
-		return nil, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	repo, err := parseRef(ref)
 	if err != nil {
@@ -100,7 +100,7 @@ func (c *Client) getIndex(ctx context.Context, repo repository, capability docke
 	}
 	var index ocispec.Index
 	if err := json.Unmarshal(b, &index); err != nil {
-		return ocispec.Index{}, fmt.Errorf("decode referrers index from %s: %v: %w",
+		return ocispec.Index{}, fmt.Errorf("decode referrers index from %s: %w: %w",
 			redact(resp.Request.URL.String()), err, errdefs.ErrInvalidArgument)
 	}
 	return index, nil

@@ -16,7 +16,7 @@ import (
 // (and the wait for the response) is bounded by the Client's Timeout.
 func (b *Blob) Open(ctx context.Context) (io.ReadCloser, error) {
 	if err := b.desc.Digest.Validate(); err != nil {
-		return nil, fmt.Errorf("open blob %q: %v: %w", b.desc.Digest, err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("open blob %q: %w: %w", b.desc.Digest, err, errdefs.ErrInvalidArgument)
 	}
 	repo, err := parseRef(b.ref)
 	if err != nil {

@@ -20,9 +20,7 @@ func benchLayer(b *testing.B) testLayer {
 func BenchmarkFetchAtWarm(b *testing.B) {
 	l := benchLayer(b)
 	m := newManager(b, l, &fakeFetcher{blob: l.blob}, cache.NewMemory(), nil)
-	if err := m.Prefetch(b.Context(), 0, l.table.UncompressedSize); err != nil {
-		b.Fatal(err)
-	}
+	readAll(b, m, l)
 	rng := rand.New(rand.NewPCG(1, 1))
 	p := make([]byte, 4096)
 	b.SetBytes(int64(len(p)))

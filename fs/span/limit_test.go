@@ -129,9 +129,6 @@ func TestDecompressLimitRefusesLargeSpan(t *testing.T) {
 	if err := m.Load(t.Context(), 1, 1, l.blob[s.CompressedStart:s.CompressedEnd], s.CompressedStart); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("Load of a span over the limit: %v", err)
 	}
-	if err := m.Prefetch(t.Context(), 0, l.table.UncompressedSize); !errors.Is(err, ErrTooLarge) {
-		t.Fatalf("Prefetch across it: %v", err)
-	}
 }
 
 // TestDecompressLimitWaitHonoursContext: a decompression waiting for the

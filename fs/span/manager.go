@@ -430,58 +430,9 @@ func wait(ctx context.Context, c *call) error {
 	}
 }
 
-// Prefetch makes the spans covering [off, off+length) local: it fetches the
-// missing ones, at most MaxCoalesce compressed bytes at a time, and waits for
-// them. With a cache that fails to store, the data is fetched and dropped.
-func (m *Manager) Prefetch(ctx context.Context, off, length int64) error {
-	if off < 0 || length < 0 {
-		return fmt.Errorf("prefetch %s [%d, +%d): %w", m.key, off, length, errdefs.ErrInvalidArgument)
-	}
-	end := min(off+length, m.table.UncompressedSize)
-	if off >= end {
-		return nil
-	}
-	first, last := m.table.Find(off), m.table.Find(end-1)
-	for i := first; i <= last; {
-		j := m.window(i, last)
-		m.probe(ctx, i, j)
-		calls, err := m.plan(ctx, i, j)
-		if err != nil {
-			return fmt.Errorf("prefetch %s spans %d-%d: %w", m.key, i, j, err)
-		}
-		for k, c := range calls {
-			if c == nil {
-				continue
-			}
-			if err := wait(ctx, c); err != nil {
-				return fmt.Errorf("prefetch span %d of %s: %w", i+k, m.key, err)
-			}
-			if errors.Is(c.err, errReleased) {
-				j = i - 1 // a background walk gave the span up: plan the window again
-				break
-			}
-			if c.err != nil {
-				return c.err
-			}
-		}
-		i = j + 1
-	}
-	return nil
-}
-
-// window returns the last span j in [i, last] such that spans i..j fit in
-// one coalesced request (at least i).
-func (m *Manager) window(i, last int) int {
-	j := i
-	for j < last && m.table.Spans[j+1].CompressedEnd-m.table.Spans[i].CompressedStart <= m.maxCoalesce {
-		j++
-	}
-	return j
-}
-
 // Cached reports how many of the layer's spans are known to be in the cache
 // (empty spans count as cached). Spans cached by an earlier Manager (a
-// restart) count once a read or Prefetch has looked at them.
+// restart) count once a read has looked at them.
 func (m *Manager) Cached() (spans, total int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

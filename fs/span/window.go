@@ -151,8 +151,8 @@ func (m *Manager) badSpan(i int) error {
 }
 
 // Poison takes the layer out of service because it was found to contradict
-// its zTOC (the background walk's cross-check): every later read, Prefetch
-// and Load fails with an error wrapping ErrLayerBad, and the layer's cached
+// its zTOC (the background walk's cross-check): every later read and
+// Load fails with an error wrapping ErrLayerBad, and the layer's cached
 // spans are removed. It logs once; later calls do nothing.
 func (m *Manager) Poison(ctx context.Context, reason error) {
 	err := fmt.Errorf("layer %s: %w: %w", m.key, ErrLayerBad, reason)
