@@ -187,8 +187,7 @@ func TestRedirectPolicy(t *testing.T) {
 	blob := blobContent(1000)
 	desc := ocispec.Descriptor{Digest: digest.FromBytes(blob), Size: int64(len(blob))}
 	var sawAuth atomic.Bool
-	var other *httptest.Server
-	other = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.Header.Get("Authorization") != "" {
 			sawAuth.Store(true)
 		}
