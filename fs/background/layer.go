@@ -261,12 +261,20 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 
 // hashLocal feeds span i, which a read already made local, into the blob
 // hash from the compressed copy the read kept, fetching only a gap before
-// it (the gzip header before span 0). Without a kept copy the whole-blob
-// check is given up (skip): the span is not fetched again.
+// it (the gzip header before span 0). Without a kept copy (a read before a
+// restart, say) the span's compressed bytes are fetched again for the hash:
+// a layer is only reported local once all of it was checked.
 func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]byte), hashed *int64, skip func(string)) (int64, error) {
 	sp := j.layer.Table.Spans[i]
 	c, ok := j.layer.Spans.Compressed(ctx, i)
 	switch {
+	case !ok && *hashed <= sp.CompressedEnd:
+		n, err := s.hashGap(ctx, j.layer.Blob, sink, *hashed, sp.CompressedEnd)
+		if err != nil {
+			return n, err
+		}
+		*hashed = sp.CompressedEnd
+		return n, nil
 	case !ok:
 		skip(fmt.Sprintf("span %d was made local by a read that kept no compressed copy", i))
 		return 0, nil
