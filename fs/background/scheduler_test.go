@@ -568,9 +568,9 @@ func TestSameLayerTwice(t *testing.T) {
 }
 
 // TestSkipsSpansReadersFetched: spans a demand read already brought in are
-// not fetched again; the rest are. Without the whole-blob digest check
-// (which would need those bytes again) the layer is not reported fully
-// local: it fails with ErrUnverified and counts an "unverified" failure.
+// not loaded again; the rest are. Their compressed bytes, which the reads
+// did not keep, are fetched once more for the whole-blob digest check, so
+// the layer is still verified and reported fully local.
 func TestSkipsSpansReadersFetched(t *testing.T) {
 	b := newTestBlob(t, 4, 1<<20, 8)
 	res, obs := newResults(), &fakeObserver{}
