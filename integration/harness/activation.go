@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"time"
 )
 
@@ -69,7 +70,7 @@ func (d *Daemon) StartSocketActivated(ctx context.Context, activator string) err
 	// The activator passes its children only a few variables of its own
 	// environment (PATH, HOME, ...): hand d.Env over explicitly.
 	args := []string{"--listen=" + d.Address}
-	for _, kv := range d.Env {
+	for _, kv := range d.environ() {
 		args = append(args, "--setenv="+kv)
 	}
 	args = append(append(args, d.bin), d.args("fd://")...)
@@ -86,19 +87,26 @@ func (d *Daemon) StartFDWithoutSocket(ctx context.Context, fallback string) erro
 	return d.startAndDial(ctx, d.bin, d.args("fd://"))
 }
 
-// args are the daemon's arguments with --address address.
+// args are the daemon's arguments with --address address: only flags every
+// soci-snapshotter-grpc has (the bench runs other builds with them too).
 func (d *Daemon) args(address string) []string {
-	args := []string{"--address", address, "--root", d.Root, "--config", d.Config, "--log-level", "debug"}
+	return []string{"--address", address, "--root", d.Root, "--config", d.Config, "--log-level", "debug"}
+}
+
+// environ is d.Env plus the log format, set through the environment
+// (SOCI_SNAPSHOTTER_LOG_FORMAT), which builds without that setting ignore.
+func (d *Daemon) environ() []string {
+	env := slices.Clone(d.Env)
 	if d.LogFormat != "" {
-		args = append(args, "--log-format", d.LogFormat)
+		env = append(env, "SOCI_SNAPSHOTTER_LOG_FORMAT="+d.LogFormat)
 	}
-	return args
+	return env
 }
 
 // startAndDial runs bin args as the daemon's process and waits until
 // d.Address accepts connections.
 func (d *Daemon) startAndDial(ctx context.Context, bin string, args []string) error {
-	p, err := StartProcess("soci-snapshotter-grpc", d.logPath, d.Env, bin, args...)
+	p, err := StartProcess("soci-snapshotter-grpc", d.logPath, d.environ(), bin, args...)
 	if err != nil {
 		return err
 	}

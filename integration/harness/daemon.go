@@ -16,7 +16,7 @@ type Daemon struct {
 	Config  string
 	// Env is added to the daemon's environment (e.g. DOCKER_CONFIG=dir).
 	Env []string
-	// LogFormat is passed as --log-format: "text" (NewDaemon's choice, so
+	// LogFormat is passed as SOCI_SNAPSHOTTER_LOG_FORMAT: "text" (NewDaemon's choice, so
 	// that tests read logrus's key=value lines), or "" for the daemon's
 	// default, JSON.
 	LogFormat string
@@ -44,11 +44,7 @@ func NewDaemon(bin, dir, configTOML string) (*Daemon, error) {
 
 // Start starts the daemon and waits until its socket accepts connections.
 func (d *Daemon) Start(ctx context.Context) error {
-	args := []string{"--address", d.Address, "--root", d.Root, "--config", d.Config, "--log-level", "debug"}
-	if d.LogFormat != "" {
-		args = append(args, "--log-format", d.LogFormat)
-	}
-	p, err := StartProcess("soci-snapshotter-grpc", d.logPath, d.Env, d.bin, args...)
+	p, err := StartProcess("soci-snapshotter-grpc", d.logPath, d.environ(), d.bin, d.args(d.Address)...)
 	if err != nil {
 		return err
 	}
