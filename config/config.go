@@ -78,7 +78,9 @@ const (
 )
 
 // Config is the whole configuration file. Field order follows the reference
-// sample so that Encode writes keys in a familiar order.
+// sample so that Encode writes keys in a familiar order. A field tagged
+// schema:"ours" (and everything below it) is not in upstream's schema;
+// Keys reports it so.
 type Config struct {
 	// HTTPCacheType is accepted for compatibility with upstream files,
 	// which do not use it; it takes the same values as FSCacheType.
@@ -136,7 +138,7 @@ type Config struct {
 	Snapshotter        SnapshotterConfig        `toml:"snapshotter"`
 	// Limits bounds what remote data (SOCI indices, zTOCs, span data) may
 	// make the daemon allocate or walk. Not in upstream's schema.
-	Limits LimitsConfig `toml:"limits"`
+	Limits LimitsConfig `toml:"limits" schema:"ours"`
 }
 
 // HTTPConfig is the [http] table: timeouts and retries of the registry
@@ -194,7 +196,7 @@ type DirectoryCacheConfig struct {
 	// MaxBytes bounds the span cache on disk ("10gb"); least recently used
 	// layers are evicted first. Unbounded ('') by default. Not in upstream's
 	// schema.
-	MaxBytes ByteSize `toml:"max_bytes"`
+	MaxBytes ByteSize `toml:"max_bytes" schema:"ours"`
 }
 
 // FuseConfig is the [fuse] table: kernel cache timeouts of the FUSE mounts.
@@ -330,8 +332,9 @@ type ResolverConfig struct {
 	EnableAuthClientSharing bool `toml:"enable_auth_client_sharing"`
 	// ConfigPath lists containerd-style hosts directories (each holding
 	// <registry>/hosts.toml), separated by ':', searched in order; the first
-	// one with a directory for a registry is used for it. Empty: none.
-	ConfigPath string `toml:"config_path"`
+	// one with a directory for a registry is used for it. Empty: none. Not
+	// in upstream's schema.
+	ConfigPath string `toml:"config_path" schema:"ours"`
 	// Host maps a registry host name (e.g. "docker.io") to its settings.
 	Host map[string]HostConfig `toml:"host"`
 }

@@ -9,7 +9,7 @@ import (
 	"testing"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/default.toml from Encode(Default())")
+var update = flag.Bool("update", false, "rewrite testdata/default.toml from Encode(Default()) and the key table of docs/migration.md")
 
 func readTestdata(t *testing.T, name string) []byte {
 	t.Helper()
