@@ -3,7 +3,6 @@ package harness
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -44,23 +43,7 @@ func NewDaemon(bin, dir, configTOML string) (*Daemon, error) {
 
 // Start starts the daemon and waits until its socket accepts connections.
 func (d *Daemon) Start(ctx context.Context) error {
-	p, err := StartProcess("soci-snapshotter-grpc", d.logPath, d.environ(), d.bin, d.args(d.Address)...)
-	if err != nil {
-		return err
-	}
-	d.proc = p
-	err = waitFor(ctx, p, 20*time.Second, func() error {
-		c, err := net.DialTimeout("unix", d.Address, time.Second)
-		if err != nil {
-			return err
-		}
-		return c.Close()
-	})
-	if err != nil {
-		p.Stop(5 * time.Second)
-		return fmt.Errorf("start daemon: %w", err)
-	}
-	return nil
+	return d.startAndDial(ctx, d.bin, d.args(d.Address))
 }
 
 // Stop sends SIGTERM and returns how the daemon exited.
