@@ -13,6 +13,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/fastsoci/soci-snapshotter/internal/clocktest"
 )
 
 // tokenRegistry is an in-process registry behind a token server: it takes
@@ -133,33 +135,13 @@ func TestTokenRefreshAfterExpiry(t *testing.T) {
 	}
 }
 
-// fakeClock is a clock that moves only when told (Options.Now).
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{now: time.Unix(1_700_000_000, 0)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // TestTokenExpiresIn: a token is used until a little before the expires_in
 // the token server gave (a tenth of it), then renewed before use.
 func TestTokenExpiresIn(t *testing.T) {
 	reg := newTokenRegistry(t)
 	reg.expiry = 1 // second: used for 900 ms
 	desc := blobDesc(reg.blob)
-	clock := newFakeClock()
+	clock := clocktest.New()
 	c := New(Options{Now: clock.Now})
 	ref := reg.srv.Listener.Addr().String() + "/app:latest"
 	fetch := func(wantTok, wantBlobs int, why string) {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/fastsoci/soci-snapshotter/fs/cache"
+	"github.com/fastsoci/soci-snapshotter/internal/clocktest"
 )
 
 // TestFailHold: right after a failed fetch, a read of the span fails at
@@ -15,7 +16,7 @@ func TestFailHold(t *testing.T) {
 	l := buildLayer(t, 31, []int{1000}, false)
 	down := errors.New("registry down")
 	f := &fakeFetcher{blob: l.blob, err: down}
-	clock := newFakeClock()
+	clock := clocktest.New()
 	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) { o.FailHold = 200 * time.Millisecond; o.Now = clock.Now })
 	for range 2 {
 		if _, err := m.FetchAt(t.Context(), make([]byte, 10), 0); !errors.Is(err, down) {

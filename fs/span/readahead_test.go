@@ -3,11 +3,10 @@ package span
 import (
 	"bytes"
 	"slices"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/fastsoci/soci-snapshotter/fs/cache"
+	"github.com/fastsoci/soci-snapshotter/internal/clocktest"
 )
 
 // waitCached waits for every fetch the manager started (the read-ahead
@@ -18,26 +17,6 @@ func waitCached(t *testing.T, m *Manager, want int) {
 	if n, _ := m.Cached(); n < want {
 		t.Fatalf("cached spans = %d, want %d", n, want)
 	}
-}
-
-// fakeClock is a clock that moves only when told (Options.Now).
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{now: time.Unix(1_700_000_000, 0)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
 }
 
 // beginSignal is a Demand that tells, once per read that waits for spans,
@@ -90,7 +69,7 @@ func TestReadAheadSequential(t *testing.T) {
 func TestReadAheadPause(t *testing.T) {
 	l := buildLayer(t, 34, []int{1000, 1000, 1000, 1000, 1000}, false)
 	f := &fakeFetcher{blob: l.blob}
-	clock := newFakeClock()
+	clock := clocktest.New()
 	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) { o.ReadAhead = 1 << 20; o.Now = clock.Now })
 	p := make([]byte, 900)
 	if n, err := m.FetchAt(t.Context(), p, 0); n != len(p) || err != nil {
