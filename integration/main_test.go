@@ -53,26 +53,7 @@ const defaultDaemonConfig = `
 // it prints the tails of their logs. Everything is stopped at the end.
 func startEnv(t *testing.T, daemonConfig string) *harness.Env {
 	t.Helper()
-	tools, err := harness.ToolsFromEnv()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	e, err := harness.Start(ctx, tools, dir, daemonConfig)
-	if err != nil {
-		t.Fatalf("start environment: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			dumpLogs(t, e)
-		}
-		if err := e.Close(); err != nil {
-			t.Errorf("stop environment: %v", err)
-		}
-	})
-	return e
+	return startEnvWith(t, daemonConfig, harness.StartDaemon)
 }
 
 func dumpLogs(t *testing.T, e *harness.Env) {

@@ -15,6 +15,9 @@ import (
 // DaemonStarter starts a prepared daemon; (*Daemon).Start is one.
 type DaemonStarter func(ctx context.Context, d *Daemon) error
 
+// StartDaemon is the DaemonStarter of Start: (*Daemon).Start.
+func StartDaemon(ctx context.Context, d *Daemon) error { return d.Start(ctx) }
+
 // StartWith is Start with the daemon started by start instead of
 // (*Daemon).Start; containerd is pointed at the daemon's Address as start
 // leaves it.

@@ -78,32 +78,7 @@ type Env struct {
 // Start brings up registry, daemon (with daemonConfig as its config.toml) and
 // containerd under dir. On error everything started is stopped again.
 func Start(ctx context.Context, tools Tools, dir, daemonConfig string) (*Env, error) {
-	e := &Env{Dir: dir, Tools: tools, Namespace: "soci-test"}
-	if err := e.start(ctx, daemonConfig); err != nil {
-		e.Close()
-		return nil, err
-	}
-	return e, nil
-}
-
-func (e *Env) start(ctx context.Context, daemonConfig string) error {
-	for _, sub := range []string{"registry", "daemon", "containerd", "nerdctl"} {
-		if err := os.MkdirAll(filepath.Join(e.Dir, sub), 0o755); err != nil {
-			return fmt.Errorf("create %s dir: %w", sub, err)
-		}
-	}
-	var err error
-	if e.Registry, err = StartRegistry(ctx, filepath.Join(e.Tools.Bin, "registry"), filepath.Join(e.Dir, "registry")); err != nil {
-		return err
-	}
-	if e.Daemon, err = NewDaemon(filepath.Join(e.Tools.Ours, "soci-snapshotter-grpc"), filepath.Join(e.Dir, "daemon"), daemonConfig); err != nil {
-		return err
-	}
-	if err = e.Daemon.Start(ctx); err != nil {
-		return err
-	}
-	e.Containerd, err = StartContainerd(ctx, e.Tools.Bin, filepath.Join(e.Dir, "containerd"), e.Daemon.Address)
-	return err
+	return StartWith(ctx, tools, dir, daemonConfig, StartDaemon)
 }
 
 // Nerdctl runs nerdctl against this containerd and namespace.
