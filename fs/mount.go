@@ -83,9 +83,9 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 			blob = backgroundBlob{Fetcher: m.blob, spans: l.Spans.Spans, o: m.metrics}
 		}
 		f.bg.Enqueue(ctx, background.Layer{
-			Key: mountpoint, Digest: t.LayerDigest, Table: l.Spans, Blob: blob, Spans: m.spans,
+			Key: mountpoint, Digest: t.LayerDigest, Table: l.Spans, Blob: blob, Spans: m.spans.Loader(),
 			ZTOC: ztoc, Files: &l.TOC, Gzip: l.Gzip(),
-		}, background.Background)
+		})
 	}
 	return nil
 }

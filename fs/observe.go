@@ -2,8 +2,6 @@ package fs
 
 import (
 	"context"
-	"errors"
-	"io"
 	"sort"
 	"time"
 
@@ -141,7 +139,7 @@ type backgroundBlob struct {
 func (b backgroundBlob) FetchAt(ctx context.Context, p []byte, off int64) (int, error) {
 	n, err := b.Fetcher.FetchAt(ctx, p, off)
 	switch {
-	case n == len(p) && (err == nil || errors.Is(err, io.EOF)):
+	case span.CheckRead(n, len(p), off, err) == nil:
 		b.o.BackgroundChunk(spansWithin(b.spans, off, off+int64(n)), false)
 	case ctx.Err() == nil: // a cancelled walk is not a failure
 		b.o.BackgroundChunk(0, true)
@@ -161,8 +159,8 @@ func spansWithin(spans []span.Span, lo, hi int64) int {
 }
 
 var (
-	_ fuseObserver             = (*metrics.Layer)(nil)
-	_ blobObserver             = (*metrics.Layer)(nil)
-	_ span.Observer            = (*metrics.Layer)(nil)
-	_ background.LayerObserver = (*metrics.Metrics)(nil)
+	_ fuseObserver        = (*metrics.Layer)(nil)
+	_ blobObserver        = (*metrics.Layer)(nil)
+	_ span.Observer       = (*metrics.Layer)(nil)
+	_ background.Observer = (*metrics.Metrics)(nil)
 )

@@ -70,10 +70,10 @@ func BenchmarkCompareSpans(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer m.Close()
-	if err := m.Load(context.Background(), 0, len(z.Spans.Spans)-1, blob, 0); err != nil {
+	if err := m.Loader().Load(context.Background(), 0, len(z.Spans.Spans)-1, blob, 0); err != nil {
 		b.Fatal(err)
 	}
-	l := Layer{Table: z.Spans, Spans: m}
+	l := Layer{Table: z.Spans, Spans: m.Loader()}
 	c := startStreamCheck(Layer{Table: z.Spans, Files: &z.TOC, Gzip: true})
 	c.feed(context.Background(), blob)
 	if err := c.end(); err != nil {

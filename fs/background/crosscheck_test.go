@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/awslabs/soci-snapshotter/ztoc/compression"
@@ -61,6 +62,12 @@ func (d decompressor) Decompress(compressed []byte, i int) ([]byte, error) {
 	return out, err
 }
 
+// managed is the Spans of a real span manager, which tests reach too.
+type managed struct {
+	*span.Loader
+	m *span.Manager
+}
+
 // layer returns the background layer of r with its span manager; table and
 // files default to the zTOC's, alter (>= 0) corrupts that span's output.
 func (r realLayer) layer(t *testing.T, key string, table *span.Table, files *layer.TOC, alter int) Layer {
@@ -81,7 +88,7 @@ func (r realLayer) layer(t *testing.T, key string, table *span.Table, files *lay
 	}
 	t.Cleanup(func() { m.Close() })
 	return Layer{
-		Key: key, Digest: digest.FromBytes(r.blob), Table: *table, Blob: blob, Spans: m,
+		Key: key, Digest: digest.FromBytes(r.blob), Table: *table, Blob: blob, Spans: managed{m.Loader(), m},
 		ZTOC: r.zdgst, Files: files, Gzip: r.ztoc.Gzip(),
 	}
 }
@@ -91,9 +98,9 @@ func (r realLayer) layer(t *testing.T, key string, table *span.Table, files *lay
 func runLayer(t *testing.T, stateDir string, l Layer) (*fakeObserver, error) {
 	t.Helper()
 	res, obs := newResults(), &fakeObserver{}
-	s := New(Options{StateDir: stateDir, OnDone: res.onDone, Observer: obs, ChunkSize: 100 << 10})
+	s := newTestScheduler(Options{StateDir: stateDir, Observer: obs, ChunkSize: 100 << 10}, res.onDone)
 	defer s.Close()
-	if !s.Enqueue(context.Background(), l, Background) {
+	if !s.Enqueue(context.Background(), l) {
 		t.Fatal("not queued")
 	}
 	return obs, res.wait(t, l.Key)
@@ -132,7 +139,7 @@ func TestCrossCheckLyingFileTable(t *testing.T) {
 	r := newRealLayer(t, true)
 	lie := layer.TOC{Entries: slices.Clone(r.ztoc.TOC.Entries)}
 	i := slices.IndexFunc(lie.Entries, func(e layer.Entry) bool { return e.Name == "a/small" })
-	lie.Entries[i].Mode |= layer.ModeSetuid
+	lie.Entries[i].Mode |= syscall.S_ISUID
 	dir := t.TempDir()
 	l := r.layer(t, "/mnt/lie", nil, &lie, -1)
 	obs, err := runLayer(t, dir, l)
@@ -237,9 +244,9 @@ func TestCancelDuringCrossCheck(t *testing.T) {
 		return nil
 	}
 	res := newResults()
-	s := New(Options{StateDir: dir, OnDone: res.onDone, ChunkSize: 100 << 10})
+	s := newTestScheduler(Options{StateDir: dir, ChunkSize: 100 << 10}, res.onDone)
 	defer s.Close()
-	s.Enqueue(context.Background(), l, Background)
+	s.Enqueue(context.Background(), l)
 	<-second
 	s.Cancel(l.Key) // returns once the worker let go of the layer
 	res.mu.Lock()
@@ -251,7 +258,7 @@ func TestCancelDuringCrossCheck(t *testing.T) {
 	}
 }
 
-// TestOnBadPoisons: a layer found bad is reported to OnBad (before OnDone)
+// TestOnBadPoisons: a layer found bad is reported to OnBad (before the layer ends)
 // with its digest and zTOC, and poisoning its span manager then fails every
 // read of it; an honest layer is not reported.
 func TestOnBadPoisons(t *testing.T) {
@@ -261,15 +268,15 @@ func TestOnBadPoisons(t *testing.T) {
 		type bad struct{ layer, ztoc digest.Digest }
 		var got []bad
 		res := newResults()
-		s := New(Options{StateDir: t.TempDir(), OnDone: res.onDone, ChunkSize: 100 << 10,
+		s := newTestScheduler(Options{StateDir: t.TempDir(), ChunkSize: 100 << 10,
 			OnBad: func(layer, ztoc digest.Digest, reason error) {
-				got = append(got, bad{layer, ztoc}) // before OnDone: wait orders it
+				got = append(got, bad{layer, ztoc}) // before the layer ends: wait orders it
 				if !errors.Is(reason, ErrZTOCMismatch) {
 					t.Errorf("OnBad reason %v", reason)
 				}
-				l.Spans.(*span.Manager).Poison(context.Background(), reason)
-			}})
-		if !s.Enqueue(context.Background(), l, Background) {
+				l.Spans.(managed).m.Poison(context.Background(), reason)
+			}}, res.onDone)
+		if !s.Enqueue(context.Background(), l) {
 			t.Fatal("not queued")
 		}
 		err := res.wait(t, l.Key)
@@ -283,7 +290,7 @@ func TestOnBadPoisons(t *testing.T) {
 		if got[0] != (bad{l.Digest, l.ZTOC}) {
 			t.Errorf("OnBad(%v), want %s %s", got[0], l.Digest, l.ZTOC)
 		}
-		_, rerr := l.Spans.(*span.Manager).FetchAt(context.Background(), make([]byte, 10), 0)
+		_, rerr := l.Spans.(managed).m.FetchAt(context.Background(), make([]byte, 10), 0)
 		if !errors.Is(rerr, span.ErrLayerBad) {
 			t.Errorf("read after OnBad: %v, want ErrLayerBad", rerr)
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -14,33 +13,36 @@ import (
 	"github.com/fastsoci/soci-snapshotter/metrics"
 )
 
-// Spans is the part of a span manager a worker uses: it verifies, inflates
-// and caches spans from compressed bytes the worker fetched.
+// Spans is a layer's spans as the walk reaches them (span.Loader): it
+// verifies, inflates and caches spans from compressed bytes the walk
+// fetched, and tells what is local. Every method is required: the walk
+// relies on each of them.
 type Spans interface {
-	Load(ctx context.Context, first, last int, compressed []byte, base int64) error
 	// Has reports whether span i is already local (or on its way).
 	Has(ctx context.Context, i int) bool
-	// Compressed returns the verified compressed bytes a read kept of a
-	// local span i, if any; DropCompressed forgets them all.
-	Compressed(ctx context.Context, i int) ([]byte, bool)
-	DropCompressed(ctx context.Context)
-}
-
-var _ Spans = (*span.Manager)(nil)
-
-// reserver is implemented by Spans that let the walk reserve the spans of a
-// chunk before fetching it, so that a read of one of them meanwhile waits
-// for the chunk instead of fetching the same bytes again (span.Manager).
-type reserver interface {
-	// Reserve reserves spans first.. up to last, stopping at one already
-	// local or on its way, and returns the last one reserved (first-1:
+	// Reserve reserves spans first.. up to last before the walk fetches
+	// them, stopping at one already local or on its way, so that a read
+	// of one of them meanwhile waits for the chunk instead of fetching
+	// the same bytes again; it returns the last one reserved (first-1:
 	// none).
 	Reserve(ctx context.Context, first, last int) int
 	// Release gives up the reservations Load did not complete.
 	Release(first, last int)
+	// Load verifies, inflates and caches spans first..last from
+	// compressed, which holds blob[base:base+len(compressed)].
+	Load(ctx context.Context, first, last int, compressed []byte, base int64) error
+	// Compressed returns the verified compressed bytes a read kept of a
+	// local span i, if any; DropCompressed forgets them all.
+	Compressed(ctx context.Context, i int) ([]byte, bool)
+	DropCompressed(ctx context.Context)
+	// Complete reports whether every span of the layer is cached.
+	Complete(ctx context.Context) bool
+	// ReadCached reads cached bytes of span i from rel into p without
+	// fetching; false when the cache does not hold all of them.
+	ReadCached(ctx context.Context, i int, p []byte, rel int64) bool
 }
 
-var _ reserver = (*span.Manager)(nil)
+var _ Spans = (*span.Loader)(nil)
 
 // Layer is one mounted layer to make local.
 type Layer struct {
@@ -82,16 +84,6 @@ func (l Layer) check() error {
 		}
 	}
 	return l.Digest.Validate()
-}
-
-// chunk returns the last span k >= i such that spans i..k hold at most size
-// uncompressed bytes (at least span i).
-func chunk(t span.Table, i int, size int64) int {
-	k := i
-	for k+1 < len(t.Spans) && t.Spans[k+1].UncompressedEnd-t.Spans[i].UncompressedStart <= size {
-		k++
-	}
-	return k
 }
 
 // walkResult is what a walk of a layer found besides a fatal error.
@@ -159,7 +151,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 			i++
 			continue
 		}
-		k := chunk(t, i, s.opts.ChunkSize)
+		k := t.Run(i, len(t.Spans)-1, s.opts.ChunkSize, span.UncompressedBytes)
 		for m := i + 1; m <= k; m++ {
 			if l.Spans.Has(ctx, m) {
 				k = m - 1
@@ -171,19 +163,11 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		}
 		// Reserve the chunk's spans only now, after yielding to demand
 		// reads: those reads may have brought some of them in.
-		rs, reserve := l.Spans.(reserver)
-		if reserve {
-			if k = rs.Reserve(ctx, i, k); k < i {
-				if !l.Spans.Has(ctx, i) { // neither local nor on its way: closed
-					return res, fmt.Errorf("reserve span %d of %s: %w", i, l.Digest, span.ErrClosed)
-				}
-				continue // a read fetched span i meanwhile
+		if k = l.Spans.Reserve(ctx, i, k); k < i {
+			if !l.Spans.Has(ctx, i) { // neither local nor on its way: closed
+				return res, fmt.Errorf("reserve span %d of %s: %w", i, l.Digest, span.ErrClosed)
 			}
-		}
-		release := func() {
-			if reserve {
-				rs.Release(i, k)
-			}
+			continue // a read fetched span i meanwhile
 		}
 		lo, hi := t.Spans[i].CompressedStart, t.Spans[k].CompressedEnd
 		if whole {
@@ -195,7 +179,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		buf := make([]byte, hi-lo)
 		err := s.fetch(ctx, l.Blob, buf, lo)
 		if err != nil {
-			release() // readers of these spans fetch them themselves
+			l.Spans.Release(i, k) // readers of these spans fetch them themselves
 			if ctx.Err() != nil {
 				return res, ctx.Err()
 			}
@@ -217,7 +201,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 			hashed = hi
 		}
 		err = l.Spans.Load(ctx, i, k, buf, lo)
-		release() // Load completed them unless it failed early
+		l.Spans.Release(i, k) // Load completed them unless it failed early
 		if err != nil {
 			if errors.Is(err, span.ErrClosed) || ctx.Err() != nil {
 				return res, errors.Join(ctx.Err(), err)
@@ -313,15 +297,7 @@ func (s *Scheduler) hashGap(ctx context.Context, blob span.Fetcher, sink func([]
 func (s *Scheduler) fetch(ctx context.Context, blob span.Fetcher, buf []byte, off int64) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.FetchTimeout)
 	defer cancel()
-	n, err := blob.FetchAt(ctx, buf, off)
-	switch {
-	case n == len(buf) && (err == nil || errors.Is(err, io.EOF)):
-		return nil
-	case err == nil || errors.Is(err, io.EOF):
-		return fmt.Errorf("short read of %d/%d bytes at %d: %w", n, len(buf), off, io.ErrUnexpectedEOF)
-	default:
-		return err
-	}
+	return span.ReadFull(ctx, blob, buf, off)
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

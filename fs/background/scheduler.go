@@ -25,16 +25,6 @@ const (
 	DefaultFetchTimeout = 5 * time.Minute
 )
 
-// Priority orders queued layers: Prefetch before Background.
-type Priority int
-
-const (
-	// Background completes a mounted layer while the link is idle.
-	Background Priority = iota
-	// Prefetch is wanted soon (e.g. a recorded access trace).
-	Prefetch
-)
-
 // ErrDigestMismatch is wrapped by the error of a layer whose blob does not
 // hash to its digest.
 var ErrDigestMismatch = errors.New("layer digest mismatch")
@@ -44,15 +34,12 @@ var ErrDigestMismatch = errors.New("layer digest mismatch")
 // and ztoc_mismatch.
 type Observer interface {
 	BackgroundBytes(n int64)
+	// LayerCompleted and LayerFetched both count a layer made fully
+	// local; LayerFetched also names it and says how long its walk took.
 	LayerCompleted()
-	Failure(kind string)
-}
-
-// LayerObserver is optionally implemented by an Observer that also wants
-// which layer was completed and how long its walk took, and the layers
-// the full queue had no room for.
-type LayerObserver interface {
 	LayerFetched(layer string, took time.Duration)
+	Failure(kind string)
+	// QueueFull counts a layer the full queue had no room for.
 	QueueFull()
 }
 
@@ -76,7 +63,7 @@ type Options struct {
 	// MaxQueue bounds the layers waiting to start; <= 0 is unbounded.
 	MaxQueue int
 	// DropOldest: when the queue is full, drop the layer queued longest
-	// (background before prefetch) instead of the one being added.
+	// instead of the one being added.
 	DropOldest bool
 	// Observer receives metrics; nil: none.
 	Observer Observer
@@ -85,15 +72,10 @@ type Options struct {
 	// not downloaded again; and per layer and zTOC found bad, so that new
 	// mounts refuse them.
 	StateDir string
-	// OnDone, if set, is called once per layer that finished: err is nil
-	// when the layer is local and verified (blob digest, and with a file
-	// table the cross-check). It is not called for canceled or dropped
-	// layers.
-	OnDone func(key string, err error)
 	// OnBad, if set, is called when a layer served from a zTOC was found
 	// to contradict it (ErrZTOCMismatch; the pair is marked bad), before
-	// OnDone and the log: whoever serves that layer with that zTOC takes
-	// it out of service (span.Manager.Poison).
+	// the layer's result is logged: whoever serves that layer with that
+	// zTOC takes it out of service (span.Manager.Poison).
 	OnBad func(layer, ztoc digest.Digest, reason error)
 }
 
@@ -113,6 +95,12 @@ type Scheduler struct {
 	changed chan struct{}   // closed and replaced when queue changes
 	closed  bool
 
+	// onDone, set by tests before the first Enqueue, is called once per
+	// layer that finished: err is nil when the layer is local and verified
+	// (blob digest, and with a file table the cross-check). It is not
+	// called for canceled or dropped layers.
+	onDone func(key string, err error)
+
 	demandMu sync.Mutex
 	demand   int
 	idle     chan struct{} // closed while demand == 0
@@ -121,7 +109,6 @@ type Scheduler struct {
 // job is one layer to complete.
 type job struct {
 	layer     Layer
-	prio      Priority
 	notBefore time.Time
 	log       *logrus.Entry
 	ctx       context.Context
@@ -164,7 +151,7 @@ func New(opts Options) *Scheduler {
 // stopped first). A layer verified before whose spans are all still cached
 // is reported local without a download when its turn comes. ctx gives the
 // logger only.
-func (s *Scheduler) Enqueue(ctx context.Context, l Layer, p Priority) bool {
+func (s *Scheduler) Enqueue(ctx context.Context, l Layer) bool {
 	if err := l.check(); err != nil {
 		log.G(ctx).WithError(err).Warn("not fetching layer in the background")
 		return false
@@ -177,7 +164,7 @@ func (s *Scheduler) Enqueue(ctx context.Context, l Layer, p Priority) bool {
 		return false
 	}
 	if limit := s.opts.MaxQueue; limit > 0 && len(s.queue) >= limit {
-		s.observeLayer(func(o LayerObserver) { o.QueueFull() })
+		s.observe(func(o Observer) { o.QueueFull() })
 		if !s.opts.DropOldest {
 			lg.WithField("queued", len(s.queue)).Warn("background fetch queue full; layer stays lazily loaded")
 			return false
@@ -186,25 +173,18 @@ func (s *Scheduler) Enqueue(ctx context.Context, l Layer, p Priority) bool {
 	}
 	jctx, cancel := context.WithCancel(log.WithLogger(s.life, lg))
 	s.queue = append(s.queue, &job{
-		layer: l, prio: p, notBefore: time.Now().Add(s.opts.Delay), log: lg,
+		layer: l, notBefore: time.Now().Add(s.opts.Delay), log: lg,
 		ctx: jctx, cancel: cancel, finished: make(chan struct{}),
 	})
 	s.broadcast()
 	return true
 }
 
-// dropOldest removes the oldest background job, or the oldest job when all
-// are prefetches. Callers hold mu and the queue is not empty.
+// dropOldest removes the oldest job. Callers hold mu and the queue is not
+// empty.
 func (s *Scheduler) dropOldest() {
-	k := 0
-	for i, j := range s.queue {
-		if j.prio == Background {
-			k = i
-			break
-		}
-	}
-	j := s.queue[k]
-	s.queue = append(s.queue[:k], s.queue[k+1:]...)
+	j := s.queue[0]
+	s.queue = append(s.queue[:0], s.queue[1:]...)
 	j.cancel()
 	close(j.finished)
 	j.log.WithField("queued", len(s.queue)+1).Warn("background fetch queue full; dropped the oldest layer, it stays lazily loaded")
@@ -312,8 +292,7 @@ func (s *Scheduler) work() {
 	}
 }
 
-// next takes the first ready job of the highest priority off the queue and
-// marks it active; without one it says how long to wait at most. A layer
+// next takes the first ready job off the queue and marks it active; without one it says how long to wait at most. A layer
 // whose digest is being fetched under another key waits for that fetch (it
 // then finds its spans cached).
 func (s *Scheduler) next() (*job, time.Duration, <-chan struct{}) {
@@ -334,7 +313,7 @@ func (s *Scheduler) next() (*job, time.Duration, <-chan struct{}) {
 		if busy[j.layer.Digest.String()] {
 			continue // woken by the broadcast when that fetch finishes
 		}
-		if best < 0 || j.prio > s.queue[best].prio {
+		if best < 0 {
 			best = i
 		}
 	}
@@ -357,8 +336,8 @@ func (s *Scheduler) run(j *job) {
 	if s.alreadyLocal(j) {
 		s.finish(j, nil)
 		j.log.Info("layer fully local: all spans cached, blob verified by an earlier run")
-		if s.opts.OnDone != nil {
-			s.opts.OnDone(j.layer.Key, nil)
+		if s.onDone != nil {
+			s.onDone(j.layer.Key, nil)
 		}
 		return
 	}
@@ -371,7 +350,7 @@ func (s *Scheduler) run(j *job) {
 	case err == nil:
 		s.markVerified(j)
 	case errors.Is(err, ErrZTOCMismatch) && !canceled:
-		s.markBad(j, err) // before finish: a mount after OnDone sees it
+		s.markBad(j, err) // before finish: a mount after the layer's end sees it
 		if s.opts.OnBad != nil {
 			s.opts.OnBad(j.layer.Digest, j.layer.ZTOC, err)
 		}
@@ -392,7 +371,7 @@ func (s *Scheduler) run(j *job) {
 	case err == nil:
 		lg.Info("layer fully local")
 		s.observe(func(o Observer) { o.LayerCompleted() })
-		s.observeLayer(func(o LayerObserver) { o.LayerFetched(j.layer.Digest.String(), time.Since(start)) })
+		s.observe(func(o Observer) { o.LayerFetched(j.layer.Digest.String(), time.Since(start)) })
 	case errors.Is(err, ErrDigestMismatch):
 		lg.WithError(err).Error("layer blob does not match its digest")
 		s.observe(func(o Observer) { o.Failure(metrics.FailureVerification) })
@@ -408,8 +387,8 @@ func (s *Scheduler) run(j *job) {
 	default:
 		lg.WithError(err).Warn("background fetch of layer failed; it stays lazily loaded")
 	}
-	if s.opts.OnDone != nil {
-		s.opts.OnDone(j.layer.Key, err)
+	if s.onDone != nil {
+		s.onDone(j.layer.Key, err)
 	}
 }
 
@@ -457,12 +436,6 @@ func (s *Scheduler) finish(j *job, err error) {
 func (s *Scheduler) observe(f func(Observer)) {
 	if s.opts.Observer != nil {
 		f(s.opts.Observer)
-	}
-}
-
-func (s *Scheduler) observeLayer(f func(LayerObserver)) {
-	if o, ok := s.opts.Observer.(LayerObserver); ok {
-		f(o)
 	}
 }
 

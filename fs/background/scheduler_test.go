@@ -117,6 +117,25 @@ func (f *fakeSpans) DropCompressed(ctx context.Context) {
 	f.kept = nil
 }
 
+// Reserve reserves nothing but reports the spans up to the first local one.
+func (f *fakeSpans) Reserve(ctx context.Context, first, last int) int {
+	i := first
+	for i <= last && !f.Has(ctx, i) {
+		i++
+	}
+	return i - 1
+}
+
+func (f *fakeSpans) Release(first, last int) {}
+
+// Complete is false: a fake forgets what it loaded across schedulers (see
+// completeSpans).
+func (f *fakeSpans) Complete(context.Context) bool { return false }
+
+// ReadCached holds no uncompressed bytes: walks over a fakeSpans have no
+// file table to cross-check against.
+func (f *fakeSpans) ReadCached(context.Context, int, []byte, int64) bool { return false }
+
 func (f *fakeSpans) Has(ctx context.Context, i int) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -144,7 +163,20 @@ type fakeObserver struct {
 	bytes    int64
 	layers   int
 	failures map[string]int
+	fetched  map[string]time.Duration
+	full     int
 }
+
+func (o *fakeObserver) LayerFetched(layer string, took time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.fetched == nil {
+		o.fetched = map[string]time.Duration{}
+	}
+	o.fetched[layer] = took
+}
+
+func (o *fakeObserver) QueueFull() { o.mu.Lock(); o.full++; o.mu.Unlock() }
 
 func (o *fakeObserver) BackgroundBytes(n int64) { o.mu.Lock(); o.bytes += n; o.mu.Unlock() }
 func (o *fakeObserver) LayerCompleted()         { o.mu.Lock(); o.layers++; o.mu.Unlock() }
@@ -157,7 +189,15 @@ func (o *fakeObserver) Failure(kind string) {
 	o.failures[kind]++
 }
 
-// results collects OnDone calls.
+// newTestScheduler starts a Scheduler that reports every finished layer to
+// onDone.
+func newTestScheduler(opts Options, onDone func(key string, err error)) *Scheduler {
+	s := New(opts)
+	s.onDone = onDone // before the first Enqueue, which the workers wait for
+	return s
+}
+
+// results collects the layers a scheduler finished (Scheduler.onDone).
 type results struct {
 	mu   sync.Mutex
 	ch   chan string
@@ -201,11 +241,11 @@ func TestCompleteVerifiesLayerDigest(t *testing.T) {
 		t.Run(fmt.Sprint(chunkSize), func(t *testing.T) {
 			b := newTestBlob(t, 1, 1<<20, 10)
 			res, obs := newResults(), &fakeObserver{}
-			s := New(Options{ChunkSize: chunkSize, OnDone: res.onDone, Observer: obs})
+			s := newTestScheduler(Options{ChunkSize: chunkSize, Observer: obs}, res.onDone)
 			defer s.Close()
 			blob := &fakeBlob{data: b.blob}
 			l, spans := layerOf("/mnt/a", b, blob)
-			if !s.Enqueue(context.Background(), l, Background) {
+			if !s.Enqueue(context.Background(), l) {
 				t.Fatal("not queued")
 			}
 			if err := res.wait(t, "/mnt/a"); err != nil {
@@ -230,7 +270,7 @@ func TestCompleteVerifiesLayerDigest(t *testing.T) {
 			// without a download.
 			blob2 := &fakeBlob{data: b.blob}
 			l2 := Layer{Key: "/mnt/a2", Digest: b.digest, Table: b.table, Blob: blob2, Spans: completeSpans{spans}}
-			s.Enqueue(context.Background(), l2, Background)
+			s.Enqueue(context.Background(), l2)
 			if err := res.wait(t, "/mnt/a2"); err != nil || len(blob2.reads) != 0 {
 				t.Errorf("second mount: %v, %d reads", err, len(blob2.reads))
 			}
@@ -243,10 +283,10 @@ func TestDigestMismatchInHeader(t *testing.T) {
 	bad := slices.Clone(b.blob)
 	bad[4] ^= 0xff // mtime in the gzip header: no span covers it
 	res, obs := newResults(), &fakeObserver{}
-	s := New(Options{OnDone: res.onDone, Observer: obs})
+	s := newTestScheduler(Options{Observer: obs}, res.onDone)
 	defer s.Close()
 	l, spans := layerOf("/mnt/bad", b, &fakeBlob{data: bad})
-	s.Enqueue(context.Background(), l, Background)
+	s.Enqueue(context.Background(), l)
 	err := res.wait(t, "/mnt/bad")
 	if !errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("want a digest mismatch, got %v", err)
@@ -266,10 +306,10 @@ func TestCorruptSpanFailsLayer(t *testing.T) {
 	bad := slices.Clone(b.blob)
 	bad[b.table.Spans[2].CompressedStart+5] ^= 0xff
 	res := newResults()
-	s := New(Options{OnDone: res.onDone, ChunkSize: 1})
+	s := newTestScheduler(Options{ChunkSize: 1}, res.onDone)
 	defer s.Close()
 	l, spans := layerOf("/mnt/c", b, &fakeBlob{data: bad})
-	s.Enqueue(context.Background(), l, Background)
+	s.Enqueue(context.Background(), l)
 	if err := res.wait(t, "/mnt/c"); !errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("want a digest mismatch, got %v", err)
 	}
@@ -281,11 +321,11 @@ func TestCorruptSpanFailsLayer(t *testing.T) {
 func TestFetchFailureGivesUp(t *testing.T) {
 	b := newTestBlob(t, 4, 100<<10, 2)
 	res, obs := newResults(), &fakeObserver{}
-	s := New(Options{OnDone: res.onDone, Observer: obs, RetryWait: time.Millisecond, MaxAttempts: 3})
+	s := newTestScheduler(Options{Observer: obs, RetryWait: time.Millisecond, MaxAttempts: 3}, res.onDone)
 	defer s.Close()
 	blob := &fakeBlob{data: b.blob, before: func(context.Context, int64) error { return errors.New("registry down") }}
 	l, _ := layerOf("/mnt/f", b, blob)
-	s.Enqueue(context.Background(), l, Background)
+	s.Enqueue(context.Background(), l)
 	if err := res.wait(t, "/mnt/f"); err == nil || errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("want a fetch error, got %v", err)
 	}
@@ -299,7 +339,7 @@ func TestPausesWhileDemandWaits(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newTestBlob(t, 5, 1<<20, 8)
 		res := newResults()
-		s := New(Options{OnDone: res.onDone, ChunkSize: 1, Workers: 4})
+		s := newTestScheduler(Options{ChunkSize: 1, Workers: 4}, res.onDone)
 		defer s.Close()
 		var once sync.Once
 		started := make(chan struct{})
@@ -311,7 +351,7 @@ func TestPausesWhileDemandWaits(t *testing.T) {
 			return nil
 		}}
 		l, _ := layerOf("/mnt/d", b, blob)
-		s.Enqueue(context.Background(), l, Background)
+		s.Enqueue(context.Background(), l)
 		<-started
 		synctest.Wait() // every worker blocks: the one in flight waits for the demand read
 		blob.mu.Lock()
@@ -330,62 +370,12 @@ func TestPausesWhileDemandWaits(t *testing.T) {
 	})
 }
 
-func TestPrefetchBeforeBackground(t *testing.T) {
-	// In a bubble, synctest.Wait tells when the worker waits at the gate.
-	synctest.Test(t, func(t *testing.T) {
-		b := newTestBlob(t, 6, 64<<10, 1)
-		res := newResults()
-		s := New(Options{OnDone: res.onDone, Workers: 1})
-		defer s.Close()
-		gate := make(chan struct{})
-		var mu sync.Mutex
-		var order []string
-		blobFor := func(key string, wait bool) *fakeBlob {
-			return &fakeBlob{data: b.blob, before: func(context.Context, int64) error {
-				mu.Lock()
-				order = append(order, key)
-				mu.Unlock()
-				if wait {
-					<-gate
-				}
-				return nil
-			}}
-		}
-		first, _ := layerOf("/mnt/first", b, blobFor("first", true))
-		s.Enqueue(context.Background(), first, Background)
-		synctest.Wait() // the worker holds the first layer at the gate
-		mu.Lock()
-		n := len(order)
-		mu.Unlock()
-		if n != 1 {
-			t.Fatalf("%d chunks started before the gate, want 1", n)
-		}
-		// Distinct digests, so that completion of one does not skip the other.
-		b2, b3 := newTestBlob(t, 7, 64<<10, 1), newTestBlob(t, 8, 64<<10, 1)
-		bg := Layer{Key: "/mnt/bg", Digest: b2.digest, Table: b2.table, Blob: blobFor("bg", false), Spans: &fakeSpans{table: b2.table}}
-		bg.Blob.(*fakeBlob).data = b2.blob
-		pf := Layer{Key: "/mnt/pf", Digest: b3.digest, Table: b3.table, Blob: blobFor("pf", false), Spans: &fakeSpans{table: b3.table}}
-		pf.Blob.(*fakeBlob).data = b3.blob
-		s.Enqueue(context.Background(), bg, Background)
-		s.Enqueue(context.Background(), pf, Prefetch)
-		close(gate)
-		for _, k := range []string{"/mnt/first", "/mnt/bg", "/mnt/pf"} {
-			if err := res.wait(t, k); err != nil {
-				t.Fatal(k, err)
-			}
-		}
-		if want := []string{"first", "pf", "bg"}; !slices.Equal(order, want) {
-			t.Errorf("order %v, want %v", order, want)
-		}
-	})
-}
-
 func TestCancelStopsPromptly(t *testing.T) {
 	// In a bubble, synctest.Wait tells when the workers are idle again.
 	synctest.Test(t, func(t *testing.T) {
 		b := newTestBlob(t, 9, 1<<20, 8)
 		res := newResults()
-		s := New(Options{OnDone: res.onDone, ChunkSize: 1})
+		s := newTestScheduler(Options{ChunkSize: 1}, res.onDone)
 		defer s.Close()
 		inFlight := make(chan struct{}, 10)
 		blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
@@ -394,7 +384,7 @@ func TestCancelStopsPromptly(t *testing.T) {
 			return ctx.Err()
 		}}
 		l, _ := layerOf("/mnt/x", b, blob)
-		s.Enqueue(context.Background(), l, Background)
+		s.Enqueue(context.Background(), l)
 		<-inFlight
 		start := time.Now()
 		s.Cancel("/mnt/x")
@@ -407,16 +397,16 @@ func TestCancelStopsPromptly(t *testing.T) {
 		}
 		res.mu.Lock()
 		if _, ok := res.errs["/mnt/x"]; ok {
-			t.Error("OnDone called for a canceled layer")
+			t.Error("a canceled layer was reported done")
 		}
 		res.mu.Unlock()
 
 		// Canceling a queued (delayed) layer drops it.
-		s2 := New(Options{OnDone: res.onDone, Delay: time.Hour})
+		s2 := newTestScheduler(Options{Delay: time.Hour}, res.onDone)
 		defer s2.Close()
 		blob2 := &fakeBlob{data: b.blob}
 		l2, _ := layerOf("/mnt/y", b, blob2)
-		s2.Enqueue(context.Background(), l2, Background)
+		s2.Enqueue(context.Background(), l2)
 		s2.Cancel("/mnt/y")
 		if len(s2.queue) != 0 {
 			t.Errorf("queue still holds %d layers", len(s2.queue))
@@ -433,7 +423,7 @@ func TestDelayAndQueueBound(t *testing.T) {
 		s := New(Options{Delay: time.Hour, MaxQueue: 2})
 		defer s.Close()
 		for i, k := range []string{"a", "b", "c"} {
-			ok := s.Enqueue(context.Background(), mk(uint64(10+i), k), Background)
+			ok := s.Enqueue(context.Background(), mk(uint64(10+i), k))
 			if ok != (k != "c") {
 				t.Errorf("%s queued: %v", k, ok)
 			}
@@ -443,7 +433,7 @@ func TestDelayAndQueueBound(t *testing.T) {
 		s := New(Options{Delay: time.Hour, MaxQueue: 2, DropOldest: true})
 		defer s.Close()
 		for i, k := range []string{"a", "b", "c"} {
-			if !s.Enqueue(context.Background(), mk(uint64(20+i), k), Background) {
+			if !s.Enqueue(context.Background(), mk(uint64(20+i), k)) {
 				t.Errorf("%s not queued", k)
 			}
 		}
@@ -459,10 +449,10 @@ func TestDelayAndQueueBound(t *testing.T) {
 		// In a bubble the delay passes on a fake clock.
 		synctest.Test(t, func(t *testing.T) {
 			res := newResults()
-			s := New(Options{Delay: 150 * time.Millisecond, OnDone: res.onDone})
+			s := newTestScheduler(Options{Delay: 150 * time.Millisecond}, res.onDone)
 			defer s.Close()
 			start := time.Now()
-			s.Enqueue(context.Background(), mk(30, "d"), Background)
+			s.Enqueue(context.Background(), mk(30, "d"))
 			if err := res.wait(t, "d"); err != nil {
 				t.Fatal(err)
 			}
@@ -483,7 +473,7 @@ func TestCloseStopsWork(t *testing.T) {
 			return ctx.Err()
 		}}
 		l, _ := layerOf("/mnt/z", b, blob)
-		s.Enqueue(context.Background(), l, Background)
+		s.Enqueue(context.Background(), l)
 		synctest.Wait() // a worker waits in the stalled range request
 		if len(blob.reads) != 1 {
 			t.Fatalf("%d range requests in flight, want 1", len(blob.reads))
@@ -495,7 +485,7 @@ func TestCloseStopsWork(t *testing.T) {
 		case <-time.After(2 * time.Second):
 			t.Fatal("Close hangs")
 		}
-		if s.Enqueue(context.Background(), l, Background) {
+		if s.Enqueue(context.Background(), l) {
 			t.Error("queued after Close")
 		}
 	})
@@ -518,10 +508,10 @@ func TestRestartSkipsVerifiedLayer(t *testing.T) {
 	spans := completeSpans{&fakeSpans{table: b.table}}
 	run := func() int {
 		res := newResults()
-		s := New(Options{StateDir: dir, OnDone: res.onDone})
+		s := newTestScheduler(Options{StateDir: dir}, res.onDone)
 		defer s.Close()
 		blob := &fakeBlob{data: b.blob}
-		s.Enqueue(context.Background(), Layer{Key: "/mnt/r", Digest: b.digest, Table: b.table, Blob: blob, Spans: spans}, Background)
+		s.Enqueue(context.Background(), Layer{Key: "/mnt/r", Digest: b.digest, Table: b.table, Blob: blob, Spans: spans})
 		if err := res.wait(t, "/mnt/r"); err != nil {
 			t.Fatal(err)
 		}
@@ -545,7 +535,7 @@ func TestRestartSkipsVerifiedLayer(t *testing.T) {
 func TestSameLayerTwice(t *testing.T) {
 	b := newTestBlob(t, 60, 512<<10, 4)
 	res := newResults()
-	s := New(Options{OnDone: res.onDone, ChunkSize: 1})
+	s := newTestScheduler(Options{ChunkSize: 1}, res.onDone)
 	defer s.Close()
 	spans := completeSpans{&fakeSpans{table: b.table}}
 	gate := make(chan struct{}) // the first fetch waits until both are queued
@@ -554,7 +544,7 @@ func TestSameLayerTwice(t *testing.T) {
 		return nil
 	}}
 	for _, k := range []string{"/mnt/1", "/mnt/2"} {
-		s.Enqueue(context.Background(), Layer{Key: k, Digest: b.digest, Table: b.table, Blob: blob, Spans: spans}, Background)
+		s.Enqueue(context.Background(), Layer{Key: k, Digest: b.digest, Table: b.table, Blob: blob, Spans: spans})
 	}
 	close(gate)
 	for _, k := range []string{"/mnt/1", "/mnt/2"} {
@@ -574,12 +564,12 @@ func TestSameLayerTwice(t *testing.T) {
 func TestSkipsSpansReadersFetched(t *testing.T) {
 	b := newTestBlob(t, 4, 1<<20, 8)
 	res, obs := newResults(), &fakeObserver{}
-	s := New(Options{ChunkSize: 64 << 20, OnDone: res.onDone, Observer: obs})
+	s := newTestScheduler(Options{ChunkSize: 64 << 20, Observer: obs}, res.onDone)
 	defer s.Close()
 	blob := &fakeBlob{data: b.blob}
 	l, spans := layerOf("/mnt/part", b, blob)
 	spans.have = map[int]bool{2: true, 3: true, 6: true}
-	s.Enqueue(context.Background(), l, Background)
+	s.Enqueue(context.Background(), l)
 	// The reads kept no compressed copies: the walk fetches those spans'
 	// bytes again for the whole-blob check (without loading them again)
 	// and reports the layer verified.
@@ -610,7 +600,7 @@ func TestHashesKeptSpans(t *testing.T) {
 			data[4] ^= 0xff // gzip header: no span covers it
 		}
 		res, obs := newResults(), &fakeObserver{}
-		s := New(Options{ChunkSize: 64 << 20, OnDone: res.onDone, Observer: obs})
+		s := newTestScheduler(Options{ChunkSize: 64 << 20, Observer: obs}, res.onDone)
 		l, spans := layerOf("/mnt/kept", b, &fakeBlob{data: data})
 		spans.have = map[int]bool{0: true, 3: true, 7: true}
 		spans.kept = map[int][]byte{}
@@ -620,7 +610,7 @@ func TestHashesKeptSpans(t *testing.T) {
 			spans.kept[i] = b.blob[sp.CompressedStart:sp.CompressedEnd]
 			skipped += sp.CompressedEnd - sp.CompressedStart
 		}
-		s.Enqueue(context.Background(), l, Background)
+		s.Enqueue(context.Background(), l)
 		err := res.wait(t, "/mnt/kept")
 		s.Close()
 		if corrupt != errors.Is(err, ErrDigestMismatch) {

@@ -1,7 +1,6 @@
 package background
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -16,12 +15,6 @@ import (
 // ErrBadLayer is wrapped by Markers.Bad for a layer whose zTOC was found
 // to contradict the verified layer blob.
 var ErrBadLayer = errors.New("zTOC contradicts the verified layer")
-
-// completer is implemented by span managers that can tell whether all of a
-// layer is cached.
-type completer interface {
-	Complete(ctx context.Context) bool
-}
 
 // Markers are the records the background fetcher keeps per layer and zTOC
 // under its state directory: verified/ (the blob hashed to its digest and,
@@ -115,17 +108,13 @@ func doneKey(j *job) string { return j.layer.Digest.String() + "+" + j.layer.ZTO
 // before (by this process or, with a StateDir, an earlier one) and all its
 // spans are still cached.
 func (s *Scheduler) alreadyLocal(j *job) bool {
-	c, ok := j.layer.Spans.(completer)
-	if !ok {
-		return false
-	}
 	s.mu.Lock()
 	verified := s.done[doneKey(j)]
 	s.mu.Unlock()
 	if !verified && !s.markers.verified(j.layer.Digest, j.layer.ZTOC) {
 		return false
 	}
-	return c.Complete(j.ctx)
+	return j.layer.Spans.Complete(j.ctx)
 }
 
 // markVerified records that j's layer was verified whole. Failing to is

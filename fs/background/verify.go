@@ -27,14 +27,6 @@ var (
 	ErrUnverified = errors.New("layer not verified")
 )
 
-// cachedReader is implemented by Spans that can read a span back from the
-// cache without fetching it (span.Manager).
-type cachedReader interface {
-	ReadCached(ctx context.Context, i int, p []byte, rel int64) bool
-}
-
-var _ cachedReader = (*span.Manager)(nil)
-
 // errAbandoned ends a stream check the walk gave up.
 var errAbandoned = errors.New("layer stream abandoned")
 
@@ -184,12 +176,8 @@ func (s *spanHasher) finish(size int64) error {
 // compareSpans reads every span of l back from the span cache and compares
 // it with sums, the hashes of the real uncompressed layer. It returns how
 // many spans are not cached, and an error wrapping ErrZTOCMismatch for the
-// first that differs. Spans without a cachedReader are not compared.
+// first that differs.
 func compareSpans(ctx context.Context, l Layer, sums [][32]byte) (int, error) {
-	cr, ok := l.Spans.(cachedReader)
-	if !ok {
-		return 0, nil
-	}
 	if len(sums) != len(l.Table.Spans) {
 		return 0, fmt.Errorf("compare spans: %d hashes for %d spans", len(sums), len(l.Table.Spans))
 	}
@@ -204,7 +192,7 @@ func compareSpans(ctx context.Context, l Layer, sums [][32]byte) (int, error) {
 		cached := true
 		for rel := int64(0); rel < sp.Len(); {
 			n := min(int64(len(buf)), sp.Len()-rel)
-			if !cr.ReadCached(ctx, i, buf[:n], rel) {
+			if !l.Spans.ReadCached(ctx, i, buf[:n], rel) {
 				cached = false
 				break
 			}

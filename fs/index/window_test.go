@@ -210,7 +210,7 @@ func TestWindowReverseOrder(t *testing.T) {
 	if err := readSpans(m, bad, tl, windowSpan, windowSpan); !errors.Is(err, span.ErrWindowMismatch) {
 		t.Errorf("read after the predecessor: %v, want a window mismatch", err)
 	}
-	if m.ReadCached(context.Background(), windowSpan, make([]byte, 1), 0) {
+	if m.Loader().ReadCached(context.Background(), windowSpan, make([]byte, 1), 0) {
 		t.Error("ReadCached serves the condemned span")
 	}
 }
@@ -237,7 +237,7 @@ func TestWindowLoad(t *testing.T) {
 		l := windowLayer(t, tl, alter)
 		c := cache.NewMemory()
 		m := windowManager(t, tl, l, c, nil)
-		err := m.Load(context.Background(), 0, len(l.Spans.Spans)-1, tl.blob, 0)
+		err := m.Loader().Load(context.Background(), 0, len(l.Spans.Spans)-1, tl.blob, 0)
 		if alter != errors.Is(err, span.ErrWindowMismatch) {
 			t.Errorf("altered %v: Load: %v", alter, err)
 		}
@@ -273,7 +273,7 @@ func TestPoison(t *testing.T) {
 	if c.Len() != 0 {
 		t.Errorf("%d cache entries left after Poison", c.Len())
 	}
-	if err := m.Load(context.Background(), 0, last, tl.blob, 0); !errors.Is(err, span.ErrLayerBad) {
+	if err := m.Loader().Load(context.Background(), 0, last, tl.blob, 0); !errors.Is(err, span.ErrLayerBad) {
 		t.Errorf("Load after Poison: %v", err)
 	}
 	if c.Len() != 0 {

@@ -61,11 +61,11 @@ func TestAttributes(t *testing.T) {
 	b.dir("etc")
 	e := b.file("etc/passwd", "root:x:0:0\n")
 	e.Mode, e.UID, e.GID = 0o640, 1000, 1001
-	b.file("bin/su", "#!/bin/true\n").Mode = ModeSetuid | 0o755
-	b.file("bin/wall", "").Mode = ModeSetgid | 0o711
+	b.file("bin/su", "#!/bin/true\n").Mode = syscall.S_ISUID | 0o755
+	b.file("bin/wall", "").Mode = syscall.S_ISGID | 0o711
 	b.file("zero", "x")
 	b.toc.Entries[len(b.toc.Entries)-1].Mode = 0
-	b.dir("tmp").Mode = ModeSticky | 0o777
+	b.dir("tmp").Mode = syscall.S_ISVTX | 0o777
 	b.symlink("etc/link", "../tmp/x")
 	b.add(Entry{Name: "dev/null", Type: TypeChar, Devmajor: 1, Devminor: 3, Mode: 0o666})
 	b.add(Entry{Name: "dev/sda1", Type: TypeBlock, Devmajor: 8, Devminor: 1, Mode: 0o660, GID: 6})

@@ -22,13 +22,6 @@ const (
 	TypeFifo
 )
 
-// Mode bits beyond the permission bits, as in the tar header (and stat).
-const (
-	ModeSetuid = 0o4000
-	ModeSetgid = 0o2000
-	ModeSticky = 0o1000
-)
-
 // Entry is one tar entry of a layer, as its zTOC describes it.
 type Entry struct {
 	// Name is the cleaned path inside the layer: no leading "/" or "./",
@@ -39,7 +32,8 @@ type Entry struct {
 	Offset, Size int64
 	// Linkname is a symlink's target, or a hardlink's target path (cleaned like Name).
 	Linkname string
-	// Mode holds permission bits plus ModeSetuid/ModeSetgid/ModeSticky.
+	// Mode holds the permission bits plus the setuid, setgid and sticky
+	// bits (0o7777 of the tar header's mode, as in stat).
 	Mode               uint32
 	UID, GID           int
 	ModTime            time.Time

@@ -15,7 +15,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// Blob reads one blob of a repository by ranges or as a whole stream. When
+// Blob reads one blob of a repository by ranges. When
 // the registry redirects a range read to blob storage, the storage URL is
 // remembered and later ranges go there directly until it fails (expired,
 // 403, 404, ...), after which the registry is asked again. A Blob is safe for

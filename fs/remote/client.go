@@ -274,5 +274,5 @@ func isMirror(endpoint docker.RegistryHost, refHost string) bool {
 	if endpoint.Host == refHost {
 		return false
 	}
-	return refHost != "docker.io" || endpoint.Host != "registry-1.docker.io"
+	return refHost != DockerHub || endpoint.Host != DockerHubRegistry
 }

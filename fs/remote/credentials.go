@@ -6,9 +6,6 @@ import (
 	dockerconfig "github.com/docker/cli/cli/config"
 )
 
-// dockerHubConfigKey is the key docker config.json uses for Docker Hub.
-const dockerHubConfigKey = "https://index.docker.io/v1/"
-
 // DockerConfigCredentials returns a Credentials callback answering from the
 // docker config.json in dir ("" for docker's default: $DOCKER_CONFIG, else
 // ~/.docker), through docker's own loader: "auths" entries, "credHelpers"
@@ -23,8 +20,8 @@ func DockerConfigCredentials(dir string) func(host string) (string, string, erro
 			return "", "", fmt.Errorf("load docker config: %w", err)
 		}
 		key := host
-		if isDockerHub(host) {
-			key = dockerHubConfigKey
+		if IsDockerHub(host) {
+			key = DockerHubConfigKey
 		}
 		ac, err := cfg.GetAuthConfig(key)
 		if err != nil {
@@ -37,14 +34,6 @@ func DockerConfigCredentials(dir string) func(host string) (string, string, erro
 		}
 		return ac.Username, ac.Password, nil
 	}
-}
-
-func isDockerHub(host string) bool {
-	switch host {
-	case "docker.io", "index.docker.io", "registry-1.docker.io":
-		return true
-	}
-	return false
 }
 
 // ChainCredentials returns a Credentials callback asking each source in

@@ -21,18 +21,18 @@ func TestKeepCompressed(t *testing.T) {
 			t.Fatal(err)
 		}
 		s := l.table.Spans[1]
-		got, ok := m.Compressed(ctx, 1)
+		got, ok := m.Loader().Compressed(ctx, 1)
 		if ok != keep || (keep && !bytes.Equal(got, l.blob[s.CompressedStart:s.CompressedEnd])) {
 			t.Errorf("keep=%v: Compressed(1) = %d bytes, %v", keep, len(got), ok)
 		}
-		if _, ok := m.Compressed(ctx, 0); ok {
+		if _, ok := m.Loader().Compressed(ctx, 0); ok {
 			t.Errorf("keep=%v: span 0 was never fetched but has a compressed copy", keep)
 		}
-		if !m.Has(ctx, 1) || m.Has(ctx, 2) {
-			t.Errorf("keep=%v: Has(1)=%v Has(2)=%v, want true false", keep, m.Has(ctx, 1), m.Has(ctx, 2))
+		if !m.Loader().Has(ctx, 1) || m.Loader().Has(ctx, 2) {
+			t.Errorf("keep=%v: Has(1)=%v Has(2)=%v, want true false", keep, m.Loader().Has(ctx, 1), m.Loader().Has(ctx, 2))
 		}
-		m.DropCompressed(ctx)
-		if _, ok := m.Compressed(ctx, 1); ok {
+		m.Loader().DropCompressed(ctx)
+		if _, ok := m.Loader().Compressed(ctx, 1); ok {
 			t.Errorf("keep=%v: compressed copy survives DropCompressed", keep)
 		}
 	}

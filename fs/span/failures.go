@@ -9,42 +9,42 @@ import "time"
 // timeouts instead of one.
 const DefaultFailHold = 500 * time.Millisecond
 
+// failHold remembers the spans whose last fetch failed, for Options.FailHold.
+// It is not safe for concurrent use: the core guards it with its mutex.
+type failHold struct {
+	hold   time.Duration // <= 0: nothing is held
+	now    func() time.Time
+	failed map[int]failure
+}
+
 // failure is the last failed fetch of a span.
 type failure struct {
 	at  time.Time
 	err error
 }
 
-// recentFailure returns the error of span i's fetch if it failed less than
-// the hold ago. Callers hold mu.
-func (m *Manager) recentFailure(i int) error {
-	f, ok := m.failed[i]
+// recent returns the error of span i's fetch if it failed less than the
+// hold ago.
+func (h *failHold) recent(i int) error {
+	f, ok := h.failed[i]
 	if !ok {
 		return nil
 	}
-	if m.failHold <= 0 || m.now().Sub(f.at) >= m.failHold {
-		delete(m.failed, i)
+	if h.hold <= 0 || h.now().Sub(f.at) >= h.hold {
+		delete(h.failed, i)
 		return nil
 	}
 	return f.err
 }
 
-// noteFailure records (err != nil) or clears the outcome of span i's fetch.
-// Callers hold mu.
-func (m *Manager) noteFailure(i int, err error) {
-	if err == nil || m.failHold <= 0 {
-		delete(m.failed, i)
+// note records (err != nil) or clears the outcome of span i's fetch.
+func (h *failHold) note(i int, err error) {
+	if err == nil || h.hold <= 0 {
+		delete(h.failed, i)
 		return
 	}
-	if m.failed == nil {
-		m.failed = map[int]failure{}
+	if h.failed == nil {
+		h.failed = map[int]failure{}
 	}
-	m.failed[i] = failure{at: m.now(), err: err}
-}
-
-// failedCall is a finished call that failed with err.
-func failedCall(err error) *call {
-	c := &call{done: make(chan struct{}), err: err}
-	close(c.done)
-	return c
+	h.failed[i] = failure{at: h.now(), err: err}
 }

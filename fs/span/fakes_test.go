@@ -18,12 +18,10 @@ import (
 )
 
 var (
-	_ Cache      = (*cache.Memory)(nil)
-	_ Cache      = (*cache.Disk)(nil)
-	_ RangeCache = (*cache.Memory)(nil)
-	_ RangeCache = (*cache.Disk)(nil)
-	_ Fetcher    = (*fakeFetcher)(nil)
-	_ Fetcher    = (*Manager)(nil) // the layer.Reader shape
+	_ Cache   = (*cache.Memory)(nil)
+	_ Cache   = (*cache.Disk)(nil)
+	_ Fetcher = (*fakeFetcher)(nil)
+	_ Fetcher = (*Manager)(nil) // the layer.Reader shape
 )
 
 const testKey = "sha256:4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945"
@@ -217,13 +215,6 @@ func (f *fakeFetcher) fetchesPerSpan(t Table) []int {
 type failingCache struct{ *cache.Memory }
 
 func (failingCache) Put(string, []byte) error { return errors.New("no space left on device") }
-
-// getOnlyCache hides the Memory's GetAt, to test the plain Cache path.
-type getOnlyCache struct{ m *cache.Memory }
-
-func (c getOnlyCache) Get(key string) ([]byte, error)    { return c.m.Get(key) }
-func (c getOnlyCache) Put(key string, data []byte) error { return c.m.Put(key, data) }
-func (c getOnlyCache) Remove(key string) error           { return c.m.Remove(key) }
 
 func newManager(t testing.TB, l testLayer, f Fetcher, c Cache, mod func(*Options)) *Manager {
 	t.Helper()

@@ -126,7 +126,7 @@ func TestDecompressLimitRefusesLargeSpan(t *testing.T) {
 		t.Fatalf("read across it: %d, %v", n, err)
 	}
 	s := l.table.Spans[1]
-	if err := m.Load(t.Context(), 1, 1, l.blob[s.CompressedStart:s.CompressedEnd], s.CompressedStart); !errors.Is(err, ErrTooLarge) {
+	if err := m.Loader().Load(t.Context(), 1, 1, l.blob[s.CompressedStart:s.CompressedEnd], s.CompressedStart); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("Load of a span over the limit: %v", err)
 	}
 }
@@ -142,13 +142,13 @@ func TestDecompressLimitWaitHonoursContext(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- m.Load(ctx, 0, 0, l.blob, 0) }()
+	go func() { done <- m.Loader().Load(ctx, 0, 0, l.blob, 0) }()
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Load waiting for the limit: %v", err)
 	}
 	limit.sem.Release(4000)
-	if err := m.Load(t.Context(), 0, 0, l.blob, 0); err != nil {
+	if err := m.Loader().Load(t.Context(), 0, 0, l.blob, 0); err != nil {
 		t.Fatalf("Load with room: %v", err)
 	}
 	p := make([]byte, 5000)

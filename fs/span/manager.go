@@ -5,12 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
-	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/containerd/log"
 )
 
 // Fetcher reads compressed bytes of the layer blob from the registry
@@ -21,19 +18,15 @@ type Fetcher interface {
 }
 
 // Cache stores uncompressed span data. Get returns an error wrapping
-// errdefs.ErrNotFound on a miss. Remove drops the entry key and every entry
-// under key + "/" (a missing key is not an error).
+// errdefs.ErrNotFound on a miss. GetAt reads part of an entry without
+// loading all of it (io.ReaderAt contract), so that a 4 KiB read does not
+// load a whole span. Remove drops the entry key and every entry under
+// key + "/" (a missing key is not an error).
 type Cache interface {
 	Get(key string) ([]byte, error)
+	GetAt(key string, p []byte, off int64) (int, error)
 	Put(key string, data []byte) error
 	Remove(key string) error
-}
-
-// RangeCache is optionally implemented by a Cache that can read part of an
-// entry without loading all of it (io.ReaderAt contract). The Manager uses it
-// for cached reads when present, so a 4 KiB read does not load a whole span.
-type RangeCache interface {
-	GetAt(key string, p []byte, off int64) (int, error)
 }
 
 // Decompressor inflates span i of the table from exactly its compressed bytes
@@ -58,10 +51,6 @@ const (
 	// DefaultReadAheadRequest bounds one read-ahead request.
 	DefaultReadAheadRequest int64 = 4 << 20
 )
-
-// maxCacheAttempts bounds how often one read retries a span that was thought
-// cached but is missing from the cache.
-const maxCacheAttempts = 3
 
 // Options configure a Manager.
 type Options struct {
@@ -135,74 +124,20 @@ type Demand interface {
 }
 
 // Manager serves uncompressed reads of one layer. It is safe for concurrent
-// use.
+// use. It is the front of three parts: the fetch core (single-flight
+// fetches, verification, inflate, cache fill), the read-ahead policy, and
+// the Loader through which the background walk reaches the same core.
 type Manager struct {
-	table       Table
-	fetcher     Fetcher
-	cache       Cache
-	dec         Decompressor
-	key         string
-	keys        []string // cache key per span
-	keepZ       bool     // Options.KeepCompressed
-	timeout     time.Duration
-	maxCoalesce int64
-	failHold    time.Duration
-	now         func() time.Time // Options.Now
-	observer    Observer
-	demand      Demand
-	ahead       int64 // Options.ReadAhead
-	aheadReq    int64 // Options.ReadAheadRequest
-	split       int64 // Options.SplitRequest
-	maxSplit    int   // Options.MaxSplit
-	limit       *DecompressLimit
-	retries     int // Options.VerifyRetries
-
-	// life is the lifecycle of shared fetches (not a request context): it
-	// is canceled by Close only.
-	life context.Context
-	stop context.CancelFunc
-	wg   sync.WaitGroup
-
-	mu      sync.Mutex
-	calls   []*call         // in-flight fetch per span; nil when none
-	failed  map[int]failure // spans whose last fetch failed recently
-	state   []state         // what is known about the cache, per span
-	nCached int             // spans in state cached
-	closed  bool
-	refused map[int]bool // spans refused for their size, logged once
-	// bad are the spans whose checkpoint window mismatched (see
-	// condemn); poisoned is set when the layer was found bad (Poison).
-	bad      map[int]error
-	poisoned error
-	winOK    []bool // spans whose window matched the previous span's bytes
-	// lastEnd is where the previous read ended (-1: none); runStart is
-	// the first span of the current run of sequential reads.
-	lastEnd  int64
-	runStart int
-	runOff   int64     // where the current run began
-	lastAt   time.Time // when the previous read came
+	c        *core
+	ahead    *readAhead
+	loader   Loader
+	observer Observer
+	demand   Demand
 }
 
-// state is what a Manager knows about one span in the cache. A span with an
-// in-flight call is being fetched whatever its state.
-type state uint8
-
-const (
-	unknown state = iota // not fetched by this Manager; a previous run may have cached it
-	missing              // not in the cache: fetch it
-	cached               // in the cache
-)
-
-// call is one shared fetch of one span. data and err are written before done
-// is closed and only read after.
-type call struct {
-	done chan struct{}
-	data []byte
-	err  error
-	// reserved: a background walk fetches the span (see Reserve); Load
-	// or Release completes the call.
-	reserved bool
-}
+// maxCacheAttempts bounds how often one read retries a span that was thought
+// cached but is missing from the cache.
+const maxCacheAttempts = 3
 
 // New validates the options and returns a Manager; Close releases it.
 func New(opts Options) (*Manager, error) {
@@ -212,45 +147,8 @@ func New(opts Options) (*Manager, error) {
 	if err := opts.check(); err != nil {
 		return nil, fmt.Errorf("new span manager for %s: %w: %w", opts.CacheKey, errdefs.ErrInvalidArgument, err)
 	}
-	n := len(opts.Table.Spans)
-	m := &Manager{
-		table: opts.Table, fetcher: opts.Fetcher, cache: opts.Cache, dec: opts.Decompressor,
-		key: opts.CacheKey, keys: make([]string, n), keepZ: opts.KeepCompressed,
-		timeout: opts.FetchTimeout, maxCoalesce: opts.MaxCoalesce,
-		observer: opts.Observer, demand: opts.Demand,
-		calls: make([]*call, n), state: make([]state, n), winOK: make([]bool, n),
-		ahead: opts.ReadAhead, aheadReq: opts.ReadAheadRequest, lastEnd: -1,
-		split: opts.SplitRequest, maxSplit: opts.MaxSplit, limit: opts.Limit,
-		retries: max(opts.VerifyRetries, 0),
-	}
-	if m.maxSplit <= 0 {
-		m.maxSplit = 4
-	}
-	if m.aheadReq <= 0 {
-		m.aheadReq = DefaultReadAheadRequest
-	}
-	if m.timeout == 0 {
-		m.timeout = DefaultFetchTimeout
-	}
-	if m.maxCoalesce == 0 {
-		m.maxCoalesce = DefaultMaxCoalesce
-	}
-	m.failHold = opts.FailHold
-	m.now = opts.Now
-	if m.now == nil {
-		m.now = time.Now
-	}
-	if m.failHold == 0 {
-		m.failHold = DefaultFailHold
-	}
-	for i, s := range opts.Table.Spans {
-		m.keys[i] = opts.CacheKey + "/" + strconv.FormatInt(s.UncompressedStart, 10) + "-" + strconv.FormatInt(s.UncompressedEnd, 10)
-		if s.Len() == 0 {
-			m.setState(i, cached) // nothing to fetch
-		}
-	}
-	m.life, m.stop = context.WithCancel(context.Background())
-	return m, nil
+	c := newCore(opts)
+	return &Manager{c: c, ahead: newReadAhead(opts), loader: Loader{c: c}, observer: opts.Observer, demand: opts.Demand}, nil
 }
 
 func (o Options) check() error {
@@ -278,26 +176,29 @@ func (o Options) check() error {
 // Missing spans are fetched (adjacent ones in one request) and shared with
 // concurrent readers; a canceled ctx stops waiting but not the fetch.
 func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error) {
-	size := m.table.UncompressedSize
+	c := m.c
+	size := c.table.UncompressedSize
 	switch {
 	case off < 0:
-		return 0, fmt.Errorf("read %s at %d: negative offset: %w", m.key, off, errdefs.ErrInvalidArgument)
+		return 0, fmt.Errorf("read %s at %d: negative offset: %w", c.key, off, errdefs.ErrInvalidArgument)
 	case off >= size:
 		return 0, io.EOF
 	case len(p) == 0:
 		return 0, nil
 	}
 	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("read %s at %d: %w", m.key, off, err)
+		return 0, fmt.Errorf("read %s at %d: %w", c.key, off, err)
 	}
 	end := min(off+int64(len(p)), size)
-	first, last := m.table.Find(off), m.table.Find(end-1)
-	m.probe(ctx, first, last)
-	calls, err := m.plan(ctx, first, last)
+	first, last := c.table.Find(off), c.table.Find(end-1)
+	c.probe(ctx, first, last)
+	calls, err := c.plan(ctx, first, last)
 	if err != nil {
-		return 0, fmt.Errorf("read %s at %d: %w", m.key, off, err)
+		return 0, fmt.Errorf("read %s at %d: %w", c.key, off, err)
 	}
-	m.readAhead(ctx, off, end, first, last)
+	if from, to := m.ahead.next(c.table, off, end, first, last); from <= to {
+		c.fetchAhead(ctx, from, to, m.ahead.req)
+	}
 	if m.observer != nil || m.demand != nil {
 		defer m.observe(time.Now(), calls)(&err)
 	}
@@ -351,101 +252,70 @@ func (m *Manager) observe(start time.Time, calls []*call) func(*error) {
 }
 
 // readSpan copies the part of span i that overlaps [off, off+len(dst)) into
-// dst, from call c when the span is being fetched or from the cache when c is
-// nil. A cache miss for a span thought cached triggers a refetch.
-func (m *Manager) readSpan(ctx context.Context, i int, c *call, dst []byte, off int64) (int, error) {
-	s := m.table.Spans[i]
+// dst, from call cl when the span is being fetched or from the cache when cl
+// is nil. A cache miss for a span thought cached triggers a refetch.
+func (m *Manager) readSpan(ctx context.Context, i int, cl *call, dst []byte, off int64) (int, error) {
+	c := m.c
+	s := c.table.Spans[i]
 	lo, hi := max(s.UncompressedStart, off), min(s.UncompressedEnd, off+int64(len(dst)))
 	out, rel := dst[lo-off:hi-off], lo-s.UncompressedStart
 	if len(out) == 0 {
 		return 0, nil // an empty span
 	}
-	for attempt := 0; c == nil; attempt++ {
-		if m.readCached(ctx, i, out, rel) {
+	for attempt := 0; cl == nil; attempt++ {
+		if c.readCached(ctx, i, out, rel) {
 			return len(out), nil
 		}
 		if attempt == maxCacheAttempts {
-			return 0, fmt.Errorf("read span %d of %s: cache lost the span %d times: %w", i, m.key, attempt+1, errdefs.ErrDataLoss)
+			return 0, fmt.Errorf("read span %d of %s: cache lost the span %d times: %w", i, c.key, attempt+1, errdefs.ErrDataLoss)
 		}
-		m.invalidate(i)
-		calls, err := m.plan(ctx, i, i)
+		c.invalidate(i)
+		calls, err := c.plan(ctx, i, i)
 		if err != nil {
-			return 0, fmt.Errorf("read span %d of %s: %w", i, m.key, err)
+			return 0, fmt.Errorf("read span %d of %s: %w", i, c.key, err)
 		}
-		c = calls[0]
+		cl = calls[0]
 	}
 	for attempt := 0; ; attempt++ {
-		if err := wait(ctx, c); err != nil {
-			return 0, fmt.Errorf("read span %d of %s: %w", i, m.key, err)
+		if err := wait(ctx, cl); err != nil {
+			return 0, fmt.Errorf("read span %d of %s: %w", i, c.key, err)
 		}
-		if !errors.Is(c.err, errReleased) || attempt == maxCacheAttempts {
+		if !errors.Is(cl.err, errReleased) || attempt == maxCacheAttempts {
 			break
 		}
 		// A background walk gave up the span it had reserved: fetch it.
-		calls, err := m.plan(ctx, i, i)
+		calls, err := c.plan(ctx, i, i)
 		if err != nil {
-			return 0, fmt.Errorf("read span %d of %s: %w", i, m.key, err)
+			return 0, fmt.Errorf("read span %d of %s: %w", i, c.key, err)
 		}
 		if calls[0] == nil {
 			return m.readSpan(ctx, i, nil, dst, off) // the walk loaded it after all
 		}
-		c = calls[0]
+		cl = calls[0]
 	}
-	if c.err != nil {
-		return 0, c.err
+	if cl.err != nil {
+		return 0, cl.err
 	}
-	return copy(out, c.data[rel:]), nil
-}
-
-// readCached fills out from the cached span i starting at rel and reports
-// whether the cache had all of it.
-func (m *Manager) readCached(ctx context.Context, i int, out []byte, rel int64) bool {
-	key := m.keys[i]
-	var err error
-	if rc, ok := m.cache.(RangeCache); ok {
-		var n int
-		n, err = rc.GetAt(key, out, rel)
-		if n == len(out) {
-			return true
-		}
-	} else {
-		var data []byte
-		data, err = m.cache.Get(key)
-		if err == nil && int64(len(data)) == m.table.Spans[i].Len() {
-			copy(out, data[rel:])
-			return true
-		}
-	}
-	log.G(ctx).WithError(err).WithField("layer", m.key).WithField("span", i).Debug("cached span missing or short, refetching")
-	return false
-}
-
-// wait blocks until c is done or ctx is canceled.
-func wait(ctx context.Context, c *call) error {
-	select {
-	case <-c.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return copy(out, cl.data[rel:]), nil
 }
 
 // Cached reports how many of the layer's spans are known to be in the cache
 // (empty spans count as cached). Spans cached by an earlier Manager (a
 // restart) count once a read has looked at them.
-func (m *Manager) Cached() (spans, total int) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.nCached, len(m.table.Spans)
-}
+func (m *Manager) Cached() (spans, total int) { return m.c.cached() }
+
+// Poison takes the layer out of service because it was found to contradict
+// its zTOC (the background walk's cross-check): every later read and
+// Load fails with an error wrapping ErrLayerBad, and the layer's cached
+// spans are removed. It logs once; later calls do nothing.
+func (m *Manager) Poison(ctx context.Context, reason error) { m.c.poison(ctx, reason) }
+
+// Loader returns the background walk's access to the layer's spans.
+func (m *Manager) Loader() *Loader { return &m.loader }
 
 // Close cancels in-flight shared fetches, waits for their goroutines and
 // makes later reads fail with ErrClosed. The cache is left as it is.
 func (m *Manager) Close() error {
-	m.mu.Lock()
-	m.closed = true
-	m.mu.Unlock()
-	m.stop()
-	m.wg.Wait()
+	m.c.close()
 	return nil
 }

@@ -21,6 +21,9 @@ type discardCache struct{}
 func (discardCache) Get(key string) ([]byte, error) {
 	return nil, fmt.Errorf("get %s: %w", key, errdefs.ErrNotFound)
 }
+func (discardCache) GetAt(key string, _ []byte, _ int64) (int, error) {
+	return 0, fmt.Errorf("get %s: %w", key, errdefs.ErrNotFound)
+}
 func (discardCache) Put(string, []byte) error { return nil }
 func (discardCache) Remove(string) error      { return nil }
 

@@ -1,7 +1,7 @@
 package span
 
 import (
-	"context"
+	"sync"
 	"time"
 )
 
@@ -20,64 +20,66 @@ const (
 	runIdle = 100 * time.Millisecond
 )
 
-// readAhead notes the read [off, end) of spans [first, last] and, when it
-// continues a sequential run that has crossed a span boundary, starts
-// fetching the spans in the ReadAhead bytes after it that are neither
-// cached nor being fetched. The spans ahead are fetched in separate
-// requests of at most aheadReq compressed bytes, so that they download in
-// parallel; nobody waits for them here, and their failures are not the
-// reader's (a later read of the span fetches it again).
-func (m *Manager) readAhead(ctx context.Context, off, end int64, first, last int) {
-	if m.ahead <= 0 {
-		return
+// readAhead is the read-ahead policy of a Manager: it follows the reads of
+// the layer and says which spans to fetch ahead of a sequential run. It
+// fetches nothing itself (the core does, see core.fetchAhead). It is safe
+// for concurrent use.
+type readAhead struct {
+	max int64 // Options.ReadAhead; 0: no read-ahead
+	req int64 // Options.ReadAheadRequest: the longest request ahead
+	now func() time.Time
+
+	mu sync.Mutex
+	// lastEnd is where the previous read ended (-1: none); runStart is
+	// the first span of the current run of sequential reads.
+	lastEnd  int64
+	runStart int
+	runOff   int64     // where the current run began
+	lastAt   time.Time // when the previous read came
+}
+
+func newReadAhead(opts Options) *readAhead {
+	r := &readAhead{max: opts.ReadAhead, req: opts.ReadAheadRequest, now: opts.Now, lastEnd: -1}
+	if r.req <= 0 {
+		r.req = DefaultReadAheadRequest
 	}
-	m.mu.Lock()
+	if r.now == nil {
+		r.now = time.Now
+	}
+	return r
+}
+
+// next notes the read [off, end) of spans [first, last] of t and, when it
+// continues a sequential run that has crossed a span boundary, returns the
+// spans [from, to] in the bytes after it to fetch ahead (from > to: none).
+// Like the kernel's read-ahead, the window grows with the run: as far ahead
+// as it has read so far, up to ReadAhead, so that a program that reads one
+// file of a few spans fetches little more than the file.
+func (r *readAhead) next(t Table, off, end int64, first, last int) (from, to int) {
+	if r.max <= 0 {
+		return 0, -1
+	}
+	r.mu.Lock()
 	seq := false
-	now := m.now()
-	if m.lastEnd > 0 && now.Sub(m.lastAt) < runIdle {
+	now := r.now()
+	if r.lastEnd > 0 && now.Sub(r.lastAt) < runIdle {
 		// A gap of more than a quarter span is a jump, not a run.
-		gap := min(seqGap, m.table.Spans[m.table.Find(m.lastEnd-1)].Len()/4)
-		seq = off <= m.lastEnd+gap && off >= m.lastEnd-seqBack
+		gap := min(seqGap, t.Spans[t.Find(r.lastEnd-1)].Len()/4)
+		seq = off <= r.lastEnd+gap && off >= r.lastEnd-seqBack
 	}
 	if !seq {
-		m.runStart, m.runOff = first, off
+		r.runStart, r.runOff = first, off
 	}
-	m.lastEnd, m.lastAt = end, now
-	start, runOff := m.runStart, m.runOff
-	m.mu.Unlock()
-	if !seq || last <= start || last+1 >= len(m.table.Spans) {
-		return
+	r.lastEnd, r.lastAt = end, now
+	start, runOff := r.runStart, r.runOff
+	r.mu.Unlock()
+	if !seq || last <= start || last+1 >= len(t.Spans) {
+		return 0, -1
 	}
-	// Like the kernel's read-ahead, the window grows with the run: as far
-	// ahead as it has read so far, up to ReadAhead. A program that reads
-	// one file of a few spans fetches little more than the file.
-	ahead := min(m.ahead, end-runOff)
-	stop := m.table.Find(min(end+ahead, m.table.UncompressedSize) - 1)
+	ahead := min(r.max, end-runOff)
+	stop := t.Find(min(end+ahead, t.UncompressedSize) - 1)
 	if stop <= last {
-		return
+		return 0, -1
 	}
-	m.probe(ctx, last+1, stop)
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return
-	}
-	var fresh []int
-	for i := last + 1; i <= stop; i++ {
-		if m.state[i] == cached || m.calls[i] != nil || m.recentFailure(i) != nil {
-			continue
-		}
-		m.calls[i] = &call{done: make(chan struct{})}
-		fresh = append(fresh, i)
-	}
-	for len(fresh) > 0 {
-		n := 1
-		base := m.table.Spans[fresh[0]].CompressedStart
-		for n < len(fresh) && fresh[n] == fresh[n-1]+1 && m.table.Spans[fresh[n]].CompressedEnd-base <= m.aheadReq {
-			n++
-		}
-		m.wg.Add(1)
-		go m.fetch(fresh[0], fresh[n-1])
-		fresh = fresh[n:]
-	}
+	return last + 1, stop
 }

@@ -13,7 +13,7 @@ import (
 // runs in the background) and fails the test unless want spans are cached.
 func waitCached(t *testing.T, m *Manager, want int) {
 	t.Helper()
-	m.wg.Wait()
+	m.c.wg.Wait()
 	if n, _ := m.Cached(); n < want {
 		t.Fatalf("cached spans = %d, want %d", n, want)
 	}
@@ -79,7 +79,7 @@ func TestReadAheadPause(t *testing.T) {
 	if n, err := m.FetchAt(t.Context(), p, 900); n != len(p) || err != nil {
 		t.Fatal(n, err)
 	}
-	m.wg.Wait() // any read-ahead started
+	m.c.wg.Wait() // any read-ahead started
 	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{1, 1, 0, 0, 0}) {
 		t.Errorf("fetches per span = %v, want spans 0-1 only", got)
 	}
@@ -97,7 +97,7 @@ func TestReadAheadSparse(t *testing.T) {
 			t.Fatalf("FetchAt(%d) = %d, %v", off, n, err)
 		}
 	}
-	m.wg.Wait() // any read-ahead started
+	m.c.wg.Wait() // any read-ahead started
 	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{1, 0, 0, 1, 0}) {
 		t.Errorf("fetches per span = %v, want only spans 0 and 3", got)
 	}
@@ -111,13 +111,13 @@ func TestReserve(t *testing.T) {
 	f := &fakeFetcher{blob: l.blob}
 	begun := make(beginSignal, 8)
 	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) { o.Demand = begun })
-	if k := m.Reserve(t.Context(), 0, 1); k != 1 {
+	if k := m.Loader().Reserve(t.Context(), 0, 1); k != 1 {
 		t.Fatalf("Reserve(0, 1) = %d, want 1", k)
 	}
-	if k := m.Reserve(t.Context(), 1, 2); k != 0 {
+	if k := m.Loader().Reserve(t.Context(), 1, 2); k != 0 {
 		t.Fatalf("Reserve(1, 2) of a reserved span = %d, want 0 (none)", k)
 	}
-	if !m.Has(t.Context(), 0) {
+	if !m.Loader().Has(t.Context(), 0) {
 		t.Error("Has(0) = false for a reserved span")
 	}
 	type result struct {
@@ -137,14 +137,14 @@ func TestReserve(t *testing.T) {
 	r0, r1 := read(10), read(1010)
 	<-begun // both readers planned their span and wait for it
 	<-begun
-	m.wg.Wait() // and any fetch they started has asked the registry
+	m.c.wg.Wait() // and any fetch they started has asked the registry
 	if got := f.requests(); got != 0 {
 		t.Fatalf("requests = %d while the spans are reserved, want 0", got)
 	}
-	if err := m.Load(t.Context(), 0, 0, l.blob[:l.table.Spans[0].CompressedEnd], 0); err != nil {
+	if err := m.Loader().Load(t.Context(), 0, 0, l.blob[:l.table.Spans[0].CompressedEnd], 0); err != nil {
 		t.Fatal(err)
 	}
-	m.Release(0, 1) // span 0 is loaded: only span 1 is released
+	m.Loader().Release(0, 1) // span 0 is loaded: only span 1 is released
 	for _, c := range []struct {
 		ch  chan result
 		off int64

@@ -70,21 +70,6 @@ func TestFetchAtBoundaries(t *testing.T) {
 	}
 }
 
-func TestPlainCache(t *testing.T) {
-	l := buildLayer(t, 3, []int{1000, 2000, 3000}, true)
-	f := &fakeFetcher{blob: l.blob}
-	m := newManager(t, l, f, getOnlyCache{cache.NewMemory()}, nil)
-	for range 2 {
-		p := make([]byte, 2500)
-		if n, err := m.FetchAt(t.Context(), p, 900); n != len(p) || err != nil || !bytes.Equal(p, l.data[900:3400]) {
-			t.Fatalf("FetchAt = %d, %v (bytes equal %v)", n, err, bytes.Equal(p, l.data[900:3400]))
-		}
-	}
-	if got := f.requests(); got != 1 {
-		t.Errorf("requests = %d, want 1", got)
-	}
-}
-
 func TestCoalesce(t *testing.T) {
 	l := buildLayer(t, 4, []int{1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000}, true)
 	f := &fakeFetcher{blob: l.blob}

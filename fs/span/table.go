@@ -71,3 +71,51 @@ func (s Span) Len() int64 { return s.UncompressedEnd - s.UncompressedStart }
 func (t Table) Find(off int64) int {
 	return sort.Search(len(t.Spans), func(k int) bool { return t.Spans[k].UncompressedEnd > off })
 }
+
+// Bytes names the range of a span that bounds a run (see Table.Run).
+type Bytes uint8
+
+const (
+	// CompressedBytes bounds a run by blob bytes: the length of one range
+	// request.
+	CompressedBytes Bytes = iota
+	// UncompressedBytes bounds a run by tar-stream bytes.
+	UncompressedBytes
+)
+
+// Run returns the last span k in [first, last] such that spans first..k,
+// measured in b from the start of span first to the end of span k (the
+// one-byte overlaps of gzip spans count once), hold at most max bytes; k is
+// first when span first alone is larger. It is how adjacent spans are
+// grouped into one range request everywhere: demand fetches, read-ahead and
+// the background walk. first and last must be spans of t.
+func (t Table) Run(first, last int, max int64, b Bytes) int {
+	k := first
+	if b == UncompressedBytes {
+		start := t.Spans[first].UncompressedStart
+		for k < last && t.Spans[k+1].UncompressedEnd-start <= max {
+			k++
+		}
+		return k
+	}
+	start := t.Spans[first].CompressedStart
+	for k < last && t.Spans[k+1].CompressedEnd-start <= max {
+		k++
+	}
+	return k
+}
+
+// runs calls fn once per request that fetches the spans idx (ascending
+// indices): consecutive indices are grouped by Run within max compressed
+// bytes, and a gap between indices always ends a request.
+func (t Table) runs(idx []int, max int64, fn func(first, last int)) {
+	for len(idx) > 0 {
+		n := 1 // the consecutive prefix of idx
+		for n < len(idx) && idx[n] == idx[n-1]+1 {
+			n++
+		}
+		last := t.Run(idx[0], idx[n-1], max, CompressedBytes)
+		fn(idx[0], last)
+		idx = idx[last-idx[0]+1:]
+	}
+}

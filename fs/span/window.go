@@ -59,15 +59,15 @@ func windowDigest(start int64, tail []byte) (sum [32]byte, ok bool) {
 // span i+1's against data, which takes span i+1 out of service on a
 // mismatch. Spans decompressed in order (a batch, the background walk)
 // thus cost one window hash each.
-func (m *Manager) checkWindows(ctx context.Context, i int, data []byte) error {
-	spans := m.table.Spans
-	m.mu.Lock()
-	checked := m.winOK[i]
-	m.mu.Unlock()
+func (c *core) checkWindows(ctx context.Context, i int, data []byte) error {
+	spans := c.table.Spans
+	c.mu.Lock()
+	checked := c.winOK[i]
+	c.mu.Unlock()
 	if s := spans[i]; s.HasWindow && !checked {
-		if want, ok := m.windowBefore(i); ok && want != s.Window {
-			err := fmt.Errorf("span %d of %s: %w", i, m.key, ErrWindowMismatch)
-			m.condemn(ctx, i, err)
+		if want, ok := c.windowBefore(i); ok && want != s.Window {
+			err := fmt.Errorf("span %d of %s: %w", i, c.key, ErrWindowMismatch)
+			c.condemn(ctx, i, err)
 			return err
 		}
 	}
@@ -75,11 +75,11 @@ func (m *Manager) checkWindows(ctx context.Context, i int, data []byte) error {
 		got, ok := windowDigest(spans[i+1].UncompressedStart, data)
 		switch {
 		case ok && got != spans[i+1].Window:
-			m.condemn(ctx, i+1, fmt.Errorf("span %d of %s: %w", i+1, m.key, ErrWindowMismatch))
+			c.condemn(ctx, i+1, fmt.Errorf("span %d of %s: %w", i+1, c.key, ErrWindowMismatch))
 		case ok:
-			m.mu.Lock()
-			m.winOK[i+1] = true // its own load need not check it again
-			m.mu.Unlock()
+			c.mu.Lock()
+			c.winOK[i+1] = true // its own load need not check it again
+			c.mu.Unlock()
 		}
 	}
 	return nil
@@ -88,30 +88,22 @@ func (m *Manager) checkWindows(ctx context.Context, i int, data []byte) error {
 // windowBefore returns the digest of span i's window from the cached bytes
 // of span i-1, if they are there and suffice (at the start of the stream,
 // from nothing).
-func (m *Manager) windowBefore(i int) ([32]byte, bool) {
-	start := m.table.Spans[i].UncompressedStart
+func (c *core) windowBefore(i int) ([32]byte, bool) {
+	start := c.table.Spans[i].UncompressedStart
 	if start == 0 {
 		return windowDigest(0, nil)
 	}
-	prev := m.table.Spans[i-1]
+	prev := c.table.Spans[i-1]
 	need := min(start, WindowSize)
-	m.mu.Lock()
-	maybe := m.state[i-1] != missing && m.bad[i-1] == nil
-	m.mu.Unlock()
+	c.mu.Lock()
+	maybe := c.state[i-1] != missing && c.bad[i-1] == nil
+	c.mu.Unlock()
 	if !maybe || need > prev.Len() {
 		return [32]byte{}, false
 	}
 	tail := make([]byte, need)
-	if rc, ok := m.cache.(RangeCache); ok {
-		if n, _ := rc.GetAt(m.keys[i-1], tail, prev.Len()-need); int64(n) != need {
-			return [32]byte{}, false
-		}
-	} else {
-		data, err := m.cache.Get(m.keys[i-1])
-		if err != nil || int64(len(data)) != prev.Len() {
-			return [32]byte{}, false
-		}
-		tail = data[prev.Len()-need:]
+	if n, _ := c.cache.GetAt(c.keys[i-1], tail, prev.Len()-need); int64(n) != need {
+		return [32]byte{}, false
 	}
 	return windowDigest(start, tail)
 }
@@ -119,60 +111,57 @@ func (m *Manager) windowBefore(i int) ([32]byte, bool) {
 // condemn takes span i out of service for err (its window mismatched): it
 // is removed from the cache and its reads fail from now on. The first
 // condemnation of a span is logged and counted.
-func (m *Manager) condemn(ctx context.Context, i int, err error) {
-	m.mu.Lock()
-	first := m.bad[i] == nil
+func (c *core) condemn(ctx context.Context, i int, err error) {
+	c.mu.Lock()
+	first := c.bad[i] == nil
 	if first {
-		if m.bad == nil {
-			m.bad = map[int]error{}
+		if c.bad == nil {
+			c.bad = map[int]error{}
 		}
-		m.bad[i] = err
-		m.setState(i, missing)
+		c.bad[i] = err
+		c.setState(i, missing)
 	}
-	m.mu.Unlock()
+	c.mu.Unlock()
 	if !first {
 		return
 	}
-	if rerr := m.cache.Remove(m.keys[i]); rerr != nil {
-		log.G(ctx).WithError(rerr).WithField("layer", m.key).WithField("span", i).Warn("cannot remove a span with a bad checkpoint window from the cache")
+	if rerr := c.cache.Remove(c.keys[i]); rerr != nil {
+		log.G(ctx).WithError(rerr).WithField("layer", c.key).WithField("span", i).Warn("cannot remove a span with a bad checkpoint window from the cache")
 	}
-	log.G(ctx).WithError(err).WithField("layer", m.key).WithField("span", i).
+	log.G(ctx).WithError(err).WithField("layer", c.key).WithField("span", i).
 		Error("checkpoint window of the span does not match the bytes before it: the zTOC is bad; reads of the span fail with EIO")
-	if m.observer != nil {
-		m.observer.Failure(FailureWindowMismatch)
+	if c.observer != nil {
+		c.observer.Failure(FailureWindowMismatch)
 	}
 }
 
 // badSpan returns the error span i was condemned for, if it was.
-func (m *Manager) badSpan(i int) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.bad[i]
+func (c *core) badSpan(i int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bad[i]
 }
 
-// Poison takes the layer out of service because it was found to contradict
-// its zTOC (the background walk's cross-check): every later read and
-// Load fails with an error wrapping ErrLayerBad, and the layer's cached
-// spans are removed. It logs once; later calls do nothing.
-func (m *Manager) Poison(ctx context.Context, reason error) {
-	err := fmt.Errorf("layer %s: %w: %w", m.key, ErrLayerBad, reason)
-	m.mu.Lock()
-	first := m.poisoned == nil
+// poison takes the layer out of service (see Manager.Poison).
+func (c *core) poison(ctx context.Context, reason error) {
+	err := fmt.Errorf("layer %s: %w: %w", c.key, ErrLayerBad, reason)
+	c.mu.Lock()
+	first := c.poisoned == nil
 	if first {
-		m.poisoned = err
-		for i := range m.state {
-			if m.table.Spans[i].Len() > 0 {
-				m.setState(i, missing)
+		c.poisoned = err
+		for i := range c.state {
+			if c.table.Spans[i].Len() > 0 {
+				c.setState(i, missing)
 			}
 		}
 	}
-	m.mu.Unlock()
+	c.mu.Unlock()
 	if !first {
 		return
 	}
-	if rerr := m.cache.Remove(m.key); rerr != nil {
-		log.G(ctx).WithError(rerr).WithField("layer", m.key).Warn("cannot remove the cached spans of a bad layer")
+	if rerr := c.cache.Remove(c.key); rerr != nil {
+		log.G(ctx).WithError(rerr).WithField("layer", c.key).Warn("cannot remove the cached spans of a bad layer")
 	}
-	log.G(ctx).WithError(reason).WithField("layer", m.key).
+	log.G(ctx).WithError(reason).WithField("layer", c.key).
 		Error("layer found to contradict its zTOC; its reads fail with EIO from now on and its cached spans are removed")
 }

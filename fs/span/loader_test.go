@@ -20,11 +20,11 @@ func TestLoad(t *testing.T) {
 	bad := slices.Clone(l.blob)
 	bad[l.table.Spans[2].CompressedStart+3] ^= 0xff
 	// The first two spans from the blob's start (bytes before span 0 are allowed).
-	if err := m.Load(t.Context(), 0, 1, l.blob[:l.table.Spans[1].CompressedEnd], 0); err != nil {
+	if err := m.Loader().Load(t.Context(), 0, 1, l.blob[:l.table.Spans[1].CompressedEnd], 0); err != nil {
 		t.Fatal(err)
 	}
 	base := l.table.Spans[2].CompressedStart
-	err := m.Load(t.Context(), 2, 3, bad[base:], base)
+	err := m.Loader().Load(t.Context(), 2, 3, bad[base:], base)
 	if !errors.Is(err, ErrVerification) {
 		t.Fatalf("Load of a corrupt span: %v, want a verification error", err)
 	}
@@ -38,7 +38,7 @@ func TestLoad(t *testing.T) {
 	if got := f.requests(); got != 0 {
 		t.Errorf("requests = %d after Load, want 0", got)
 	}
-	if err := m.Load(t.Context(), 1, 2, l.blob[:10], 0); err == nil {
+	if err := m.Loader().Load(t.Context(), 1, 2, l.blob[:10], 0); err == nil {
 		t.Error("Load with bytes not covering the spans succeeded")
 	}
 }
