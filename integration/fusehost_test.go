@@ -37,7 +37,8 @@ func fuseMountIDs(t *testing.T, e *harness.Env) map[string]int {
 }
 
 // slowReader is a container reading a 16 MiB lazily loaded file 256 KiB at
-// a time, 100 ms apart (about 6 s), started in the background.
+// a time, 100 ms apart (about 6 s; 65 reads with the one at EOF), started
+// in the background.
 type slowReader struct {
 	name string
 	want string // the probe's line for a whole, correct read
@@ -60,18 +61,18 @@ func startSlowReader(t *testing.T, ctx context.Context, e *harness.Env, name str
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(big)
-	r := &slowReader{name: name, want: "/data/big.bin " + hex.EncodeToString(sum[:]) + " reads=64", done: make(chan error, 1)}
+	r := &slowReader{name: name, want: "/data/big.bin " + hex.EncodeToString(sum[:]) + " reads=65", done: make(chan error, 1)}
 	go func() {
 		var err error
 		r.out, err = e.Nerdctl(ctx, "--snapshotter", "soci", "run", "--rm", "--net", "none", "--name", name, ref,
 			"slow-read", "/data/big.bin", "262144", "100")
 		r.done <- err
 	}()
-	// Running: its task exists (the reader starts at once).
+	// Running: nerdctl lists it as up (the reader starts at once).
 	deadline := time.Now().Add(time.Minute)
 	for {
-		out, _ := e.Ctr(ctx, "tasks", "ls")
-		if strings.Contains(out, name) && strings.Contains(out, "RUNNING") {
+		out, _ := e.Nerdctl(ctx, "ps")
+		if strings.Contains(out, name) && strings.Contains(out, "Up") {
 			return r
 		}
 		select {

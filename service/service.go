@@ -85,20 +85,35 @@ func New(ctx context.Context, cfg *config.Config, root string, host fusehost.Com
 	}
 	s := &Service{lock: lock, hosts: hosts, cri: cri}
 	if err := s.start(ctx, cfg, root); err != nil {
-		if hosts.Launched() {
-			// Nothing runs on a host this failed start-up started.
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), hostStartTimeout)
-			if serr := hosts.Shutdown(sctx); serr != nil {
-				log.G(ctx).WithError(serr).Warn("could not shut down the FUSE host this start-up started")
-			}
-			cancel()
-		}
+		s.stopLaunchedHost(ctx)
 		hosts.Close()
 		cri.close()
 		lock.release()
 		return nil, err
 	}
 	return s, nil
+}
+
+// stopLaunchedHost shuts down the FUSE host if this start-up started it:
+// no container can use it yet (a host that was running is left alone).
+func (s *Service) stopLaunchedHost(ctx context.Context) {
+	if !s.hosts.Launched() {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), hostStartTimeout)
+	defer cancel()
+	if err := s.hosts.Shutdown(sctx); err != nil {
+		log.G(ctx).WithError(err).Warn("could not shut down the FUSE host this start-up started")
+	}
+}
+
+// Abort closes a service that will not serve (its socket could not be
+// opened): as Close, and the FUSE host is shut down if New started it.
+func (s *Service) Abort(ctx context.Context) {
+	s.stopLaunchedHost(ctx)
+	if err := s.Close(); err != nil {
+		log.G(ctx).WithError(err).Warn("close service")
+	}
 }
 
 // start opens the snapshotter (restoring remote snapshots through the

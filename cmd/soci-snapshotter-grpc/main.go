@@ -189,17 +189,17 @@ func logNotices(ctx context.Context, path string, notices []config.Notice) {
 
 func serve(ctx context.Context, cfg *config.Config, f *flags) error {
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("root", f.root))
-	// The socket first: a daemon that cannot serve (another one has the
-	// address) must not start a FUSE host.
-	l, err := service.Listen(ctx, f.address)
-	if err != nil {
-		return err
-	}
 	svc, err := service.New(ctx, cfg, f.root, fusehost.Command{
 		GlobalArgs: hostArgs(f), Stdout: os.Stdout, Stderr: os.Stderr,
 	})
 	if err != nil {
-		l.Close()
+		return err
+	}
+	// The socket accepts once the snapshots are restored: callers (and
+	// tests) take an accepting socket for a ready daemon.
+	l, err := service.Listen(ctx, f.address)
+	if err != nil {
+		svc.Abort(ctx)
 		return err
 	}
 	serveErr := svc.Serve(ctx, l)
