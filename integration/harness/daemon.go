@@ -103,6 +103,15 @@ func (d *Daemon) HostPids() []int {
 	return pids
 }
 
+// HostPid is the pid of the FUSE host serving the daemon's layers (where
+// registry data is parsed and held), 0 when none runs.
+func (d *Daemon) HostPid() int {
+	if pids := d.HostPids(); len(pids) == 1 {
+		return pids[0]
+	}
+	return 0
+}
+
 // Log is the path of the daemon's log.
 func (d *Daemon) Log() string { return d.logPath }
 
