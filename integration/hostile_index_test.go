@@ -76,7 +76,7 @@ type indexCase struct {
 type hostileSuite struct {
 	e        *harness.Env
 	canaries *hostile.Canaries
-	pid      int
+	pid      int // the FUSE host's, which parses and holds the registry data
 	base     image.Layer
 	summary  []string
 }
@@ -95,11 +95,11 @@ func TestHostileIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &hostileSuite{e: e, canaries: canaries, pid: e.Daemon.Pid(), base: image.Layer{Entries: []image.Entry{
+	s := &hostileSuite{e: e, canaries: canaries, pid: e.Daemon.HostPid(), base: image.Layer{Entries: []image.Entry{
 		dir("bin"), {Name: "bin/probe", Type: tar.TypeReg, Mode: 0o755, ModTime: epoch, Data: probeBinary},
 	}}}
 	t.Cleanup(func() {
-		t.Logf("daemon peak RSS per case (bound %d MiB):\n%s", hostileRSSBound>>20, strings.Join(s.summary, "\n"))
+		t.Logf("FUSE host peak RSS per case (bound %d MiB):\n%s", hostileRSSBound>>20, strings.Join(s.summary, "\n"))
 	})
 	// escape is a name that climbs from any layer directory to the canary.
 	escape := strings.Repeat("../", 12) + strings.TrimPrefix(canaries.Path("victim"), "/")
@@ -436,8 +436,8 @@ func (s *hostileSuite) check(t *testing.T, ctx context.Context, c indexCase) {
 	}
 
 	rss := startRSS + " -> - MiB"
-	if !hostile.Alive(s.pid, "soci-snapshotter-grpc") || s.e.Daemon.Pid() != s.pid {
-		t.Errorf("%s: the daemon (pid %d) is gone; last log lines:\n%s", c.name, s.pid, s.e.Daemon.LogTail(30))
+	if !hostile.Alive(s.pid, "soci-snapshotter-grpc") || s.e.Daemon.HostPid() != s.pid {
+		t.Errorf("%s: the FUSE host (pid %d) is gone; last log lines:\n%s", c.name, s.pid, s.e.Daemon.LogTail(30))
 	} else if stats, err := harness.ReadProcStats(s.pid); err != nil {
 		t.Error(err)
 	} else {
@@ -447,7 +447,7 @@ func (s *hostileSuite) check(t *testing.T, ctx context.Context, c indexCase) {
 			bound = c.rssBound
 		}
 		if stats.PeakRSS > bound {
-			t.Errorf("%s: daemon peak RSS %s, over the bound of %d MiB", c.name, rss, bound>>20)
+			t.Errorf("%s: FUSE host peak RSS %s, over the bound of %d MiB", c.name, rss, bound>>20)
 		}
 	}
 	if err := s.canaries.Check(); err != nil {
@@ -584,15 +584,18 @@ func subset(a, b []string) bool {
 // the following cases still test something.
 func (s *hostileSuite) ensureDaemon(t *testing.T, ctx context.Context) {
 	t.Helper()
-	if hostile.Alive(s.pid, "soci-snapshotter-grpc") {
+	if hostile.Alive(s.pid, "soci-snapshotter-grpc") && s.e.Daemon.HostPid() == s.pid {
 		return
 	}
-	_ = s.e.Daemon.Stop() // collects the dead process
+	// A dead FUSE host is started again by the daemon's start (or its
+	// next call); a stray relaunched one is ended first.
+	_ = s.e.Daemon.Stop() // collects a dead daemon
+	_ = s.e.Daemon.Cleanup()
 	if err := s.e.Daemon.Start(ctx); err != nil {
-		t.Fatalf("restart the daemon an earlier case killed: %v\n%s", err, s.e.Daemon.LogTail(30))
+		t.Fatalf("restart the daemon and FUSE host an earlier case killed: %v\n%s", err, s.e.Daemon.LogTail(30))
 	}
-	s.pid = s.e.Daemon.Pid()
-	t.Logf("restarted the daemon an earlier case killed (new pid %d)", s.pid)
+	s.pid = s.e.Daemon.HostPid()
+	t.Logf("restarted the FUSE host an earlier case killed (new pid %d)", s.pid)
 }
 
 func fileSize(t *testing.T, path string) int64 {

@@ -19,10 +19,10 @@
 // unpacks the layer itself.
 //
 // On start, New mounts again, from the labels stored with each remote
-// snapshot, those whose mount is no longer served (today the FUSE servers
-// live in the daemon process, so after a restart that is all of them:
-// running containers lose their lazily loaded layers; see
-// docs/architecture.md). A layer the Mounter declines on purpose (not found,
+// snapshot, those whose mount is no longer served. The Mounter is the FUSE
+// host, which outlives the daemon (see docs/architecture.md): after a
+// restart of the daemon its layers still pass their check and are left
+// alone; only after the host itself ended are they mounted again. A layer the Mounter declines on purpose (not found,
 // or a failed precondition such as a zTOC found bad) is reported and
 // skipped; other failures stop start-up unless allow_invalid_mounts_on_restart
 // is set. Whenever mounts are handed out for a snapshot on top of remote

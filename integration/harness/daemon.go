@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -52,6 +55,61 @@ func (d *Daemon) Stop() error {
 		return nil
 	}
 	return d.proc.Stop(40 * time.Second)
+}
+
+// Kill sends SIGKILL to the daemon (not to its FUSE host, which runs in a
+// session of its own) and waits until it is gone.
+func (d *Daemon) Kill() error {
+	if d.proc == nil {
+		return nil
+	}
+	return d.proc.Kill()
+}
+
+// Cleanup runs `soci-snapshotter-grpc cleanup` on the daemon's root: every
+// FUSE host the daemon started is shut down, its layers unmounted. The
+// daemon must be stopped first. Hosts outlive the daemon on purpose, so
+// every test that starts a daemon runs this when it ends (Env.Close does).
+func (d *Daemon) Cleanup() error {
+	if _, err := os.Stat(filepath.Join(d.Root, "fusehost")); err != nil {
+		return nil // no host ever ran there (or a build without hosts)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := Run(ctx, nil, d.bin, "--root", d.Root, "--log-level", "warn", "cleanup"); err != nil {
+		return fmt.Errorf("clean up FUSE hosts: %w", err)
+	}
+	return nil
+}
+
+// HostPids lists the pids of the FUSE hosts running on the daemon's root.
+func (d *Daemon) HostPids() []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, ent := range entries {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(cmdline), "\x00")
+		if slices.Contains(args, "fuse-host") && slices.Contains(args, d.Root) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// HostPid is the pid of the FUSE host serving the daemon's layers (where
+// registry data is parsed and held), 0 when none runs.
+func (d *Daemon) HostPid() int {
+	if pids := d.HostPids(); len(pids) == 1 {
+		return pids[0]
+	}
+	return 0
 }
 
 // Log is the path of the daemon's log.
