@@ -12,6 +12,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/fastsoci/soci-snapshotter/internal/crash"
 )
 
 // ErrNoZTOC is wrapped by Open's error when the index has no zTOC for the
@@ -96,7 +98,7 @@ func (s *Store) fetchZTOC(ctx context.Context, ref string, desc ocispec.Descript
 	if err := verify(desc.Digest, data); err != nil {
 		return nil, err
 	}
-	if err := s.writeBlob(desc.Digest, data); err != nil {
+	if err := s.writeBlob(desc.Digest, data, crash.ZTOCBeforeRename); err != nil {
 		return nil, err
 	}
 	return data, nil
