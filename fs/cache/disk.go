@@ -40,7 +40,7 @@ const tmpDir = ".tmp"
 type Disk struct {
 	dir     string
 	staging *staging.Dir
-	max int64 // bound of the accounted bytes; 0: unbounded
+	max     int64 // bound of the accounted bytes; 0: unbounded
 
 	// mu guards the accounting and every change to the cache's names
 	// (renames into place, evictions, removals), so the accounting matches
