@@ -56,9 +56,11 @@ func detachDead(dir string) (int, error) {
 	return n, errors.Join(errs...)
 }
 
-// dead tells whether path is a FUSE mount whose server is gone.
+// dead tells whether path is a FUSE mount whose server is gone. statfs
+// always asks the server, where stat may be answered from the kernel's
+// attribute cache even after the server died.
 func dead(path string) bool {
-	var st syscall.Stat_t
-	err := syscall.Lstat(path, &st)
+	var st syscall.Statfs_t
+	err := syscall.Statfs(path, &st)
 	return errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ECONNABORTED)
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -59,3 +60,24 @@ func (d *Daemon) Log() string { return d.logPath }
 
 // LogTail returns the last n lines of the daemon's log.
 func (d *Daemon) LogTail(n int) string { return tailFile(d.logPath, n) }
+
+// Exited reports whether the daemon's process has ended, and how.
+func (d *Daemon) Exited() (bool, error) {
+	if d.proc == nil {
+		return true, nil
+	}
+	return d.proc.Exited()
+}
+
+// Kill ends the daemon's process group with SIGKILL, as a crash would,
+// and waits for the process to be gone.
+func (d *Daemon) Kill() {
+	if d.proc == nil {
+		return
+	}
+	if exited, _ := d.proc.Exited(); exited {
+		return
+	}
+	_ = syscall.Kill(-d.proc.Pid(), syscall.SIGKILL)
+	<-d.proc.done
+}
