@@ -229,11 +229,16 @@ func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, e
 	return snapshots.Usage(du), nil
 }
 
-// Walk calls fn for every snapshot matching the filters.
+// Walk calls fn for every snapshot matching the filters; an empty store
+// has none.
 func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters ...string) error {
 	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
 		return storage.WalkInfo(ctx, fn, filters...)
 	})
+	if errdefs.IsNotFound(err) {
+		// Nothing was ever stored: the store has no snapshot bucket yet.
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("walk snapshots: %w", err)
 	}
