@@ -128,6 +128,7 @@ func New(opts Options) (*FS, error) {
 	}
 	spanCache, err := cache.OpenDisk(filepath.Join(opts.Root, "cache"), cache.DiskOptions{MaxBytes: opts.MaxCacheBytes})
 	if err != nil {
+		indices.Close()
 		return nil, fmt.Errorf("open span cache: %w", err)
 	}
 	stateDir := filepath.Join(opts.Root, "background")
@@ -231,7 +232,8 @@ func (f *FS) Unmount(ctx context.Context, mountpoint string) error {
 
 // Close unmounts every layer this FS serves. Containers still using them
 // keep their (detached) mounts until they stop. Close is a shutdown: the
-// span cache and zTOCs stay for the next start.
+// span cache and zTOCs stay for the next start; the staging directories of
+// the cache and the index store go.
 func (f *FS) Close() error {
 	if f.bg != nil {
 		f.bg.Close()
@@ -244,6 +246,8 @@ func (f *FS) Close() error {
 	for mp, m := range all {
 		errs = append(errs, m.close(mp))
 	}
+	// Nothing writes any more: the staging directories can go.
+	errs = append(errs, f.indices.Close(), f.cache.Close())
 	return errors.Join(errs...)
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/fastsoci/soci-snapshotter/fs/layer"
 	"github.com/fastsoci/soci-snapshotter/fs/source"
 	"github.com/fastsoci/soci-snapshotter/fs/span"
+	"github.com/fastsoci/soci-snapshotter/internal/mountctx"
 	"github.com/fastsoci/soci-snapshotter/metrics"
 )
 
@@ -114,22 +115,41 @@ func (f *FS) tooSmall(size int64) bool {
 }
 
 // resolve finds the image's SOCI index and opens this layer's zTOC; it
-// returns the digests of the zTOC and of the index too.
+// returns the digests of the zTOC and of the index too. A ctx marked by
+// mountctx.WithLocalOnly (restoring snapshots on start) reads both from
+// local disk only and never reaches the registry: a missing piece is an
+// error wrapping index.ErrNotLocal.
 func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest.Digest, digest.Digest, error) {
+	local := mountctx.LocalOnly(ctx)
 	start := time.Now()
-	idx, err := f.indices.Find(ctx, t.ImageRef, t.ManifestDigest, t.IndexDigest)
+	var (
+		idx *index.Index
+		err error
+	)
+	if local {
+		idx, err = f.indices.FindLocal(ctx, t.ManifestDigest, t.IndexDigest)
+	} else {
+		idx, err = f.indices.Find(ctx, t.ImageRef, t.ManifestDigest, t.IndexDigest)
+	}
 	if err != nil {
 		return nil, "", "", fmt.Errorf("find SOCI index of %s: %w", t.ImageRef, err)
 	}
 	f.opts.Metrics.ObserveIndexFetch(idx.Digest.String(), time.Since(start))
-	f.indices.Prefetch(ctx, t.ImageRef, idx) // the other layers' zTOCs, while this one mounts
+	if !local {
+		f.indices.Prefetch(ctx, t.ImageRef, idx) // the other layers' zTOCs, while this one mounts
+	}
 	if desc, ok := idx.ZTOC(t.LayerDigest); ok {
 		if err := f.refuseBad(t.LayerDigest, desc.Digest); err != nil {
 			return nil, "", "", err
 		}
 	}
 	start = time.Now()
-	l, err := f.indices.Open(ctx, t.ImageRef, idx, t.LayerDigest)
+	var l *index.Layer
+	if local {
+		l, err = f.indices.OpenLocal(ctx, idx, t.LayerDigest)
+	} else {
+		l, err = f.indices.Open(ctx, t.ImageRef, idx, t.LayerDigest)
+	}
 	if err == nil {
 		f.opts.Metrics.ObserveOperation(metrics.OpZtocUnmarshal, t.LayerDigest.String(), time.Since(start))
 	}

@@ -18,13 +18,18 @@
 // or any other failure), Prepare returns ordinary mounts and containerd
 // unpacks the layer itself.
 //
-// On start, New mounts again, from the labels stored with each remote
-// snapshot, those whose mount is no longer served. The Mounter is the FUSE
-// host, which outlives the daemon (see docs/architecture.md): after a
-// restart of the daemon its layers still pass their check and are left
-// alone; only after the host itself ended are they mounted again. A layer the Mounter declines on purpose (not found,
-// or a failed precondition such as a zTOC found bad) is reported and
-// skipped; other failures stop start-up unless allow_invalid_mounts_on_restart
-// is set. Whenever mounts are handed out for a snapshot on top of remote
-// layers, each of those layers is checked and, if it died, mounted again.
+// On start, New first sweeps what a crash may have left (dead FUSE mounts,
+// snapshot directories without snapshot; see docs/architecture.md, "Crash
+// consistency"), then mounts again, from the labels stored with each remote
+// snapshot and from local state only (the Mounter's ctx is marked by
+// mountctx.WithLocalOnly), those whose mount is no longer served. The
+// Mounter is the FUSE host, which outlives the daemon: after a restart of
+// the daemon its layers still pass their check and are left alone; only
+// after the host itself ended are they mounted again. A layer the Mounter
+// declines (not found, including not restorable from local state, or a
+// failed precondition such as a zTOC found bad) is reported by name and
+// skipped; other failures stop start-up unless
+// allow_invalid_mounts_on_restart is set. Whenever mounts are handed out
+// for a snapshot on top of remote layers, each of those layers is checked
+// and, if it died, mounted again (then with the registry if need be).
 package snapshot

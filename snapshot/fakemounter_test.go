@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/containerd/log/logtest"
+
+	"github.com/fastsoci/soci-snapshotter/internal/mountctx"
 )
 
 // fakeMounter stands for the lazy-loading filesystem. Each "layer" is a real
@@ -36,6 +38,9 @@ type fakeMounter struct {
 	// releasedEarly lists the mountpoints released while their snapshot
 	// directory was still there.
 	releasedEarly []string
+	// localCalls are the calls (as in calls) whose ctx was marked
+	// local-only (mountctx.WithLocalOnly).
+	localCalls []string
 }
 
 var (
@@ -51,6 +56,9 @@ func (f *fakeMounter) Mount(ctx context.Context, mountpoint string, labels map[s
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "mount "+mountpoint)
+	if mountctx.LocalOnly(ctx) {
+		f.localCalls = append(f.localCalls, "mount "+mountpoint)
+	}
 	var injected error
 	if f.mountErr != nil {
 		injected = f.mountErr(mountpoint, labels)
@@ -83,6 +91,9 @@ func (f *fakeMounter) Check(ctx context.Context, mountpoint string, labels map[s
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "check "+mountpoint)
+	if mountctx.LocalOnly(ctx) {
+		f.localCalls = append(f.localCalls, "check "+mountpoint)
+	}
 	mounted, err := isMountPoint(mountpoint)
 	if err != nil || !mounted {
 		return fmt.Errorf("fake: %s not mounted (%v)", mountpoint, err)

@@ -12,6 +12,8 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	continuityfs "github.com/containerd/continuity/fs"
 	"github.com/containerd/log"
+
+	"github.com/fastsoci/soci-snapshotter/internal/crash"
 )
 
 // Prepare creates an active snapshot on top of parent and returns its mounts.
@@ -82,6 +84,7 @@ func (s *Snapshotter) createRecord(ctx context.Context, kind snapshots.Kind, key
 			return fmt.Errorf("move snapshot directory into place: %w", err)
 		}
 		tmp, final = "", filepath.Join(s.snapshotsDir(), snap.ID)
+		crash.Point(crash.RecordBeforeCommit)
 		return nil
 	})
 	if err != nil {
@@ -147,6 +150,7 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if err != nil {
 		return fmt.Errorf("commit snapshot %q as %q: measure usage: %w", key, name, err)
 	}
+	crash.Point(crash.CommitBeforeCommit)
 	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		current, _, _, err := storage.GetInfo(ctx, key)
 		if err != nil {
@@ -164,6 +168,7 @@ func (s *Snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if err != nil {
 		return fmt.Errorf("commit snapshot %q as %q: %w", key, name, err)
 	}
+	crash.Point(crash.CommitAfterCommit)
 	return nil
 }
 

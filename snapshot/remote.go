@@ -14,6 +14,9 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+
+	"github.com/fastsoci/soci-snapshotter/internal/crash"
+	"github.com/fastsoci/soci-snapshotter/internal/mountctx"
 )
 
 // layerParallelism bounds the Mounter calls made at once for one request.
@@ -43,10 +46,13 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent, target str
 	if err != nil {
 		return nil, err
 	}
+	crash.Point(crash.PrepareAfterRecord)
 	mountpoint := s.upperPath(snap.ID)
 	err = s.mountLayer(ctx, mountpoint, labels)
 	if err == nil {
+		crash.Point(crash.PrepareAfterMount)
 		if err = s.commitRemote(ctx, key, target, labels); err == nil {
+			crash.Point(crash.PrepareAfterCommit)
 			log.G(ctx).Debug("layer served lazily")
 			return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 		}
@@ -223,20 +229,27 @@ func (e *remountError) Error() string {
 func (e *remountError) Unwrap() error { return errdefs.ErrUnavailable }
 
 // restoreRemote runs at start-up: every remote snapshot whose layer is no
-// longer served is mounted again. A layer that is still served (its check
-// passes) is left alone. Failures are fatal unless allowInvalid, except for
-// layers the Mounter declines on purpose (errdefs.ErrNotFound: no longer to
-// be served lazily; errdefs.ErrFailedPrecondition: found bad): those are
-// reported and skipped, so that no image can stop the daemon from starting.
+// longer served is mounted again, from local state only (the Mounter sees
+// a ctx marked by mountctx.WithLocalOnly and must not wait for a registry).
+// A layer that is still served (its check passes) is left alone. A layer
+// the Mounter declines (errdefs.ErrNotFound: not to be served lazily any
+// more, or not restorable from local state; errdefs.ErrFailedPrecondition:
+// found bad, or refused by the current limits) is stale state: it is
+// reported by name and skipped, so that no image can stop the daemon from
+// starting; its snapshot stays, and the next use mounts it again (then with
+// the registry) or fails. Any other failure (the mount itself failing)
+// stops start-up unless allowInvalid, as the reference's
+// allow_invalid_mounts_on_restart does.
 func (s *Snapshotter) restoreRemote(ctx context.Context, allowInvalid bool) error {
 	layers, err := s.committedRemote(ctx)
 	if err != nil {
 		return fmt.Errorf("restore remote snapshots: %w", err)
 	}
+	local := mountctx.WithLocalOnly(ctx)
 	remounted := make([]bool, len(layers))
 	errs := forEachLayer(layers, func(i int, l remoteLayer) error {
 		var err error
-		remounted[i], err = s.ensureMounted(ctx, l)
+		remounted[i], err = s.ensureMounted(local, l)
 		return err
 	})
 	if err := errors.Join(fatal(errs)...); err != nil && !allowInvalid {
@@ -255,7 +268,7 @@ func (s *Snapshotter) restoreRemote(ctx context.Context, allowInvalid bool) erro
 		if err != nil {
 			failed++
 			log.G(ctx).WithError(err).WithField("snapshot", layers[i].name).
-				Warn("remote snapshot left unusable; remove it or pull its image again")
+				Warn("remote snapshot not restored; skipped: its next use mounts it again or fails (remove it, or pull its image again)")
 		}
 	}
 	log.G(ctx).WithFields(log.Fields{"snapshots": len(layers), "failed": failed}).Info("restored remote snapshots")

@@ -13,6 +13,8 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+
+	"github.com/fastsoci/soci-snapshotter/internal/crash"
 )
 
 // Remove deletes the snapshot key. The metadata goes in one write
@@ -44,6 +46,7 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	if err != nil {
 		return fmt.Errorf("remove snapshot %q: %w", key, err)
 	}
+	crash.Point(crash.RemoveAfterRecord)
 	if mountpoint != "" {
 		if err := s.unmountLayer(ctx, mountpoint); err != nil {
 			log.G(ctx).WithError(err).WithField("key", key).Warn("could not unmount remote layer of removed snapshot")
@@ -114,6 +117,7 @@ func (s *Snapshotter) removeDir(ctx context.Context, dir string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("remove %s: %w", dir, err)
 	}
+	crash.Point(crash.RemoveBeforeRelease)
 	s.releaseLayer(ctx, filepath.Join(dir, "fs"))
 	return nil
 }

@@ -82,8 +82,9 @@ var (
 	_ snapshots.Cleaner     = (*Snapshotter)(nil)
 )
 
-// New opens (or creates) the snapshotter under opts.Root. With a Mounter, it
-// mounts again every remote snapshot whose layer is no longer served.
+// New opens (or creates) the snapshotter under opts.Root, sweeps what a
+// crash may have left (see sweep) and, with a Mounter, mounts again from
+// local state every remote snapshot whose layer is no longer served.
 func New(ctx context.Context, opts Options) (*Snapshotter, error) {
 	if opts.Root == "" {
 		return nil, fmt.Errorf("new snapshotter: root is required: %w", errdefs.ErrInvalidArgument)
@@ -102,6 +103,7 @@ func New(ctx context.Context, opts Options) (*Snapshotter, error) {
 		mounter:        opts.Mounter,
 		overlayOptions: overlayOptions(ctx, root),
 	}
+	s.sweep(ctx)
 	if s.mounter != nil {
 		if err := s.restoreRemote(ctx, opts.AllowInvalidMountsOnRestart); err != nil {
 			ms.Close()
@@ -227,11 +229,16 @@ func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, e
 	return snapshots.Usage(du), nil
 }
 
-// Walk calls fn for every snapshot matching the filters.
+// Walk calls fn for every snapshot matching the filters; an empty store
+// has none.
 func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters ...string) error {
 	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
 		return storage.WalkInfo(ctx, fn, filters...)
 	})
+	if errdefs.IsNotFound(err) {
+		// Nothing was ever stored: the store has no snapshot bucket yet.
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("walk snapshots: %w", err)
 	}

@@ -134,19 +134,39 @@ func TestDiskLayoutAndRestart(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "sha256", "abcd", "0-4096")); err != nil {
 		t.Fatalf("entry not at its sanitized path: %v", err)
 	}
-	// A crash mid-Put leaves a temporary file; reopening clears it.
-	if err := os.WriteFile(filepath.Join(dir, tmpDir, "put-crashed"), []byte("partial"), 0o600); err != nil {
+	// A crash mid-Put leaves a temporary file in the dead process's
+	// staging directory (its lock is free); a live process (d) may be
+	// writing one in its own meanwhile.
+	crashed := filepath.Join(dir, tmpDir, "s-crashed")
+	if err := os.MkdirAll(crashed, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(crashed, "put-crashed"), []byte("partial"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	inflight := filepath.Join(d.staging.Path(), "put-inflight")
+	if err := os.WriteFile(inflight, []byte("partial"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	d2, err := NewDisk(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer d2.Close()
 	if got, err := d2.Get(key); err != nil || string(got) != "data" {
 		t.Fatalf("after restart Get = %q, %v", got, err)
 	}
+	if _, err := os.Lstat(crashed); !os.IsNotExist(err) {
+		t.Errorf("dead process's staging directory left after reopen (%v)", err)
+	}
+	if _, err := os.Lstat(inflight); err != nil {
+		t.Errorf("a live process's in-flight write was deleted: %v", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if n := countFiles(t, filepath.Join(dir, tmpDir)); n != 0 {
-		t.Fatalf("%d temporary files left after reopen", n)
+		t.Fatalf("%d temporary files left after the first process closed", n)
 	}
 }
 

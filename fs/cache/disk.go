@@ -11,18 +11,26 @@ import (
 	"syscall"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/fastsoci/soci-snapshotter/internal/crash"
+	"github.com/fastsoci/soci-snapshotter/internal/staging"
 )
 
-// tmpDir is the staging directory under the cache root; keys cannot name it
+// tmpDir holds the staging directories under the cache root (see
+// internal/staging): one per process using the cache. Keys cannot name it
 // because their components never start with '.'.
 const tmpDir = ".tmp"
 
 // Disk is an on-disk cache under a directory: each key is a file at its
-// sanitized path. Entries are written to a temporary file under the same
-// root, then renamed into place, so a reader never sees a partial entry and
-// the data survives restarts. Writes are not fsynced: after a crash an entry
-// may be empty or short, which readers detect by its length. One Disk (one
-// process) owns a directory at a time. It is safe for concurrent use.
+// sanitized path. Entries are written to a temporary file in the process's
+// own staging directory under the same root, then renamed into place, so a
+// reader never sees a partial entry and the data survives restarts. Writes
+// are not fsynced: after a crash an entry may be empty or short, which
+// readers detect by its length. Several processes may share a directory (an
+// upgrade): opening one never deletes another live process's staging
+// directory, only those of processes that died. Each process accounts
+// what it sees at open and what it writes itself. It is safe for
+// concurrent use.
 //
 // A Disk keeps the bytes of its entries accounted in memory, by group (the
 // directory of an entry: a layer, for span keys), rebuilt by a directory walk
@@ -30,16 +38,16 @@ const tmpDir = ".tmp"
 // evicts whole groups, least recently used first: groups not pinned (layers
 // not mounted) before pinned ones, never the group being written.
 type Disk struct {
-	dir string
-	tmp string
-	max int64 // bound of the accounted bytes; 0: unbounded
+	dir     string
+	staging *staging.Dir
+	max     int64 // bound of the accounted bytes; 0: unbounded
 
 	// mu guards the accounting and every change to the cache's names
 	// (renames into place, evictions, removals), so the accounting matches
 	// the directory. File contents are written and read outside it.
 	mu    sync.Mutex
 	usage *usage
-	trash uint64 // sequence for names of evicted groups under tmp
+	trash uint64 // sequence for names of evicted groups in staging
 
 	// writeFile writes a temporary file; tests replace it to fake a full disk.
 	writeFile func(f *os.File, data []byte) (int, error)
@@ -56,31 +64,37 @@ type DiskOptions struct {
 var ErrFull = errors.New("span cache full")
 
 // NewDisk opens (creating it if needed) an unbounded cache under dir and
-// removes temporary files left by an interrupted Put.
+// removes the staging directories of processes that died.
 func NewDisk(dir string) (*Disk, error) {
 	return OpenDisk(dir, DiskOptions{})
 }
 
-// OpenDisk opens (creating it if needed) the cache under dir, removes
-// temporary files left by an interrupted Put and accounts the entries on
-// disk. Entries beyond opts.MaxBytes are evicted by the next Put.
+// OpenDisk opens (creating it if needed) the cache under dir, removes the
+// staging directories of processes that died (what an interrupted Put,
+// eviction or Remove left: see internal/staging), makes its own, and
+// accounts the entries on disk. Entries beyond opts.MaxBytes are evicted by
+// the next Put.
 func OpenDisk(dir string, opts DiskOptions) (*Disk, error) {
 	if dir == "" {
 		return nil, fmt.Errorf("open disk cache: empty directory: %w", errdefs.ErrInvalidArgument)
 	}
-	tmp := filepath.Join(dir, tmpDir)
-	if err := os.RemoveAll(tmp); err != nil {
-		return nil, fmt.Errorf("open disk cache %s: clear temporary files: %w", dir, err)
-	}
-	if err := os.MkdirAll(tmp, 0o700); err != nil {
+	st, err := staging.Open(filepath.Join(dir, tmpDir))
+	if err != nil {
 		return nil, fmt.Errorf("open disk cache %s: %w", dir, err)
 	}
 	u := newUsage()
 	if err := u.rebuild(dir); err != nil {
+		st.Close()
 		return nil, fmt.Errorf("open disk cache %s: account entries: %w", dir, err)
 	}
-	d := &Disk{dir: dir, tmp: tmp, max: max(opts.MaxBytes, 0), usage: u, writeFile: (*os.File).Write}
+	d := &Disk{dir: dir, staging: st, max: max(opts.MaxBytes, 0), usage: u, writeFile: (*os.File).Write}
 	return d, nil
+}
+
+// Close deletes the cache's staging directory; the entries stay. No Put or
+// Remove may be under way or follow.
+func (d *Disk) Close() error {
+	return d.staging.Close()
 }
 
 // Size returns the bytes of all entries and the size bound (0: unbounded).
@@ -189,6 +203,7 @@ func (d *Disk) Put(key string, data []byte) error {
 		}
 		return fmt.Errorf("put cache entry %q: %w", key, err)
 	}
+	crash.Point(crash.CachePutBeforeRename)
 	d.mu.Lock()
 	evicted, err := d.makeRoom(rel, int64(len(data)))
 	if err == nil {
@@ -236,7 +251,7 @@ func (d *Disk) makeRoom(rel string, n int64) ([]string, error) {
 func (d *Disk) evict(rel string) string {
 	d.usage.forget(rel)
 	d.trash++
-	to := filepath.Join(d.tmp, "evict-"+strconv.FormatUint(d.trash, 10))
+	to := filepath.Join(d.staging.Path(), "evict-"+strconv.FormatUint(d.trash, 10))
 	if err := os.Rename(filepath.Join(d.dir, filepath.FromSlash(rel)), to); err != nil {
 		return ""
 	}
@@ -253,7 +268,7 @@ func (d *Disk) discard(paths []string) {
 // writeTemp writes data to a new temporary file and returns its path. The
 // file is removed on any failure (a full disk, say).
 func (d *Disk) writeTemp(data []byte) (string, error) {
-	f, err := os.CreateTemp(d.tmp, "put-*")
+	f, err := d.staging.CreateTemp("put-*")
 	if err != nil {
 		return "", err
 	}
@@ -286,11 +301,12 @@ func (d *Disk) Remove(prefix string) error {
 	d.mu.Lock()
 	d.usage.forget(rel)
 	d.trash++
-	to := filepath.Join(d.tmp, "remove-"+strconv.FormatUint(d.trash, 10))
+	to := filepath.Join(d.staging.Path(), "remove-"+strconv.FormatUint(d.trash, 10))
 	err = os.Rename(p, to)
 	d.mu.Unlock()
 	switch {
 	case err == nil:
+		crash.Point(crash.CacheRemoveBeforeDelete)
 		err = os.RemoveAll(to)
 	case notFound(err):
 		return nil

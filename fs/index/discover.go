@@ -13,6 +13,8 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/fastsoci/soci-snapshotter/internal/crash"
 )
 
 // Registry is what the store needs from the registry client.
@@ -276,7 +278,7 @@ func (s *Store) loadIndex(ctx context.Context, ref string, d digest.Digest) (*In
 	if err != nil {
 		return nil, err
 	}
-	if err := s.writeBlob(d, data); err != nil {
+	if err := s.writeBlob(d, data, crash.IndexBlobBeforeRename); err != nil {
 		return nil, err
 	}
 	return s.cacheIndex(idx), nil

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -17,6 +18,9 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/fastsoci/soci-snapshotter/internal/crash"
+	"github.com/fastsoci/soci-snapshotter/internal/staging"
 )
 
 // Defaults for Options fields left zero.
@@ -56,6 +60,9 @@ type Store struct {
 	timeout     time.Duration
 	lim         Limits
 	now         func() time.Time
+	// staging is the process's own directory for blobs being written
+	// (see internal/staging): several processes may share the store.
+	staging *staging.Dir
 
 	finds   singleflight.Group // by manifest and explicit index digest
 	fetches singleflight.Group // zTOC downloads, by digest
@@ -95,8 +102,17 @@ func New(opts Options) (*Store, error) {
 			return nil, fmt.Errorf("index store: %w", err)
 		}
 	}
+	st, err := staging.Open(filepath.Join(opts.Root, stagingDir))
+	if err != nil {
+		return nil, fmt.Errorf("index store: %w", err)
+	}
+	if err := sweepLegacyTemps(opts.Root, time.Now()); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("index store: %w", err)
+	}
 	s := &Store{
-		root: opts.Root, reg: opts.Registry, v1: opts.V1, v2: opts.V2,
+		staging: st,
+		root:    opts.Root, reg: opts.Registry, v1: opts.V1, v2: opts.V2,
 		negativeTTL: opts.NegativeTTL, timeout: opts.Timeout, lim: opts.Limits.withDefaults(), now: time.Now,
 		answers: map[string]answer{}, indices: map[digest.Digest]*Index{}, prefetched: map[digest.Digest]bool{},
 	}
@@ -108,6 +124,57 @@ func New(opts Options) (*Store, error) {
 		s.timeout = DefaultTimeout
 	}
 	return s, nil
+}
+
+// stagingDir holds the staging directories of the processes using the
+// store; digests never map to it (their algorithm never starts with '.').
+const stagingDir = ".tmp"
+
+// Close deletes the store's staging directory; what is stored stays. No
+// write may be under way or follow.
+func (s *Store) Close() error {
+	return s.staging.Close()
+}
+
+// sweepLegacyTemps deletes the temporary files (".tmp-*") that versions
+// before per-process staging wrote next to their targets, once older than
+// staging.LegacyAge at now: younger ones may be an older process's
+// writes in flight.
+func sweepLegacyTemps(root string, now time.Time) error {
+	var errs []error
+	for _, dir := range []string{"blobs", "manifests"} {
+		algs, err := os.ReadDir(filepath.Join(root, dir))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, alg := range algs {
+			if !alg.IsDir() {
+				continue
+			}
+			files, err := os.ReadDir(filepath.Join(root, dir, alg.Name()))
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			for _, f := range files {
+				if !strings.HasPrefix(f.Name(), ".tmp-") {
+					continue
+				}
+				fi, err := f.Info()
+				if err != nil || now.Sub(fi.ModTime()) < staging.LegacyAge {
+					continue
+				}
+				if err := os.Remove(filepath.Join(root, dir, alg.Name(), f.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("sweep old temporary files: %w", err)
+	}
+	return nil
 }
 
 // workContext is the context of work shared by several callers: the
@@ -267,13 +334,14 @@ func (s *Store) haveBlob(d digest.Digest, size int64) bool {
 	return err == nil && fi.Mode().IsRegular() && fi.Size() == size
 }
 
-// writeBlob stores blob d, which the caller has verified.
-func (s *Store) writeBlob(d digest.Digest, data []byte) error {
+// writeBlob stores blob d, which the caller has verified; point names the
+// crash point before its rename (see internal/crash).
+func (s *Store) writeBlob(d digest.Digest, data []byte, point string) error {
 	p, err := s.blobPath(d)
 	if err != nil {
 		return err
 	}
-	return writeAtomic(p, data)
+	return s.writeAtomic(p, data, point)
 }
 
 // RemoveBlob deletes the local copy of blob d (a zTOC no mounted layer
@@ -324,17 +392,19 @@ func (s *Store) writeChoice(manifest digest.Digest, c choice) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(p, data)
+	return s.writeAtomic(p, data, crash.ChoiceBeforeRename)
 }
 
-// writeAtomic writes data to path through a synced temporary file and a
-// rename, so that readers see the old content, the new one, or nothing.
-func writeAtomic(path string, data []byte) (err error) {
+// writeAtomic writes data to path through a synced temporary file in the
+// process's staging directory and a rename, so that readers see the old
+// content, the new one, or nothing, and a crash leaves at most a file in a
+// staging directory that the next start deletes.
+func (s *Store) writeAtomic(path string, data []byte, point string) (err error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("store %s: %w", path, err)
 	}
-	f, err := os.CreateTemp(dir, ".tmp-*")
+	f, err := s.staging.CreateTemp("put-*")
 	if err != nil {
 		return fmt.Errorf("store %s: %w", path, err)
 	}
@@ -351,6 +421,7 @@ func writeAtomic(path string, data []byte) (err error) {
 		err = cerr
 	}
 	if err == nil {
+		crash.Point(point)
 		err = os.Rename(f.Name(), path)
 	}
 	if err != nil {

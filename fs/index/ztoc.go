@@ -12,6 +12,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/fastsoci/soci-snapshotter/internal/crash"
 )
 
 // ErrNoZTOC is wrapped by Open's error when the index has no zTOC for the
@@ -23,23 +25,36 @@ var ErrNoZTOC = errors.New("no zTOC for the layer in the SOCI index")
 // registry, digest-verified and then stored on disk), validates and converts
 // it. The caller must Close the Layer.
 func (s *Store) Open(ctx context.Context, ref string, idx *Index, layer digest.Digest) (*Layer, error) {
+	return s.open(ctx, idx, layer, func(desc ocispec.Descriptor) ([]byte, error) {
+		return s.ztocBytes(ctx, ref, desc)
+	}, false)
+}
+
+// open is Open and OpenLocal with load getting the zTOC's verified bytes.
+// With local, a zTOC the limits refuse is a failed precondition (see
+// OpenLocal).
+func (s *Store) open(ctx context.Context, idx *Index, layer digest.Digest, load func(ocispec.Descriptor) ([]byte, error), local bool) (*Layer, error) {
 	desc, ok := idx.ZTOC(layer)
 	if !ok {
 		return nil, fmt.Errorf("layer %s, SOCI index %s: %w", layer, idx.Digest, ErrNoZTOC)
 	}
+	classify := func(err error) error { return err }
+	if local {
+		classify = refused
+	}
 	// Real zTOCs are about 32 KiB per span plus the file list: some MiB
 	// per GiB of layer with the default 4 MiB spans.
 	if desc.Size > s.lim.MaxZTOCBytes {
-		return nil, fmt.Errorf("zTOC %s of layer %s: %d bytes, more than limits.max_ztoc_bytes (%d)",
-			desc.Digest, layer, desc.Size, s.lim.MaxZTOCBytes)
+		return nil, classify(fmt.Errorf("zTOC %s of layer %s: %d bytes, more than limits.max_ztoc_bytes (%d)",
+			desc.Digest, layer, desc.Size, s.lim.MaxZTOCBytes))
 	}
-	data, err := s.ztocBytes(ctx, ref, desc)
+	data, err := load(desc)
 	if err != nil {
 		return nil, fmt.Errorf("zTOC %s of layer %s: %w", desc.Digest, layer, err)
 	}
 	l, err := s.parseZTOC(ctx, data)
 	if err != nil {
-		return nil, fmt.Errorf("zTOC %s of layer %s: %w", desc.Digest, layer, err)
+		return nil, classify(fmt.Errorf("zTOC %s of layer %s: %w", desc.Digest, layer, err))
 	}
 	l.DisableXattrs = desc.Annotations[soci.IndexAnnotationDisableXAttrs] == "true"
 	return l, nil
@@ -83,7 +98,7 @@ func (s *Store) fetchZTOC(ctx context.Context, ref string, desc ocispec.Descript
 	if err := verify(desc.Digest, data); err != nil {
 		return nil, err
 	}
-	if err := s.writeBlob(desc.Digest, data); err != nil {
+	if err := s.writeBlob(desc.Digest, data, crash.ZTOCBeforeRename); err != nil {
 		return nil, err
 	}
 	return data, nil

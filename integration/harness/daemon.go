@@ -117,3 +117,11 @@ func (d *Daemon) Log() string { return d.logPath }
 
 // LogTail returns the last n lines of the daemon's log.
 func (d *Daemon) LogTail(n int) string { return tailFile(d.logPath, n) }
+
+// Exited reports whether the daemon's process has ended, and how.
+func (d *Daemon) Exited() (bool, error) {
+	if d.proc == nil {
+		return true, nil
+	}
+	return d.proc.Exited()
+}
