@@ -139,11 +139,15 @@ func TestCrashConsistency(t *testing.T) {
 				}
 			}
 
+			// The FUSE host the next start launches inherits the
+			// point too (the cache and index points fire there): shut
+			// down the running one, whose environment has no point.
 			restartDaemon(t, ctx, e, append(slices.Clone(base), crash.Env+"="+point))
 			from := logSize(t, e)
 			err := d.drive(ctx, e, ref)
 			waitCrash(t, e, point, from, err)
 			killUnder(e.Daemon.Root)
+			_ = e.Daemon.Kill() // waits until the daemon is gone
 
 			restartDaemon(t, ctx, e, base)
 			checkAfterCrash(t, ctx, e)
@@ -178,12 +182,17 @@ func afterReconnect(ctx context.Context, op func() error) error {
 	}
 }
 
-// restartDaemon stops the daemon (if it runs) and starts it with env.
+// restartDaemon stops the daemon (if it runs) and its FUSE hosts, and
+// starts it with env. After a crash (the daemon is gone) the hosts are
+// left as the crash left them, for the start-up to deal with.
 func restartDaemon(t *testing.T, ctx context.Context, e *harness.Env, env []string) {
 	t.Helper()
 	if exited, _ := e.Daemon.Exited(); !exited {
 		if err := e.Daemon.Stop(); err != nil {
 			t.Fatalf("stop daemon: %v", err)
+		}
+		if err := e.Daemon.Cleanup(); err != nil {
+			t.Fatalf("shut down the FUSE hosts: %v", err)
 		}
 	}
 	e.Daemon.Env = env
@@ -192,31 +201,32 @@ func restartDaemon(t *testing.T, ctx context.Context, e *harness.Env, env []stri
 	}
 }
 
-// waitCrash waits for the daemon to die at point (its log, from offset
-// from on, says so); opErr is what the operation that reached it returned.
+// waitCrash waits for the daemon or its FUSE host (the process that
+// reaches point) to die there: the point writes a line into the log they
+// share, from offset from on. opErr is what the operation that reached it
+// returned.
 func waitCrash(t *testing.T, e *harness.Env, point string, from int64, opErr error) {
 	t.Helper()
+	line := "crash point " + point + ": SIGKILL"
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if exited, _ := e.Daemon.Exited(); exited {
-			break
+		data, err := os.ReadFile(e.Daemon.Log())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(data[from:]), line) {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("daemon alive 30s after the operation (%v): crash point %s not reached", opErr, point)
+			t.Fatalf("crash point %s not reached 30s after the operation (%v):\n%s", point, opErr, e.Daemon.LogTail(20))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	data, err := os.ReadFile(e.Daemon.Log())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(data[from:]), "crash point "+point+": SIGKILL") {
-		t.Fatalf("daemon died, but not at crash point %s (operation: %v):\n%s", point, opErr, e.Daemon.LogTail(20))
-	}
 }
 
-// killUnder SIGKILLs every process whose command line names root (what
-// the crashed daemon may have started, a FUSE host say) but this one.
+// killUnder SIGKILLs every process whose command line names root (the
+// daemon and its FUSE hosts) but this one, as a crash of the node's
+// snapshotter would, and waits for the daemon to be gone.
 func killUnder(root string) {
 	entries, _ := os.ReadDir("/proc")
 	for _, ent := range entries {
