@@ -17,10 +17,13 @@ import (
 // from was replaced (an upgrade in place).
 const selfExe = "/proc/self/exe"
 
-// ExecutableID names the build of the running executable: the first 16 hex
-// digits of the sha256 of its file, so that any other build (an upgrade)
-// gets a host of its own.
-func ExecutableID() (string, error) {
+// ExecutableID names the build of the running executable and the settings
+// a host runs with: the first 16 hex digits of the sha256 of its file
+// followed by settings (the daemon's effective configuration). Any other
+// build (an upgrade) or configuration gets a host of its own, which serves
+// the new mounts, while the older host keeps serving its layers with what
+// it was started with until they are unmounted.
+func ExecutableID(settings []byte) (string, error) {
 	f, err := os.Open(selfExe)
 	if err != nil {
 		return "", fmt.Errorf("open own executable: %w", err)
@@ -30,6 +33,7 @@ func ExecutableID() (string, error) {
 	if _, err := io.Copy(h, f); err != nil {
 		return "", fmt.Errorf("hash own executable: %w", err)
 	}
+	h.Write(settings)
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -69,7 +70,13 @@ func New(ctx context.Context, cfg *config.Config, root string, host fusehost.Com
 		}
 		criCreds = cri.credentials
 	}
-	if host.ID, err = fusehost.ExecutableID(); err != nil {
+	// A changed configuration gets a host of its own, as an upgrade does:
+	// an adopted host would go on with the settings it started with.
+	settings, err := json.Marshal(cfg)
+	if err == nil {
+		host.ID, err = fusehost.ExecutableID(settings)
+	}
+	if err != nil {
 		cri.close()
 		lock.release()
 		return nil, err

@@ -239,7 +239,7 @@ func fuseHost(ctx context.Context, args []string, f *flags, stderr io.Writer) er
 	}
 	if *id == "" {
 		var err error
-		if *id, err = fusehost.ExecutableID(); err != nil {
+		if *id, err = fusehost.ExecutableID(nil); err != nil {
 			return err
 		}
 	}
