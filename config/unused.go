@@ -82,11 +82,6 @@ var unusedKeys = []Unused{
 	{"pull_modes.parallel_pull_unpack.discard_unpacked_layers", parallelReason, parallelOn},
 	{"pull_modes.parallel_pull_unpack.decompress_streams", parallelReason, parallelOn},
 
-	{"kubeconfig_keychain.enable_keychain", "registry credentials come from the docker config and [cri_keychain] only",
-		func(c *Config) bool { return c.KubeconfigKeychain.EnableKeychain }},
-	{"kubeconfig_keychain.kubeconfig_path", "registry credentials come from the docker config and [cri_keychain] only",
-		func(c *Config) bool { return c.KubeconfigKeychain.EnableKeychain }},
-
 	{"resolver.auth_client_ttl_sec", "registry tokens are kept until they expire or the registry refuses them", nil},
 }
 

@@ -1,10 +1,12 @@
 package service
 
 import (
+	"context"
 	"time"
 
 	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
+	"github.com/fastsoci/soci-snapshotter/fs/remote/kubekeychain"
 	"github.com/fastsoci/soci-snapshotter/fs/span"
 )
 
@@ -61,4 +63,14 @@ func spanFetchTimeout(cfg *config.Config) time.Duration {
 		d = t
 	}
 	return d
+}
+
+// kubeCredentials starts the [kubeconfig_keychain] when it is enabled:
+// registry credentials from the cluster's image pull secrets, synced in the
+// background until ctx is done. nil when it is not enabled.
+func kubeCredentials(ctx context.Context, cfg *config.Config) func(string) (string, string, error) {
+	if !cfg.KubeconfigKeychain.EnableKeychain {
+		return nil
+	}
+	return kubekeychain.Start(ctx, kubekeychain.Options{KubeconfigPath: cfg.KubeconfigKeychain.KubeconfigPath}).Credentials
 }

@@ -60,6 +60,11 @@ func New(ctx context.Context, cfg *config.Config, root string) (*Service, error)
 		}
 		criCreds = cri.credentials
 	}
+	// [kubeconfig_keychain]: pull secrets, asked after CRI's credentials and
+	// before the docker config.
+	if kube := kubeCredentials(ctx, cfg); kube != nil {
+		criCreds = remote.ChainCredentials(criCreds, kube)
+	}
 	mounter, err := fs.New(fsOptions(cfg, filepath.Join(root, "fs"), m, criCreds))
 	if err != nil {
 		cri.close()
