@@ -29,6 +29,8 @@ type Key struct {
 // comment) and keys acted on for some values only.
 var otherStatus = map[string]string{
 	"http_cache_type": "accepted, not acted on: the reference does not use it either",
+	"content_store.namespace": "accepted, not acted on: the reference no longer uses it either " +
+		"(it takes the namespace of each containerd request)",
 	"disable_verification": "accepted, overridden: span data is always verified against the zTOC; " +
 		"`true` gets a warning at start",
 	"debug_address": "acted on for a unix socket or a loopback host:port; any other address is accepted but not " +

@@ -24,6 +24,7 @@ type Unused struct {
 // are honoured as upper bounds ([background_fetch] silence_period_msec,
 // fetch_period_msec, [blob] fetching_timeout_sec) are not listed, and
 // neither is http_cache_type, which upstream does not use either, nor
+// [content_store] namespace, which it no longer uses, nor
 // [blob] force_single_range_mode: every registry request the daemon makes
 // asks for a single range, so the mode it asks for is always on.
 var unusedKeys = []Unused{
@@ -61,10 +62,14 @@ var unusedKeys = []Unused{
 
 	{"background_fetch.emit_metric_period_sec", "the background fetcher's metrics are read when Prometheus scrapes", nil},
 
-	{"content_store.type", "SOCI indices and zTOCs are kept in the daemon's own store under its root",
-		func(c *Config) bool { return c.ContentStore.Type != ContentStoreSOCI }},
-	{"content_store.containerd_address", "the daemon does not read containerd's content store", nil},
-	{"content_store.namespace", "the daemon does not read containerd's content store", nil},
+	{"content_store.type", `the SOCI indices and zTOCs the daemon fetches are kept in its own digest-checked store ` +
+		`under its root directory (fs/index), as "soci" asks (the reference's is content/); with "containerd" the reference ` +
+		`keeps them in containerd's content store and looks there before the registry, which the daemon never reads ` +
+		`or writes (the soci CLI's --content-store still picks the CLI's store)`,
+		func(c *Config) bool { return c.ContentStore.Type == ContentStoreContainerd }},
+	{"content_store.containerd_address", `the reference uses it only with [content_store] type = "containerd" ` +
+		`(and for parallel pull), neither of which the daemon has`,
+		func(c *Config) bool { return c.ContentStore.Type == ContentStoreContainerd }},
 
 	{"prefetch.enable", "prefetch artifacts are not fetched", func(c *Config) bool { return c.Prefetch.Enable }},
 	{"prefetch.max_concurrency", "prefetch artifacts are not fetched",
