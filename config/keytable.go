@@ -35,6 +35,12 @@ var otherStatus = map[string]string{
 		"`true` gets a warning at start",
 	"debug_address": "acted on for a unix socket or a loopback host:port; any other address is accepted but not " +
 		"served, with a warning at start: pprof is unauthenticated",
+	"blob.valid_interval": "acted on, on reads: a blob storage URL the registry redirected to is reused only while " +
+		"its last successful read is more recent than this; then the registry is asked again (a fresh URL, access " +
+		"re-checked). The reference instead probes the blob when containerd checks a snapshot whose last fetch is older",
+	"blob.check_always": "acted on, on reads: no blob storage URL is reused, every range read asks the registry " +
+		"(one more request per read when the registry redirects). The reference instead probes the blob at every " +
+		"snapshot check",
 	"blob.force_single_range_mode": "accepted; always in effect whatever the value: every registry request asks for one range",
 }
 

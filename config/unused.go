@@ -46,11 +46,6 @@ var unusedKeys = []Unused{
 	{"skip_check_snapshotter_supported", "the overlayfs check always runs at start",
 		func(c *Config) bool { return c.SkipCheckSnapshotterSupported }},
 
-	{"blob.valid_interval", "a layer's blob is not probed when containerd checks its snapshot (upstream probes it when its last " +
-		"successful fetch is older than valid_interval); a read that cannot reach it fails with EIO after [blob] max_retries", nil},
-	{"blob.check_always", "a layer's blob is not probed when containerd checks its snapshot; a read that cannot reach it fails with EIO after [blob] max_retries",
-		func(c *Config) bool { return c.Blob.CheckAlways }},
-
 	{"directory_cache.max_lru_cache_entry", "there is no in-memory buffer in front of the span cache (upstream has one only with direct = false)",
 		func(c *Config) bool { return c.DirectoryCache.MaxLRUCacheEntry != 0 && !c.DirectoryCache.Direct }},
 	{"directory_cache.max_cache_fds", "span cache files are not kept open between reads",

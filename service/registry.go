@@ -38,6 +38,12 @@ func registryOptions(cfg *config.Config) remote.Options {
 		// read-ahead, background fetch and index/zTOC fetches (0: no bound).
 		MaxConcurrency: cfg.MaxConcurrency,
 	}
+	// [blob] valid_interval: how long a blob storage URL stays trusted
+	// after its last successful read; check_always: never.
+	opts.DirectURLValidFor = cfg.Blob.ValidIntervalSec.Duration()
+	if cfg.Blob.CheckAlways {
+		opts.DirectURLValidFor = -1
+	}
 	for host, h := range cfg.Resolver.Host {
 		for _, m := range h.Mirrors {
 			opts.Mirrors[host] = append(opts.Mirrors[host], remote.Mirror{
