@@ -41,6 +41,8 @@ var otherStatus = map[string]string{
 	"blob.check_always": "acted on, on reads: no blob storage URL is reused, every range read asks the registry " +
 		"(one more request per read when the registry redirects). The reference instead probes the blob at every " +
 		"snapshot check",
+	"resolver.auth_client_ttl_sec": "acted on: a registry's credentials are read again and its tokens fetched anew " +
+		"once they are this old (negative: never); hosts.toml files are still read once per registry",
 	"blob.force_single_range_mode": "accepted; always in effect whatever the value: every registry request asks for one range",
 }
 

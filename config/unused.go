@@ -36,19 +36,21 @@ var unusedKeys = []Unused{
 		func(c *Config) bool {
 			return c.DebugAddress != "" && DebugNetwork(c.DebugAddress) == NetworkTCP && CheckLoopback(c.DebugAddress) != nil
 		}},
-	{"fuse_metrics_emit_wait_duration_sec", "per-image FUSE operation counts are not emitted", nil},
-	{"metadata_store", "layer metadata is kept in memory, not in bbolt",
+	{"fuse_metrics_emit_wait_duration_sec", "per-image FUSE operation counts (soci_fs_image_operation_count_key) are " +
+		"served live at every scrape, not published once this long after an image's first mount", nil},
+	{"metadata_store", metadataReason,
 		func(c *Config) bool { return c.MetadataStore != MetadataStoreDB }},
-	{"metadata_db_no_sync", "layer metadata is kept in memory, not in bbolt",
+	{"metadata_db_no_sync", metadataReason,
 		func(c *Config) bool { return c.MetadataDBNoSync }},
-	{"metadata_insertion_chunk_size", "layer metadata is kept in memory, not in bbolt",
+	{"metadata_insertion_chunk_size", metadataReason,
 		func(c *Config) bool { return c.MetadataInsertionChunkSize != 0 }},
-	{"skip_check_snapshotter_supported", "the overlayfs check always runs at start",
+	{"skip_check_snapshotter_supported", "the d_type and overlayfs checks of the root directory always run at start: " +
+		"the snapshotter cannot work without them, and skipping the check would only turn a start-up error into failed mounts",
 		func(c *Config) bool { return c.SkipCheckSnapshotterSupported }},
 
 	{"directory_cache.max_lru_cache_entry", "there is no in-memory buffer in front of the span cache (upstream has one only with direct = false)",
 		func(c *Config) bool { return c.DirectoryCache.MaxLRUCacheEntry != 0 && !c.DirectoryCache.Direct }},
-	{"directory_cache.max_cache_fds", "span cache files are not kept open between reads",
+	{"directory_cache.max_cache_fds", "span cache files are opened for each read and closed after it, so no descriptors are held to bound",
 		func(c *Config) bool { return c.DirectoryCache.MaxCacheFds != 0 }},
 	{"directory_cache.sync_add", "span cache writes are always synchronous (as with sync_add = true): there is no in-memory buffer to write behind",
 		func(c *Config) bool { return !c.DirectoryCache.SyncAdd && !c.DirectoryCache.Direct }},
@@ -81,9 +83,10 @@ var unusedKeys = []Unused{
 	{"pull_modes.parallel_pull_unpack.max_concurrent_unpacks_per_image", parallelReason, parallelOn},
 	{"pull_modes.parallel_pull_unpack.discard_unpacked_layers", parallelReason, parallelOn},
 	{"pull_modes.parallel_pull_unpack.decompress_streams", parallelReason, parallelOn},
-
-	{"resolver.auth_client_ttl_sec", "registry tokens are kept until they expire or the registry refuses them", nil},
 }
+
+const metadataReason = "the daemon keeps no metadata database: each layer's file tree is built in memory " +
+	"from its zTOC at mount (fs/layer), so there is nothing to store, sync or insert in chunks"
 
 const parallelReason = "parallel pull and unpack is not implemented: layers without a SOCI index are unpacked by containerd"
 

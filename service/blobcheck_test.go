@@ -26,3 +26,21 @@ func TestBlobValidIntervalWired(t *testing.T) {
 		}
 	}
 }
+
+// TestAuthTTLWired: [resolver] auth_client_ttl_sec reaches the registry
+// client (3600 by default; negative: never).
+func TestAuthTTLWired(t *testing.T) {
+	for doc, want := range map[string]time.Duration{
+		"":                                       time.Hour,
+		"[resolver]\nauth_client_ttl_sec = 60\n": time.Minute,
+		"[resolver]\nauth_client_ttl_sec = -1\n": -time.Second,
+	} {
+		cfg, err := config.Parse([]byte(doc))
+		if err != nil {
+			t.Fatalf("Parse(%q): %v", doc, err)
+		}
+		if got := registryOptions(cfg).AuthTTL; got != want {
+			t.Errorf("Parse(%q): AuthTTL = %s, want %s", doc, got, want)
+		}
+	}
+}

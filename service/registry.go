@@ -44,6 +44,9 @@ func registryOptions(cfg *config.Config) remote.Options {
 	if cfg.Blob.CheckAlways {
 		opts.DirectURLValidFor = -1
 	}
+	// [resolver] auth_client_ttl_sec: credentials re-read and tokens
+	// fetched anew this often (negative: never).
+	opts.AuthTTL = cfg.Resolver.AuthClientTTLSec.Duration()
 	for host, h := range cfg.Resolver.Host {
 		for _, m := range h.Mirrors {
 			opts.Mirrors[host] = append(opts.Mirrors[host], remote.Mirror{

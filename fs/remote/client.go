@@ -66,8 +66,13 @@ type Options struct {
 	// fails. Negative ([blob] check_always): never reused, every read goes
 	// through the registry.
 	DirectURLValidFor time.Duration
-	// Now is the clock of token expiry and of DirectURLValidFor; nil:
-	// time.Now.
+	// AuthTTL is how long a registry's credentials and tokens are used
+	// before the credentials are read again and tokens fetched anew
+	// ([resolver] auth_client_ttl_sec). 0 or less: until a token expires or
+	// the registry refuses what was sent.
+	AuthTTL time.Duration
+	// Now is the clock of token expiry, of DirectURLValidFor and of
+	// AuthTTL; nil: time.Now.
 	Now func() time.Time
 }
 
@@ -118,7 +123,7 @@ func New(opts Options) *Client {
 		c.slots = semaphore.NewWeighted(opts.MaxConcurrency)
 	}
 	tokenClient := &http.Client{Transport: c.transport(http.DefaultTransport.(*http.Transport).Clone())}
-	c.auth = newAuthorizer(tokenClient, opts.Credentials, opts.Now)
+	c.auth = newAuthorizer(tokenClient, opts.Credentials, opts.Now, opts.AuthTTL)
 	return c
 }
 
