@@ -26,9 +26,9 @@ import (
 	"github.com/containerd/log"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -190,7 +190,7 @@ func (k *Keychain) run(ctx context.Context) {
 // waitClient reads the kubeconfig until it gives a client, every
 // PollInterval. A failure is logged once, and again only when it changes.
 // false: ctx ended first.
-func (k *Keychain) waitClient(ctx context.Context) (kubernetes.Interface, bool) {
+func (k *Keychain) waitClient(ctx context.Context) (cache.Getter, bool) {
 	var last string
 	for {
 		client, err := k.client()
@@ -217,7 +217,7 @@ func (k *Keychain) waitClient(ctx context.Context) (kubernetes.Interface, bool) 
 }
 
 // client builds the API client from the kubeconfig.
-func (k *Keychain) client() (kubernetes.Interface, error) {
+func (k *Keychain) client() (cache.Getter, error) {
 	if p := k.opts.KubeconfigPath; p != "" {
 		if _, err := os.Stat(p); err != nil {
 			return nil, err
@@ -231,7 +231,17 @@ func (k *Keychain) client() (kubernetes.Interface, error) {
 	}
 	cfg.WarningHandler = rest.NoWarnings{}
 	cfg.UserAgent = "soci-snapshotter-grpc kubeconfig keychain"
-	client, err := kubernetes.NewForConfig(cfg)
+	// A REST client of the core group knowing only its types (secrets and
+	// the list and watch envelopes): client-go's typed clients would link
+	// every API group into the daemon, tens of megabytes, for one resource.
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	cfg.APIPath = "/api"
+	cfg.GroupVersion = &corev1.SchemeGroupVersion
+	cfg.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+	client, err := rest.RESTClientFor(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
@@ -239,19 +249,8 @@ func (k *Keychain) client() (kubernetes.Interface, error) {
 }
 
 // informer lists and watches the secrets of type t in all namespaces.
-func (k *Keychain) informer(ctx context.Context, client kubernetes.Interface, t corev1.SecretType) cache.SharedIndexInformer {
-	selector := "type=" + string(t)
-	secrets := client.CoreV1().Secrets(metav1.NamespaceAll)
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = selector
-			return secrets.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = selector
-			return secrets.Watch(ctx, o)
-		},
-	}
+func (k *Keychain) informer(ctx context.Context, client cache.Getter, t corev1.SecretType) cache.SharedIndexInformer {
+	lw := cache.NewListWatchFromClient(client, "secrets", metav1.NamespaceAll, fields.OneTermEqualSelector("type", string(t)))
 	inf := cache.NewSharedIndexInformerWithOptions(lw, &corev1.Secret{}, cache.SharedIndexInformerOptions{
 		ObjectDescription: "image pull secrets (" + string(t) + ")",
 	})
