@@ -308,9 +308,14 @@ type DecompressStream struct {
 }
 
 // KubeconfigKeychainConfig is the [kubeconfig_keychain] table: registry
-// credentials synced from Kubernetes secrets.
+// credentials synced from the image pull secrets of a Kubernetes cluster
+// (fs/remote/kubekeychain).
 type KubeconfigKeychainConfig struct {
-	EnableKeychain bool   `toml:"enable_keychain"`
+	// EnableKeychain turns the keychain on.
+	EnableKeychain bool `toml:"enable_keychain"`
+	// KubeconfigPath is the kubeconfig to reach the API server with; ""
+	// takes $KUBECONFIG, else ~/.kube/config, else the pod's service
+	// account. A path that does not exist yet is waited for.
 	KubeconfigPath string `toml:"kubeconfig_path"`
 }
 

@@ -29,10 +29,20 @@ type Key struct {
 // comment) and keys acted on for some values only.
 var otherStatus = map[string]string{
 	"http_cache_type": "accepted, not acted on: the reference does not use it either",
+	"content_store.namespace": "accepted, not acted on: the reference no longer uses it either " +
+		"(it takes the namespace of each containerd request)",
 	"disable_verification": "accepted, overridden: span data is always verified against the zTOC; " +
 		"`true` gets a warning at start",
 	"debug_address": "acted on for a unix socket or a loopback host:port; any other address is accepted but not " +
 		"served, with a warning at start: pprof is unauthenticated",
+	"blob.valid_interval": "acted on, on reads: a blob storage URL the registry redirected to is reused only while " +
+		"its last successful read is more recent than this; then the registry is asked again (a fresh URL, access " +
+		"re-checked). The reference instead probes the blob when containerd checks a snapshot whose last fetch is older",
+	"blob.check_always": "acted on, on reads: no blob storage URL is reused, every range read asks the registry " +
+		"(one more request per read when the registry redirects). The reference instead probes the blob at every " +
+		"snapshot check",
+	"resolver.auth_client_ttl_sec": "acted on: a registry's credentials are read again and its tokens fetched anew " +
+		"once they are this old (negative: never); hosts.toml files are still read once per registry",
 	"blob.force_single_range_mode": "accepted; always in effect whatever the value: every registry request asks for one range",
 }
 

@@ -24,6 +24,7 @@ type Unused struct {
 // are honoured as upper bounds ([background_fetch] silence_period_msec,
 // fetch_period_msec, [blob] fetching_timeout_sec) are not listed, and
 // neither is http_cache_type, which upstream does not use either, nor
+// [content_store] namespace, which it no longer uses, nor
 // [blob] force_single_range_mode: every registry request the daemon makes
 // asks for a single range, so the mode it asks for is always on.
 var unusedKeys = []Unused{
@@ -35,24 +36,21 @@ var unusedKeys = []Unused{
 		func(c *Config) bool {
 			return c.DebugAddress != "" && DebugNetwork(c.DebugAddress) == NetworkTCP && CheckLoopback(c.DebugAddress) != nil
 		}},
-	{"fuse_metrics_emit_wait_duration_sec", "per-image FUSE operation counts are not emitted", nil},
-	{"metadata_store", "layer metadata is kept in memory, not in bbolt",
+	{"fuse_metrics_emit_wait_duration_sec", "per-image FUSE operation counts (soci_fs_image_operation_count_key) are " +
+		"served live at every scrape, not published once this long after an image's first mount", nil},
+	{"metadata_store", metadataReason,
 		func(c *Config) bool { return c.MetadataStore != MetadataStoreDB }},
-	{"metadata_db_no_sync", "layer metadata is kept in memory, not in bbolt",
+	{"metadata_db_no_sync", metadataReason,
 		func(c *Config) bool { return c.MetadataDBNoSync }},
-	{"metadata_insertion_chunk_size", "layer metadata is kept in memory, not in bbolt",
+	{"metadata_insertion_chunk_size", metadataReason,
 		func(c *Config) bool { return c.MetadataInsertionChunkSize != 0 }},
-	{"skip_check_snapshotter_supported", "the overlayfs check always runs at start",
+	{"skip_check_snapshotter_supported", "the d_type and overlayfs checks of the root directory always run at start: " +
+		"the snapshotter cannot work without them, and skipping the check would only turn a start-up error into failed mounts",
 		func(c *Config) bool { return c.SkipCheckSnapshotterSupported }},
-
-	{"blob.valid_interval", "a layer's blob is not probed when containerd checks its snapshot (upstream probes it when its last " +
-		"successful fetch is older than valid_interval); a read that cannot reach it fails with EIO after [blob] max_retries", nil},
-	{"blob.check_always", "a layer's blob is not probed when containerd checks its snapshot; a read that cannot reach it fails with EIO after [blob] max_retries",
-		func(c *Config) bool { return c.Blob.CheckAlways }},
 
 	{"directory_cache.max_lru_cache_entry", "there is no in-memory buffer in front of the span cache (upstream has one only with direct = false)",
 		func(c *Config) bool { return c.DirectoryCache.MaxLRUCacheEntry != 0 && !c.DirectoryCache.Direct }},
-	{"directory_cache.max_cache_fds", "span cache files are not kept open between reads",
+	{"directory_cache.max_cache_fds", "span cache files are opened for each read and closed after it, so no descriptors are held to bound",
 		func(c *Config) bool { return c.DirectoryCache.MaxCacheFds != 0 }},
 	{"directory_cache.sync_add", "span cache writes are always synchronous (as with sync_add = true): there is no in-memory buffer to write behind",
 		func(c *Config) bool { return !c.DirectoryCache.SyncAdd && !c.DirectoryCache.Direct }},
@@ -61,10 +59,14 @@ var unusedKeys = []Unused{
 
 	{"background_fetch.emit_metric_period_sec", "the background fetcher's metrics are read when Prometheus scrapes", nil},
 
-	{"content_store.type", "SOCI indices and zTOCs are kept in the daemon's own store under its root",
-		func(c *Config) bool { return c.ContentStore.Type != ContentStoreSOCI }},
-	{"content_store.containerd_address", "the daemon does not read containerd's content store", nil},
-	{"content_store.namespace", "the daemon does not read containerd's content store", nil},
+	{"content_store.type", `the SOCI indices and zTOCs the daemon fetches are kept in its own digest-checked store ` +
+		`under its root directory (fs/index), as "soci" asks (the reference's is content/); with "containerd" the reference ` +
+		`keeps them in containerd's content store and looks there before the registry, which the daemon never reads ` +
+		`or writes (the soci CLI's --content-store still picks the CLI's store)`,
+		func(c *Config) bool { return c.ContentStore.Type == ContentStoreContainerd }},
+	{"content_store.containerd_address", `the reference uses it only with [content_store] type = "containerd" ` +
+		`(and for parallel pull), neither of which the daemon has`,
+		func(c *Config) bool { return c.ContentStore.Type == ContentStoreContainerd }},
 
 	{"prefetch.enable", "prefetch artifacts are not fetched", func(c *Config) bool { return c.Prefetch.Enable }},
 	{"prefetch.max_concurrency", "prefetch artifacts are not fetched",
@@ -81,14 +83,10 @@ var unusedKeys = []Unused{
 	{"pull_modes.parallel_pull_unpack.max_concurrent_unpacks_per_image", parallelReason, parallelOn},
 	{"pull_modes.parallel_pull_unpack.discard_unpacked_layers", parallelReason, parallelOn},
 	{"pull_modes.parallel_pull_unpack.decompress_streams", parallelReason, parallelOn},
-
-	{"kubeconfig_keychain.enable_keychain", "registry credentials come from the docker config and [cri_keychain] only",
-		func(c *Config) bool { return c.KubeconfigKeychain.EnableKeychain }},
-	{"kubeconfig_keychain.kubeconfig_path", "registry credentials come from the docker config and [cri_keychain] only",
-		func(c *Config) bool { return c.KubeconfigKeychain.EnableKeychain }},
-
-	{"resolver.auth_client_ttl_sec", "registry tokens are kept until they expire or the registry refuses them", nil},
 }
+
+const metadataReason = "the daemon keeps no metadata database: each layer's file tree is built in memory " +
+	"from its zTOC at mount (fs/layer), so there is nothing to store, sync or insert in chunks"
 
 const parallelReason = "parallel pull and unpack is not implemented: layers without a SOCI index are unpacked by containerd"
 

@@ -197,13 +197,13 @@ func TestUnknownKeyNotices(t *testing.T) {
 }
 
 func TestUnusedKeyNotices(t *testing.T) {
-	doc := "resolve_result_entry = 5\ndisable_verification = false\ndebug = true\n[resolver]\nauth_client_ttl_sec = 60\n" +
-		"[pull_modes.parallel_pull_unpack]\nmax_concurrent_downloads = 5\n"
+	doc := "resolve_result_entry = 5\ndisable_verification = false\ndebug = true\n[background_fetch]\nemit_metric_period_sec = 60\n" +
+		"[resolver]\nauth_client_ttl_sec = 60\n[pull_modes.parallel_pull_unpack]\nmax_concurrent_downloads = 5\n"
 	_, notices := mustRead(t, doc)
-	if got := noticeKeys(notices, UnusedKey); !slices.Equal(got, []string{"resolve_result_entry", "resolver.auth_client_ttl_sec"}) {
-		t.Errorf("unused keys %v, want resolve_result_entry and resolver.auth_client_ttl_sec", got)
+	if got := noticeKeys(notices, UnusedKey); !slices.Equal(got, []string{"resolve_result_entry", "background_fetch.emit_metric_period_sec"}) {
+		t.Errorf("unused keys %v, want resolve_result_entry and background_fetch.emit_metric_period_sec", got)
 	}
-	if notices[1].Line != 5 || !strings.Contains(notices[1].String(), "tokens") {
+	if notices[1].Line != 5 || !strings.Contains(notices[1].String(), "Prometheus scrapes") {
 		t.Errorf("notice %+v", notices[1])
 	}
 	// With parallel pull on, its keys ask for something the daemon lacks.

@@ -135,6 +135,7 @@ var referenceSeries = []struct {
 	{"soci_fs_operation_count", "background_span_fetch_failure_count", seriesZero},
 	{"soci_fs_operation_count", "background_fetch_work_queue_evicted", seriesZero},
 	{"soci_fs_operation_count", "fuse_mount_failure_count", seriesZero},
+	{"soci_fs_operation_count", "local_mount_failure_count", seriesZero},
 	{"soci_fs_operation_count", "fuse_failure_state", seriesZero},
 	{"soci_fs_operation_count", "fuse_node_getattr_failure_count", seriesZero},
 	{"soci_fs_operation_count", "fuse_node_listxattr_failure_count", seriesZero},

@@ -141,8 +141,13 @@ func (m *Metrics) ObserveRead(took time.Duration, hits, misses int) {
 }
 
 // Failure counts one failure of kind (FailureVerification, FailureFetch,
-// FailureMount, ...). A mount failure is also the reference's
-// fuse_mount_failure_count: the snapshotter falls back to a normal unpack.
+// FailureMount, ...). A mount failure is also two of the reference's
+// counts: fuse_mount_failure_count (its lazy mount failed) and
+// local_mount_failure_count (the snapshotter could not prepare the layer
+// itself and handed it to containerd). The reference tries to pull and
+// unpack the layer itself between the two, and counts the second only when
+// that fails too; the daemon has no such step and hands the layer to
+// containerd at once, so both count every failed lazy mount.
 func (m *Metrics) Failure(kind string) {
 	if m == nil {
 		return
@@ -150,6 +155,7 @@ func (m *Metrics) Failure(kind string) {
 	m.failures.WithLabelValues(kind).Inc()
 	if kind == FailureMount {
 		m.ref.count.WithLabelValues(OpFuseMountFailureCount, "").Inc()
+		m.ref.count.WithLabelValues(OpLocalMountFailureCount, "").Inc()
 	}
 }
 

@@ -44,6 +44,7 @@ const (
 	OpSynchronousBytesServed            = "synchronous_bytes_served"
 	OpFuseFailureState                  = "fuse_failure_state"
 	OpFuseMountFailureCount             = "fuse_mount_failure_count"
+	OpLocalMountFailureCount            = "local_mount_failure_count"
 	OpBackgroundSpanFetchCount          = "background_span_fetch_count"
 	OpBackgroundSpanFetchFailureCount   = "background_span_fetch_failure_count"
 	OpBackgroundFetchWorkQueueEvicted   = "background_fetch_work_queue_evicted"
@@ -153,7 +154,7 @@ func newReference() *reference {
 			r.count.WithLabelValues(op.failure, "")
 		}
 	}
-	for _, op := range []string{OpFuseUnknownFailureCount, OpFuseFailureState, OpFuseMountFailureCount, OpBackgroundFetchWorkQueueEvicted} {
+	for _, op := range []string{OpFuseUnknownFailureCount, OpFuseFailureState, OpFuseMountFailureCount, OpLocalMountFailureCount, OpBackgroundFetchWorkQueueEvicted} {
 		r.count.WithLabelValues(op, "")
 	}
 	r.imageOps.WithLabelValues(OpBackgroundFetchWorkQueueSize, "")

@@ -222,10 +222,17 @@ func TestFUSEFailures(t *testing.T) {
 
 func TestReferenceNodeWide(t *testing.T) {
 	m := New()
+	for _, op := range []string{OpFuseMountFailureCount, OpLocalMountFailureCount} {
+		if got := value(t, m, RefOperationCount, "layer", "", "operation_type", op); got != 0 {
+			t.Errorf("%s = %v before any failure, want 0 (present)", op, got)
+		}
+	}
 	m.Failure(FailureMount)
 	m.Failure(FailureFetch)
-	if got := value(t, m, RefOperationCount, "layer", "", "operation_type", OpFuseMountFailureCount); got != 1 {
-		t.Errorf("fuse_mount_failure_count = %v, want 1", got)
+	for _, op := range []string{OpFuseMountFailureCount, OpLocalMountFailureCount} {
+		if got := value(t, m, RefOperationCount, "layer", "", "operation_type", op); got != 1 {
+			t.Errorf("%s = %v, want 1 (one failed lazy mount, handed to containerd)", op, got)
+		}
 	}
 	m.QueueFull()
 	if got := value(t, m, RefOperationCount, "layer", "", "operation_type", OpBackgroundFetchWorkQueueEvicted); got != 1 {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/fs"
+	"github.com/fastsoci/soci-snapshotter/fs/remote"
 	"github.com/fastsoci/soci-snapshotter/fusehost"
 	"github.com/fastsoci/soci-snapshotter/internal/version"
 )
@@ -36,7 +37,14 @@ func RunHost(ctx context.Context, cfg *config.Config, root, id string) error {
 	defer lock.release()
 	m := newMetrics(ctx, cfg)
 	creds := fusehost.NewCredentials()
-	fsys, err := fs.New(fsOptions(cfg, filepath.Join(root, "fs"), m, creds.Lookup))
+	// Credentials: those the daemon's CRI proxy captured (sent with each
+	// mount), then the cluster's pull secrets ([kubeconfig_keychain]), then
+	// the docker config (fsOptions).
+	lookup := creds.Lookup
+	if kube := kubeCredentials(ctx, cfg); kube != nil {
+		lookup = remote.ChainCredentials(creds.Lookup, kube)
+	}
+	fsys, err := fs.New(fsOptions(cfg, filepath.Join(root, "fs"), m, lookup))
 	if err != nil {
 		return fmt.Errorf("start lazy filesystem under %s: %w", root, err)
 	}

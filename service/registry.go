@@ -1,10 +1,12 @@
 package service
 
 import (
+	"context"
 	"time"
 
 	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
+	"github.com/fastsoci/soci-snapshotter/fs/remote/kubekeychain"
 	"github.com/fastsoci/soci-snapshotter/fs/span"
 )
 
@@ -36,6 +38,15 @@ func registryOptions(cfg *config.Config) remote.Options {
 		// read-ahead, background fetch and index/zTOC fetches (0: no bound).
 		MaxConcurrency: cfg.MaxConcurrency,
 	}
+	// [blob] valid_interval: how long a blob storage URL stays trusted
+	// after its last successful read; check_always: never.
+	opts.DirectURLValidFor = cfg.Blob.ValidIntervalSec.Duration()
+	if cfg.Blob.CheckAlways {
+		opts.DirectURLValidFor = -1
+	}
+	// [resolver] auth_client_ttl_sec: credentials re-read and tokens
+	// fetched anew this often (negative: never).
+	opts.AuthTTL = cfg.Resolver.AuthClientTTLSec.Duration()
 	for host, h := range cfg.Resolver.Host {
 		for _, m := range h.Mirrors {
 			opts.Mirrors[host] = append(opts.Mirrors[host], remote.Mirror{
@@ -61,4 +72,14 @@ func spanFetchTimeout(cfg *config.Config) time.Duration {
 		d = t
 	}
 	return d
+}
+
+// kubeCredentials starts the [kubeconfig_keychain] when it is enabled:
+// registry credentials from the cluster's image pull secrets, synced in the
+// background until ctx is done. nil when it is not enabled.
+func kubeCredentials(ctx context.Context, cfg *config.Config) func(string) (string, string, error) {
+	if !cfg.KubeconfigKeychain.EnableKeychain {
+		return nil
+	}
+	return kubekeychain.Start(ctx, kubekeychain.Options{KubeconfigPath: cfg.KubeconfigKeychain.KubeconfigPath}).Credentials
 }

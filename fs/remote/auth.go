@@ -25,7 +25,8 @@ import (
 type authorizer struct {
 	client *http.Client // for token requests
 	creds  func(host string) (string, string, error)
-	now    func() time.Time // clock of token expiry
+	now    func() time.Time // clock of token expiry and of ttl
+	ttl    time.Duration    // Options.AuthTTL; 0: none
 
 	mu    sync.Mutex
 	hosts map[string]*hostAuth // by URL host
@@ -38,6 +39,7 @@ type hostAuth struct {
 	scheme       auth.AuthenticationScheme
 	challenge    auth.Challenge // bearer only
 	user, secret string
+	since        time.Time               // when user and secret were read
 	tokens       map[string]*tokenResult // bearer: by scopes
 }
 
@@ -49,11 +51,38 @@ type tokenResult struct {
 	err     error
 }
 
-func newAuthorizer(client *http.Client, creds func(string) (string, string, error), now func() time.Time) *authorizer {
+func newAuthorizer(client *http.Client, creds func(string) (string, string, error), now func() time.Time, ttl time.Duration) *authorizer {
 	if now == nil {
 		now = time.Now
 	}
-	return &authorizer{client: client, creds: creds, now: now, hosts: map[string]*hostAuth{}}
+	return &authorizer{client: client, creds: creds, now: now, ttl: max(ttl, 0), hosts: map[string]*hostAuth{}}
+}
+
+// renew re-reads h's credentials and forgets its tokens once they are ttl
+// old, so that rotated credentials apply and tokens are fetched anew. A
+// source that fails keeps the credentials held; they are tried again a ttl
+// later.
+func (a *authorizer) renew(host string, h *hostAuth) {
+	if a.ttl <= 0 {
+		return
+	}
+	a.mu.Lock()
+	stale := a.now().Sub(h.since) >= a.ttl
+	a.mu.Unlock()
+	if !stale {
+		return
+	}
+	user, secret, err := a.credentials(host)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	h.since = a.now()
+	if err != nil {
+		return
+	}
+	h.user, h.secret = user, secret
+	if h.tokens != nil {
+		clear(h.tokens)
+	}
 }
 
 func (a *authorizer) credentials(host string) (string, string, error) {
@@ -72,6 +101,11 @@ func (a *authorizer) credentials(host string) (string, string, error) {
 func (a *authorizer) Authorize(ctx context.Context, req *http.Request) error {
 	a.mu.Lock()
 	h := a.hosts[req.URL.Host]
+	a.mu.Unlock()
+	if h != nil {
+		a.renew(req.URL.Host, h)
+	}
+	a.mu.Lock()
 	var scheme auth.AuthenticationScheme
 	var user, secret string
 	if h != nil {
@@ -188,23 +222,23 @@ func (a *authorizer) AddResponses(ctx context.Context, responses []*http.Respons
 		switch c.Scheme {
 		case auth.BearerAuth:
 			if old != nil && old.scheme == auth.BearerAuth && sameRealm(old.challenge, c) {
-				old.challenge, old.user, old.secret = c, user, secret
+				old.challenge, old.user, old.secret, old.since = c, user, secret, a.now()
 				old.drop(sent)
 				return nil
 			}
-			a.hosts[host] = &hostAuth{scheme: c.Scheme, challenge: c, user: user, secret: secret, tokens: map[string]*tokenResult{}}
+			a.hosts[host] = &hostAuth{scheme: c.Scheme, challenge: c, user: user, secret: secret, since: a.now(), tokens: map[string]*tokenResult{}}
 			return nil
 		case auth.BasicAuth:
 			if user == "" && secret == "" {
 				return fmt.Errorf("%s asks for basic auth: no credentials: %w", host, errdefs.ErrUnauthenticated)
 			}
-			a.hosts[host] = &hostAuth{scheme: c.Scheme, user: user, secret: secret}
+			a.hosts[host] = &hostAuth{scheme: c.Scheme, user: user, secret: secret, since: a.now()}
 			return nil
 		}
 	}
 	if len(challenges) == 0 && old != nil && sent != "" {
 		// A 403 without a challenge, as registries answer expired tokens.
-		old.user, old.secret = user, secret
+		old.user, old.secret, old.since = user, secret, a.now()
 		old.drop(sent)
 		return nil
 	}

@@ -18,8 +18,9 @@ import (
 // Blob reads one blob of a repository by ranges. When
 // the registry redirects a range read to blob storage, the storage URL is
 // remembered and later ranges go there directly until it fails (expired,
-// 403, 404, ...), after which the registry is asked again. A Blob is safe for
-// concurrent use.
+// 403, 404, ...) or has not been read successfully for
+// Options.DirectURLValidFor, after which the registry is asked again. A Blob
+// is safe for concurrent use.
 type Blob struct {
 	c    *Client
 	ref  string
@@ -33,6 +34,7 @@ type Blob struct {
 type directURL struct {
 	url  string
 	host docker.RegistryHost // the endpoint that redirected; its HTTP client is reused
+	used time.Time           // its last successful read (or the redirect); guarded by Blob.mu
 }
 
 // Blob returns a reader of desc in ref's repository. desc.Size <= 0 means
@@ -81,6 +83,9 @@ func (b *Blob) FetchAt(ctx context.Context, p []byte, off int64) (int, error) {
 func (b *Blob) readRange(ctx context.Context, p []byte, off int64) (int, error) {
 	if d := b.remembered(); d != nil {
 		n, err := b.readDirect(ctx, d, p, off)
+		if err == nil || err == io.EOF {
+			b.used(d)
+		}
 		if err == nil || err == io.EOF || ctx.Err() != nil {
 			return n, err
 		}
@@ -116,8 +121,8 @@ func (b *Blob) readViaRegistry(ctx context.Context, p []byte, off int64) (int, e
 	}
 	wd.pause()
 	defer resp.Body.Close()
-	if u, moved := finalURL(resp); moved {
-		b.remember(&directURL{url: u.String(), host: host})
+	if u, moved := finalURL(resp); moved && b.c.opts.DirectURLValidFor >= 0 {
+		b.remember(&directURL{url: u.String(), host: host, used: b.c.now()})
 	}
 	return readRangeBody(resp, watchedReader{r: resp.Body, w: wd}, p, off, b.desc.Size)
 }
@@ -158,10 +163,24 @@ func (b *Blob) endOfBlob(err error) error {
 	return err
 }
 
+// remembered returns the storage URL to read from, if any: one not read
+// successfully for DirectURLValidFor is dropped instead.
 func (b *Blob) remembered() *directURL {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if d, valid := b.direct, b.c.opts.DirectURLValidFor; d != nil && valid > 0 && b.c.now().Sub(d.used) >= valid {
+		b.direct = nil
+	}
 	return b.direct
+}
+
+// used records a successful read from d.
+func (b *Blob) used(d *directURL) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if now := b.c.now(); now.After(d.used) {
+		d.used = now
+	}
 }
 
 func (b *Blob) remember(d *directURL) {

@@ -59,7 +59,20 @@ type Options struct {
 	// fetches. A request waits for a slot as long as its context allows.
 	// Token requests are not counted. 0 or less: unbounded.
 	MaxConcurrency int64
-	// Now is the clock of token expiry; nil: time.Now.
+	// DirectURLValidFor bounds how long a blob storage URL that a registry
+	// redirected a range read to is reused after its last successful read
+	// ([blob] valid_interval): a later read asks the registry again, which
+	// answers with a fresh URL and re-checks access. 0: reused until it
+	// fails. Negative ([blob] check_always): never reused, every read goes
+	// through the registry.
+	DirectURLValidFor time.Duration
+	// AuthTTL is how long a registry's credentials and tokens are used
+	// before the credentials are read again and tokens fetched anew
+	// ([resolver] auth_client_ttl_sec). 0 or less: until a token expires or
+	// the registry refuses what was sent.
+	AuthTTL time.Duration
+	// Now is the clock of token expiry, of DirectURLValidFor and of
+	// AuthTTL; nil: time.Now.
 	Now func() time.Time
 }
 
@@ -110,8 +123,16 @@ func New(opts Options) *Client {
 		c.slots = semaphore.NewWeighted(opts.MaxConcurrency)
 	}
 	tokenClient := &http.Client{Transport: c.transport(http.DefaultTransport.(*http.Transport).Clone())}
-	c.auth = newAuthorizer(tokenClient, opts.Credentials, opts.Now)
+	c.auth = newAuthorizer(tokenClient, opts.Credentials, opts.Now, opts.AuthTTL)
 	return c
+}
+
+// now reads the Client's clock.
+func (c *Client) now() time.Time {
+	if c.opts.Now != nil {
+		return c.opts.Now()
+	}
+	return time.Now()
 }
 
 // transport applies the dial and response header timeouts to t.
