@@ -55,30 +55,35 @@ var (
 // New builds the daemon from cfg, keeping all state under root. It adopts
 // the FUSE host of its own build that runs on root, or starts one with host
 // (its ID is set here), and retires the hosts of other builds.
-func New(ctx context.Context, cfg *config.Config, root string, host fusehost.Command) (*Service, error) {
+func New(ctx context.Context, cfg *config.Config, root string, host fusehost.Command) (_ *Service, err error) {
+	var undo undoStack
+	defer func() {
+		if err != nil {
+			undo.run()
+		}
+	}()
 	lock, err := lockRoot(root)
 	if err != nil {
 		return nil, err
 	}
+	undo.push(func() { lock.release() })
 	warnOverrides(ctx, cfg)
 	var cri *criProxy
 	var criCreds func(string) (string, string, error)
 	if cfg.CRIKeychain.EnableKeychain {
 		if cri, err = newCRIProxy(cfg.CRIKeychain.ImageServicePath); err != nil {
-			lock.release()
 			return nil, err
 		}
+		undo.push(func() { cri.close() })
 		criCreds = cri.credentials
 	}
 	// A changed configuration gets a host of its own, as an upgrade does:
 	// an adopted host would go on with the settings it started with.
 	settings, err := json.Marshal(cfg)
-	if err == nil {
-		host.ID, err = fusehost.ExecutableID(settings)
-	}
 	if err != nil {
-		cri.close()
-		lock.release()
+		return nil, fmt.Errorf("fingerprint the configuration: %w", err)
+	}
+	if host.ID, err = fusehost.ExecutableID(settings); err != nil {
 		return nil, err
 	}
 	hosts, err := fusehost.Connect(ctx, fusehost.ClientOptions{
@@ -86,19 +91,26 @@ func New(ctx context.Context, cfg *config.Config, root string, host fusehost.Com
 		MountTimeout: mountTimeout(cfg),
 	})
 	if err != nil {
-		cri.close()
-		lock.release()
 		return nil, fmt.Errorf("FUSE host of %s: %w", root, err)
 	}
+	undo.push(func() { hosts.Close() })
 	s := &Service{lock: lock, hosts: hosts, cri: cri}
+	undo.push(func() { s.stopLaunchedHost(ctx) })
 	if err := s.start(ctx, cfg, root); err != nil {
-		s.stopLaunchedHost(ctx)
-		hosts.Close()
-		cri.close()
-		lock.release()
 		return nil, err
 	}
 	return s, nil
+}
+
+// undoStack holds what a failing constructor must undo, run last first.
+type undoStack []func()
+
+func (u *undoStack) push(f func()) { *u = append(*u, f) }
+
+func (u undoStack) run() {
+	for i := len(u) - 1; i >= 0; i-- {
+		u[i]()
+	}
 }
 
 // stopLaunchedHost shuts down the FUSE host if this start-up started it:
@@ -125,7 +137,13 @@ func (s *Service) Abort(ctx context.Context) {
 
 // start opens the snapshotter (restoring remote snapshots through the
 // hosts) and the metrics and debug endpoints.
-func (s *Service) start(ctx context.Context, cfg *config.Config, root string) error {
+func (s *Service) start(ctx context.Context, cfg *config.Config, root string) (err error) {
+	var undo undoStack
+	defer func() {
+		if err != nil {
+			undo.run()
+		}
+	}()
 	sn, err := snapshot.New(ctx, snapshot.Options{
 		Root:                        filepath.Join(root, "snapshotter"),
 		Mounter:                     s.hosts,
@@ -134,15 +152,14 @@ func (s *Service) start(ctx context.Context, cfg *config.Config, root string) er
 	if err != nil {
 		return fmt.Errorf("start snapshotter under %s: %w", root, err)
 	}
+	undo.push(func() { sn.Close() })
 	ms, err := serveMetrics(ctx, cfg, daemonMetrics(ctx, cfg, s.hosts))
 	if err != nil {
-		sn.Close()
 		return err
 	}
+	undo.push(func() { ms.close() })
 	dbg, err := startDebug(ctx, cfg.DebugAddress)
 	if err != nil {
-		ms.close()
-		sn.Close()
 		return err
 	}
 	server := grpc.NewServer()
