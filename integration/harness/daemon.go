@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -59,3 +60,55 @@ func (d *Daemon) Log() string { return d.logPath }
 
 // LogTail returns the last n lines of the daemon's log.
 func (d *Daemon) LogTail(n int) string { return tailFile(d.logPath, n) }
+
+// Binary is the executable the daemon runs.
+func (d *Daemon) Binary() string { return d.bin }
+
+// StartBinary starts the daemon from another executable, bin (an upgrade
+// or a downgrade); later Starts run bin too.
+func (d *Daemon) StartBinary(ctx context.Context, bin string) error {
+	d.bin = bin
+	return d.Start(ctx)
+}
+
+// Signal sends sig to the daemon's main process only, not to its process
+// group or to processes it started, as systemd does with KillMode=process.
+func (d *Daemon) Signal(sig syscall.Signal) error {
+	if d.proc == nil {
+		return fmt.Errorf("daemon not started")
+	}
+	if exited, _ := d.proc.Exited(); exited {
+		return fmt.Errorf("daemon (pid %d) already exited", d.proc.Pid())
+	}
+	return syscall.Kill(d.proc.Pid(), sig)
+}
+
+// WaitExit waits up to timeout for the daemon's main process to end and
+// returns how it ended (nil for exit status 0).
+func (d *Daemon) WaitExit(timeout time.Duration) error {
+	if d.proc == nil {
+		return nil
+	}
+	return d.proc.Wait(timeout)
+}
+
+// Exited reports whether the daemon's main process has ended.
+func (d *Daemon) Exited() bool {
+	if d.proc == nil {
+		return true
+	}
+	exited, _ := d.proc.Exited()
+	return exited
+}
+
+// Kill sends SIGKILL to the daemon's main process only (kill -9 of the
+// daemon; what it started keeps running) and waits until it is gone.
+func (d *Daemon) Kill() error {
+	if err := d.Signal(syscall.SIGKILL); err != nil {
+		return err
+	}
+	if exited, _ := d.proc.Exited(); !exited {
+		<-d.proc.done
+	}
+	return nil
+}

@@ -11,6 +11,7 @@
 //	write PATH CONTENT     writes the file, then "wrote <path>"
 //	read-bytes PATH N      reads up to N bytes from the start, then "<path> <bytes read>"
 //	ready                  "ready"
+//	soak LIST OUT PAUSE    read listed files until SIGTERM, counts in OUT (soak.go)
 //
 // Paths containing spaces or unprintable characters are printed Go-quoted.
 // Failures of write and read-bytes stop the chain with exit status 1; usage
@@ -128,6 +129,8 @@ func arity(name string) (lo, hi int, ok bool) {
 		return 1, 1, true
 	case "read-fraction":
 		return 2, 2, true
+	case "soak":
+		return 3, 3, true
 	}
 	return 0, 0, false
 }
@@ -154,6 +157,8 @@ func (c command) run(w io.Writer) error {
 		return chain(w, c.args[0])
 	case "read-all":
 		return readAll(w, c.args[0])
+	case "soak":
+		return soakCommand(w, c.args[0], c.args[1], c.args[2])
 	}
 	return usageError(fmt.Sprintf("unknown command %q", c.name))
 }
