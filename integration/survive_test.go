@@ -834,4 +834,3 @@ func TestSystemdRestartKillMode(t *testing.T) {
 		t.Errorf("with KillMode=control-group the containers kept reading: the test cannot tell the kill modes apart")
 	}
 }
-
