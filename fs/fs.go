@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -173,7 +175,7 @@ func (f *FS) Check(ctx context.Context, mountpoint string, labels map[string]str
 	_, ok := f.mounted[mountpoint]
 	f.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("check layer at %s: not mounted by this daemon", mountpoint)
+		return fmt.Errorf("check layer at %s: not mounted by this process", mountpoint)
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(mountpoint, &st); err != nil {
@@ -183,6 +185,26 @@ func (f *FS) Check(ctx context.Context, mountpoint string, labels map[string]str
 		return fmt.Errorf("check layer at %s: no FUSE filesystem mounted there", mountpoint)
 	}
 	return nil
+}
+
+// serving reports whether this FS serves the layer layerDigest at
+// mountpoint and the FUSE mount there answers.
+func (f *FS) serving(mountpoint, layerDigest string) bool {
+	f.mu.Lock()
+	m, ok := f.mounted[mountpoint]
+	f.mu.Unlock()
+	if !ok || m.name != layerDigest {
+		return false
+	}
+	var st unix.Statfs_t
+	return unix.Statfs(mountpoint, &st) == nil && st.Type == unix.FUSE_SUPER_MAGIC
+}
+
+// Mountpoints lists the mountpoints this FS serves, sorted.
+func (f *FS) Mountpoints() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Sorted(maps.Keys(f.mounted))
 }
 
 // Unmount stops serving the layer at mountpoint and unmounts it. The

@@ -26,11 +26,18 @@ import (
 // errdefs.ErrNotFound when the layer can't be lazily loaded (no labels, no
 // SOCI index, no zTOC for this layer, layer below min_layer_size): the
 // snapshotter then has the layer unpacked as usual.
+//
+// Mount is idempotent: when this FS already serves the same layer at
+// mountpoint and the mount answers, it returns nil and leaves the mount
+// alone (a restarted daemon restores its snapshots through Check and Mount,
+// and containers may be reading from that mount).
 func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]string) (err error) {
 	start := time.Now()
 	var layerDigest string // for the reference's mount series
+	served := false        // already served: nothing was mounted
 	defer func() {
 		switch {
+		case served:
 		case err == nil:
 			f.opts.Metrics.ObserveMount(time.Since(start))
 			f.opts.Metrics.ObserveOperation(metrics.OpMount, layerDigest, time.Since(start))
@@ -44,6 +51,11 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 	}
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("layer", t.LayerDigest))
 	layerDigest = t.LayerDigest.String()
+	if f.serving(mountpoint, layerDigest) {
+		served = true
+		log.G(ctx).WithField("mountpoint", mountpoint).Debug("layer already served there; mount left alone")
+		return nil
+	}
 	defer f.begin(t)()
 	if f.tooSmall(t.LayerSize) {
 		return fmt.Errorf("layer %s: %d bytes, below min_layer_size %d: %w", t.LayerDigest, t.LayerSize, f.opts.MinLayerSize, errdefs.ErrNotFound)

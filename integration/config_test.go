@@ -113,6 +113,7 @@ func TestUpstreamConfigJSONLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.LogFormat = "" // the default: JSON
+	t.Cleanup(func() { _ = d.Cleanup() })
 	ctx := testContext(t, time.Minute)
 	if err := d.Start(ctx); err != nil {
 		t.Fatal(err)

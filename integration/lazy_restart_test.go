@@ -13,9 +13,10 @@ import (
 	"github.com/fastsoci/soci-snapshotter/integration/sociimage"
 )
 
-// TestLazyRestartWithoutRegistry: after a daemon restart the lazily loaded
-// layers are mounted again from local state (index, zTOCs, cached spans),
-// with the registry gone.
+// TestLazyRestartWithoutRegistry: the lazily loaded layers stay mounted
+// when the daemon stops (their FUSE host outlives it); once the host is
+// gone too (cleanup), a daemon start mounts them again from local state
+// (index, zTOCs, cached spans), with the registry gone.
 func TestLazyRestartWithoutRegistry(t *testing.T) {
 	e := startEnv(t, defaultDaemonConfig)
 	ctx := testContext(t, 5*time.Minute)
@@ -25,8 +26,17 @@ func TestLazyRestartWithoutRegistry(t *testing.T) {
 	if err := e.Daemon.Stop(); err != nil {
 		t.Fatalf("daemon did not stop cleanly: %v", err)
 	}
+	if n := fuseLayers(t, e); n != 3 {
+		t.Errorf("%d lazily loaded layers mounted after the daemon stopped, want all 3 (the FUSE host serves them)", n)
+	}
+	if err := e.Daemon.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
 	if n := fuseLayers(t, e); n != 0 {
-		t.Errorf("%d lazily loaded layers still mounted after the daemon stopped", n)
+		t.Errorf("%d lazily loaded layers still mounted after cleanup", n)
+	}
+	if n := len(e.Daemon.HostPids()); n != 0 {
+		t.Errorf("%d FUSE hosts still run after cleanup", n)
 	}
 	if err := e.Registry.Stop(); err != nil {
 		t.Fatal(err)

@@ -260,21 +260,16 @@ func cachedSpans(e *harness.Env) int {
 }
 
 // startSurviveEnv is startEnvWith plus a teardown that leaves no FUSE host
-// behind: after the environment is closed it runs `soci-snapshotter-grpc
-// cleanup --root` (the latest binary the daemon ran), then checks that no
-// FUSE host of the root is left (killing any, as an error) and detaches
-// what is still mounted.
+// behind: it closes the environment (which stops the daemon and runs
+// `soci-snapshotter-grpc cleanup` with the latest binary the daemon ran),
+// then checks that no FUSE host of the root is left (killing any, as an
+// error) and detaches what is still mounted.
 func startSurviveEnv(t *testing.T, cfg string, start harness.DaemonStarter) *harness.Env {
 	t.Helper()
 	e := startEnvWith(t, cfg, start)
 	t.Cleanup(func() {
 		if err := e.Close(); err != nil {
 			t.Errorf("stop environment: %v", err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if out, err := harness.Cleanup(ctx, e.Daemon.Binary(), e.Daemon.Root); err != nil {
-			t.Errorf("cleanup --root: %v\n%s", err, out)
 		}
 		hosts, err := harness.KillFuseHosts(e.Daemon.Root)
 		if err != nil {

@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/fastsoci/soci-snapshotter/fusehost"
 )
 
 // criMaxMsgSize bounds messages to and from the backing image service, as
@@ -23,9 +25,10 @@ const criMaxMsgSize = 16 << 20
 // criProxy is the [cri_keychain] ImageService: kubelet calls it (its
 // --image-service-endpoint names the daemon's socket), every call is
 // forwarded to containerd's CRI image service, and the AuthConfig of a
-// PullImage is kept in memory for that image's registry host, so the
-// lazy filesystem's registry fetches (index, zTOC, spans) authenticate as
-// the pull did. Credentials are never logged and lost on restart.
+// PullImage is kept in memory for that image's registry host, and sent
+// to the FUSE host with each mount of that image's layers, so that the lazy
+// filesystem's registry fetches (index, zTOC, spans) authenticate as the
+// pull did. Credentials are never logged and lost on restart.
 type criProxy struct {
 	runtime.UnimplementedImageServiceServer
 
@@ -74,7 +77,7 @@ func (p *criProxy) close() error {
 // credentials is a remote Credentials source: the credentials of the latest
 // pull of an image from host still recorded, or none.
 func (p *criProxy) credentials(host string) (string, string, error) {
-	host = criHostKey(host)
+	host = fusehost.HostKey(host)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var best criAuth
@@ -93,7 +96,7 @@ func (p *criProxy) PullImage(ctx context.Context, r *runtime.PullImageRequest) (
 	if err != nil {
 		return nil, fmt.Errorf("parse image reference %q: %w", ref, err)
 	}
-	host := criHostKey(distribution.Domain(named))
+	host := fusehost.HostKey(distribution.Domain(named))
 	user, secret, err := criParseAuth(r.GetAuth(), host)
 	if err != nil {
 		// The message names neither secret.
@@ -136,15 +139,6 @@ func (p *criProxy) ImageFsInfo(ctx context.Context, r *runtime.ImageFsInfoReques
 	return p.backend.ImageFsInfo(ctx, r)
 }
 
-// criHostKey names Docker Hub one way, however the caller spells it.
-func criHostKey(host string) string {
-	switch host {
-	case "docker.io", "index.docker.io", "registry-1.docker.io":
-		return "docker.io"
-	}
-	return host
-}
-
 // criParseAuth returns the user and secret of a CRI AuthConfig, as
 // containerd's CRI plugin reads it: username and password, else the
 // identity token (a refresh token, with an empty user), else the base64
@@ -166,7 +160,7 @@ func criParseAuth(a *runtime.AuthConfig, host string) (string, string, error) {
 		} else {
 			h, _, _ = strings.Cut(sa, "/")
 		}
-		if criHostKey(h) != host {
+		if fusehost.HostKey(h) != host {
 			return "", "", nil
 		}
 	}

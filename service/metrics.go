@@ -6,9 +6,14 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sort"
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
@@ -23,12 +28,12 @@ type metricsServer struct {
 }
 
 // serveMetrics listens on cfg.MetricsAddress (tcp "host:port", or a unix
-// socket path when metrics_network is "unix") and serves m's registry at
-// /metrics (and /). An empty address, or no metrics (m nil: no_prometheus),
-// turns the endpoint off.
-func serveMetrics(ctx context.Context, cfg *config.Config, m *metrics.Metrics) (*metricsServer, error) {
+// socket path when metrics_network is "unix") and serves h at /metrics (and
+// /). An empty address, or no handler (no_prometheus), turns the endpoint
+// off.
+func serveMetrics(ctx context.Context, cfg *config.Config, h http.Handler) (*metricsServer, error) {
 	addr := cfg.MetricsAddress
-	if addr == "" || m == nil {
+	if addr == "" || h == nil {
 		return nil, nil
 	}
 	network := cfg.MetricsNetwork
@@ -48,8 +53,8 @@ func serveMetrics(ctx context.Context, cfg *config.Config, m *metrics.Metrics) (
 		return nil, fmt.Errorf("listen for metrics on %s %s: %w", network, addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", m.Handler())
-	mux.Handle("/", m.Handler())
+	mux.Handle("/metrics", h)
+	mux.Handle("/", h)
 	s := &metricsServer{
 		srv:    &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second},
 		served: make(chan error, 1),
@@ -83,3 +88,45 @@ func observed(o remote.Options, m *metrics.Metrics) remote.Options {
 	}
 	return o
 }
+
+// hostMetrics is what daemonMetrics needs of the FUSE hosts.
+type hostMetrics interface {
+	Metrics(ctx context.Context) ([]*dto.MetricFamily, error)
+}
+
+// daemonMetrics is the daemon's metrics endpoint, nil with no_prometheus:
+// the daemon's own process and Go runtime metrics, plus every other series
+// of its own FUSE host, which owns the filesystem's and the registry
+// client's (fetched from the host on each scrape). A retired host's series
+// are not included: after an upgrade they are missing until it exits.
+func daemonMetrics(ctx context.Context, cfg *config.Config, hosts hostMetrics) http.Handler {
+	if cfg.NoPrometheus {
+		return nil
+	}
+	own := prometheus.NewRegistry()
+	own.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g := prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		fams, err := own.Gather()
+		names := map[string]bool{}
+		for _, f := range fams {
+			names[f.GetName()] = true
+		}
+		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		hfams, herr := hosts.Metrics(hctx)
+		for _, f := range hfams {
+			if !names[f.GetName()] {
+				fams = append(fams, f)
+			}
+		}
+		sort.Slice(fams, func(i, j int) bool { return fams[i].GetName() < fams[j].GetName() })
+		return fams, errors.Join(err, herr)
+	})
+	return promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, ErrorLog: errorLog{ctx}})
+}
+
+// errorLog writes promhttp's errors (a FUSE host that did not answer a
+// scrape) as warnings.
+type errorLog struct{ ctx context.Context }
+
+func (l errorLog) Println(v ...any) { log.G(l.ctx).Warn(v...) }

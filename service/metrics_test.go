@@ -20,7 +20,7 @@ func TestServeMetricsUnix(t *testing.T) {
 	cfg.MetricsAddress = filepath.Join(t.TempDir(), "run", "metrics.sock")
 	m := metrics.New()
 	m.ObserveMount(time.Millisecond)
-	s, err := serveMetrics(context.Background(), cfg, m)
+	s, err := serveMetrics(context.Background(), cfg, m.Handler())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func TestServeMetricsUnix(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A restart finds the stale socket and replaces it.
-	s, err = serveMetrics(context.Background(), cfg, m)
+	s, err = serveMetrics(context.Background(), cfg, m.Handler())
 	if err != nil {
 		t.Fatalf("serve again: %v", err)
 	}
@@ -50,7 +50,7 @@ func TestServeMetricsUnix(t *testing.T) {
 }
 
 func TestServeMetricsOff(t *testing.T) {
-	s, err := serveMetrics(context.Background(), config.Default(), metrics.New())
+	s, err := serveMetrics(context.Background(), config.Default(), metrics.New().Handler())
 	if s != nil || err != nil {
 		t.Fatalf("empty metrics_address: %v, %v", s, err)
 	}

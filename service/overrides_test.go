@@ -36,7 +36,7 @@ func TestNoPrometheus(t *testing.T) {
 	if !strings.Contains(buf.String(), "no_prometheus") || !strings.Contains(buf.String(), cfg.MetricsAddress) {
 		t.Errorf("no Info line about no_prometheus naming the address: %q", buf.String())
 	}
-	s, err := serveMetrics(context.Background(), cfg, m)
+	s, err := serveMetrics(context.Background(), cfg, daemonMetrics(context.Background(), cfg, nil))
 	if s != nil || err != nil {
 		t.Fatalf("no_prometheus: metrics served (%v, %v)", s, err)
 	}
@@ -53,7 +53,7 @@ func TestNoPrometheus(t *testing.T) {
 	if m == nil {
 		t.Fatal("metrics off without no_prometheus")
 	}
-	s, err = serveMetrics(context.Background(), cfg, m)
+	s, err = serveMetrics(context.Background(), cfg, m.Handler())
 	if err != nil || s == nil {
 		t.Fatalf("metrics not served: %v", err)
 	}

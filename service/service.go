@@ -18,17 +18,25 @@ import (
 	"github.com/fastsoci/soci-snapshotter/fs"
 	"github.com/fastsoci/soci-snapshotter/fs/index"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
+	"github.com/fastsoci/soci-snapshotter/fusehost"
 	"github.com/fastsoci/soci-snapshotter/metrics"
 	"github.com/fastsoci/soci-snapshotter/snapshot"
 )
 
-// stopGrace bounds how long a graceful stop waits for in-flight calls.
-const stopGrace = 30 * time.Second
+// stopGrace bounds how long a graceful stop waits for in-flight calls: the
+// daemon exits within a few seconds whatever runs (nothing it holds
+// matters to running containers; their layers are the FUSE host's).
+const stopGrace = 3 * time.Second
 
-// Service is a running daemon: the snapshotter behind a gRPC server.
+// hostStartTimeout bounds how long a stopped start-up waits to shut down a
+// FUSE host it started.
+const hostStartTimeout = 30 * time.Second
+
+// Service is a running daemon: the snapshotter behind a gRPC server. The
+// lazily loaded layers are served by the FUSE host, which it talks to.
 type Service struct {
 	lock        *rootLock
-	fs          *fs.FS
+	hosts       *fusehost.Client
 	snapshotter *snapshot.Snapshotter
 	server      *grpc.Server
 	metrics     *metricsServer // nil when metrics_address is empty
@@ -36,21 +44,22 @@ type Service struct {
 	cri         *criProxy      // nil unless [cri_keychain] is enabled
 }
 
-// The lazy filesystem serves the snapshotter's remote layers and frees a
-// layer's data when its snapshot is removed.
+// The FUSE hosts serve the snapshotter's remote layers and free a layer's
+// data when its snapshot is removed.
 var (
-	_ snapshot.Mounter  = (*fs.FS)(nil)
-	_ snapshot.Releaser = (*fs.FS)(nil)
+	_ snapshot.Mounter  = (*fusehost.Client)(nil)
+	_ snapshot.Releaser = (*fusehost.Client)(nil)
 )
 
-// New builds the daemon from cfg, keeping all state under root.
-func New(ctx context.Context, cfg *config.Config, root string) (*Service, error) {
+// New builds the daemon from cfg, keeping all state under root. It adopts
+// the FUSE host of its own build that runs on root, or starts one with host
+// (its ID is set here), and retires the hosts of other builds.
+func New(ctx context.Context, cfg *config.Config, root string, host fusehost.Command) (*Service, error) {
 	lock, err := lockRoot(root)
 	if err != nil {
 		return nil, err
 	}
 	warnOverrides(ctx, cfg)
-	m := newMetrics(ctx, cfg)
 	var cri *criProxy
 	var criCreds func(string) (string, string, error)
 	if cfg.CRIKeychain.EnableKeychain {
@@ -60,47 +69,92 @@ func New(ctx context.Context, cfg *config.Config, root string) (*Service, error)
 		}
 		criCreds = cri.credentials
 	}
-	mounter, err := fs.New(fsOptions(cfg, filepath.Join(root, "fs"), m, criCreds))
-	if err != nil {
-		cri.close()
-		lock.release()
-		return nil, fmt.Errorf("start lazy filesystem under %s: %w", root, err)
-	}
-	sn, err := snapshot.New(ctx, snapshot.Options{
-		Root:                        filepath.Join(root, "snapshotter"),
-		Mounter:                     mounter,
-		AllowInvalidMountsOnRestart: cfg.Snapshotter.AllowInvalidMountsOnRestart,
-	})
-	if err != nil {
-		mounter.Close()
-		cri.close()
-		lock.release()
-		return nil, fmt.Errorf("start snapshotter under %s: %w", root, err)
-	}
-	ms, err := serveMetrics(ctx, cfg, m)
-	if err != nil {
-		sn.Close()
-		mounter.Close()
+	if host.ID, err = fusehost.ExecutableID(); err != nil {
 		cri.close()
 		lock.release()
 		return nil, err
+	}
+	hosts, err := fusehost.Connect(ctx, fusehost.ClientOptions{
+		Root: root, ID: host.ID, Launch: host.Launcher(), Credentials: criCreds,
+		MountTimeout: mountTimeout(cfg),
+	})
+	if err != nil {
+		cri.close()
+		lock.release()
+		return nil, fmt.Errorf("FUSE host of %s: %w", root, err)
+	}
+	s := &Service{lock: lock, hosts: hosts, cri: cri}
+	if err := s.start(ctx, cfg, root); err != nil {
+		s.stopLaunchedHost(ctx)
+		hosts.Close()
+		cri.close()
+		lock.release()
+		return nil, err
+	}
+	return s, nil
+}
+
+// stopLaunchedHost shuts down the FUSE host if this start-up started it:
+// no container can use it yet (a host that was running is left alone).
+func (s *Service) stopLaunchedHost(ctx context.Context) {
+	if !s.hosts.Launched() {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), hostStartTimeout)
+	defer cancel()
+	if err := s.hosts.Shutdown(sctx); err != nil {
+		log.G(ctx).WithError(err).Warn("could not shut down the FUSE host this start-up started")
+	}
+}
+
+// Abort closes a service that will not serve (its socket could not be
+// opened): as Close, and the FUSE host is shut down if New started it.
+func (s *Service) Abort(ctx context.Context) {
+	s.stopLaunchedHost(ctx)
+	if err := s.Close(); err != nil {
+		log.G(ctx).WithError(err).Warn("close service")
+	}
+}
+
+// start opens the snapshotter (restoring remote snapshots through the
+// hosts) and the metrics and debug endpoints.
+func (s *Service) start(ctx context.Context, cfg *config.Config, root string) error {
+	sn, err := snapshot.New(ctx, snapshot.Options{
+		Root:                        filepath.Join(root, "snapshotter"),
+		Mounter:                     s.hosts,
+		AllowInvalidMountsOnRestart: cfg.Snapshotter.AllowInvalidMountsOnRestart,
+	})
+	if err != nil {
+		return fmt.Errorf("start snapshotter under %s: %w", root, err)
+	}
+	ms, err := serveMetrics(ctx, cfg, daemonMetrics(ctx, cfg, s.hosts))
+	if err != nil {
+		sn.Close()
+		return err
 	}
 	dbg, err := startDebug(ctx, cfg.DebugAddress)
 	if err != nil {
 		ms.close()
 		sn.Close()
-		mounter.Close()
-		cri.close()
-		lock.release()
-		return nil, err
+		return err
 	}
 	server := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(server, snapshotservice.FromSnapshotter(sn))
-	if cri != nil {
+	if s.cri != nil {
 		// kubelet's image service endpoint is the daemon's own socket.
-		runtime.RegisterImageServiceServer(server, cri)
+		runtime.RegisterImageServiceServer(server, s.cri)
 	}
-	return &Service{lock: lock, fs: mounter, snapshotter: sn, server: server, metrics: ms, debug: dbg, cri: cri}, nil
+	s.snapshotter, s.metrics, s.debug, s.server = sn, ms, dbg, server
+	return nil
+}
+
+// mountTimeout is [mount_timeout_sec]: how long the host may take to
+// resolve a layer.
+func mountTimeout(cfg *config.Config) time.Duration {
+	if d := cfg.MountTimeoutSec.Duration(); d > 0 {
+		return d
+	}
+	return 30 * time.Second
 }
 
 // warnOverrides says, once at start, which settings of cfg the daemon does
@@ -113,7 +167,7 @@ func warnOverrides(ctx context.Context, cfg *config.Config) {
 	}
 }
 
-// newMetrics returns the daemon's metrics, or nil when no_prometheus says
+// newMetrics returns the FUSE host's metrics, or nil when no_prometheus says
 // none are to be collected (as upstream: nothing is registered or served).
 func newMetrics(ctx context.Context, cfg *config.Config) *metrics.Metrics {
 	if cfg.NoPrometheus {
@@ -127,7 +181,8 @@ func newMetrics(ctx context.Context, cfg *config.Config) *metrics.Metrics {
 	return metrics.New()
 }
 
-// fsOptions maps the configuration onto the lazy filesystem's options.
+// fsOptions maps the configuration onto the lazy filesystem's options (in
+// the FUSE host).
 // criCreds, when not nil, are credentials captured from CRI pulls, tried
 // before the docker config.
 func fsOptions(cfg *config.Config, root string, m *metrics.Metrics, criCreds func(string) (string, string, error)) fs.Options {
@@ -144,7 +199,7 @@ func fsOptions(cfg *config.Config, root string, m *metrics.Metrics, criCreds fun
 		V1:           cfg.PullModes.SOCIv1.Enable,
 		V2:           cfg.PullModes.SOCIv2.Enable,
 		MinLayerSize: cfg.Snapshotter.MinLayerSize,
-		MountTimeout: time.Duration(cfg.MountTimeoutSec) * time.Second,
+		MountTimeout: mountTimeout(cfg),
 		// Unbounded (-1) is no bound for the cache too.
 		MaxCacheBytes: max(int64(cfg.DirectoryCache.MaxBytes), 0),
 
@@ -203,10 +258,11 @@ func (s *Service) Serve(ctx context.Context, l net.Listener) error {
 	return nil
 }
 
-// Close releases the snapshotter, unmounts the lazily loaded layers (their
-// FUSE server is this process) and releases the root lock.
+// Close stops the daemon's endpoints, closes the snapshotter and releases
+// the root lock. The FUSE hosts are left alone: running containers keep
+// their lazily loaded layers, and the next daemon adopts them.
 func (s *Service) Close() error {
-	err := errors.Join(s.metrics.close(), s.debug.close(), s.snapshotter.Close(), s.fs.Close(), s.cri.close())
+	err := errors.Join(s.metrics.close(), s.debug.close(), s.snapshotter.Close(), s.hosts.Close(), s.cri.close())
 	if lerr := s.lock.release(); err == nil {
 		err = lerr
 	}

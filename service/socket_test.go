@@ -210,7 +210,7 @@ func TestServeMetricsUnixSocketNeverHasWiderMode(t *testing.T) {
 	cfg := config.Default()
 	cfg.MetricsNetwork = config.NetworkUnix
 	cfg.MetricsAddress = filepath.Join(dir, "metrics.sock")
-	s, err := serveMetrics(context.Background(), cfg, metrics.New())
+	s, err := serveMetrics(context.Background(), cfg, metrics.New().Handler())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,13 @@
 //	soci-snapshotter-grpc [--address A] [--config F] [--root D] [--log-level L] [--log-format json|text]
 //	soci-snapshotter-grpc [--config F] config default|dump
 //	soci-snapshotter-grpc [--config F] config check [--strict] [FILE]
+//	soci-snapshotter-grpc [--root D] cleanup
+//
+// The lazily loaded layers are served by a FUSE host process the daemon
+// starts (the hidden subcommand fuse-host, with the daemon's global flags
+// and --id): it outlives the daemon, so that running containers survive a
+// restart. cleanup shuts every FUSE host of the root down, unmounting their
+// layers (for uninstalls; it refuses while a daemon runs on the root).
 //
 // As upstream's daemon, the flags --address, --config, --log-level and
 // --root take their default from SOCI_SNAPSHOTTER_ADDRESS,
@@ -26,6 +33,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/fastsoci/soci-snapshotter/config"
+	"github.com/fastsoci/soci-snapshotter/fusehost"
 	"github.com/fastsoci/soci-snapshotter/internal/version"
 	"github.com/fastsoci/soci-snapshotter/service"
 )
@@ -120,6 +128,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	if len(rest) > 0 {
+		switch rest[0] {
+		case "fuse-host":
+			return fuseHost(ctx, rest[1:], f, stderr)
+		case "cleanup":
+			return cleanup(ctx, rest[1:], f, stderr)
+		}
 		return configCommand(rest, f, stdout, stderr)
 	}
 	if err := setupLogging(f.logLevel, f.logFormat, stderr); err != nil {
@@ -175,13 +189,17 @@ func logNotices(ctx context.Context, path string, notices []config.Notice) {
 
 func serve(ctx context.Context, cfg *config.Config, f *flags) error {
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("root", f.root))
-	svc, err := service.New(ctx, cfg, f.root)
+	svc, err := service.New(ctx, cfg, f.root, fusehost.Command{
+		GlobalArgs: hostArgs(f), Stdout: os.Stdout, Stderr: os.Stderr,
+	})
 	if err != nil {
 		return err
 	}
+	// The socket accepts once the snapshots are restored: callers (and
+	// tests) take an accepting socket for a ready daemon.
 	l, err := service.Listen(ctx, f.address)
 	if err != nil {
-		svc.Close()
+		svc.Abort(ctx)
 		return err
 	}
 	serveErr := svc.Serve(ctx, l)
@@ -193,6 +211,68 @@ func serve(ctx context.Context, cfg *config.Config, f *flags) error {
 		log.G(ctx).Info("stopped")
 	}
 	return closeErr
+}
+
+// hostArgs are the global flags of the FUSE host the daemon starts: the
+// daemon's own (the config path only when one was given: the host then
+// reads the same file, or the same defaults).
+func hostArgs(f *flags) []string {
+	args := []string{"--root", f.root, "--log-level", f.logLevel, "--log-format", f.logFormat}
+	if f.configSet {
+		args = append(args, "--config", f.configPath)
+	}
+	return args
+}
+
+// fuseHost runs the FUSE host (started by the daemon, not by hand): the
+// lazily loaded layers' FUSE sessions, until it is shut down, retired and
+// empty, or signalled (SIGTERM, SIGINT: then it unmounts every layer).
+func fuseHost(ctx context.Context, args []string, f *flags, stderr io.Writer) error {
+	fset := flag.NewFlagSet("fuse-host", flag.ContinueOnError)
+	fset.SetOutput(stderr)
+	id := fset.String("id", "", "the host's id (default: derived from the executable)")
+	if err := fset.Parse(args); err != nil {
+		return err
+	}
+	if fset.NArg() > 0 {
+		return fmt.Errorf("fuse-host takes no arguments, got %q", fset.Args())
+	}
+	if *id == "" {
+		var err error
+		if *id, err = fusehost.ExecutableID(); err != nil {
+			return err
+		}
+	}
+	// The host outlives whoever reads its stderr (journald, a log pipe):
+	// a write to a closed pipe must fail, not kill it.
+	signal.Ignore(syscall.SIGPIPE)
+	if err := setupLogging(f.logLevel, f.logFormat, stderr); err != nil {
+		return err
+	}
+	log.L = log.L.WithFields(log.Fields{"process": "fuse-host", "host_id": *id})
+	ctx = log.WithLogger(ctx, log.L.WithField("root", f.root))
+	log.G(ctx).WithField("version", version.Version).WithField("pid", os.Getpid()).Info("starting FUSE host")
+	cfg, _, err := config.LoadFile(f.configPath, f.configSet)
+	if err != nil {
+		return err
+	}
+	if err := service.RunHost(ctx, cfg, f.root, *id); err != nil {
+		log.G(ctx).WithError(err).Error("FUSE host failed")
+		return err
+	}
+	log.G(ctx).Info("FUSE host stopped")
+	return nil
+}
+
+// cleanup ends every FUSE host of --root and removes what they leave.
+func cleanup(ctx context.Context, args []string, f *flags, stderr io.Writer) error {
+	if len(args) > 0 {
+		return fmt.Errorf("cleanup takes no arguments, got %q", args)
+	}
+	if err := setupLogging(f.logLevel, f.logFormat, stderr); err != nil {
+		return err
+	}
+	return service.Cleanup(ctx, f.root)
 }
 
 // configCommand handles `config default`, `config dump` and `config check`.

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -55,6 +58,52 @@ func (d *Daemon) Stop() error {
 	return d.proc.Stop(40 * time.Second)
 }
 
+// Kill sends SIGKILL to the daemon (not to its FUSE host, which runs in a
+// session of its own) and waits until it is gone.
+func (d *Daemon) Kill() error {
+	if d.proc == nil {
+		return nil
+	}
+	return d.proc.Kill()
+}
+
+// Cleanup runs `soci-snapshotter-grpc cleanup` on the daemon's root: every
+// FUSE host the daemon started is shut down, its layers unmounted. The
+// daemon must be stopped first. Hosts outlive the daemon on purpose, so
+// every test that starts a daemon runs this when it ends (Env.Close does).
+func (d *Daemon) Cleanup() error {
+	if _, err := os.Stat(filepath.Join(d.Root, "fusehost")); err != nil {
+		return nil // no host ever ran there (or a build without hosts)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := Run(ctx, nil, d.bin, "--root", d.Root, "--log-level", "warn", "cleanup"); err != nil {
+		return fmt.Errorf("clean up FUSE hosts: %w", err)
+	}
+	return nil
+}
+
+// HostPids lists the pids of the FUSE hosts running on the daemon's root.
+func (d *Daemon) HostPids() []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, ent := range entries {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(cmdline), "\x00")
+		if slices.Contains(args, "fuse-host") && slices.Contains(args, d.Root) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
 // Log is the path of the daemon's log.
 func (d *Daemon) Log() string { return d.logPath }
 
@@ -99,16 +148,4 @@ func (d *Daemon) Exited() bool {
 	}
 	exited, _ := d.proc.Exited()
 	return exited
-}
-
-// Kill sends SIGKILL to the daemon's main process only (kill -9 of the
-// daemon; what it started keeps running) and waits until it is gone.
-func (d *Daemon) Kill() error {
-	if err := d.Signal(syscall.SIGKILL); err != nil {
-		return err
-	}
-	if exited, _ := d.proc.Exited(); !exited {
-		<-d.proc.done
-	}
-	return nil
 }

@@ -107,7 +107,8 @@ func (e *Env) toolEnv() []string {
 }
 
 // Close stops containerd, the daemon and the registry, then removes what
-// they may have left: containers' shims and mounts under Dir.
+// they may have left: the daemon's FUSE hosts (cleanup), containers' shims
+// and mounts under Dir.
 func (e *Env) Close() error {
 	var errs []error
 	if e.Containerd != nil {
@@ -115,7 +116,7 @@ func (e *Env) Close() error {
 	}
 	killShims(e.Dir)
 	if e.Daemon != nil {
-		errs = append(errs, e.Daemon.Stop())
+		errs = append(errs, e.Daemon.Stop(), e.Daemon.Cleanup())
 	}
 	if e.Registry != nil {
 		errs = append(errs, e.Registry.Stop())

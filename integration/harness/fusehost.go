@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/fastsoci/soci-snapshotter/fusehost"
 )
 
 // HostProcess is a running FUSE host (`soci-snapshotter-grpc fuse-host
@@ -66,9 +68,9 @@ func KillFuseHosts(root string) ([]HostProcess, error) {
 	return hosts, err
 }
 
-// HostSockets lists the FUSE hosts' sockets under root (<root>/fusehost/*.sock).
+// HostSockets lists the sockets of root's FUSE hosts.
 func HostSockets(root string) ([]string, error) {
-	return filepath.Glob(filepath.Join(root, "fusehost", "*.sock"))
+	return filepath.Glob(filepath.Join(fusehost.SocketDir(root), "*.sock"))
 }
 
 // HostHealth is what a FUSE host answers on GET /health.
@@ -79,8 +81,8 @@ type HostHealth struct {
 }
 
 // GetHostHealth asks the FUSE host on the unix socket sock for GET
-// /health, a JSON object with (at least) the number of goroutines and the
-// mounts it serves (a count or a list).
+// /health (fusehost.Health) and reads the number of goroutines and of the
+// mounts it serves (a count, or the length of a list).
 func GetHostHealth(ctx context.Context, sock string) (HostHealth, error) {
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -142,10 +144,4 @@ func countField(fields map[string]json.RawMessage, name string) (int, error) {
 		return 0, fmt.Errorf("field %q is %.50s, not a count", k, raw)
 	}
 	return 0, fmt.Errorf("no field %q", name)
-}
-
-// Cleanup runs `bin cleanup --root root`: stop every FUSE host of root and
-// detach its mounts.
-func Cleanup(ctx context.Context, bin, root string) (string, error) {
-	return Run(ctx, nil, bin, "cleanup", "--root", root)
 }

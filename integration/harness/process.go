@@ -82,6 +82,18 @@ func (p *Process) Stop(grace time.Duration) error {
 	return fmt.Errorf("%s did not stop within %s after SIGTERM", p.Name, grace)
 }
 
+// Kill sends SIGKILL to the process (only: not its group) and waits for it.
+func (p *Process) Kill() error {
+	if exited, _ := p.Exited(); exited {
+		return nil
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		return fmt.Errorf("kill %s: %w", p.Name, err)
+	}
+	<-p.done
+	return nil
+}
+
 // stoppedBySignal treats death by the SIGTERM that Stop sent as a clean stop,
 // for programs that do not catch it.
 func stoppedBySignal(err error) error {

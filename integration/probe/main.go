@@ -11,6 +11,9 @@
 //	write PATH CONTENT     writes the file, then "wrote <path>"
 //	read-bytes PATH N      reads up to N bytes from the start, then "<path> <bytes read>"
 //	ready                  "ready"
+//	slow-read PATH CHUNK MS reads PATH CHUNK bytes at a time with MS ms between
+//	                       reads, then "<path> <hex> reads=<n>" (a failed read
+//	                       stops the chain with exit status 1)
 //	soak LIST OUT PAUSE    read listed files until SIGTERM, counts in OUT (soak.go)
 //
 // Paths containing spaces or unprintable characters are printed Go-quoted.
@@ -30,6 +33,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 	"unicode"
 	"unicode/utf8"
 )
@@ -129,7 +133,7 @@ func arity(name string) (lo, hi int, ok bool) {
 		return 1, 1, true
 	case "read-fraction":
 		return 2, 2, true
-	case "soak":
+	case "slow-read", "soak":
 		return 3, 3, true
 	}
 	return 0, 0, false
@@ -157,6 +161,8 @@ func (c command) run(w io.Writer) error {
 		return chain(w, c.args[0])
 	case "read-all":
 		return readAll(w, c.args[0])
+	case "slow-read":
+		return slowRead(w, c.args[0], c.args[1], c.args[2])
 	case "soak":
 		return soakCommand(w, c.args[0], c.args[1], c.args[2])
 	}
@@ -250,4 +256,39 @@ func quote(s string) string {
 		return strconv.Quote(s)
 	}
 	return s
+}
+
+// slowRead reads p chunk bytes at a time, pausing ms milliseconds between
+// reads, so that reads of a lazily loaded file span a restart of the daemon.
+func slowRead(w io.Writer, p, chunk, ms string) error {
+	n, err := strconv.Atoi(chunk)
+	if err != nil || n <= 0 {
+		return usageError(fmt.Sprintf("slow-read: bad chunk %q", chunk))
+	}
+	pause, err := strconv.Atoi(ms)
+	if err != nil || pause < 0 {
+		return usageError(fmt.Sprintf("slow-read: bad pause %q", ms))
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	buf := make([]byte, n)
+	reads := 0
+	for {
+		k, err := io.ReadFull(f, buf)
+		h.Write(buf[:k])
+		reads++
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("slow-read %s after %d reads: %w", p, reads, err)
+		}
+		time.Sleep(time.Duration(pause) * time.Millisecond)
+	}
+	_, err = fmt.Fprintf(w, "%s %s reads=%d\n", quote(p), hex.EncodeToString(h.Sum(nil)), reads)
+	return err
 }

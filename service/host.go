@@ -1,0 +1,132 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	"github.com/fastsoci/soci-snapshotter/config"
+	"github.com/fastsoci/soci-snapshotter/fs"
+	"github.com/fastsoci/soci-snapshotter/fusehost"
+	"github.com/fastsoci/soci-snapshotter/internal/version"
+)
+
+// The FUSE host's file system serves fusehost's protocol.
+var _ fusehost.FS = (*fs.FS)(nil)
+
+// RunHost is the composition root of the FUSE host id of root (the
+// fuse-host subcommand): it holds the host's lock, builds the lazy
+// filesystem from cfg exactly as the daemon used to, and serves fusehost's
+// protocol on the host's socket. It returns after POST /shutdown, once the
+// host is retired and serves no layer, or when ctx is done (SIGTERM): then
+// every layer is unmounted first (lazily when in use).
+func RunHost(ctx context.Context, cfg *config.Config, root, id string) error {
+	lock, err := lockHost(root, id)
+	if err != nil {
+		return err
+	}
+	defer lock.release()
+	m := newMetrics(ctx, cfg)
+	creds := fusehost.NewCredentials()
+	fsys, err := fs.New(fsOptions(cfg, filepath.Join(root, "fs"), m, creds.Lookup))
+	if err != nil {
+		return fmt.Errorf("start lazy filesystem under %s: %w", root, err)
+	}
+	socket := fusehost.SocketPath(root, id)
+	l, err := listenUnix(socket)
+	if err != nil {
+		fsys.Close()
+		return fmt.Errorf("FUSE host socket: %w", err)
+	}
+	exit := make(chan string, 1)
+	opts := fusehost.ServerOptions{
+		ID: id, Version: version.Version, FS: fsys, Creds: creds,
+		Exit: func(reason string) {
+			select {
+			case exit <- reason:
+			default:
+			}
+		},
+	}
+	if m != nil {
+		opts.Metrics = m.Handler()
+	}
+	srv := fusehost.Serve(ctx, l, fusehost.NewServer(opts).Handler())
+	log.G(ctx).WithField("socket", socket).WithField("pid", os.Getpid()).Info("FUSE host serving")
+
+	var closeErr error
+	select {
+	case <-ctx.Done():
+		log.G(ctx).Info("FUSE host stopping on signal: unmounting every layer")
+		closeErr = fsys.Close()
+	case reason := <-exit:
+		log.G(ctx).WithField("reason", reason).Info("FUSE host exiting")
+		if reason != "shutdown" { // shutdown closed it already
+			closeErr = fsys.Close()
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err = errors.Join(closeErr, srv.Shutdown(sctx))
+	l.Close()
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("FUSE host %s: %w", id, err)
+	}
+	return nil
+}
+
+// hostLock is the flock of one FUSE host, held for its life.
+type hostLock struct{ f *os.File }
+
+// lockHost takes the lock of host id of root and writes this process's pid
+// into it (cleanup reads it to kill a host that does not answer).
+func lockHost(root, id string) (*hostLock, error) {
+	if err := os.MkdirAll(fusehost.Dir(root), 0o700); err != nil {
+		return nil, fmt.Errorf("create FUSE host directory: %w", err)
+	}
+	path := fusehost.LockPath(root, id)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open FUSE host lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("FUSE host %s of root %s is already running", id, root)
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("write pid into %s: %w", path, err)
+	}
+	return &hostLock{f: f}, nil
+}
+
+func (l *hostLock) release() { l.f.Close() }
+
+// Cleanup ends every FUSE host of root and removes what they leave (the
+// cleanup subcommand, for uninstalls and tests). It refuses while a daemon
+// runs on root.
+func Cleanup(ctx context.Context, root string) error {
+	if _, err := os.Stat(root); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	lock, err := lockRoot(root)
+	if err != nil {
+		return fmt.Errorf("cleanup: %w; stop the daemon first", err)
+	}
+	defer lock.release()
+	return fusehost.Cleanup(ctx, root)
+}
