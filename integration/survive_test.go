@@ -41,7 +41,7 @@ const (
 	soakFileSize = 16 << 10
 	soakSpanSize = 64 << 10
 	// soakPause is the pause between two reads of one probe.
-	soakPause = "1s"
+	soakPause = "500ms"
 )
 
 // soakImage is a pushed soak image: want maps each data file to the line
@@ -87,6 +87,31 @@ func (img soakImage) sample(n int) []string {
 	paths := slices.Clone(img.paths)
 	rand.Shuffle(len(paths), func(i, j int) { paths[i], paths[j] = paths[j], paths[i] })
 	return paths[:min(n, len(paths))]
+}
+
+// waitContainerdReconnected polls until containerd's snapshots calls reach
+// the (restarted) daemon, and returns how long that took. containerd's
+// connection to a proxy snapshotter backs off after the old daemon went
+// (up to a few seconds), and calls in the back-off fail at once with the
+// last dial error, however ready the new daemon is.
+func waitContainerdReconnected(t *testing.T, ctx context.Context, e *harness.Env) time.Duration {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(30 * time.Second)
+	for {
+		_, err := e.Ctr(ctx, "snapshots", "--snapshotter", "soci", "ls")
+		if err == nil {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("containerd does not reach the daemon 30 s after its restart: %v", err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // checkNewContainer runs a new container of img that reads a sample of its
@@ -159,6 +184,17 @@ func startSoakers(t *testing.T, ctx context.Context, e *harness.Env, img soakIma
 		}
 		ss = append(ss, s)
 	}
+	// Before the environment closes: containers still reading keep their
+	// layers busy, and the FUSE hosts' cleanup waits for them.
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		for _, s := range ss {
+			if out, err := e.Nerdctl(ctx, "rm", "-f", s.name); err != nil && !strings.Contains(out, "no such container") {
+				t.Logf("remove %s: %v", s.name, err)
+			}
+		}
+	})
 	return ss
 }
 
@@ -268,9 +304,11 @@ func startSurviveEnv(t *testing.T, cfg string, start harness.DaemonStarter) *har
 	t.Helper()
 	e := startEnvWith(t, cfg, start)
 	t.Cleanup(func() {
+		start := time.Now()
 		if err := e.Close(); err != nil {
 			t.Errorf("stop environment: %v", err)
 		}
+		t.Logf("environment closed (FUSE hosts cleaned up) in %s", time.Since(start).Round(time.Millisecond))
 		hosts, err := harness.KillFuseHosts(e.Daemon.Root)
 		if err != nil {
 			t.Error(err)
@@ -449,6 +487,7 @@ func TestSurviveRestartKillUpgrade(t *testing.T) {
 			t.Fatalf("%s: %v\n%s", step.name, err, e.Daemon.LogTail(30))
 		}
 		restarted := time.Since(start)
+		reconnected := waitContainerdReconnected(t, ctx, e)
 		// Progress is counted from when the daemon is back: reads made
 		// while the old one was still stopping prove nothing.
 		counts = allCounts(t, ss)
@@ -462,15 +501,21 @@ func TestSurviveRestartKillUpgrade(t *testing.T) {
 		}
 		checkNewContainer(t, ctx, e, img, step.name)
 		if step.name == "upgrade to another build" {
-			// New layers after the upgrade: served by the new build's host.
+			// New layers after the upgrade: served by the new build's host,
+			// while the old build's host, retired, serves the old ones.
 			checkNewContainer(t, ctx, e, img2, step.name+" (an image pulled after it)")
+			builds := hostsByBuild(t, ctx, e.Daemon.Root)
+			old, cur := builds[oldBin], builds[upgrade.bin]
+			if len(old) != 1 || !old[0].Retired || old[0].Mounts == 0 || len(cur) != 1 || cur[0].Retired || cur[0].Mounts == 0 {
+				t.Fatalf("after the upgrade, want one retired host of the old build serving the old layers and one host of the new build serving the new ones; got old %+v, new %+v", old, cur)
+			}
 		}
 		counts = waitReads(t, ctx, e, ss, counts, 2, 30*time.Second, step.name)
 		if servedBytes(t, e) <= served {
 			t.Errorf("%s: the registry served no blob bytes after the step: the reads were not remote", step.name)
 		}
-		t.Logf("%s: daemon back in %s, step checked in %s; %d of ~%d spans of the data layer cached; probe reads so far: %d",
-			step.name, restarted.Round(time.Millisecond), time.Since(start).Round(time.Millisecond),
+		t.Logf("%s: daemon back in %s, containerd reconnected %s later, step checked in %s; %d of ~%d spans of the data layer cached; probe reads so far: %d",
+			step.name, restarted.Round(time.Millisecond), reconnected.Round(time.Millisecond), time.Since(start).Round(time.Millisecond),
 			cachedSpans(e), img.spans, totalReads(counts))
 	}
 	t.Logf("upgrade build took %s", upgrade.took.Round(time.Millisecond))
@@ -488,6 +533,29 @@ func TestSurviveRestartKillUpgrade(t *testing.T) {
 	}
 	checkHostsIdle(t, ctx, e.Daemon.Root, baseline, 20*time.Second)
 	t.Logf("teardown checks: %s; whole test: %s", time.Since(end).Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
+}
+
+// hostsByBuild maps each executable running a FUSE host of root to the
+// health of its hosts.
+func hostsByBuild(t *testing.T, ctx context.Context, root string) map[string][]harness.HostHealth {
+	t.Helper()
+	procs, err := harness.FuseHosts(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := map[int]string{}
+	for _, p := range procs {
+		exe[p.Pid] = p.Exe
+	}
+	out := map[string][]harness.HostHealth{}
+	for sock, h := range hostHealths(t, ctx, root) {
+		bin, ok := exe[h.PID]
+		if !ok {
+			t.Fatalf("host on %s reports pid %d, which is not a FUSE host process of %s (%v)", sock, h.PID, root, procs)
+		}
+		out[bin] = append(out[bin], h)
+	}
+	return out
 }
 
 func totalReads(cs []soakCounts) int64 {
@@ -582,8 +650,10 @@ func checkHostsIdle(t *testing.T, ctx context.Context, root string, baseline map
 // SIGTERM makes the daemon exit within 5 s, and the containers keep
 // reading (also what is still in the registry) while it is gone.
 func TestSIGTERMExitsFast(t *testing.T) {
+	began := time.Now()
 	ctx := testContext(t, 3*time.Minute)
 	e := startSurviveEnv(t, soakConfig, harness.StartDaemon)
+	defer func() { t.Logf("test body: %s", time.Since(began).Round(time.Millisecond)) }()
 	img := pushSoakImage(t, e, "survive/fast:latest", 1024, 5000)
 	ss := startSoakers(t, ctx, e, img, "fast", 3)
 	waitReads(t, ctx, e, ss, make([]soakCounts, len(ss)), 2, 60*time.Second, "before SIGTERM")
@@ -813,6 +883,7 @@ func TestSystemdRestartKillMode(t *testing.T) {
 		if err := startInUnit(ctx, e.Daemon); err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("containerd reconnected %s after the start", waitContainerdReconnected(t, ctx, e).Round(time.Millisecond))
 	}
 	step := fmt.Sprintf("systemctl restart (shipped KillMode=%s)", killMode)
 	restart(killMode)

@@ -3,7 +3,6 @@ package harness
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -73,16 +72,14 @@ func HostSockets(root string) ([]string, error) {
 	return filepath.Glob(filepath.Join(fusehost.SocketDir(root), "*.sock"))
 }
 
-// HostHealth is what a FUSE host answers on GET /health.
+// HostHealth is a FUSE host's answer to GET /health, and the answer as
+// it came.
 type HostHealth struct {
-	Goroutines int
-	Mounts     int
-	Raw        string
+	fusehost.Health
+	Raw string
 }
 
-// GetHostHealth asks the FUSE host on the unix socket sock for GET
-// /health (fusehost.Health) and reads the number of goroutines and of the
-// mounts it serves (a count, or the length of a list).
+// GetHostHealth asks the FUSE host on the unix socket sock for GET /health.
 func GetHostHealth(ctx context.Context, sock string) (HostHealth, error) {
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -107,41 +104,8 @@ func GetHostHealth(ctx context.Context, sock string) (HostHealth, error) {
 	if resp.StatusCode != http.StatusOK {
 		return h, fmt.Errorf("GET /health on %s: %s: %.200s", sock, resp.Status, body)
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(body, &fields); err != nil {
-		return h, fmt.Errorf("GET /health on %s: %w: %.200s", sock, err, body)
-	}
-	var errs []error
-	h.Goroutines, err = countField(fields, "goroutines")
-	errs = append(errs, err)
-	h.Mounts, err = countField(fields, "mounts")
-	errs = append(errs, err)
-	if err := errors.Join(errs...); err != nil {
+	if err := json.Unmarshal(body, &h.Health); err != nil {
 		return h, fmt.Errorf("GET /health on %s: %w: %.200s", sock, err, body)
 	}
 	return h, nil
-}
-
-// countField reads fields[name] (any letter case) as a number, or as the
-// length of a list or object.
-func countField(fields map[string]json.RawMessage, name string) (int, error) {
-	for k, raw := range fields {
-		if !strings.EqualFold(k, name) {
-			continue
-		}
-		var n int
-		if json.Unmarshal(raw, &n) == nil {
-			return n, nil
-		}
-		var list []json.RawMessage
-		if json.Unmarshal(raw, &list) == nil {
-			return len(list), nil
-		}
-		var obj map[string]json.RawMessage
-		if json.Unmarshal(raw, &obj) == nil {
-			return len(obj), nil
-		}
-		return 0, fmt.Errorf("field %q is %.50s, not a count", k, raw)
-	}
-	return 0, fmt.Errorf("no field %q", name)
 }
