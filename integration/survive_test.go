@@ -440,6 +440,7 @@ func TestSurviveRestartKillUpgrade(t *testing.T) {
 	}
 	ss := startSoakers(t, ctx, e, img, "soak", 10)
 	counts := waitReads(t, ctx, e, ss, make([]soakCounts, len(ss)), 2, 60*time.Second, "before any restart")
+	t.Logf("probes reading:%s", describeCounts(ss, counts))
 	t.Logf("setup (env, images, 10 containers reading): %s", time.Since(began).Round(time.Millisecond))
 
 	var upgrade build
@@ -482,7 +483,6 @@ func TestSurviveRestartKillUpgrade(t *testing.T) {
 	baseline := map[string]int{} // goroutines of hosts serving nothing, by socket
 	for _, step := range steps {
 		start := time.Now()
-		served := servedBytes(t, e)
 		if err := step.do(); err != nil {
 			t.Fatalf("%s: %v\n%s", step.name, err, e.Daemon.LogTail(30))
 		}
@@ -491,7 +491,7 @@ func TestSurviveRestartKillUpgrade(t *testing.T) {
 		// Progress is counted from when the daemon is back: reads made
 		// while the old one was still stopping prove nothing.
 		counts = allCounts(t, ss)
-		served = servedBytes(t, e)
+		served := servedBytes(t, e)
 		if step.name == "upgrade to another build" {
 			for sock, h := range hostHealths(t, ctx, e.Daemon.Root) {
 				if h.Mounts == 0 {
@@ -874,7 +874,7 @@ func TestSystemdRestartKillMode(t *testing.T) {
 	e := startSurviveEnv(t, soakConfig, startInUnit)
 	img := pushSoakImage(t, e, "survive/unit:latest", 1024, 9000)
 	ss := startSoakers(t, ctx, e, img, "unit", 3)
-	counts := waitReads(t, ctx, e, ss, make([]soakCounts, len(ss)), 2, 60*time.Second, "before the restart")
+	waitReads(t, ctx, e, ss, make([]soakCounts, len(ss)), 2, 60*time.Second, "before the restart")
 
 	restart := func(mode string) {
 		pids, _ := cg.Procs()
@@ -887,9 +887,9 @@ func TestSystemdRestartKillMode(t *testing.T) {
 	}
 	step := fmt.Sprintf("systemctl restart (shipped KillMode=%s)", killMode)
 	restart(killMode)
-	counts = allCounts(t, ss)
+	counts := allCounts(t, ss)
 	checkNewContainer(t, ctx, e, img, step)
-	counts = waitReads(t, ctx, e, ss, counts, 2, 30*time.Second, step)
+	waitReads(t, ctx, e, ss, counts, 2, 30*time.Second, step)
 
 	// Negative control: failures counted from before the stop.
 	counts = allCounts(t, ss)
