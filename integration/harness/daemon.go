@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -117,6 +118,37 @@ func (d *Daemon) Log() string { return d.logPath }
 
 // LogTail returns the last n lines of the daemon's log.
 func (d *Daemon) LogTail(n int) string { return tailFile(d.logPath, n) }
+
+// Binary is the executable the daemon runs.
+func (d *Daemon) Binary() string { return d.bin }
+
+// StartBinary starts the daemon from another executable, bin (an upgrade
+// or a downgrade); later Starts run bin too.
+func (d *Daemon) StartBinary(ctx context.Context, bin string) error {
+	d.bin = bin
+	return d.Start(ctx)
+}
+
+// Signal sends sig to the daemon's main process only, not to its process
+// group or to processes it started, as systemd does with KillMode=process.
+func (d *Daemon) Signal(sig syscall.Signal) error {
+	if d.proc == nil {
+		return fmt.Errorf("daemon not started")
+	}
+	if exited, _ := d.proc.Exited(); exited {
+		return fmt.Errorf("daemon (pid %d) already exited", d.proc.Pid())
+	}
+	return syscall.Kill(d.proc.Pid(), sig)
+}
+
+// WaitExit waits up to timeout for the daemon's main process to end and
+// returns how it ended (nil for exit status 0).
+func (d *Daemon) WaitExit(timeout time.Duration) error {
+	if d.proc == nil {
+		return nil
+	}
+	return d.proc.Wait(timeout)
+}
 
 // Exited reports whether the daemon's process has ended, and how.
 func (d *Daemon) Exited() (bool, error) {

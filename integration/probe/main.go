@@ -14,6 +14,7 @@
 //	slow-read PATH CHUNK MS reads PATH CHUNK bytes at a time with MS ms between
 //	                       reads, then "<path> <hex> reads=<n>" (a failed read
 //	                       stops the chain with exit status 1)
+//	soak LIST OUT PAUSE    read listed files until SIGTERM, counts in OUT (soak.go)
 //
 // Paths containing spaces or unprintable characters are printed Go-quoted.
 // Failures of write and read-bytes stop the chain with exit status 1; usage
@@ -132,7 +133,7 @@ func arity(name string) (lo, hi int, ok bool) {
 		return 1, 1, true
 	case "read-fraction":
 		return 2, 2, true
-	case "slow-read":
+	case "slow-read", "soak":
 		return 3, 3, true
 	}
 	return 0, 0, false
@@ -162,6 +163,8 @@ func (c command) run(w io.Writer) error {
 		return readAll(w, c.args[0])
 	case "slow-read":
 		return slowRead(w, c.args[0], c.args[1], c.args[2])
+	case "soak":
+		return soakCommand(w, c.args[0], c.args[1], c.args[2])
 	}
 	return usageError(fmt.Sprintf("unknown command %q", c.name))
 }
