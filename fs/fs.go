@@ -251,11 +251,16 @@ func (f *FS) Close() error {
 	return errors.Join(errs...)
 }
 
+// close detaches the layer's mount lazily and frees what serves it. It
+// never waits for the FUSE session to end: go-fuse's Server.Unmount waits
+// for its read loops, which run as long as anything still holds the mount
+// (an overlay of a running container), so a host stopping under running
+// containers would hang. The kernel ends the session once the last user
+// is gone, or when the process exits.
 func (m *mountedLayer) close(mountpoint string) error {
 	var errs []error
-	if err := m.server.Unmount(); err != nil {
-		errs = append(errs, fmt.Errorf("unmount layer %s at %s: %w", m.name, mountpoint, err))
-		errs = append(errs, detach(mountpoint))
+	if err := detach(mountpoint); err != nil {
+		errs = append(errs, fmt.Errorf("unmount layer %s: %w", m.name, err))
 	}
 	errs = append(errs, m.spans.Close(), m.layer.Close())
 	m.unpin()

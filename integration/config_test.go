@@ -104,10 +104,10 @@ func TestUpstreamConfigJSONLog(t *testing.T) {
 	}
 	conf := "allow_no_verification = true\n" +
 		"metrics_network = \"tcp4\"\n" +
+		"resolve_result_entry = 10\n" +
 		"[pull_modes.soci_v2]\nenabled = true\n" +
 		"[snapshotter]\nmin_layer_size = -1\n" +
-		"[blob]\nmax_wait_msec = 20\n" +
-		"[resolver]\nauth_client_ttl_sec = 60\n"
+		"[blob]\nmax_wait_msec = 20\n"
 	d, err := harness.NewDaemon(filepath.Join(tools.Ours, "soci-snapshotter-grpc"), t.TempDir(), conf)
 	if err != nil {
 		t.Fatal(err)
@@ -154,8 +154,8 @@ func TestUpstreamConfigJSONLog(t *testing.T) {
 			t.Errorf("warning for %s = %v, want line and did_you_mean %s", key, w, suggestion)
 		}
 	}
-	if _, ok := warnings["resolver.auth_client_ttl_sec"]; !ok {
-		t.Errorf("no warning for the unused key resolver.auth_client_ttl_sec in:\n%s", data)
+	if _, ok := warnings["resolve_result_entry"]; !ok {
+		t.Errorf("no warning for the unused key resolve_result_entry in:\n%s", data)
 	}
 	if !strings.Contains(string(data), "starting soci-snapshotter-grpc") {
 		t.Errorf("no start line in:\n%s", data)
