@@ -50,13 +50,15 @@ func TestAuthHtpasswd(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkLazyRun(t, ctx, e, ref, img, 3)
-	checkAuthenticatedRun(t, e, reg, []string{password, auth}, "layer mounted lazily")
+	checkAuthenticatedRun(t, e, reg, []string{password, auth})
 }
 
 // checkAuthenticatedRun checks what a lazily loaded run from a registry
-// that requires credentials leaves behind: the registry served blob bytes,
-// the daemon log holds none of the secrets and has every wanted line.
-func checkAuthenticatedRun(t *testing.T, e *harness.Env, reg *harness.Registry, secrets []string, wantLog ...string) {
+// that requires credentials leaves behind (the caller has checked the file
+// contents and the FUSE mounts): the registry served blob bytes, and the
+// daemon log holds none of the secrets. The log is the state here: the
+// invariant is that credentials never reach it.
+func checkAuthenticatedRun(t *testing.T, e *harness.Env, reg *harness.Registry, secrets []string) {
 	t.Helper()
 	served, err := harness.RegistryBytesServed(reg.Log())
 	if err != nil {
@@ -72,11 +74,6 @@ func checkAuthenticatedRun(t *testing.T, e *harness.Env, reg *harness.Registry, 
 	for _, secret := range secrets {
 		if strings.Contains(string(logs), secret) {
 			t.Errorf("daemon log contains a credential")
-		}
-	}
-	for _, want := range wantLog {
-		if !strings.Contains(string(logs), want) {
-			t.Errorf("daemon log lacks %q", want)
 		}
 	}
 }

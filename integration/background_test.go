@@ -7,72 +7,15 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/fastsoci/soci-snapshotter/integration/harness"
 	"github.com/fastsoci/soci-snapshotter/integration/sociimage"
 )
-
-// layerField finds the layer digest in a daemon log line.
-var layerField = regexp.MustCompile(`layer="?(sha256:[0-9a-f]{64})`)
-
-// tookField and bytesField find a background completion's figures.
-var (
-	tookField  = regexp.MustCompile(`took=\S+`)
-	bytesField = regexp.MustCompile(`bytes=\d+`)
-)
-
-// logLayers returns the layer digests named by daemon log lines containing
-// msg, in order of first appearance.
-func logLayers(t *testing.T, e *harness.Env, msg string) []string {
-	t.Helper()
-	data, err := os.ReadFile(e.Daemon.Log())
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]bool{}
-	var out []string
-	for _, line := range strings.Split(string(data), "\n") {
-		if !strings.Contains(line, msg) {
-			continue
-		}
-		if m := layerField.FindStringSubmatch(line); m != nil && !seen[m[1]] {
-			seen[m[1]] = true
-			out = append(out, m[1])
-		}
-	}
-	return out
-}
-
-// waitLocal waits until the daemon log reports every lazily mounted layer as
-// fully local, and returns how many layers that was.
-func waitLocal(t *testing.T, e *harness.Env, timeout time.Duration) int {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		mounted := logLayers(t, e, "layer mounted lazily")
-		local := map[string]bool{}
-		for _, d := range logLayers(t, e, "layer fully local") {
-			local[d] = true
-		}
-		var missing []string
-		for _, d := range mounted {
-			if !local[d] {
-				missing = append(missing, d)
-			}
-		}
-		if len(mounted) > 0 && len(missing) == 0 {
-			return len(mounted)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v, %d of %d lazily mounted layers are not fully local: %v", timeout, len(missing), len(mounted), missing)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
 
 // seededSum is the `probe sha256` line of a file built by image.RandomFile
 // (or an Entry with Size and Seed): ChaCha8 keyed by the seed.
@@ -89,11 +32,14 @@ func seededSum(path string, seed, size int64) string {
 }
 
 // TestBackgroundFetch: after a container of a ~220 MB image ran lazily, the
-// background fetcher makes every layer local (and verifies it against its
-// digest); then, with the registry stopped, a container reading every byte
-// of every file still works. It logs how long the image took to become local.
+// background fetcher makes every layer local and verifies it against its
+// digest (a verified marker per layer on disk, the completed-layers metric,
+// no failure counted); then, with the registry stopped, a container reading
+// every byte of every file gets the right bytes with no span fetched. It logs
+// how long the image took to become local.
 func TestBackgroundFetch(t *testing.T) {
-	e := startEnv(t, defaultDaemonConfig)
+	metricsCfg, url := metricsConfig(t)
+	e := startEnv(t, metricsCfg+defaultDaemonConfig)
 	ctx := testContext(t, 10*time.Minute)
 	const n, size = 4, 55 << 20
 	spec := sparseSpec(n, size)
@@ -110,17 +56,23 @@ func TestBackgroundFetch(t *testing.T) {
 		t.Fatalf("lazy container: %v\n%s", err, out)
 	}
 	started := time.Now()
-	layers := waitLocal(t, e, 5*time.Minute)
+	waitLocal(t, e, built.LayerDescs, 5*time.Minute)
 	took := time.Since(started)
 	t.Logf("image of %d compressed bytes (%d layers lazily loaded) fully local %v after the container ran (includes the silence period, at most 5s)",
-		total, layers, took.Round(time.Millisecond))
-	if layers != len(built.LayerDescs) {
-		t.Errorf("%d layers lazily loaded, want %d", layers, len(built.LayerDescs))
+		total, len(built.LayerDescs), took.Round(time.Millisecond))
+	// The marker is written just before the layer is counted.
+	samples := waitMetric(t, url, "soci_background_layers_completed_total", float64(len(built.LayerDescs)), 10*time.Second)
+	if v := samples["soci_background_layers_completed_total"]; v != float64(len(built.LayerDescs)) {
+		t.Errorf("soci_background_layers_completed_total = %v, want %d", v, len(built.LayerDescs))
 	}
-	for _, line := range strings.Split(e.Daemon.LogTail(400), "\n") {
-		if strings.Contains(line, "layer fully local") {
-			t.Logf("%s %s %s", layerField.FindString(line), tookField.FindString(line), bytesField.FindString(line))
+	t.Logf("background fetcher fetched %v compressed bytes", samples["soci_background_fetch_bytes_total"])
+	for _, kind := range []string{"verification", "fetch", "span_load", "unverified", "ztoc_mismatch"} {
+		if v := failures(samples, kind); v != 0 {
+			t.Errorf("soci_failures_total{kind=%q} = %v, want 0", kind, v)
 		}
+	}
+	if bad := markedLayers(t, e, "bad"); len(bad) != 0 {
+		t.Errorf("layers marked bad: %v", bad)
 	}
 	served, err := harness.RegistryBytesServed(e.Registry.Log())
 	if err != nil {
@@ -145,16 +97,22 @@ func TestBackgroundFetch(t *testing.T) {
 	if strings.Contains(out, "ERROR") {
 		t.Errorf("reads failed with the registry stopped:\n%s", out)
 	}
-	if strings.Contains(e.Daemon.LogTail(2000), "layer blob does not match its digest") {
-		t.Error("daemon log reports a layer digest mismatch")
+	after := scrape(t, url)
+	if d := after["soci_span_cache_misses_total"] - samples["soci_span_cache_misses_total"]; d != 0 {
+		t.Errorf("%v span reads missed the cache after the layers were local", d)
+	}
+	if after["soci_span_cache_hits_total"] <= samples["soci_span_cache_hits_total"] {
+		t.Errorf("reading every file with the registry stopped hit no cached span")
 	}
 }
 
 // TestBackgroundCorruptLayer: a layer whose blob was altered where no span
-// covers it (the gzip header) is reported at Error level, naming the layer,
-// once the background fetcher has read all of it.
+// covers it (the gzip header) reads correctly, but once the background
+// fetcher has read all of it, it counts a verification failure and never
+// marks the layer verified, while the image's other layers are.
 func TestBackgroundCorruptLayer(t *testing.T) {
-	e := startEnv(t, defaultDaemonConfig)
+	metricsCfg, url := metricsConfig(t)
+	e := startEnv(t, metricsCfg+defaultDaemonConfig)
 	ctx := testContext(t, 5*time.Minute)
 	img := newLayeredImage()
 	built := buildImage(t, img.spec)
@@ -170,27 +128,22 @@ func TestBackgroundCorruptLayer(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkSums(t, runSums(t, ctx, e, ref, img.paths), img.want)
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		var found bool
-		for _, line := range strings.Split(e.Daemon.LogTail(5000), "\n") {
-			if strings.Contains(line, "level=error") && strings.Contains(line, "does not match its digest") &&
-				strings.Contains(line, victim.Digest.String()) {
-				found = true
-			}
-		}
-		if found {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no error naming layer %s in the daemon log", victim.Digest)
-		}
-		time.Sleep(200 * time.Millisecond)
+	if n := fuseLayers(t, e); n != len(built.LayerDescs) {
+		t.Fatalf("%d layers mounted lazily, want %d", n, len(built.LayerDescs))
 	}
-	for _, d := range logLayers(t, e, "layer fully local") {
-		if d == victim.Digest.String() {
-			t.Errorf("corrupt layer %s reported fully local", d)
-		}
+	samples := waitMetric(t, url, `soci_failures_total{kind="verification"}`, 1, 2*time.Minute)
+	if v := failures(samples, "verification"); v != 1 {
+		t.Errorf(`soci_failures_total{kind="verification"} = %v, want 1 (the corrupt layer)`, v)
+	}
+	others := append(append([]ocispec.Descriptor{}, built.LayerDescs[:1]...), built.LayerDescs[2:]...)
+	waitVerified(t, e, others, time.Minute)
+	if markedLayers(t, e, "verified")[victim.Digest] {
+		t.Errorf("corrupt layer %s marked verified", victim.Digest)
+	}
+	// The marker is written just before the layer is counted.
+	samples = waitMetric(t, url, "soci_background_layers_completed_total", float64(len(others)), 10*time.Second)
+	if v := samples["soci_background_layers_completed_total"]; v != float64(len(others)) {
+		t.Errorf("soci_background_layers_completed_total = %v, want %d", v, len(others))
 	}
 }
 

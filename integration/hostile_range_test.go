@@ -35,6 +35,8 @@ type rangeCase struct {
 	// cause must match a daemon log line (naming the layer) written while
 	// the case ran; nil: the answer is legitimate HTTP and needs no line.
 	cause *regexp.Regexp
+	// failure is the soci_failures_total kind a failed read counts.
+	failure string
 	// mayServe: the answer held the right bytes somewhere, so the daemon may
 	// serve them (or refuse the answer); otherwise the read must fail.
 	mayServe bool
@@ -46,16 +48,16 @@ type rangeCase struct {
 // remembers where it was sent (when the read succeeded) and reads from there
 // until that fails.
 var hostileRangeCases = []rangeCase{
-	{mode: harness.WholeBlob, cause: regexp.MustCompile(`(?i)(ignor\w*( the)? range|whole[- ]blob|status 200|200 OK|not a range)`), mayServe: true},
-	{mode: harness.ShiftedRange, cause: regexp.MustCompile(`(?i)content-range`)},
-	{mode: harness.ShortRange, cause: regexp.MustCompile(`(?i)(content-range|short|unexpected EOF)`)},
-	{mode: harness.GarbageRange, cause: regexp.MustCompile(`(?i)content-range`), mayServe: true},
-	{mode: harness.WrongTotal, cause: regexp.MustCompile(`(?i)(content-range|total|blob size|size mismatch)`), mayServe: true},
-	{mode: harness.TruncatedBody, cause: regexp.MustCompile(`(?i)(unexpected EOF|short read|truncat|cut short)`)},
-	{mode: harness.LongBody, cause: regexp.MustCompile(`(?i)(longer|extra|trailing|more than|exceed|content-length)`), mayServe: true},
-	{mode: harness.CorruptBytes, cause: regexp.MustCompile(`(?i)(digest mismatch|verif)`)},
-	{mode: harness.RedirectChallenge, cause: regexp.MustCompile(`(?i)(401|unauthori[sz]ed|basic auth|credential)`)},
-	{mode: harness.Redirect, mayServe: true, mustServe: true},
+	{mode: harness.WholeBlob, failure: "fetch", cause: regexp.MustCompile(`(?i)(ignor\w*( the)? range|whole[- ]blob|status 200|200 OK|not a range)`), mayServe: true},
+	{mode: harness.ShiftedRange, failure: "fetch", cause: regexp.MustCompile(`(?i)content-range`)},
+	{mode: harness.ShortRange, failure: "fetch", cause: regexp.MustCompile(`(?i)(content-range|short|unexpected EOF)`)},
+	{mode: harness.GarbageRange, failure: "fetch", cause: regexp.MustCompile(`(?i)content-range`), mayServe: true},
+	{mode: harness.WrongTotal, failure: "fetch", cause: regexp.MustCompile(`(?i)(content-range|total|blob size|size mismatch)`), mayServe: true},
+	{mode: harness.TruncatedBody, failure: "fetch", cause: regexp.MustCompile(`(?i)(unexpected EOF|short read|truncat|cut short)`)},
+	{mode: harness.LongBody, failure: "fetch", cause: regexp.MustCompile(`(?i)(longer|extra|trailing|more than|exceed|content-length)`), mayServe: true},
+	{mode: harness.CorruptBytes, failure: "verification", cause: regexp.MustCompile(`(?i)(digest mismatch|verif)`)},
+	{mode: harness.RedirectChallenge, failure: "fetch", cause: regexp.MustCompile(`(?i)(401|unauthori[sz]ed|basic auth|credential)`)},
+	{mode: harness.Redirect, failure: "fetch", mayServe: true, mustServe: true},
 }
 
 // hostileFile is the file case i reads.
@@ -106,15 +108,17 @@ func hostileRangeImage() (image.Spec, map[string]string) {
 // hostile answer to the daemon's range reads of a lazily loaded layer, runs
 // a container reading a file of that layer. For every case the daemon
 // survives (same pid), its peak RSS stays under rangeRSSBound, the read
-// returns the right bytes or fails with EIO within a bound, a daemon log
-// line names the cause, and once the registry behaves again every file
+// returns the right bytes or fails with EIO within a bound (counting a
+// failure of the case's kind in the metrics), a daemon log line names the
+// cause, and once the registry behaves again every file
 // reads correctly (nothing bad was cached). The redirect goes to another
 // loopback host, which must never see the registry's credentials.
 func TestHostileRangeResponses(t *testing.T) {
 	const user, password = "hostile-user", "pw-Tb61Ke0pQs"
 	dockerConfig := t.TempDir()
 	t.Setenv("DOCKER_CONFIG", dockerConfig) // inherited by the daemon and nerdctl
-	e := startEnv(t, defaultDaemonConfig+`
+	metricsCfg, url := metricsConfig(t)
+	e := startEnv(t, metricsCfg+defaultDaemonConfig+`
 [background_fetch]
   disable = true
 `)
@@ -212,6 +216,7 @@ func TestHostileRangeResponses(t *testing.T) {
 		paths = append(paths, path)
 		logStart := logSize(t, e)
 		rssBefore := checkDaemon("before " + c.mode.String())
+		failedBefore := failures(scrape(t, url), c.failure)
 		proxy.Set(target.Digest.String(), c.mode)
 		got, took := read(path)
 		proxy.Set("", harness.Honest)
@@ -222,6 +227,7 @@ func TestHostileRangeResponses(t *testing.T) {
 		line := got[path]
 		served := line == want[path]
 		eio := strings.Contains(line, "ERROR") && strings.Contains(line, "input/output error")
+		failed := failures(scrape(t, url), c.failure) - failedBefore
 		cause := rangeCauseLine(t, e, logStart, target.Digest.Encoded(), c.cause)
 		outcome := "EIO"
 		if served {
@@ -229,8 +235,8 @@ func TestHostileRangeResponses(t *testing.T) {
 		} else {
 			lastFailure = time.Now()
 		}
-		t.Logf("%-22s %3d hostile answers, %-13s in %6s, peak RSS %3d MiB, log: %s",
-			c.mode, proxy.Served(c.mode), outcome, took.Round(time.Millisecond), rss>>20, cause)
+		t.Logf("%-22s %3d hostile answers, %-13s in %6s, peak RSS %3d MiB, %v %s failures, log: %s",
+			c.mode, proxy.Served(c.mode), outcome, took.Round(time.Millisecond), rss>>20, failed, c.failure, cause)
 		summary = append(summary, fmt.Sprintf("%s: %s, %d MiB", c.mode, outcome, rss>>20))
 		switch {
 		case proxy.Served(c.mode) == 0:
@@ -241,10 +247,15 @@ func TestHostileRangeResponses(t *testing.T) {
 			t.Errorf("%s: the daemon served bytes the registry never sent for that range", c.mode)
 		case !served && !eio:
 			t.Errorf("%s: read %q, want the right sum or an I/O error", c.mode, line)
+		case !served && failed == 0:
+			t.Errorf("%s: the read failed but soci_failures_total{kind=%q} did not move", c.mode, c.failure)
 		}
 		if took > bound {
 			t.Errorf("%s: the read took %s, bound %s", c.mode, took.Round(time.Millisecond), bound)
 		}
+		// The log line is the contract here: the README's troubleshooting
+		// section tells an operator whose read fails with EIO that the
+		// daemon log names the layer and the registry's error.
 		if c.cause != nil && cause == "" {
 			t.Errorf("%s: no daemon log line naming layer %s matches %q", c.mode, target.Digest, c.cause)
 		}
@@ -290,6 +301,7 @@ func TestHostileRangeResponses(t *testing.T) {
 	}
 	checkDaemon("after the registry behaves again")
 
+	// The log is the state here: credentials must never reach it.
 	logs, err := os.ReadFile(e.Daemon.Log())
 	if err != nil {
 		t.Fatal(err)

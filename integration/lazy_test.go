@@ -210,10 +210,12 @@ func TestLaziness(t *testing.T) {
 }
 
 // TestCorruptSpan: a span whose bytes in the registry no longer match the
-// zTOC gives EIO for the files in it, the rest of the image reads, and the
-// daemon log names the layer and span.
+// zTOC gives EIO for the files in it, the rest of the image reads, the
+// daemon counts verification failures (and no fetch failure), and its log
+// names the layer and span.
 func TestCorruptSpan(t *testing.T) {
-	e := startEnv(t, defaultDaemonConfig)
+	metricsCfg, url := metricsConfig(t)
+	e := startEnv(t, metricsCfg+defaultDaemonConfig)
 	ctx := testContext(t, 5*time.Minute)
 	img := newLayeredImage()
 	built := buildImage(t, img.spec)
@@ -242,15 +244,28 @@ func TestCorruptSpan(t *testing.T) {
 	if !strings.Contains(out, "/data/b.bin ERROR") || !strings.Contains(out, "input/output error") {
 		t.Errorf("reading the corrupted file: want an I/O error, got:\n%s", out)
 	}
-	logData, _ := os.ReadFile(e.Daemon.Log())
+	samples := scrape(t, url)
+	if v := failures(samples, "verification"); v < 1 {
+		t.Errorf(`soci_failures_total{kind="verification"} = %v, want >= 1`, v)
+	}
+	if v := failures(samples, "fetch"); v != 0 {
+		t.Errorf(`soci_failures_total{kind="fetch"} = %v, want 0: the registry answered every request`, v)
+	}
+	// The log line is the contract here: the README's troubleshooting
+	// section tells an operator whose read fails with EIO that the daemon
+	// log names the layer and span ("span digests do not match").
+	logData, err := os.ReadFile(e.Daemon.Log())
+	if err != nil {
+		t.Fatal(err)
+	}
 	found := false
 	for _, line := range strings.Split(string(logData), "\n") {
-		if strings.Contains(line, victim.Digest.String()) && strings.Contains(line, "span") && strings.Contains(line, "verif") {
+		if strings.Contains(line, victim.Digest.String()) && strings.Contains(line, "span=") && strings.Contains(line, "span digests do not match") {
 			found = true
 		}
 	}
 	if !found {
-		t.Errorf("daemon log has no verification error naming layer %s and its span", victim.Digest)
+		t.Errorf("daemon log has no %q line naming layer %s and its span", "span digests do not match", victim.Digest)
 	}
 }
 

@@ -63,12 +63,14 @@ func TestMetrics(t *testing.T) {
 	e := startEnv(t, cfg)
 	ctx := testContext(t, 5*time.Minute)
 	img := newLayeredImage()
-	ref := pushV2(t, e, "metrics/app:latest", buildImage(t, img.spec), sociimage.Options{SpanSize: 1 << 20})
+	built := buildImage(t, img.spec)
+	ref := pushV2(t, e, "metrics/app:latest", built, sociimage.Options{SpanSize: 1 << 20})
 	checkSums(t, runSums(t, ctx, e, ref, img.paths), img.want)
-	waitLocal(t, e, 2*time.Minute)
+	waitLocal(t, e, built.LayerDescs, 2*time.Minute)
 
 	url := fmt.Sprintf("http://127.0.0.1:%d/metrics", port)
-	samples := scrape(t, url)
+	// The verified marker is written just before the layer is counted.
+	samples := waitMetric(t, url, "soci_background_layers_completed_total", float64(len(built.LayerDescs)), 10*time.Second)
 	nonZero := []string{
 		`soci_registry_get_duration_seconds_count{kind="range"}`,
 		`soci_registry_get_duration_seconds_count{kind="manifest"}`,
@@ -172,7 +174,8 @@ func TestMetricsReference(t *testing.T) {
 	e := startEnv(t, cfg)
 	ctx := testContext(t, 5*time.Minute)
 	img := newLayeredImage()
-	ref := pushV2(t, e, "metrics/ref:latest", buildImage(t, img.spec), sociimage.Options{SpanSize: 1 << 20})
+	built := buildImage(t, img.spec)
+	ref := pushV2(t, e, "metrics/ref:latest", built, sociimage.Options{SpanSize: 1 << 20})
 	// The big file (several spans of the middle layer) is left to the
 	// background fetch, so that it has spans to fetch.
 	const big = "/data/b.bin"
@@ -188,9 +191,12 @@ func TestMetricsReference(t *testing.T) {
 	if _, err := e.Nerdctl(ctx, "--snapshotter", "soci", "run", "--rm", "--net", "none", ref, "walk", "/data", big); err != nil {
 		t.Fatal(err)
 	}
-	layers := waitLocal(t, e, 2*time.Minute)
+	waitLocal(t, e, built.LayerDescs, 2*time.Minute)
+	layers := len(built.LayerDescs)
 
-	samples := scrape(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	url := fmt.Sprintf("http://127.0.0.1:%d/metrics", port)
+	// The verified marker is written just before the layer is counted.
+	samples := waitMetric(t, url, "soci_background_layers_completed_total", float64(layers), 10*time.Second)
 	for _, s := range referenceSeries {
 		var sum float64
 		var found []string

@@ -50,11 +50,15 @@ func mirrorServedAll(t *testing.T, logPath, origin string) {
 	if served == 0 {
 		t.Error("the mirror served no blob bytes")
 	}
-	data, _ := os.ReadFile(logPath)
+	reqs, err := harness.RegistryRequests(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ranges := 0
-	for _, line := range strings.Split(string(data), "\n") {
+	for _, r := range reqs {
 		// Only the daemon reads layers by range: these are its span fetches.
-		if strings.Contains(line, "/blobs/") && strings.Contains(line, "ns="+url.QueryEscape(origin)) && strings.Contains(line, "\" 206 ") {
+		u, err := url.Parse(r.URI)
+		if err == nil && r.Method == "GET" && r.Status == 206 && strings.Contains(u.Path, "/blobs/") && u.Query().Get("ns") == origin {
 			ranges++
 		}
 	}

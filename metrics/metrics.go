@@ -52,53 +52,28 @@ type Metrics struct {
 // New returns metrics registered with a fresh registry (plus the Go runtime
 // and process collectors).
 func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	r := registrar{reg}
 	m := &Metrics{
-		reg: prometheus.NewRegistry(),
-		registryGet: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "soci_registry_get_duration_seconds",
-			Help:    "Latency of registry GETs (manifests, whole blobs, blob ranges), through the last body byte.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
-		}, []string{"kind"}),
-		registryBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "soci_registry_get_bytes_total",
-			Help: "Bytes received from registries, by kind of GET.",
-		}, []string{"kind"}),
-		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "soci_span_cache_hits_total",
-			Help: "Span reads served from the span cache.",
-		}),
-		cacheMisses: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "soci_span_cache_misses_total",
-			Help: "Span reads that waited for a fetch from the registry.",
-		}),
-		readLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "soci_fuse_read_duration_seconds",
-			Help:    "Latency of FUSE file reads of lazily loaded layers.",
-			Buckets: prometheus.ExponentialBuckets(0.00001, 4, 12),
-		}),
-		backgroundBytes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "soci_background_fetch_bytes_total",
-			Help: "Compressed bytes fetched by the background fetcher.",
-		}),
-		backgroundLayers: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "soci_background_layers_completed_total",
-			Help: "Layers the background fetcher made fully local.",
-		}),
-		mountLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "soci_mount_duration_seconds",
-			Help:    "Latency of lazy layer mounts (index discovery, zTOC, FUSE mount).",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
-		}),
-		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "soci_failures_total",
-			Help: "Failures by kind: verification, fetch, mount, span_load, unverified, ztoc_mismatch, window_mismatch.",
-		}, []string{"kind"}),
+		reg: reg,
+		registryGet: r.histogramVec("soci_registry_get_duration_seconds",
+			"Latency of registry GETs (manifests, whole blobs, blob ranges), through the last body byte.",
+			secondsBuckets(), "kind"),
+		registryBytes: r.counterVec("soci_registry_get_bytes_total", "Bytes received from registries, by kind of GET.", "kind"),
+		cacheHits:     r.counter("soci_span_cache_hits_total", "Span reads served from the span cache."),
+		cacheMisses:   r.counter("soci_span_cache_misses_total", "Span reads that waited for a fetch from the registry."),
+		readLatency: r.histogram("soci_fuse_read_duration_seconds", "Latency of FUSE file reads of lazily loaded layers.",
+			prometheus.ExponentialBuckets(0.00001, 4, 12)),
+		backgroundBytes:  r.counter("soci_background_fetch_bytes_total", "Compressed bytes fetched by the background fetcher."),
+		backgroundLayers: r.counter("soci_background_layers_completed_total", "Layers the background fetcher made fully local."),
+		mountLatency: r.histogram("soci_mount_duration_seconds", "Latency of lazy layer mounts (index discovery, zTOC, FUSE mount).",
+			secondsBuckets()),
+		failures: r.counterVec("soci_failures_total",
+			"Failures by kind: verification, fetch, mount, span_load, unverified, ztoc_mismatch, window_mismatch.", "kind"),
 		ref: newReference(),
 	}
-	m.reg.MustRegister(m.ref.collectors()...)
-	m.reg.MustRegister(m.registryGet, m.registryBytes, m.cacheHits, m.cacheMisses, m.readLatency,
-		m.backgroundBytes, m.backgroundLayers, m.mountLatency, m.failures,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(m.ref.collectors()...)
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, k := range []string{KindManifest, KindBlob, KindRange} {
 		m.registryBytes.WithLabelValues(k)
 		m.registryGet.WithLabelValues(k)
@@ -107,6 +82,37 @@ func New() *Metrics {
 		m.failures.WithLabelValues(k) // present at 0 so that rates work from the start
 	}
 	return m
+}
+
+// secondsBuckets are the buckets of operations that take milliseconds to
+// seconds: 1 ms to about 33 s.
+func secondsBuckets() []float64 { return prometheus.ExponentialBuckets(0.001, 2, 16) }
+
+// registrar makes collectors registered with reg.
+type registrar struct{ reg *prometheus.Registry }
+
+func (r registrar) counter(name, help string) prometheus.Counter {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	r.reg.MustRegister(c)
+	return c
+}
+
+func (r registrar) counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+	r.reg.MustRegister(c)
+	return c
+}
+
+func (r registrar) histogram(name, help string, buckets []float64) prometheus.Histogram {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets})
+	r.reg.MustRegister(h)
+	return h
+}
+
+func (r registrar) histogramVec(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels)
+	r.reg.MustRegister(h)
+	return h
 }
 
 // Registry is the registry the metrics are registered with.

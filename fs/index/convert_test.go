@@ -18,6 +18,7 @@ import (
 
 	"github.com/fastsoci/soci-snapshotter/fs/layer"
 	"github.com/fastsoci/soci-snapshotter/fs/span"
+	"github.com/fastsoci/soci-snapshotter/fs/tarcheck/tarchecktest"
 )
 
 func TestConvertRealLayers(t *testing.T) {
@@ -53,7 +54,7 @@ func TestConvertRealLayers(t *testing.T) {
 			if tc.blob != nil {
 				blob, algorithm = tc.blob(t, tb), compression.Gzip
 			}
-			_, data := buildZTOC(t, blob, tc.spanSize, algorithm)
+			_, data := tarchecktest.BuildZTOC(t, blob, tc.spanSize, algorithm)
 			l, err := ParseZTOC(data, Limits{})
 			if err != nil {
 				t.Fatalf("ParseZTOC: %v", err)

@@ -9,6 +9,7 @@ import (
 	"github.com/awslabs/soci-snapshotter/ztoc/compression"
 
 	"github.com/fastsoci/soci-snapshotter/fs/layer"
+	"github.com/fastsoci/soci-snapshotter/fs/tarcheck/tarchecktest"
 )
 
 // BenchmarkSpanDecompress inflates every span of a real gzip layer from its
@@ -52,7 +53,7 @@ func BenchmarkOpenZTOC100k(b *testing.B) {
 		}
 	}
 	blob := gzipMembers(b, buildTar(b, es))
-	_, data := buildZTOC(b, blob, 4<<20, compression.Gzip)
+	_, data := tarchecktest.BuildZTOC(b, blob, 4<<20, compression.Gzip)
 	b.Logf("zTOC of %d entries: %d bytes (layer %d bytes)", n, len(data), len(blob))
 	b.ReportAllocs()
 	for b.Loop() {

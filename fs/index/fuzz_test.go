@@ -13,6 +13,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/fastsoci/soci-snapshotter/fs/layer"
+	"github.com/fastsoci/soci-snapshotter/fs/tarcheck/tarchecktest"
 )
 
 // FuzzConvert mutates real zTOCs (gzip and tar) and runs them through the
@@ -21,10 +22,10 @@ import (
 // called here: it is only reached after Convert accepted the checkpoints.
 func FuzzConvert(f *testing.F) {
 	small := buildTar(f, testEntries(1<<10))
-	_, plain := buildZTOC(f, small, 64<<10, compression.Uncompressed)
+	_, plain := tarchecktest.BuildZTOC(f, small, 64<<10, compression.Uncompressed)
 	f.Add(plain)
 	f.Add(v1SingleCheckpoint(f, gzipMembers(f, small)))
-	_, gz := buildZTOC(f, gzipMembers(f, buildTar(f, testEntries(70<<10))), 64<<10, compression.Gzip)
+	_, gz := tarchecktest.BuildZTOC(f, gzipMembers(f, buildTar(f, testEntries(70<<10))), 64<<10, compression.Gzip)
 	f.Add(gz) // two spans: 64 KiB of checkpoint windows
 	f.Fuzz(func(t *testing.T, data []byte) {
 		z, err := decodeZTOC(data, Limits{}.withDefaults())
@@ -74,7 +75,7 @@ func hardlinkTarget(e layer.Entry) string {
 // checkpoints in the version 1 format, where checkpoint 0 is implicit: a
 // small zTOC, so fuzzing it is fast.
 func v1SingleCheckpoint(f *testing.F, blob []byte) []byte {
-	z, _ := buildZTOC(f, blob, 1<<20, compression.Gzip)
+	z, _ := tarchecktest.BuildZTOC(f, blob, 1<<20, compression.Gzip)
 	if z.MaxSpanID != 0 {
 		f.Fatalf("%d spans, want 1", z.MaxSpanID+1)
 	}
@@ -146,7 +147,7 @@ func FuzzParseIndex(f *testing.F) {
 // built has no path deeper than the bound.
 func FuzzZTOCTree(f *testing.F) {
 	small := buildTar(f, testEntries(1<<10))
-	_, plain := buildZTOC(f, small, 64<<10, compression.Uncompressed)
+	_, plain := tarchecktest.BuildZTOC(f, small, 64<<10, compression.Uncompressed)
 	f.Add(plain)
 	f.Add(v1SingleCheckpoint(f, gzipMembers(f, small)))
 	f.Add(synthZTOC(f, 1<<10, 1<<20, deepFiles(12)))

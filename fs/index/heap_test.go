@@ -11,6 +11,7 @@ import (
 	"github.com/awslabs/soci-snapshotter/ztoc/compression"
 
 	"github.com/fastsoci/soci-snapshotter/fs/layer"
+	"github.com/fastsoci/soci-snapshotter/fs/tarcheck/tarchecktest"
 )
 
 // synthZTOC returns a real zTOC (gzip, spans of spanSize over a layer of
@@ -19,7 +20,7 @@ import (
 func synthZTOC(t testing.TB, layerSize int, spanSize int64, files []ztoc.FileMetadata) []byte {
 	t.Helper()
 	blob := gzipMembers(t, buildTar(t, testEntries(layerSize)))
-	z, _ := buildZTOC(t, blob, spanSize, compression.Gzip)
+	z, _ := tarchecktest.BuildZTOC(t, blob, spanSize, compression.Gzip)
 	z.FileMetadata = files
 	r, _, err := ztoc.Marshal(z)
 	if err != nil {

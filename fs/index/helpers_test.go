@@ -4,18 +4,15 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
-	"io"
 	"math/rand"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/awslabs/soci-snapshotter/ztoc"
 	"github.com/awslabs/soci-snapshotter/ztoc/compression"
 
 	"github.com/fastsoci/soci-snapshotter/fs/layer"
+	"github.com/fastsoci/soci-snapshotter/fs/tarcheck/tarchecktest"
 )
 
 // tarEntry is one entry written to a test layer and what Convert should
@@ -87,21 +84,11 @@ func testEntries(bigSize int) []tarEntry {
 // buildTar writes entries as a tar stream.
 func buildTar(t testing.TB, es []tarEntry) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for i := range es {
-		h := es[i].hdr
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatalf("tar header %s: %v", h.Name, err)
-		}
-		if _, err := tw.Write(es[i].data); err != nil {
-			t.Fatal(err)
-		}
+	entries := make([]tarchecktest.Entry, len(es))
+	for i, e := range es {
+		entries[i] = tarchecktest.Entry{Header: e.hdr, Data: e.data}
 	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return tarchecktest.Tar(t, entries)
 }
 
 // gzipMembers compresses tarBytes as one gzip member per part, cutting at
@@ -159,28 +146,6 @@ func gnuGzip(t testing.TB, tarBytes []byte) []byte {
 	return out
 }
 
-// buildZTOC builds and serializes the zTOC of blob with soci's builder.
-func buildZTOC(t testing.TB, blob []byte, spanSize int64, algorithm string) (*ztoc.Ztoc, []byte) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "layer")
-	if err := os.WriteFile(path, blob, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	z, err := ztoc.NewBuilder("test").BuildZtoc(path, spanSize, ztoc.WithCompression(algorithm))
-	if err != nil {
-		t.Fatalf("build zTOC: %v", err)
-	}
-	r, _, err := ztoc.Marshal(z)
-	if err != nil {
-		t.Fatalf("marshal zTOC: %v", err)
-	}
-	data, err := io.ReadAll(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return z, data
-}
-
 // testLayer is a real gzip layer with its zTOC.
 type testLayer struct {
 	entries  []tarEntry
@@ -194,6 +159,6 @@ func newTestLayer(t testing.TB, bigSize int, spanSize int64) testLayer {
 	es := testEntries(bigSize)
 	tb := buildTar(t, es)
 	blob := gzipMembers(t, tb)
-	_, data := buildZTOC(t, blob, spanSize, compression.Gzip)
+	_, data := tarchecktest.BuildZTOC(t, blob, spanSize, compression.Gzip)
 	return testLayer{entries: es, tar: tb, blob: blob, ztocData: data}
 }

@@ -1,5 +1,6 @@
-// Package tarchecktest builds real layers with their zTOCs for the tests of
-// the tar cross-check (fs/tarcheck, fs/background).
+// Package tarchecktest builds real layers with their zTOCs for tests: of the
+// tar cross-check (fs/tarcheck, fs/background) and of zTOC conversion
+// (fs/index).
 package tarchecktest
 
 import (
@@ -106,6 +107,13 @@ func Gzip(t testing.TB, b []byte) []byte {
 // or compression.Uncompressed) and serializes it.
 func ZTOC(t testing.TB, blob []byte, spanSize int64, algorithm string) []byte {
 	t.Helper()
+	_, data := BuildZTOC(t, blob, spanSize, algorithm)
+	return data
+}
+
+// BuildZTOC is ZTOC that also returns the zTOC as soci's builder made it.
+func BuildZTOC(t testing.TB, blob []byte, spanSize int64, algorithm string) (*ztoc.Ztoc, []byte) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "layer")
 	if err := os.WriteFile(path, blob, 0o600); err != nil {
 		t.Fatal(err)
@@ -122,7 +130,7 @@ func ZTOC(t testing.TB, blob []byte, spanSize int64, algorithm string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return data
+	return z, data
 }
 
 // Layer is a real gzip layer: its tar stream, its blob and its zTOC.
