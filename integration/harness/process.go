@@ -87,11 +87,15 @@ func (p *Process) Kill() error {
 	if exited, _ := p.Exited(); exited {
 		return nil
 	}
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		return fmt.Errorf("kill %s: %w", p.Name, err)
+	// The process may be dead already (another killer), not yet reaped:
+	// Signal then fails, and its end is still to be waited for.
+	serr := p.cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("kill %s: still running 10s after SIGKILL (%v)", p.Name, serr)
 	}
-	<-p.done
-	return nil
 }
 
 // stoppedBySignal treats death by the SIGTERM that Stop sent as a clean stop,
