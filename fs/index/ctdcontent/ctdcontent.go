@@ -13,13 +13,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
+	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 // Store is containerd's content store at one address. The connection is
@@ -37,12 +42,26 @@ func New(address string) (*Store, error) {
 	if address == "" {
 		return nil, errors.New("containerd content store: no address")
 	}
-	c, err := containerd.New(address)
+	// containerd's own dialer waits for a missing socket to appear (up
+	// to the client's 10 s timeout); a mount must not wait that long for
+	// a content store that is not there, so dial the socket once.
+	dial := func(ctx context.Context, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", address)
+	}
+	c, err := containerd.New(address, containerd.WithDialOpts([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(dial),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.DefaultConfig, MinConnectTimeout: connectTimeout}),
+	}))
 	if err != nil {
 		return nil, fmt.Errorf("containerd content store at %s: %w", address, err)
 	}
 	return &Store{address: address, client: c}, nil
 }
+
+// connectTimeout bounds one attempt to connect to containerd.
+const connectTimeout = 5 * time.Second
 
 // Close closes the connection.
 func (s *Store) Close() error {
