@@ -31,6 +31,14 @@ var otherStatus = map[string]string{
 	"http_cache_type": "accepted, not acted on: the reference does not use it either",
 	"content_store.namespace": "accepted, not acted on: the reference no longer uses it either " +
 		"(it takes the namespace of each containerd request)",
+	"content_store.type": `acted on: with "containerd" a SOCI index or zTOC that is not in the daemon's own store ` +
+		`(under its root) is read from containerd's content store, in the namespace of the containerd request, before ` +
+		`the registry, so an index built by soci create and named with nerdctl pull --soci-index-digest needs no ` +
+		`registry; what is read is size-, digest- and format-checked like a download and copied into the daemon's ` +
+		`store. Unlike the reference, the daemon does not write what it fetches from registries into containerd's ` +
+		`content store`,
+	"content_store.containerd_address": `acted on with type = "containerd" (the reference's other use, parallel ` +
+		`pull, is not implemented)`,
 	"disable_verification": "accepted, overridden: span data is always verified against the zTOC; " +
 		"`true` gets a warning at start",
 	"debug_address": "acted on for a unix socket or a loopback host:port; any other address is accepted but not " +

@@ -59,15 +59,6 @@ var unusedKeys = []Unused{
 
 	{"background_fetch.emit_metric_period_sec", "the background fetcher's metrics are read when Prometheus scrapes", nil},
 
-	{"content_store.type", `the SOCI indices and zTOCs the daemon fetches are kept in its own digest-checked store ` +
-		`under its root directory (fs/index), as "soci" asks (the reference's is content/); with "containerd" the reference ` +
-		`keeps them in containerd's content store and looks there before the registry, which the daemon never reads ` +
-		`or writes (the soci CLI's --content-store still picks the CLI's store)`,
-		func(c *Config) bool { return c.ContentStore.Type == ContentStoreContainerd }},
-	{"content_store.containerd_address", `the reference uses it only with [content_store] type = "containerd" ` +
-		`(and for parallel pull), neither of which the daemon has`,
-		func(c *Config) bool { return c.ContentStore.Type == ContentStoreContainerd }},
-
 	{"prefetch.enable", "prefetch artifacts are not fetched", func(c *Config) bool { return c.Prefetch.Enable }},
 	{"prefetch.max_concurrency", "prefetch artifacts are not fetched",
 		func(c *Config) bool { return c.Prefetch.Enable && c.Prefetch.MaxConcurrency != 0 }},

@@ -209,7 +209,7 @@ func TestUnusedKeyNotices(t *testing.T) {
 	// With parallel pull on, its keys ask for something the daemon lacks.
 	_, notices = mustRead(t, string(readTestdata(t, "upstream/parallel.toml")))
 	got := noticeKeys(notices, UnusedKey)
-	for _, want := range []string{"content_store.type", "pull_modes.parallel_pull_unpack.enable",
+	for _, want := range []string{"pull_modes.parallel_pull_unpack.enable",
 		"pull_modes.parallel_pull_unpack.decompress_streams", "pull_modes.parallel_pull_unpack.max_concurrent_downloads"} {
 		if !slices.Contains(got, want) {
 			t.Errorf("parallel.toml: unused keys %v lack %s", got, want)

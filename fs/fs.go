@@ -58,6 +58,9 @@ type Options struct {
 	// estimated heap (IndexLimits), and the layer tree's depth.
 	IndexLimits  index.Limits
 	MaxTreeDepth int
+	// ContentSource, if set, is read for SOCI indices and zTOCs before
+	// the registry ([content_store] type = "containerd"); nil: none.
+	ContentSource index.ContentSource
 
 	// AttrTimeout, EntryTimeout and NegativeTimeout are how long the
 	// kernel caches a layer's attributes, name lookups and failed lookups
@@ -121,7 +124,7 @@ func New(opts Options) (*FS, error) {
 	}
 	indices, err := index.New(index.Options{
 		Root: filepath.Join(opts.Root, "index"), Registry: opts.Registry, V1: opts.V1, V2: opts.V2,
-		Limits: opts.IndexLimits,
+		Limits: opts.IndexLimits, ContentSource: opts.ContentSource,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open index store: %w", err)

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	distribution "github.com/distribution/reference"
@@ -403,7 +404,8 @@ func (c *Client) Mount(ctx context.Context, mountpoint string, labels map[string
 		}
 		c.unroute(mountpoint)
 	}
-	req := MountRequest{Mountpoint: mountpoint, Labels: labels, LocalOnly: mountctx.LocalOnly(ctx), Creds: c.creds(ctx, labels)}
+	ns, _ := namespaces.Namespace(ctx)
+	req := MountRequest{Mountpoint: mountpoint, Labels: labels, LocalOnly: mountctx.LocalOnly(ctx), Namespace: ns, Creds: c.creds(ctx, labels)}
 	timeout := c.opts.MountTimeout + mountTimeoutMargin
 	return c.onOwn(ctx, func(h *conn) error {
 		return h.call(ctx, http.MethodPost, pathMount, timeout, req, nil)

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 
 	"github.com/fastsoci/soci-snapshotter/internal/mountctx"
@@ -24,6 +25,7 @@ type fakeFS struct {
 	mounted   map[string]bool
 	calls     []string
 	localOnly []bool
+	nss       []string // the containerd namespace of each Mount's ctx
 }
 
 func newFakeFS(mounted ...string) *fakeFS {
@@ -63,6 +65,8 @@ func (f *fakeFS) Mount(ctx context.Context, mp string, labels map[string]string)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.localOnly = append(f.localOnly, mountctx.LocalOnly(ctx))
+	ns, _ := namespaces.Namespace(ctx)
+	f.nss = append(f.nss, ns)
 	if c, ok := labels["fail"]; ok {
 		return failWith(c)
 	}

@@ -33,6 +33,9 @@ type MountRequest struct {
 	Labels     map[string]string `json:"labels"`
 	// LocalOnly: mount from local state only (mountctx.WithLocalOnly).
 	LocalOnly bool `json:"local_only"`
+	// Namespace is the containerd namespace of the snapshot call, if any:
+	// the host reads containerd's content store in it.
+	Namespace string `json:"namespace,omitempty"`
 	// Creds are credentials for the image's registry host, tried before
 	// the host's docker config; latest wins.
 	Creds []Credential `json:"creds,omitempty"`

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/containerd/v2/pkg/identifiers"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
@@ -156,6 +158,12 @@ func (s *Server) mount(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) || !checkMountpoint(w, req.Mountpoint) {
 		return
 	}
+	if req.Namespace != "" {
+		if err := identifiers.Validate(req.Namespace); err != nil {
+			writeError(w, fmt.Errorf("mount request: namespace: %w", err))
+			return
+		}
+	}
 	end, ok := s.begin()
 	if !ok {
 		writeError(w, errExiting)
@@ -165,6 +173,9 @@ func (s *Server) mount(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	if req.LocalOnly {
 		ctx = mountctx.WithLocalOnly(ctx)
+	}
+	if req.Namespace != "" {
+		ctx = namespaces.WithNamespace(ctx, req.Namespace)
 	}
 	err := s.opts.FS.Mount(ctx, req.Mountpoint, req.Labels)
 	end()

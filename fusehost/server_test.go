@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 
 	"github.com/fastsoci/soci-snapshotter/internal/mountctx"
@@ -216,5 +217,28 @@ func TestErrorWithoutBody(t *testing.T) {
 	var re *remoteError
 	if errors.As(err, &re) {
 		t.Errorf("a body that is not ours decoded as a host error: %v", err)
+	}
+}
+
+// TestMountCarriesNamespace: the containerd namespace of the snapshot call
+// reaches the host's FS (it reads containerd's content store in it); a
+// malformed one is refused as invalid.
+func TestMountCarriesNamespace(t *testing.T) {
+	root := shortRoot(t)
+	h := startTestHost(t, root, "own", newFakeFS())
+	c := connect(t, root, "own")
+	if err := c.Mount(namespaces.WithNamespace(context.Background(), "k8s.io"), "/m/a", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mount(context.Background(), "/m/b", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mount(namespaces.WithNamespace(context.Background(), "../x"), "/m/c", nil); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("malformed namespace: got %v, want invalid argument", err)
+	}
+	h.fs.mu.Lock()
+	defer h.fs.mu.Unlock()
+	if got := h.fs.nss; len(got) != 2 || got[0] != "k8s.io" || got[1] != "" {
+		t.Errorf("namespaces seen by the FS: %q, want [k8s.io \"\"]", got)
 	}
 }

@@ -18,13 +18,20 @@ import (
 // startEnvWith is startEnv with the daemon started by start.
 func startEnvWith(t *testing.T, daemonConfig string, start harness.DaemonStarter) *harness.Env {
 	t.Helper()
+	return startEnvIn(t, t.TempDir(), daemonConfig, start)
+}
+
+// startEnvIn is startEnvWith under dir, for a daemon config that names
+// paths of the environment (containerd's socket is dir/containerd/containerd.sock).
+func startEnvIn(t *testing.T, dir, daemonConfig string, start harness.DaemonStarter) *harness.Env {
+	t.Helper()
 	tools, err := harness.ToolsFromEnv()
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	e, err := harness.StartWith(ctx, tools, t.TempDir(), daemonConfig, start)
+	e, err := harness.StartWith(ctx, tools, dir, daemonConfig, start)
 	if err != nil {
 		t.Fatalf("start environment: %v", err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/fs"
+	"github.com/fastsoci/soci-snapshotter/fs/index/ctdcontent"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
 	"github.com/fastsoci/soci-snapshotter/fusehost"
 	"github.com/fastsoci/soci-snapshotter/internal/version"
@@ -44,7 +45,20 @@ func RunHost(ctx context.Context, cfg *config.Config, root, id string) error {
 	if kube := kubeCredentials(ctx, cfg); kube != nil {
 		lookup = remote.ChainCredentials(creds.Lookup, kube)
 	}
-	fsys, err := fs.New(fsOptions(cfg, filepath.Join(root, "fs"), m, lookup))
+	fsOpts := fsOptions(cfg, filepath.Join(root, "fs"), m, lookup)
+	if cfg.ContentStore.Type == config.ContentStoreContainerd {
+		// SOCI indices and zTOCs are read from containerd's content store
+		// (where `soci create` leaves them) before the registry.
+		cs, err := ctdcontent.New(cfg.ContentStore.ContainerdAddress)
+		if err != nil {
+			return err
+		}
+		defer cs.Close()
+		fsOpts.ContentSource = cs
+		log.G(ctx).WithField("address", cfg.ContentStore.ContainerdAddress).
+			Info("reading SOCI indices and zTOCs from containerd's content store before the registry")
+	}
+	fsys, err := fs.New(fsOpts)
 	if err != nil {
 		return fmt.Errorf("start lazy filesystem under %s: %w", root, err)
 	}

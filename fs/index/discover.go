@@ -78,7 +78,7 @@ func (s *Store) Find(ctx context.Context, ref string, manifest, explicit digest.
 	} else if err := manifest.Validate(); err != nil {
 		return nil, fmt.Errorf("image manifest digest %q: %w: %w", manifest, err, errdefs.ErrInvalidArgument)
 	}
-	key := string(manifest) + " " + string(explicit)
+	key := s.findKey(ctx, manifest, explicit)
 	if a, ok := s.recall(key); ok {
 		return a.idx, a.err
 	}
@@ -252,8 +252,8 @@ func chooseV1(descs []ocispec.Descriptor) (ocispec.Descriptor, bool) {
 	return cs[0].desc, true
 }
 
-// loadIndex returns index d from memory, local disk or the registry (then
-// stored on disk).
+// loadIndex returns index d from memory, local disk, the content source or
+// the registry (the last two then stored on disk).
 func (s *Store) loadIndex(ctx context.Context, ref string, d digest.Digest) (*Index, error) {
 	if idx := s.cachedIndex(d); idx != nil {
 		return idx, nil
@@ -266,6 +266,18 @@ func (s *Store) loadIndex(ctx context.Context, ref string, d digest.Digest) (*In
 		// Stored by an older version with looser checks, say.
 		log.G(ctx).WithError(err).Warn("local SOCI index rejected; fetching it again")
 		s.dropBlob(ctx, d)
+	}
+	if data, ok := s.fromSource(ctx, d, -1, maxIndexBytes); ok {
+		// Its digest is verified: the registry's copy is these bytes too,
+		// so a malformed one is as final as a malformed download.
+		idx, err := parseIndex(d, data, "", s.lim)
+		if err != nil {
+			return nil, fmt.Errorf("from the local content store: %w", err)
+		}
+		if err := s.writeBlob(d, data, crash.IndexBlobBeforeRename); err != nil {
+			return nil, err
+		}
+		return s.cacheIndex(idx), nil
 	}
 	data, mediaType, err := s.reg.FetchManifest(ctx, ref, d)
 	if err != nil {

@@ -4,8 +4,8 @@
 // converts the zTOC into our own TOC and span table. It is the only package
 // that imports soci-snapshotter's ztoc code (and so the only cgo user).
 //
-// Everything read from a registry or from disk is untrusted: digests are
-// checked, the zTOC flatbuffer is bounded before it is decoded, and Convert
-// validates every offset, size, name and type before the C checkpoint code
-// ever sees the data.
+// Everything read from a registry, from containerd's content store or from
+// disk is untrusted: digests are checked, the zTOC flatbuffer is bounded
+// before it is decoded, and Convert validates every offset, size, name and
+// type before the C checkpoint code ever sees the data.
 package index

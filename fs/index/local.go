@@ -29,7 +29,7 @@ func (s *Store) FindLocal(ctx context.Context, manifest, explicit digest.Digest)
 	} else if err := manifest.Validate(); err != nil {
 		return nil, fmt.Errorf("image manifest digest %q: %w: %w", manifest, err, errdefs.ErrInvalidArgument)
 	}
-	if a, ok := s.recall(string(manifest) + " " + string(explicit)); ok && a.idx != nil {
+	if a, ok := s.recall(s.findKey(ctx, manifest, explicit)); ok && a.idx != nil {
 		return a.idx, nil
 	}
 	return guard(ctx, "find local SOCI index", func() (*Index, error) {

@@ -47,6 +47,10 @@ type Options struct {
 	Timeout time.Duration
 	// Limits bound the indices and zTOCs the store accepts.
 	Limits Limits
+	// ContentSource, if set, is read for a SOCI index or zTOC missing
+	// from Root before the registry is asked ([content_store] type =
+	// "containerd").
+	ContentSource ContentSource
 }
 
 // Store finds SOCI indices and opens zTOCs, keeping both on local disk so
@@ -55,6 +59,7 @@ type Options struct {
 type Store struct {
 	root        string
 	reg         Registry
+	source      ContentSource // nil: none
 	v1, v2      bool
 	negativeTTL time.Duration
 	timeout     time.Duration
@@ -112,7 +117,7 @@ func New(opts Options) (*Store, error) {
 	}
 	s := &Store{
 		staging: st,
-		root:    opts.Root, reg: opts.Registry, v1: opts.V1, v2: opts.V2,
+		root:    opts.Root, reg: opts.Registry, source: opts.ContentSource, v1: opts.V1, v2: opts.V2,
 		negativeTTL: opts.NegativeTTL, timeout: opts.Timeout, lim: opts.Limits.withDefaults(), now: time.Now,
 		answers: map[string]answer{}, indices: map[digest.Digest]*Index{}, prefetched: map[digest.Digest]bool{},
 	}

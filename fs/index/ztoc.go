@@ -22,7 +22,8 @@ import (
 var ErrNoZTOC = errors.New("no zTOC for the layer in the SOCI index")
 
 // Open loads the zTOC of an image layer (from local disk, else from the
-// registry, digest-verified and then stored on disk), validates and converts
+// content source or the registry, size- and digest-verified and then stored
+// on disk), validates and converts
 // it. The caller must Close the Layer.
 func (s *Store) Open(ctx context.Context, ref string, idx *Index, layer digest.Digest) (*Layer, error) {
 	return s.open(ctx, idx, layer, func(desc ocispec.Descriptor) ([]byte, error) {
@@ -81,13 +82,19 @@ func (s *Store) ztocBytes(ctx context.Context, ref string, desc ocispec.Descript
 }
 
 // fetchZTOC does ztocBytes' shared work: the local copy, else a verified
-// download stored on disk.
+// copy from the content source or the registry, stored on disk.
 func (s *Store) fetchZTOC(ctx context.Context, ref string, desc ocispec.Descriptor) ([]byte, error) {
 	if data, ok := s.readBlob(ctx, desc.Digest); ok {
 		return data, nil
 	}
 	wctx, cancel := s.workContext(ctx)
 	defer cancel()
+	if data, ok := s.fromSource(wctx, desc.Digest, desc.Size, desc.Size); ok {
+		if err := s.writeBlob(desc.Digest, data, crash.ZTOCBeforeRename); err != nil {
+			return nil, err
+		}
+		return data, nil
+	}
 	data, err := s.reg.FetchBlob(wctx, ref, desc)
 	if err != nil {
 		return nil, fmt.Errorf("fetch: %w", err)

@@ -1,0 +1,95 @@
+package ctdcontent
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	contentapi "github.com/containerd/containerd/api/services/content/v1"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/plugins/content/local"
+	"github.com/containerd/containerd/v2/plugins/services/content/contentserver"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc"
+)
+
+// serve runs containerd's content service over a local content store on a
+// unix socket, as containerd serves it, and returns the socket and store.
+func serve(t *testing.T) (string, content.Store) {
+	t.Helper()
+	dir := t.TempDir()
+	cs, err := local.NewStore(filepath.Join(dir, "content"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "c.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	contentapi.RegisterContentServer(srv, contentserver.New(cs))
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+	return sock, cs
+}
+
+func put(t *testing.T, cs content.Store, data []byte) digest.Digest {
+	t.Helper()
+	d := digest.FromBytes(data)
+	desc := ocispec.Descriptor{Digest: d, Size: int64(len(data))}
+	if err := content.WriteBlob(context.Background(), cs, d.String(), bytes.NewReader(data), desc); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestReadBlob(t *testing.T) {
+	sock, cs := serve(t)
+	blob := bytes.Repeat([]byte("zTOC "), 300<<10) // 1.5 MiB: several messages
+	d := put(t, cs, blob)
+	s, err := New("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := namespaces.WithNamespace(context.Background(), "soci-test")
+
+	got, err := s.ReadBlob(ctx, d, int64(len(blob)))
+	if err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("ReadBlob: %d bytes, %v; want the blob", len(got), err)
+	}
+	if _, err := s.ReadBlob(ctx, d, int64(len(blob))-1); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Errorf("a blob over max: got %v, want a refusal", err)
+	}
+	if _, err := s.ReadBlob(ctx, digest.FromString("absent"), 1<<20); !errdefs.IsNotFound(err) {
+		t.Errorf("an absent blob: got %v, want NotFound", err)
+	}
+	if _, err := s.ReadBlob(context.Background(), d, 1<<30); !errdefs.IsNotFound(err) {
+		t.Errorf("no namespace: got %v, want NotFound", err)
+	}
+	if _, err := s.ReadBlob(ctx, "sha256:../../x", 1<<20); err == nil {
+		t.Error("an invalid digest was looked up")
+	}
+}
+
+// TestNoContainerd: the store is made without containerd; reads fail (not
+// as NotFound, so the index store warns) and the caller goes on.
+func TestNoContainerd(t *testing.T) {
+	s, err := New(filepath.Join(t.TempDir(), "absent.sock"))
+	if err != nil {
+		t.Fatalf("New without containerd: %v", err)
+	}
+	defer s.Close()
+	ctx := namespaces.WithNamespace(context.Background(), "default")
+	_, err = s.ReadBlob(ctx, digest.FromString("x"), 1<<20)
+	if err == nil || errdefs.IsNotFound(err) {
+		t.Errorf("got %v, want a connection error", err)
+	}
+}
