@@ -112,7 +112,7 @@ func run(ctx context.Context) error {
 	fmt.Fprintf(os.Stderr, "work directory %s\n", work)
 	cfg := bench.Config{
 		Tools: tools, Workloads: wls, Runs: *runs, Compare: compare, SpanSize: *spanSize,
-		Shaping: harness.Shaping{RTT: *rtt, BandwidthMbit: *bw, Unshaped: *unshaped},
+		Shaping: harness.Shaping{RTT: *rtt, RateMbit: *bw, Unshaped: *unshaped},
 		WorkDir: work, KeepRuns: *keep, DaemonConfig: bench.DefaultDaemonConfig, Probe: probe,
 		RunTimeout: *timeout, Progress: os.Stderr,
 	}
