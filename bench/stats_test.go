@@ -116,3 +116,19 @@ func TestWorkloadsBuildDeterministically(t *testing.T) {
 		}
 	}
 }
+
+func TestLogTicks125(t *testing.T) {
+	var got []float64
+	for _, tk := range (logTicks125{}).Ticks(1.2, 60) {
+		got = append(got, tk.Value)
+	}
+	want := []float64{2, 5, 10, 20, 50}
+	if len(got) != len(want) {
+		t.Fatalf("ticks %v, want %v", got, want)
+	}
+	for i := range want {
+		if math.Abs(got[i]-want[i]) > 1e-9 {
+			t.Fatalf("ticks %v, want %v", got, want)
+		}
+	}
+}
