@@ -234,8 +234,9 @@ func startNode(ctx context.Context, cfg Config, dir string, s snapshotter) (*nod
 
 // runOnce is one cold pull and run: a fresh containerd and daemon with empty
 // roots, page cache dropped when possible, pull, then run to "ready".
-func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapshotter, workload, ref string, i int, dropped *bool) Run {
-	r := Run{Workload: workload, Snapshotter: s.name, Iteration: i}
+// r is a named result so that the deferred stop can still fail the run.
+func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapshotter, workload, ref string, i int, dropped *bool) (r Run) {
+	r = Run{Workload: workload, Snapshotter: s.name, Iteration: i}
 	dir := filepath.Join(cfg.WorkDir, "runs", fmt.Sprintf("%s-%s-%d", workload, s.name, i))
 	rctx, cancel := context.WithTimeout(ctx, cfg.RunTimeout)
 	defer cancel()
