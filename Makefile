@@ -39,11 +39,13 @@ deps:
 demo: deps build
 	SOCI_TOOLS=$(TOOLS)/bin SOCI_BIN=$(CURDIR)/bin $(GO) run ./integration/cmd/demo
 
-# Extra flags for bench/cmd/bench, e.g. BENCH_FLAGS="--compare ref=/usr/local/bin/soci-snapshotter-grpc --unshaped".
+# Extra flags for bench/cmd/bench, e.g. BENCH_FLAGS="--compare ref=/usr/local/bin/soci-snapshotter-grpc --rtt 50ms --rate 100"
+# or BENCH_FLAGS="--shaping per-conn". BENCH_QUICK=1: one small workload, 2 runs. BENCH_MATRIX=1: every
+# workload on a shared 20 ms / 200 Mbit/s link and a shared 50 ms / 100 Mbit/s link.
 BENCH_FLAGS ?=
 
 bench: deps build
-	SOCI_TOOLS=$(TOOLS)/bin SOCI_BIN=$(CURDIR)/bin $(GO) run ./bench/cmd/bench $(if $(BENCH_QUICK),-quick) $(BENCH_FLAGS)
+	SOCI_TOOLS=$(TOOLS)/bin SOCI_BIN=$(CURDIR)/bin $(GO) run ./bench/cmd/bench $(if $(BENCH_QUICK),-quick) $(if $(BENCH_MATRIX),-matrix) $(BENCH_FLAGS)
 
 vet:
 	$(GO) vet ./...

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -34,10 +35,10 @@ func palette() []color.Color {
 // and min-max as a bar, on a log scale, to a PNG at path.
 func (r *Report) WriteChart(path string) error {
 	p := plot.New()
-	p.Title.Text = "time to ready (" + r.Link + ")"
+	p.Title.Text = "time to ready, " + r.Shaping.short()
 	p.Y.Label.Text = "seconds (log scale)"
 	p.Y.Scale = plot.LogScale{}
-	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Y.Tick.Marker = logTicks125{}
 	names := make([]string, len(r.Workloads))
 	for i, wl := range r.Workloads {
 		names[i] = wl.Name
@@ -85,9 +86,40 @@ func (r *Report) WriteChart(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
 	}
-	width := vg.Length(max(4, 1.6*float64(len(r.Workloads)))) * vg.Inch
+	width := vg.Length(max(5, 1.6*float64(len(r.Workloads)))) * vg.Inch
 	if err := p.Save(width, 4*vg.Inch, path); err != nil {
 		return fmt.Errorf("save chart %s: %w", path, err)
 	}
 	return nil
+}
+
+// logTicks125 labels 1, 2 and 5 times each power of ten on a log axis, so
+// that a range within one decade still has labels.
+type logTicks125 struct{}
+
+func (logTicks125) Ticks(lo, hi float64) []plot.Tick {
+	var ticks []plot.Tick
+	if lo <= 0 || hi <= lo {
+		return ticks
+	}
+	for e := math.Floor(math.Log10(lo)); e <= math.Ceil(math.Log10(hi)); e++ {
+		for _, m := range []float64{1, 2, 5} {
+			v := m * math.Pow(10, e)
+			if v >= lo && v <= hi {
+				ticks = append(ticks, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'g', -1, 64)})
+			}
+		}
+	}
+	return ticks
+}
+
+// short labels the link in a chart title: "20ms RTT, 200 Mbit/s shared link".
+func (s ShapingInfo) short() string {
+	switch s.Mode {
+	case "", "unshaped":
+		return "unshaped"
+	case "per-conn":
+		return fmt.Sprintf("%gms RTT, %g Mbit/s per connection", s.RTTMs, s.RateMbit)
+	}
+	return fmt.Sprintf("%gms RTT, %g Mbit/s shared link", s.RTTMs, s.RateMbit)
 }

@@ -23,15 +23,31 @@ type Run struct {
 	// sent to clients, HTTP headers included); total is at container exit.
 	BytesBeforeReady int64 `json:"bytes_before_ready"`
 	BytesTotal       int64 `json:"bytes_total"`
-	// Connections is how many TCP connections were opened to the registry
-	// (the bandwidth limit is per connection).
+	// Connections is how many TCP connections were opened to the registry.
 	Connections int64 `json:"connections"`
-	// DaemonPeakRSS (VmHWM) and DaemonCPUSeconds are those of the
-	// snapshotter daemon; zero for overlayfs, which runs inside containerd.
+	// DaemonPeakRSS (VmHWM) and DaemonCPUSeconds (user + system) are those
+	// of the snapshotter daemon's process, read once the run is over; zero
+	// for overlayfs, which runs inside containerd.
 	DaemonPeakRSS    int64   `json:"daemon_peak_rss_bytes,omitempty"`
 	DaemonCPUSeconds float64 `json:"daemon_cpu_seconds,omitempty"`
-	// FullyLocalSeconds is the time until every layer is local; nil: n/a
-	// (there is no background fetcher yet).
+	// Hosts is how many FUSE host processes (`soci-snapshotter-grpc
+	// fuse-host`, started by our daemon in a session of their own) ran on
+	// the daemon's root; HostPeakRSS and HostCPUSeconds are their sums.
+	// Zero for overlayfs and for daemons without hosts (the reference).
+	Hosts          int     `json:"fuse_hosts,omitempty"`
+	HostPeakRSS    int64   `json:"host_peak_rss_bytes,omitempty"`
+	HostCPUSeconds float64 `json:"host_cpu_seconds,omitempty"`
+	// ContainerdPeakRSS and ContainerdCPUSeconds are containerd's (started
+	// for the run; under overlayfs it decompresses and unpacks the layers).
+	ContainerdPeakRSS    int64   `json:"containerd_peak_rss_bytes"`
+	ContainerdCPUSeconds float64 `json:"containerd_cpu_seconds"`
+	// ClientCPUSeconds and ClientPeakRSS are those of `nerdctl pull` (which
+	// fetches the layers that are pulled in full) and `nerdctl run`; the
+	// CPU is their sum, the RSS the larger.
+	ClientCPUSeconds float64 `json:"client_cpu_seconds"`
+	ClientPeakRSS    int64   `json:"client_peak_rss_bytes"`
+	// FullyLocalSeconds is the time from ready until every lazily loaded
+	// layer is local; nil: not measured (only our daemon logs it).
 	FullyLocalSeconds *float64 `json:"fully_local_seconds"`
 	Error             string   `json:"error,omitempty"`
 }
@@ -39,10 +55,31 @@ type Run struct {
 // OK reports whether the run reached ready.
 func (r Run) OK() bool { return r.Error == "" }
 
+// SnapshotterPeakRSS is the daemon's peak RSS plus its FUSE hosts' (a sum
+// of peaks: not less than what they held together at any one time).
+func (r Run) SnapshotterPeakRSS() int64 { return r.DaemonPeakRSS + r.HostPeakRSS }
+
+// SnapshotterCPUSeconds is the CPU time of the daemon and its FUSE hosts.
+func (r Run) SnapshotterCPUSeconds() float64 { return r.DaemonCPUSeconds + r.HostCPUSeconds }
+
+// NodePeakRSS is containerd's peak RSS plus the snapshotter's: what the node
+// spent in memory to pull and serve the image (overlayfs: containerd alone).
+func (r Run) NodePeakRSS() int64 { return r.ContainerdPeakRSS + r.SnapshotterPeakRSS() }
+
+// NodeCPUSeconds is the CPU time of containerd, the snapshotter (daemon and
+// hosts) and nerdctl: everything the node spent but the container itself.
+func (r Run) NodeCPUSeconds() float64 {
+	return r.ContainerdCPUSeconds + r.SnapshotterCPUSeconds() + r.ClientCPUSeconds
+}
+
 // Report is everything one invocation measured.
 type Report struct {
-	Started      time.Time         `json:"started"`
-	Link         string            `json:"link"`
+	Started time.Time `json:"started"`
+	// Link labels the shaping (mode, RTT, rate); Shaping is it in fields.
+	Link    string      `json:"link"`
+	Shaping ShapingInfo `json:"shaping"`
+	// Slug names the report's files: "shared-20ms-200mbit".
+	Slug         string            `json:"link_slug"`
 	Runs         int               `json:"runs_per_pair"`
 	SpanSize     int64             `json:"span_size"`
 	Snapshotters []string          `json:"snapshotters"`
@@ -52,13 +89,23 @@ type Report struct {
 	DropCaches   bool              `json:"page_cache_dropped"`
 }
 
+// ShapingInfo is the modelled link of a report.
+type ShapingInfo struct {
+	// Mode is "shared" (one rate each way for all connections),
+	// "per-conn" (a rate per TCP connection) or "unshaped".
+	Mode     string  `json:"mode"`
+	RTTMs    float64 `json:"rtt_ms"`
+	RateMbit float64 `json:"rate_mbit"`
+}
+
 // WorkloadInfo describes a workload's image.
 type WorkloadInfo struct {
 	Name            string  `json:"name"`
 	Description     string  `json:"description"`
 	Layers          int     `json:"layers"`
 	CompressedBytes int64   `json:"compressed_bytes"`
-	Ref             string  `json:"ref"`
+	Repo            string  `json:"repo"`
+	Ref             string  `json:"ref"` // through the report's link
 	BuildSeconds    float64 `json:"build_seconds"`
 }
 

@@ -12,10 +12,12 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/fastsoci/soci-snapshotter/integration/harness"
 	"github.com/fastsoci/soci-snapshotter/integration/image"
+	"github.com/fastsoci/soci-snapshotter/integration/shaper"
 	"github.com/fastsoci/soci-snapshotter/integration/sociimage"
 )
 
@@ -30,9 +32,11 @@ type Config struct {
 	Tools     harness.Tools
 	Workloads []Workload
 	Runs      int
-	Shaping   harness.Shaping
-	Compare   []Compare
-	SpanSize  int64
+	// Links are the modelled links; every workload runs on each, and each
+	// gives a report of its own.
+	Links    []harness.Shaping
+	Compare  []Compare
+	SpanSize int64
 	// WorkDir holds the registry and one directory per run (removed after
 	// the run unless it failed or KeepRuns).
 	WorkDir  string
@@ -58,9 +62,10 @@ type snapshotter struct {
 	bin    string // daemon binary; "" for overlayfs
 }
 
-// Execute builds and pushes the workloads, then runs every workload cold
-// Runs times per snapshotter, interleaved (A B A B), and returns the report.
-func Execute(ctx context.Context, cfg Config) (*Report, error) {
+// Execute builds and pushes the workloads once, then on each link runs
+// every workload cold Runs times per snapshotter, interleaved (A B A B), and
+// returns one report per link (those finished when ctx ends early).
+func Execute(ctx context.Context, cfg Config) ([]*Report, error) {
 	snaps := []snapshotter{{Overlayfs, "overlayfs", ""}, {Ours, "soci", filepath.Join(cfg.Tools.Ours, "soci-snapshotter-grpc")}}
 	for _, c := range cfg.Compare {
 		// Every run has a containerd of its own with one proxy snapshotter,
@@ -68,38 +73,58 @@ func Execute(ctx context.Context, cfg Config) (*Report, error) {
 		// containing "soci" to exactly that plugin name when it pulls.
 		snaps = append(snaps, snapshotter{c.Name, "soci", c.Bin})
 	}
-	rep := &Report{Started: time.Now(), Link: cfg.Shaping.String(), Runs: cfg.Runs, SpanSize: cfg.SpanSize, Binaries: map[string]string{}}
+	reg, err := harness.StartRegistry(ctx, filepath.Join(cfg.Tools.Bin, "registry"), filepath.Join(cfg.WorkDir, "registry"))
+	if err != nil {
+		return nil, err
+	}
+	defer reg.Stop()
+	var infos []WorkloadInfo
+	for _, wl := range cfg.Workloads {
+		info, err := prepare(ctx, cfg, reg.Host, wl)
+		if err != nil {
+			return nil, err
+		}
+		infos = append(infos, info)
+	}
+	var reports []*Report
+	for li, shaping := range cfg.Links {
+		fmt.Fprintf(cfg.Progress, "link %d/%d: %s\n", li+1, len(cfg.Links), shaping)
+		rep, err := executeOnLink(ctx, cfg, reg.Host, shaping, snaps, infos)
+		if rep != nil {
+			reports = append(reports, rep)
+		}
+		if err != nil {
+			return reports, err
+		}
+	}
+	return reports, nil
+}
+
+// executeOnLink runs every workload on one link.
+func executeOnLink(ctx context.Context, cfg Config, registry string, shaping harness.Shaping, snaps []snapshotter, infos []WorkloadInfo) (*Report, error) {
+	rep := &Report{Started: time.Now(), Link: shaping.String(), Shaping: shapingInfo(shaping), Slug: shaping.Slug(), Runs: cfg.Runs,
+		SpanSize: cfg.SpanSize, Binaries: map[string]string{}}
 	for _, s := range snaps {
 		rep.Snapshotters = append(rep.Snapshotters, s.name)
 		if s.bin != "" {
 			rep.Binaries[s.name] = s.bin
 		}
 	}
-	reg, err := harness.StartRegistry(ctx, filepath.Join(cfg.Tools.Bin, "registry"), filepath.Join(cfg.WorkDir, "registry"))
-	if err != nil {
-		return nil, err
-	}
-	defer reg.Stop()
-	link, err := harness.NewShapedLink(reg.Host, cfg.Shaping)
+	link, err := harness.NewShapedLink(registry, shaping)
 	if err != nil {
 		return nil, err
 	}
 	defer link.Close()
-	refs := map[string]string{}
-	for _, wl := range cfg.Workloads {
-		info, err := prepare(ctx, cfg, reg.Host, link.Addr, wl)
-		if err != nil {
-			return nil, err
-		}
+	for _, info := range infos {
+		info.Ref = link.Addr + "/" + info.Repo
 		rep.Workloads = append(rep.Workloads, info)
-		refs[wl.Name] = info.Ref
 	}
-	total, done := len(cfg.Workloads)*cfg.Runs*len(snaps), 0
-	for _, wl := range cfg.Workloads {
+	total, done := len(infos)*cfg.Runs*len(snaps), 0
+	for _, info := range rep.Workloads {
 		for i := 0; i < cfg.Runs; i++ {
 			for _, s := range snaps {
 				done++
-				run := runOnce(ctx, cfg, link, s, wl.Name, refs[wl.Name], i, &rep.DropCaches)
+				run := runOnce(ctx, cfg, link, s, info.Name, info.Ref, i, &rep.DropCaches)
 				rep.Results = append(rep.Results, run)
 				fmt.Fprintf(cfg.Progress, "[%d/%d] %s\n", done, total, describe(run))
 				if ctx.Err() != nil {
@@ -111,13 +136,27 @@ func Execute(ctx context.Context, cfg Config) (*Report, error) {
 	return rep, nil
 }
 
+func shapingInfo(s harness.Shaping) ShapingInfo {
+	if !s.Shaped() {
+		return ShapingInfo{Mode: "unshaped"}
+	}
+	mode := string(s.Mode)
+	if mode == "" {
+		mode = string(shaper.Shared)
+	}
+	return ShapingInfo{Mode: mode, RTTMs: float64(s.RTT) / float64(time.Millisecond), RateMbit: s.RateMbit}
+}
+
 func describe(r Run) string {
 	head := fmt.Sprintf("%-12s %-10s #%d", r.Workload, r.Snapshotter, r.Iteration)
 	if !r.OK() {
 		return head + " FAILED: " + firstLine(r.Error)
 	}
-	return fmt.Sprintf("%s TTR %.2fs (pull %.2fs, run %.2fs), %.1f MB before ready, %.1f MB total, %d connections", head,
-		r.TTRSeconds, r.PullSeconds, r.RunSeconds, float64(r.BytesBeforeReady)/1e6, float64(r.BytesTotal)/1e6, r.Connections)
+	return fmt.Sprintf("%s TTR %.2fs (pull %.2fs, run %.2fs), %.1f MB before ready, %.1f MB total, %d connections, "+
+		"snapshotter %.0f MB %.2f CPU s (%d hosts), containerd %.0f MB %.2f CPU s, nerdctl %.2f CPU s", head,
+		r.TTRSeconds, r.PullSeconds, r.RunSeconds, float64(r.BytesBeforeReady)/1e6, float64(r.BytesTotal)/1e6, r.Connections,
+		float64(r.SnapshotterPeakRSS())/(1<<20), r.SnapshotterCPUSeconds(), r.Hosts,
+		float64(r.ContainerdPeakRSS)/(1<<20), r.ContainerdCPUSeconds, r.ClientCPUSeconds)
 }
 
 func firstLine(s string) string {
@@ -128,13 +167,13 @@ func firstLine(s string) string {
 }
 
 // prepare builds a workload's image, indexes it as SOCI v2 and pushes it
-// straight to the registry (unshaped). The returned ref goes through the link.
+// straight to the registry (unshaped). Runs pull it through a link.
 // The index is built in process by integration/sociimage, not by `soci
 // convert`: that needs the image in containerd or an OCI layout first, and
 // the bench measures the snapshotter, not the indexer; `soci convert` is
 // covered by the integration tests TestCLIConvert and
 // TestCLIConvertStandalone.
-func prepare(ctx context.Context, cfg Config, registry, linkAddr string, wl Workload) (WorkloadInfo, error) {
+func prepare(ctx context.Context, cfg Config, registry string, wl Workload) (WorkloadInfo, error) {
 	start := time.Now()
 	fmt.Fprintf(cfg.Progress, "building %s: %s\n", wl.Name, wl.Description)
 	img, err := image.Build(wl.Spec(cfg.Probe))
@@ -147,7 +186,7 @@ func prepare(ctx context.Context, cfg Config, registry, linkAddr string, wl Work
 	if _, _, err := sociimage.PushV2(pctx, registry+"/"+repo, img, sociimage.Options{SpanSize: cfg.SpanSize}); err != nil {
 		return WorkloadInfo{}, fmt.Errorf("push workload %s: %w", wl.Name, err)
 	}
-	info := WorkloadInfo{Name: wl.Name, Description: wl.Description, Layers: len(img.LayerDescs), Ref: linkAddr + "/" + repo,
+	info := WorkloadInfo{Name: wl.Name, Description: wl.Description, Layers: len(img.LayerDescs), Repo: repo,
 		BuildSeconds: time.Since(start).Seconds()}
 	for _, d := range img.LayerDescs {
 		info.CompressedBytes += d.Size
@@ -195,8 +234,9 @@ func startNode(ctx context.Context, cfg Config, dir string, s snapshotter) (*nod
 
 // runOnce is one cold pull and run: a fresh containerd and daemon with empty
 // roots, page cache dropped when possible, pull, then run to "ready".
-func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapshotter, workload, ref string, i int, dropped *bool) Run {
-	r := Run{Workload: workload, Snapshotter: s.name, Iteration: i}
+// r is a named result so that the deferred stop can still fail the run.
+func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapshotter, workload, ref string, i int, dropped *bool) (r Run) {
+	r = Run{Workload: workload, Snapshotter: s.name, Iteration: i}
 	dir := filepath.Join(cfg.WorkDir, "runs", fmt.Sprintf("%s-%s-%d", workload, s.name, i))
 	rctx, cancel := context.WithTimeout(ctx, cfg.RunTimeout)
 	defer cancel()
@@ -206,7 +246,7 @@ func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapsh
 		return r
 	}
 	defer func() {
-		if err := n.env.Close(); err != nil && r.Error == "" {
+		if err := stopNode(n); err != nil && r.Error == "" {
 			r.Error = "stop node: " + err.Error()
 		}
 		if r.OK() && !cfg.KeepRuns {
@@ -221,22 +261,66 @@ func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapsh
 		}
 		return r
 	}
-	if n.daemon != nil {
-		if st, err := harness.ReadProcStats(n.daemon.Pid()); err == nil {
-			r.DaemonPeakRSS, r.DaemonCPUSeconds = st.PeakRSS, st.CPUSeconds
-		}
+	if err := readResources(n, &r); err != nil {
+		r.Error = err.Error()
 	}
 	return r
+}
+
+// readResources records the peak RSS and CPU time of containerd, the
+// daemon and the daemon's FUSE hosts, which are all still running.
+func readResources(n *node, r *Run) error {
+	st, err := harness.ReadProcStats(n.env.Containerd.Pid())
+	if err != nil {
+		return fmt.Errorf("resource use of containerd: %w", err)
+	}
+	r.ContainerdPeakRSS, r.ContainerdCPUSeconds = st.PeakRSS, st.CPUSeconds
+	if n.daemon == nil {
+		return nil
+	}
+	if st, err = harness.ReadProcStats(n.daemon.Pid()); err != nil {
+		return fmt.Errorf("resource use of the daemon: %w", err)
+	}
+	r.DaemonPeakRSS, r.DaemonCPUSeconds = st.PeakRSS, st.CPUSeconds
+	for _, pid := range n.daemon.HostPids() {
+		st, err := harness.ReadProcStats(pid)
+		if err != nil {
+			return fmt.Errorf("resource use of the FUSE host: %w", err)
+		}
+		r.Hosts++
+		r.HostPeakRSS += st.PeakRSS
+		r.HostCPUSeconds += st.CPUSeconds
+	}
+	return nil
+}
+
+// stopNode stops containerd and the daemon, then the daemon's FUSE hosts
+// (`cleanup` on its root), so that the next run starts cold. A host still
+// running after that is killed and reported: it would leak across runs.
+func stopNode(n *node) error {
+	err := n.env.Close()
+	if n.daemon == nil {
+		return err
+	}
+	if pids := n.daemon.HostPids(); len(pids) > 0 {
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		err = errors.Join(err, fmt.Errorf("FUSE hosts %v still ran after the daemon's cleanup (killed)", pids))
+	}
+	return err
 }
 
 // measure pulls ref and runs it until the container prints "ready" and exits.
 func measure(ctx context.Context, n *node, link *harness.ShapedLink, plugin, ref string, r *Run) error {
 	base, conns := link.Served(), link.Connections()
 	start := time.Now()
-	if _, err := n.env.Nerdctl(ctx, "--snapshotter", plugin, "pull", "--quiet", ref); err != nil {
-		return fmt.Errorf("pull: %w", err)
+	pull := nerdctlCmd(ctx, n.env, "--snapshotter", plugin, "pull", "--quiet", ref)
+	if out, err := pull.CombinedOutput(); err != nil {
+		return fmt.Errorf("pull: %w\n%s", err, out)
 	}
 	pulled := time.Now()
+	addClientUsage(r, pull.ProcessState)
 	cmd := nerdctlCmd(ctx, n.env, "--snapshotter", plugin, "run", "--rm", "--net", "none", ref)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -263,6 +347,7 @@ func measure(ctx context.Context, n *node, link *harness.ShapedLink, plugin, ref
 	if err := cmd.Wait(); err != nil {
 		return fmt.Errorf("nerdctl run: %w\n%s%s", err, strings.Join(lines, "\n"), stderr.String())
 	}
+	addClientUsage(r, cmd.ProcessState)
 	r.BytesTotal = link.Served() - base
 	r.Connections = link.Connections() - conns
 	if ready.IsZero() {
@@ -280,6 +365,18 @@ func measure(ctx context.Context, n *node, link *harness.ShapedLink, plugin, ref
 		r.BytesTotal = link.Served() - base
 	}
 	return nil
+}
+
+// addClientUsage adds the CPU time of a finished nerdctl to the run's and
+// keeps the larger peak RSS.
+func addClientUsage(r *Run, ps *os.ProcessState) {
+	if ps == nil {
+		return
+	}
+	r.ClientCPUSeconds += (ps.UserTime() + ps.SystemTime()).Seconds()
+	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+		r.ClientPeakRSS = max(r.ClientPeakRSS, ru.Maxrss<<10) // Maxrss is in KiB on Linux
+	}
 }
 
 // waitFullyLocal waits until the daemon has logged every lazily mounted

@@ -36,12 +36,22 @@ func TestPairedRatios(t *testing.T) {
 }
 
 func testReport() *Report {
-	r := &Report{Link: "20ms RTT, 200 Mbit/s", Runs: 3, Snapshotters: []string{Overlayfs, Ours, "ref"},
+	r := &Report{Link: "shared link: 20ms RTT, 200 Mbit/s each way shared by all connections", Runs: 3, Snapshotters: []string{Overlayfs, Ours, "ref"},
 		Workloads: []WorkloadInfo{{Name: "w"}}}
 	add := func(sn string, ttrs ...float64) {
 		for i, v := range ttrs {
-			r.Results = append(r.Results, Run{Workload: "w", Snapshotter: sn, Iteration: i, TTRSeconds: v,
-				PullSeconds: v / 2, RunSeconds: v / 2, BytesBeforeReady: 1e6, BytesTotal: 2e6, DaemonPeakRSS: 50 << 20})
+			run := Run{Workload: "w", Snapshotter: sn, Iteration: i, TTRSeconds: v,
+				PullSeconds: v / 2, RunSeconds: v / 2, BytesBeforeReady: 1e6, BytesTotal: 2e6,
+				ContainerdPeakRSS: 40 << 20, ContainerdCPUSeconds: 1, ClientCPUSeconds: 0.5}
+			switch sn {
+			case Ours: // a daemon and its FUSE host
+				run.DaemonPeakRSS, run.DaemonCPUSeconds = 30<<20, 0.25
+				run.Hosts, run.HostPeakRSS, run.HostCPUSeconds = 1, 70<<20, 2
+				run.BytesBeforeReady = 5e5
+			case "ref": // a daemon without hosts
+				run.DaemonPeakRSS, run.DaemonCPUSeconds = 60<<20, 1
+			}
+			r.Results = append(r.Results, run)
 		}
 	}
 	add(Overlayfs, 10, 20, 30)
@@ -63,8 +73,14 @@ func TestTable(t *testing.T) {
 	for _, want := range []string{
 		"w         overlayfs    3/3  20.00 (10.00-30.00)",
 		"w         soci         3/3  3.00 (1.00-4.00)",
-		"soci/overlayfs  0.100 (0.100-0.200)  3",
-		"soci/ref        1.500 (0.500-2.000)  3",
+		"link: shared link: 20ms RTT, 200 Mbit/s each way shared by all connections\n",
+		// node = containerd + daemon + host; the snapshotter columns
+		// are empty for overlayfs, the host's for a daemon without one.
+		"w         overlayfs    40 (40-40)     -                   -           -           40 (40-40)     1.50 (1.50-1.50)  -  ",
+		"w         soci         140 (140-140)  100 (100-100)       30 (30-30)  70 (70-70)  40 (40-40)     3.75 (3.75-3.75)  2.25 (2.25-2.25)   0.25 (0.25-0.25)  2.00 (2.00-2.00)  1.00 (1.00-1.00)  0.50 (0.50-0.50)",
+		"w         ref          100 (100-100)  60 (60-60)          60 (60-60)  -           40 (40-40)     2.50 (2.50-2.50)  1.00 (1.00-1.00)   1.00 (1.00-1.00)  -  ",
+		"soci/overlayfs  0.100 (0.100-0.200)  0.500 (0.500-0.500)  3.500 (3.500-3.500)  2.500 (2.500-2.500)  3",
+		"soci/ref        1.500 (0.500-2.000)  0.500 (0.500-0.500)  1.400 (1.400-1.400)  1.500 (1.500-1.500)  3",
 		"n/a",
 		"6.00 (5.00-7.00) s",
 	} {
@@ -97,6 +113,22 @@ func TestWorkloadsBuildDeterministically(t *testing.T) {
 		a, b := w.Spec([]byte("probe")), w.Spec([]byte("probe"))
 		if len(a.Layers) != len(b.Layers) || len(a.Cmd) == 0 || a.Cmd[len(a.Cmd)-1] != "ready" {
 			t.Errorf("%s: bad spec", w.Name)
+		}
+	}
+}
+
+func TestLogTicks125(t *testing.T) {
+	var got []float64
+	for _, tk := range (logTicks125{}).Ticks(1.2, 60) {
+		got = append(got, tk.Value)
+	}
+	want := []float64{2, 5, 10, 20, 50}
+	if len(got) != len(want) {
+		t.Fatalf("ticks %v, want %v", got, want)
+	}
+	for i := range want {
+		if math.Abs(got[i]-want[i]) > 1e-9 {
+			t.Fatalf("ticks %v, want %v", got, want)
 		}
 	}
 }

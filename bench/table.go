@@ -16,61 +16,115 @@ const (
 	Overlayfs = "overlayfs"
 )
 
-// WriteTable prints, per workload and snapshotter, medians (min-max) of every
-// measure, then per workload the paired TTR ratios of ours to overlayfs and
-// to each other snapshotter.
+// WriteTable prints, per workload and snapshotter, medians (min-max) of
+// times and bytes, then of memory and CPU, then per workload the paired
+// ratios of ours to overlayfs and to each other snapshotter. The link (its
+// mode, RTT and rate) heads the tables.
 func (r *Report) WriteTable(w io.Writer) error {
-	fmt.Fprintf(w, "link: %s (bandwidth per TCP connection); span size %d; %d cold runs per workload and snapshotter; medians (min-max)\n\n",
+	fmt.Fprintf(w, "link: %s\nspan size %d; %d cold runs per workload and snapshotter; medians (min-max)\n\n",
 		r.Link, r.SpanSize, r.Runs)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "workload\tsnapshotter\tok\tTTR s\tpull s\trun s\tMB before ready\tMB total\tdaemon peak RSS MB\tdaemon CPU s\tfully local")
+	fmt.Fprintln(tw, "workload\tsnapshotter\tok\tTTR s\tpull s\trun s\tMB before ready\tMB total\tfully local")
 	for _, wl := range r.Workloads {
 		for _, sn := range r.Snapshotters {
-			ok := 0
-			for _, run := range r.Results {
-				if run.Workload == wl.Name && run.Snapshotter == sn && run.OK() {
-					ok++
-				}
-			}
-			s := func(f func(Run) float64, unit float64, prec int) string {
-				return formatSummary(Summarize(scale(r.series(wl.Name, sn, f), unit)), prec)
-			}
-			rss, cpu := "-", "-"
-			if sn != Overlayfs {
-				rss = s(func(x Run) float64 { return float64(x.DaemonPeakRSS) }, 1<<20, 0)
-				cpu = s(func(x Run) float64 { return x.DaemonCPUSeconds }, 1, 2)
-			}
+			s := r.cell(wl.Name, sn)
 			local := "n/a"
 			if vals := r.series(wl.Name, sn, fullyLocal); slices.ContainsFunc(vals, func(v float64) bool { return !math.IsNaN(v) }) {
 				local = formatSummary(Summarize(vals), 2) + " s"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", wl.Name, sn, ok, r.Runs,
+			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%s\n", wl.Name, sn, r.ok(wl.Name, sn), r.Runs,
 				s(ttr, 1, 2),
 				s(func(x Run) float64 { return x.PullSeconds }, 1, 2),
 				s(func(x Run) float64 { return x.RunSeconds }, 1, 2),
-				s(func(x Run) float64 { return float64(x.BytesBeforeReady) }, 1e6, 1),
+				s(bytesBeforeReady, 1e6, 1),
 				s(func(x Run) float64 { return float64(x.BytesTotal) }, 1e6, 1),
-				rss, cpu, local)
+				local)
 		}
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "\nTTR ratios, paired run by run (lower is better for the first named):")
+	fmt.Fprintln(w, "\nMemory and CPU: peak RSS (VmHWM) and CPU s (user+system) per process, read at the end of the run;")
+	fmt.Fprintln(w, "snapshotter = daemon + its FUSE hosts (sum); node = containerd + snapshotter (+ nerdctl for CPU).")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "workload\tratio\tmedian (min-max)\tpairs")
+	fmt.Fprintln(tw, "workload\tsnapshotter\tnode RSS MB\tsnapshotter RSS MB\tdaemon MB\thost MB\tcontainerd MB\tnode CPU s\tsnapshotter CPU s\tdaemon CPU s\thost CPU s\tcontainerd CPU s\tnerdctl CPU s")
 	for _, wl := range r.Workloads {
-		ours := r.series(wl.Name, Ours, ttr)
+		for _, sn := range r.Snapshotters {
+			s := r.cell(wl.Name, sn)
+			snapRSS, daemonRSS, hostRSS, snapCPU, daemonCPU, hostCPU := "-", "-", "-", "-", "-", "-"
+			if sn != Overlayfs {
+				snapRSS = s(func(x Run) float64 { return float64(x.SnapshotterPeakRSS()) }, 1<<20, 0)
+				daemonRSS = s(func(x Run) float64 { return float64(x.DaemonPeakRSS) }, 1<<20, 0)
+				snapCPU = s(Run.SnapshotterCPUSeconds, 1, 2)
+				daemonCPU = s(func(x Run) float64 { return x.DaemonCPUSeconds }, 1, 2)
+				if r.hasHosts(wl.Name, sn) {
+					hostRSS = s(func(x Run) float64 { return float64(x.HostPeakRSS) }, 1<<20, 0)
+					hostCPU = s(func(x Run) float64 { return x.HostCPUSeconds }, 1, 2)
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", wl.Name, sn,
+				s(nodeRSS, 1<<20, 0), snapRSS, daemonRSS, hostRSS,
+				s(func(x Run) float64 { return float64(x.ContainerdPeakRSS) }, 1<<20, 0),
+				s(Run.NodeCPUSeconds, 1, 2), snapCPU, daemonCPU, hostCPU,
+				s(func(x Run) float64 { return x.ContainerdCPUSeconds }, 1, 2),
+				s(func(x Run) float64 { return x.ClientCPUSeconds }, 1, 2))
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "\nRatios, paired run by run (lower is better for the first named): medians (min-max) over the pairs.")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "workload\tratio\tTTR\tMB before ready\tnode RSS\tnode CPU\tpairs")
+	for _, wl := range r.Workloads {
 		for _, other := range r.Snapshotters {
 			if other == Ours {
 				continue
 			}
-			s := Summarize(PairedRatios(ours, r.series(wl.Name, other, ttr)))
-			fmt.Fprintf(tw, "%s\t%s/%s\t%s\t%d\n", wl.Name, Ours, other, formatSummary(s, 3), s.N)
+			ratio := func(f func(Run) float64) Summary {
+				return Summarize(PairedRatios(r.series(wl.Name, Ours, f), r.series(wl.Name, other, f)))
+			}
+			t := ratio(ttr)
+			fmt.Fprintf(tw, "%s\t%s/%s\t%s\t%s\t%s\t%s\t%d\n", wl.Name, Ours, other, formatSummary(t, 3),
+				formatSummary(ratio(bytesBeforeReady), 3), formatSummary(ratio(nodeRSS), 3),
+				formatSummary(ratio(Run.NodeCPUSeconds), 3), t.N)
 		}
 	}
 	return tw.Flush()
 }
+
+// cell returns a formatter of field f of (workload, snapshotter) in unit
+// with prec decimals.
+func (r *Report) cell(workload, sn string) func(f func(Run) float64, unit float64, prec int) string {
+	return func(f func(Run) float64, unit float64, prec int) string {
+		return formatSummary(Summarize(scale(r.series(workload, sn, f), unit)), prec)
+	}
+}
+
+func (r *Report) ok(workload, sn string) int {
+	ok := 0
+	for _, run := range r.Results {
+		if run.Workload == workload && run.Snapshotter == sn && run.OK() {
+			ok++
+		}
+	}
+	return ok
+}
+
+// hasHosts reports whether any run of (workload, snapshotter) had a FUSE
+// host (daemons without hosts show "-" there rather than zero).
+func (r *Report) hasHosts(workload, sn string) bool {
+	for _, run := range r.Results {
+		if run.Workload == workload && run.Snapshotter == sn && run.Hosts > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func bytesBeforeReady(r Run) float64 { return float64(r.BytesBeforeReady) }
+
+func nodeRSS(r Run) float64 { return float64(r.NodePeakRSS()) }
 
 func scale(xs []float64, unit float64) []float64 {
 	out := make([]float64, len(xs))

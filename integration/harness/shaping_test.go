@@ -18,7 +18,7 @@ func TestShapedLink(t *testing.T) {
 		_, _ = w.Write(body)
 	}))
 	defer srv.Close()
-	link, err := NewShapedLink(srv.Listener.Addr().String(), Shaping{RTT: 100 * time.Millisecond, BandwidthMbit: 40})
+	link, err := NewShapedLink(srv.Listener.Addr().String(), Shaping{RTT: 100 * time.Millisecond, RateMbit: 40})
 	if err != nil {
 		t.Fatal(err)
 	}

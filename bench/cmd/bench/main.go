@@ -1,8 +1,10 @@
 // Command bench compares time-to-ready of containers under overlayfs, our
-// SOCI snapshotter and other soci-snapshotter-grpc builds over a shaped
-// loopback link (`make bench`). It prints a table of medians (min-max) and
-// paired ratios, and writes every run to out/bench/results.json and a chart
-// to out/bench/ttr.png.
+// SOCI snapshotter and other soci-snapshotter-grpc builds over one or more
+// shaped loopback links (`make bench`). By default the link is shared: one
+// rate each way for every connection to the registry, as a node's NIC. Per
+// link it prints tables of medians (min-max) and paired ratios, and writes
+// every run to out/bench/results-<link>.json and a chart to
+// out/bench/ttr-<link>.png.
 package main
 
 import (
@@ -15,12 +17,14 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/fastsoci/soci-snapshotter/bench"
 	"github.com/fastsoci/soci-snapshotter/integration/harness"
+	"github.com/fastsoci/soci-snapshotter/integration/shaper"
 )
 
 type compareFlag []bench.Compare
@@ -62,9 +66,12 @@ func run(ctx context.Context) error {
 		runs      = flag.Int("runs", 5, "cold runs per workload and snapshotter")
 		quick     = flag.Bool("quick", false, "one small workload, 2 runs")
 		workloads = flag.String("workloads", "", "comma-separated workloads (default: "+strings.Join(bench.DefaultWorkloads(), ",")+")")
+		shaping   = flag.String("shaping", string(shaper.Shared), "shared: one rate each way for all connections (a node's NIC); per-conn: a rate per TCP connection")
 		rtt       = flag.Duration("rtt", 20*time.Millisecond, "round-trip time of the link")
-		bw        = flag.Float64("bandwidth", 200, "link bandwidth in Mbit/s (0: unlimited)")
-		unshaped  = flag.Bool("unshaped", false, "no latency or bandwidth limit")
+		rate      = flag.Float64("rate", 200, "link rate each way in Mbit/s (0: unlimited)")
+		unshaped  = flag.Bool("unshaped", false, "no latency or rate limit")
+		matrix    = flag.Bool("matrix", false, "run on each link of "+matrixLinks+" (instead of -shaping/-rtt/-rate)")
+		links     = flag.String("links", "", "comma-separated links MODE:RTT:MBIT, e.g. shared:20ms:200,per-conn:20ms:200 (instead of -shaping/-rtt/-rate)")
 		spanSize  = flag.Int64("span-size", 4<<20, "SOCI span size of the workload images")
 		out       = flag.String("out", "out/bench", "directory for results.json and ttr.png")
 		keep      = flag.Bool("keep", false, "keep the work directory and every run's logs")
@@ -94,6 +101,22 @@ func run(ctx context.Context) error {
 	if *runs < 1 {
 		return errors.New("-runs must be at least 1")
 	}
+	mode, err := shaper.ParseMode(*shaping)
+	if err != nil {
+		return err
+	}
+	shapings := []harness.Shaping{{Mode: mode, RTT: *rtt, RateMbit: *rate, Unshaped: *unshaped}}
+	switch {
+	case *links != "" && *matrix:
+		return errors.New("-links and -matrix exclude each other")
+	case *matrix:
+		*links = matrixLinks
+	}
+	if *links != "" {
+		if shapings, err = parseLinks(*links); err != nil {
+			return err
+		}
+	}
 	tools, err := harness.ToolsFromEnv()
 	if err != nil {
 		return err
@@ -112,35 +135,64 @@ func run(ctx context.Context) error {
 	fmt.Fprintf(os.Stderr, "work directory %s\n", work)
 	cfg := bench.Config{
 		Tools: tools, Workloads: wls, Runs: *runs, Compare: compare, SpanSize: *spanSize,
-		Shaping: harness.Shaping{RTT: *rtt, BandwidthMbit: *bw, Unshaped: *unshaped},
+		Links:   shapings,
 		WorkDir: work, KeepRuns: *keep, DaemonConfig: bench.DefaultDaemonConfig, Probe: probe,
 		RunTimeout: *timeout, Progress: os.Stderr,
 	}
-	rep, runErr := bench.Execute(ctx, cfg)
-	if rep == nil {
-		return runErr
-	}
-	fmt.Println()
-	if err := rep.WriteTable(os.Stdout); err != nil {
-		return err
-	}
-	if !rep.DropCaches {
-		fmt.Println("\n(page cache not dropped: /proc/sys/vm/drop_caches is not writable here)")
-	}
-	jsonPath, chartPath := filepath.Join(*out, "results.json"), filepath.Join(*out, "ttr.png")
-	if err := rep.WriteJSON(jsonPath); err != nil {
-		return err
-	}
-	if err := rep.WriteChart(chartPath); err != nil {
-		return err
-	}
-	fmt.Printf("\nwrote %s and %s\n", jsonPath, chartPath)
-	for _, r := range rep.Results {
-		if !r.OK() {
-			return errors.Join(runErr, fmt.Errorf("%s under %s run %d failed: %s", r.Workload, r.Snapshotter, r.Iteration, r.Error))
+	reps, runErr := bench.Execute(ctx, cfg)
+	var failed []error
+	for _, rep := range reps {
+		fmt.Println()
+		if err := rep.WriteTable(os.Stdout); err != nil {
+			return err
+		}
+		if !rep.DropCaches {
+			fmt.Println("\n(page cache not dropped: /proc/sys/vm/drop_caches is not writable here)")
+		}
+		slug := rep.Slug
+		jsonPath, chartPath := filepath.Join(*out, "results-"+slug+".json"), filepath.Join(*out, "ttr-"+slug+".png")
+		if err := rep.WriteJSON(jsonPath); err != nil {
+			return err
+		}
+		if err := rep.WriteChart(chartPath); err != nil {
+			return err
+		}
+		fmt.Printf("\nwrote %s and %s\n", jsonPath, chartPath)
+		for _, r := range rep.Results {
+			if !r.OK() {
+				failed = append(failed, fmt.Errorf("%s under %s run %d on %s failed: %s", r.Workload, r.Snapshotter, r.Iteration, rep.Link, r.Error))
+			}
 		}
 	}
-	return runErr
+	return errors.Join(append([]error{runErr}, failed...)...)
+}
+
+// matrixLinks are the links of -matrix.
+const matrixLinks = "shared:20ms:200,shared:50ms:100"
+
+// parseLinks parses MODE:RTT:MBIT[,...].
+func parseLinks(s string) ([]harness.Shaping, error) {
+	var out []harness.Shaping
+	for _, item := range strings.Split(s, ",") {
+		f := strings.Split(item, ":")
+		if len(f) != 3 {
+			return nil, fmt.Errorf("link %q: want MODE:RTT:MBIT", item)
+		}
+		mode, err := shaper.ParseMode(f[0])
+		if err != nil {
+			return nil, fmt.Errorf("link %q: %w", item, err)
+		}
+		rtt, err := time.ParseDuration(f[1])
+		if err != nil || rtt < 0 {
+			return nil, fmt.Errorf("link %q: bad RTT %q", item, f[1])
+		}
+		rate, err := strconv.ParseFloat(f[2], 64)
+		if err != nil || rate < 0 {
+			return nil, fmt.Errorf("link %q: bad rate %q", item, f[2])
+		}
+		out = append(out, harness.Shaping{Mode: mode, RTT: rtt, RateMbit: rate})
+	}
+	return out, nil
 }
 
 func isSet(name string) bool {
