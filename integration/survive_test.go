@@ -429,6 +429,7 @@ func TestSurviveRestartKillUpgrade(t *testing.T) {
 	}()
 
 	e := startSurviveEnv(t, soakConfig, harness.StartDaemon)
+	logMemory(t, e, "idle, nothing mounted")
 	oldBin := e.Daemon.Binary()
 	img := pushSoakImage(t, e, "survive/a:latest", soakFiles, 1000)
 	img2 := pushSoakImage(t, e, "survive/b:latest", 256, 100000)
@@ -442,6 +443,7 @@ func TestSurviveRestartKillUpgrade(t *testing.T) {
 	counts := waitReads(t, ctx, e, ss, make([]soakCounts, len(ss)), 2, 60*time.Second, "before any restart")
 	t.Logf("probes reading:%s", describeCounts(ss, counts))
 	t.Logf("setup (env, images, 10 containers reading): %s", time.Since(began).Round(time.Millisecond))
+	logMemory(t, e, "10 containers reading")
 
 	var upgrade build
 	steps := []struct {
@@ -900,4 +902,25 @@ func TestSystemdRestartKillMode(t *testing.T) {
 	if !failed {
 		t.Errorf("with KillMode=control-group the containers kept reading: the test cannot tell the kill modes apart")
 	}
+}
+
+// logMemory logs the peak RSS (VmHWM) so far of the daemon and of each of
+// its FUSE hosts: the figures the restart-survival note quotes.
+func logMemory(t *testing.T, e *harness.Env, when string) {
+	t.Helper()
+	line := when + ": peak RSS"
+	if st, err := harness.ReadProcStats(e.Daemon.Pid()); err == nil {
+		line += fmt.Sprintf(" daemon %.1f MiB", float64(st.PeakRSS)/(1<<20))
+	}
+	hosts, err := harness.FuseHosts(e.Daemon.Root)
+	if err != nil {
+		t.Logf("%s: %v", line, err)
+		return
+	}
+	for _, h := range hosts {
+		if st, err := harness.ReadProcStats(h.Pid); err == nil {
+			line += fmt.Sprintf(", FUSE host (pid %d) %.1f MiB", h.Pid, float64(st.PeakRSS)/(1<<20))
+		}
+	}
+	t.Log(line)
 }
