@@ -59,9 +59,9 @@ var criPlugins = []string{
 }
 
 // criConfig makes CRI pulls go through snapshotter %[1]q with the remote
-// snapshot annotations, by containerd's client pull (the transfer service
-// pull does not pass the annotations). %[2]s is the pinned images table,
-// %[3]s the runtime handlers.
+// snapshot annotations, by containerd's client pull (which
+// disable_snapshot_annotations = false selects in containerd 2.2 anyway).
+// %[2]s is the pinned images table, %[3]s the runtime handlers.
 const criConfig = `
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = %[1]q
