@@ -33,6 +33,7 @@ type criEnv struct {
 	crictl *harness.Crictl
 	dir    string
 	pods   int
+	podIDs []string // every pod sandbox run, removed at the end
 }
 
 // startCRIEnv starts the environment; opts.SandboxImage is set here.
@@ -86,6 +87,9 @@ func startCRIEnv(t *testing.T, ctx context.Context, daemonConfig func(dir string
 	if c.crictl, err = harness.NewCrictl(crictlBin, filepath.Join(dir, "crictl"), e.Containerd.Address, e.Containerd.Address); err != nil {
 		t.Fatal(err)
 	}
+	// Before containerd stops (cleanups run last-in first-out): a sandbox
+	// process outlives its shim, which the environment's Close kills.
+	t.Cleanup(func() { c.removePods(t) })
 	// containerd's CRI plugin may still be starting.
 	c.poll(t, 30*time.Second, "CRI plugin answers", func() (bool, string) {
 		out, err := c.crictl.Run(ctx, "images")
@@ -152,7 +156,25 @@ func (c *criEnv) runPod(t *testing.T, ctx context.Context, handler string) (id, 
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.podIDs = append(c.podIDs, id)
+	out, err := c.crictl.Run(ctx, "inspectp", "-o", "go-template", "--template", "{{.status.state}}", id)
+	if err != nil || out != "SANDBOX_READY" {
+		t.Fatalf("pod %s: state %q, %v", id, out, err)
+	}
 	return id, cfg
+}
+
+// removePods removes every pod sandbox run by the test, then kills any
+// process still in a sandbox's cgroup (containerd gone, say).
+func (c *criEnv) removePods(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, id := range c.podIDs {
+		if _, err := c.crictl.Run(ctx, "rmp", "--force", id); err != nil && !strings.Contains(err.Error(), "not found") {
+			t.Logf("remove pod %s: %v", id, err)
+		}
+	}
+	harness.KillCgroupMembers(c.podIDs)
 }
 
 // runSums creates and starts a container of ref in pod running

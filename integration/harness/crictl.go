@@ -8,7 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Crictl runs the crictl binary against a CRI runtime service (containerd's
@@ -45,4 +48,30 @@ func (c *Crictl) Run(ctx context.Context, args ...string) (string, error) {
 		return "", fmt.Errorf("crictl %s: %w", strings.Join(args, " "), err)
 	}
 	return strings.TrimSpace(stdout.String()), nil
+}
+
+// KillCgroupMembers SIGKILLs the processes whose cgroup path ends in one
+// of ids (CRI pod sandboxes and containers run in /k8s.io/<id> with the
+// cgroupfs driver).
+func KillCgroupMembers(ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, ent := range entries {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cgroup"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if slices.ContainsFunc(ids, func(id string) bool { return strings.HasSuffix(line, "/"+id) }) {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+				break
+			}
+		}
+	}
 }
