@@ -79,6 +79,7 @@ install: build
 	install -D -m 0644 deploy/soci-snapshotter.service $(DESTDIR)/etc/systemd/system/soci-snapshotter.service
 	install -D -m 0644 deploy/soci-snapshotter.socket $(DESTDIR)/etc/systemd/system/soci-snapshotter.socket
 	install -D -m 0644 deploy/containerd-proxy-plugin.toml $(DESTDIR)$(PREFIX)/share/soci-snapshotter/containerd-proxy-plugin.toml
+	install -D -m 0644 deploy/containerd-cri.toml $(DESTDIR)$(PREFIX)/share/soci-snapshotter/containerd-cri.toml
 	@test -e $(DESTDIR)/etc/soci-snapshotter-grpc/config.toml || \
 		install -D -m 0644 config/testdata/default.toml $(DESTDIR)/etc/soci-snapshotter-grpc/config.toml
 	@echo "Add $(PREFIX)/share/soci-snapshotter/containerd-proxy-plugin.toml to /etc/containerd/config.toml, then:"

@@ -7,6 +7,8 @@ set -euo pipefail
 CONTAINERD_VERSION=v2.2.6
 REGISTRY_VERSION=v3.1.2
 NERDCTL_VERSION=v2.2.0
+# crictl, the CRI client the node tests drive containerd's CRI plugin with.
+CRICTL_VERSION=v1.37.0
 # staticcheck 2026.2.2; supports the Go 1.26 toolchain.
 STATICCHECK_VERSION=v0.8.2
 
@@ -51,6 +53,12 @@ if ! stamp_ok staticcheck "$STATICCHECK_VERSION"; then
   log "building staticcheck $STATICCHECK_VERSION"
   GOBIN=$bin go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
   echo "$STATICCHECK_VERSION" >"$stamps/staticcheck"
+fi
+
+if ! stamp_ok crictl "$CRICTL_VERSION"; then
+  log "building crictl $CRICTL_VERSION"
+  GOBIN=$bin go install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+  echo "$CRICTL_VERSION" >"$stamps/crictl"
 fi
 
 if ! stamp_ok nerdctl "$NERDCTL_VERSION"; then

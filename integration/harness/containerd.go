@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -57,14 +58,32 @@ var criPlugins = []string{
 	"io.containerd.sandbox.controller.v1.shim",
 }
 
-// criImagesConfig makes CRI pulls go through the "soci" snapshotter with the
-// remote snapshot annotations, by containerd's client pull (the transfer
-// service pull does not pass the annotations).
-const criImagesConfig = `
+// criConfig makes CRI pulls go through snapshotter %[1]q with the remote
+// snapshot annotations, by containerd's client pull (which
+// disable_snapshot_annotations = false selects in containerd 2.2 anyway).
+// %[2]s is the pinned images table, %[3]s the runtime handlers.
+const criConfig = `
 [plugins."io.containerd.cri.v1.images"]
-  snapshotter = "soci"
+  snapshotter = %[1]q
   disable_snapshot_annotations = false
   use_local_image_pull = true
+%[2]s
+[plugins."io.containerd.cri.v1.runtime"]
+  # The test machine lacks CAP_SYS_RESOURCE: the sandbox's oom_score_adj
+  # (-998) cannot be set below containerd's own.
+  restrict_oom_score_adj = true
+%[3]s`
+
+// criHandlerConfig is a runc runtime handler %[1]q whose containers and
+// images use snapshotter %[2]q: the runtime's snapshotter serves container
+// creation, the images plugin's runtime_platforms entry the pulls made for
+// a pod of that handler.
+const criHandlerConfig = `
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.%[1]q]
+  runtime_type = "io.containerd.runc.v2"
+  snapshotter = %[2]q
+[plugins."io.containerd.cri.v1.images".runtime_platforms.%[1]q]
+  snapshotter = %[2]q
 `
 
 // ContainerdOptions change how StartContainerdWith configures containerd.
@@ -73,8 +92,39 @@ type ContainerdOptions struct {
 	// containerd's socket, namespace "k8s.io"), pulling into "soci". The
 	// CRI ImageService is served by the grpc.v1.cri plugin, which needs the
 	// runtime and sandbox controller plugins too, not the images plugin
-	// alone. NRI stays disabled.
+	// alone. NRI stays disabled. Pod sandboxes get no CNI configuration:
+	// only host-network pods can run.
 	CRI bool
+	// CRISnapshotter is the CRI plugin's default snapshotter; "" is "soci".
+	CRISnapshotter string
+	// SandboxImage is the pinned "sandbox" image (the pause image) pods
+	// run; "" leaves containerd's default (which needs the internet).
+	SandboxImage string
+	// Handlers maps extra CRI runtime handlers (runc) to their snapshotter:
+	// the per-RuntimeClass form.
+	Handlers map[string]string
+}
+
+// criText is the CRI part of containerd's config for opts.
+func criText(opts ContainerdOptions) string {
+	snapshotter := opts.CRISnapshotter
+	if snapshotter == "" {
+		snapshotter = "soci"
+	}
+	pinned := ""
+	if opts.SandboxImage != "" {
+		pinned = fmt.Sprintf("  [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n    sandbox = %q\n", opts.SandboxImage)
+	}
+	names := make([]string, 0, len(opts.Handlers))
+	for name := range opts.Handlers {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	var handlers strings.Builder
+	for _, name := range names {
+		fmt.Fprintf(&handlers, criHandlerConfig, name, opts.Handlers[name])
+	}
+	return fmt.Sprintf(criConfig, snapshotter, pinned, handlers.String())
 }
 
 // StartContainerd starts containerd (binaries in toolsBin) with its state
@@ -95,7 +145,7 @@ func StartContainerdWith(ctx context.Context, toolsBin, dir, sociAddress string,
 	disabled := []string{"io.containerd.nri.v1.nri"}
 	extra := ""
 	if opts.CRI {
-		extra = criImagesConfig
+		extra = criText(opts)
 	} else {
 		disabled = append(append([]string{}, criPlugins...), disabled...)
 	}

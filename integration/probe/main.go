@@ -15,6 +15,7 @@
 //	                       reads, then "<path> <hex> reads=<n>" (a failed read
 //	                       stops the chain with exit status 1)
 //	soak LIST OUT PAUSE    read listed files until SIGTERM, counts in OUT (soak.go)
+//	pause                  waits for SIGTERM or SIGINT, then "paused <signal>" (pause.go)
 //
 // Paths containing spaces or unprintable characters are printed Go-quoted.
 // Failures of write and read-bytes stop the chain with exit status 1; usage
@@ -127,7 +128,7 @@ func arity(name string) (lo, hi int, ok bool) {
 		return 1, -1, true
 	case "write", "read-bytes":
 		return 2, 2, true
-	case "ready":
+	case "ready", "pause":
 		return 0, 0, true
 	case "stat-all", "chain", "read-all":
 		return 1, 1, true
@@ -153,6 +154,8 @@ func (c command) run(w io.Writer) error {
 	case "ready":
 		_, err := fmt.Fprintln(w, "ready")
 		return err
+	case "pause":
+		return pause(w)
 	case "stat-all":
 		return statAll(w, c.args[0])
 	case "read-fraction":
