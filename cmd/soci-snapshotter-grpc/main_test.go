@@ -120,7 +120,7 @@ func TestLogNotices(t *testing.T) {
 	if err := setupLogging("info", "json", &buf); err != nil {
 		t.Fatal(err)
 	}
-	_, notices, err := config.Read([]byte("\nallow_no_verification = true\n[resolver]\nauth_client_ttl_sec = 2\n"))
+	_, notices, err := config.Read([]byte("\nallow_no_verification = true\n\nresolve_result_entry = 2\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestLogNotices(t *testing.T) {
 		unknown["did_you_mean"] != "disable_verification" || !strings.Contains(unknown["msg"].(string), "did you mean disable_verification") {
 		t.Errorf("unknown key warning = %v", unknown)
 	}
-	if unused["level"] != "warning" || unused["key"] != "resolver.auth_client_ttl_sec" || unused["line"] != float64(4) || unused["reason"] == "" {
+	if unused["level"] != "warning" || unused["key"] != "resolve_result_entry" || unused["line"] != float64(4) || unused["reason"] == "" {
 		t.Errorf("unused key warning = %v", unused)
 	}
 }
@@ -156,7 +156,7 @@ func TestConfigCheck(t *testing.T) {
 	}
 	clean := write("clean.toml", "[snapshotter]\nmin_layer_size = -1\n")
 	unknown := write("unknown.toml", "mount_timeout_secs = 3\n")
-	unused := write("unused.toml", "[resolver]\nauth_client_ttl_sec = 3\n")
+	unused := write("unused.toml", "resolve_result_entry = 3\n")
 	invalid := write("invalid.toml", "[background_fetch]\ndrop_policy = 'middle'\n")
 	tests := []struct {
 		args    []string
@@ -166,8 +166,8 @@ func TestConfigCheck(t *testing.T) {
 		{[]string{"config", "check", clean}, false, "OK"},
 		{[]string{"config", "check", "--strict", clean}, false, "OK"},
 		{[]string{"config", "check", unknown}, true, "did you mean mount_timeout_sec"},
-		{[]string{"config", "check", unused}, false, "resolver.auth_client_ttl_sec: accepted but not acted on"},
-		{[]string{"config", "check", "--strict", unused}, true, "resolver.auth_client_ttl_sec"},
+		{[]string{"config", "check", unused}, false, "resolve_result_entry: accepted but not acted on"},
+		{[]string{"config", "check", "--strict", unused}, true, "resolve_result_entry"},
 		{[]string{"config", "check", invalid}, true, "background_fetch.drop_policy"},
 		{[]string{"config", "check", filepath.Join(dir, "missing.toml")}, true, "no such file"},
 		// Without FILE, the --config path.
