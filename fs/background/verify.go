@@ -2,11 +2,11 @@ package background
 
 import (
 	"bufio"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	gzip "github.com/klauspost/compress/gzip"
 	"hash"
 	"io"
 	"sync"
