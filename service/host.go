@@ -28,7 +28,7 @@ import (
 // since the last collection, which the background walk's stream of chunk
 // and span buffers would otherwise reach. It is soft: a host whose live
 // data needs more gets it, at the price of more frequent collections.
-const hostMemoryLimit = 64 << 20
+const hostMemoryLimit = 48 << 20
 
 // limitHostMemory applies hostMemoryLimit unless GOMEMLIMIT is set.
 func limitHostMemory(ctx context.Context) {

@@ -261,7 +261,7 @@ func BenchmarkBackgroundCompletion(b *testing.B) {
 		var mu sync.Mutex
 		errs := map[string]error{}
 		all := make(chan struct{})
-		s := New(Options{Workers: 4, ChunkSize: 8 << 20})
+		s := New(Options{Workers: 4, ChunkSize: int64(envInt("SOCI_BG_CHUNK_MIB", 8)) << 20, MaxMemory: int64(envInt("SOCI_BG_BUDGET_MIB", 16)) << 20})
 		s.onDone = func(key string, err error) {
 			mu.Lock()
 			defer mu.Unlock()

@@ -24,7 +24,7 @@ const (
 	DefaultMaxAttempts  = 3
 	DefaultFetchTimeout = 5 * time.Minute
 	// DefaultMaxMemory bounds the compressed chunks all walks hold at once.
-	DefaultMaxMemory = 24 << 20
+	DefaultMaxMemory = 16 << 20
 )
 
 // ErrDigestMismatch is wrapped by the error of a layer whose blob does not
