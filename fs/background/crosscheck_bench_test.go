@@ -37,7 +37,7 @@ func BenchmarkStreamCheck(b *testing.B) {
 	for b.Loop() {
 		c := startStreamCheck(l)
 		for off := 0; off < len(blob); off += 8 << 20 {
-			c.feed(context.Background(), blob[off:min(off+8<<20, len(blob))])
+			c.feed(context.Background(), blob[off:min(off+8<<20, len(blob))], nil)
 		}
 		if err := c.end(); err != nil {
 			b.Fatal(err)
@@ -75,7 +75,7 @@ func BenchmarkCompareSpans(b *testing.B) {
 	}
 	l := Layer{Table: z.Spans, Spans: m.Loader()}
 	c := startStreamCheck(Layer{Table: z.Spans, Files: &z.TOC, Gzip: true})
-	c.feed(context.Background(), blob)
+	c.feed(context.Background(), blob, nil)
 	if err := c.end(); err != nil {
 		b.Fatal(err)
 	}

@@ -121,14 +121,24 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 	var hashed int64 // the blob is hashed up to there
 	whole := true    // every byte so far went through h
 	var stream *streamCheck
+	var holds []*chunkHold // chunks fed to the stream check
+	defer func() {
+		for _, c := range holds { // after abandon: the check is gone
+			c.streamDone()
+		}
+	}()
 	if l.Files != nil {
 		stream = startStreamCheck(l)
 		defer stream.abandon()
 	}
-	sink := func(b []byte) {
+	// sink hashes b and feeds it to the stream check, which calls done
+	// (nil: none) once it no longer needs b.
+	sink := func(b []byte, done func()) {
 		h.Write(b)
 		if stream != nil {
-			stream.feed(ctx, b)
+			stream.feed(ctx, b, done)
+		} else if done != nil {
+			done()
 		}
 	}
 	skip := func(reason string) {
@@ -161,24 +171,39 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		if err := s.waitIdle(ctx); err != nil {
 			return res, err
 		}
+		chunk := func(k int) (lo, hi int64) {
+			lo, hi = t.Spans[i].CompressedStart, t.Spans[k].CompressedEnd
+			if whole {
+				lo = min(hashed, lo) // include the gzip header before span 0
+			}
+			if k == len(t.Spans)-1 {
+				hi = t.CompressedSize // the gzip trailer
+			}
+			return lo, hi
+		}
+		// Wait for room in the node's budget before reserving: reads of
+		// reserved spans wait for the chunk.
+		lo, hi := chunk(k)
+		hold, err := s.mem.hold(ctx, hi-lo)
+		if err != nil {
+			return res, err
+		}
 		// Reserve the chunk's spans only now, after yielding to demand
 		// reads: those reads may have brought some of them in.
 		if k = l.Spans.Reserve(ctx, i, k); k < i {
+			hold.walkDone()
+			hold.streamDone()
 			if !l.Spans.Has(ctx, i) { // neither local nor on its way: closed
 				return res, fmt.Errorf("reserve span %d of %s: %w", i, l.Digest, span.ErrClosed)
 			}
 			continue // a read fetched span i meanwhile
 		}
-		lo, hi := t.Spans[i].CompressedStart, t.Spans[k].CompressedEnd
-		if whole {
-			lo = min(hashed, lo) // include the gzip header before span 0
-		}
-		if k == len(t.Spans)-1 {
-			hi = t.CompressedSize // the gzip trailer
-		}
+		lo, hi = chunk(k)
 		buf := make([]byte, hi-lo)
-		err := s.fetch(ctx, l.Blob, buf, lo)
+		err = s.fetch(ctx, l.Blob, buf, lo)
 		if err != nil {
+			hold.walkDone()
+			hold.streamDone()
 			l.Spans.Release(i, k) // readers of these spans fetch them themselves
 			if ctx.Err() != nil {
 				return res, ctx.Err()
@@ -197,10 +222,14 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		res.fetched += int64(len(buf))
 		s.observe(func(o Observer) { o.BackgroundBytes(int64(len(buf))) })
 		if whole && hashed < hi {
-			sink(buf[hashed-lo:])
+			holds = append(holds, hold)
+			sink(buf[hashed-lo:], hold.streamDone)
 			hashed = hi
+		} else {
+			hold.streamDone()
 		}
 		err = l.Spans.Load(ctx, i, k, buf, lo)
+		hold.walkDone()
 		l.Spans.Release(i, k) // Load completed them unless it failed early
 		if err != nil {
 			if errors.Is(err, span.ErrClosed) || ctx.Err() != nil {
@@ -248,7 +277,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 // it (the gzip header before span 0). Without a kept copy (a read before a
 // restart, say) the span's compressed bytes are fetched again for the hash:
 // a layer is only reported local once all of it was checked.
-func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]byte), hashed *int64, skip func(string)) (int64, error) {
+func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]byte, func()), hashed *int64, skip func(string)) (int64, error) {
 	sp := j.layer.Table.Spans[i]
 	c, ok := j.layer.Spans.Compressed(ctx, i)
 	switch {
@@ -274,13 +303,13 @@ func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]by
 		}
 		*hashed = sp.CompressedStart
 	}
-	sink(c[*hashed-sp.CompressedStart:])
+	sink(c[*hashed-sp.CompressedStart:], nil)
 	*hashed = sp.CompressedEnd
 	return n, nil
 }
 
 // hashGap fetches blob[from:to) and feeds it into h.
-func (s *Scheduler) hashGap(ctx context.Context, blob span.Fetcher, sink func([]byte), from, to int64) (int64, error) {
+func (s *Scheduler) hashGap(ctx context.Context, blob span.Fetcher, sink func([]byte, func()), from, to int64) (int64, error) {
 	if err := s.waitIdle(ctx); err != nil {
 		return 0, err
 	}
@@ -289,7 +318,7 @@ func (s *Scheduler) hashGap(ctx context.Context, blob span.Fetcher, sink func([]
 		return 0, fmt.Errorf("fetch bytes %d-%d: %w", from, to, err)
 	}
 	s.observe(func(o Observer) { o.BackgroundBytes(int64(len(buf))) })
-	sink(buf)
+	sink(buf, nil)
 	return int64(len(buf)), nil
 }
 

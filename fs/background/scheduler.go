@@ -23,6 +23,8 @@ const (
 	DefaultRetryWait    = 500 * time.Millisecond
 	DefaultMaxAttempts  = 3
 	DefaultFetchTimeout = 5 * time.Minute
+	// DefaultMaxMemory bounds the compressed chunks all walks hold at once.
+	DefaultMaxMemory = 16 << 20
 )
 
 // ErrDigestMismatch is wrapped by the error of a layer whose blob does not
@@ -60,6 +62,12 @@ type Options struct {
 	MaxAttempts int
 	// FetchTimeout bounds one chunk's range request (default DefaultFetchTimeout).
 	FetchTimeout time.Duration
+	// MaxMemory bounds the compressed bytes the walks of all layers hold
+	// at once: chunks fetched and not yet both loaded into the span cache
+	// and consumed by the stream cross-check (default DefaultMaxMemory;
+	// one chunk larger than that goes alone). Workers wait for room
+	// before they fetch.
+	MaxMemory int64
 	// MaxQueue bounds the layers waiting to start; <= 0 is unbounded.
 	MaxQueue int
 	// DropOldest: when the queue is full, drop the layer queued longest
@@ -84,6 +92,7 @@ type Options struct {
 type Scheduler struct {
 	opts    Options
 	markers Markers
+	mem     *budget
 	life    context.Context
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
@@ -133,8 +142,11 @@ func New(opts Options) *Scheduler {
 	if opts.FetchTimeout <= 0 {
 		opts.FetchTimeout = DefaultFetchTimeout
 	}
+	if opts.MaxMemory <= 0 {
+		opts.MaxMemory = DefaultMaxMemory
+	}
 	s := &Scheduler{
-		opts: opts, markers: NewMarkers(opts.StateDir), active: map[string]*job{}, done: map[string]bool{},
+		opts: opts, markers: NewMarkers(opts.StateDir), mem: newBudget(opts.MaxMemory), active: map[string]*job{}, done: map[string]bool{},
 		changed: make(chan struct{}), idle: make(chan struct{}),
 	}
 	close(s.idle)

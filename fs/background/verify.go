@@ -2,11 +2,11 @@ package background
 
 import (
 	"bufio"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	gzip "github.com/klauspost/compress/gzip"
 	"hash"
 	"io"
 	"sync"
@@ -35,9 +35,11 @@ var errAbandoned = errors.New("layer stream abandoned")
 // zTOC's file table (fs/tarcheck) and hashes the uncompressed bytes of each
 // span for the comparison with the span cache after the walk. At most one
 // chunk waits for it; the rest of its memory is the decompressor's window
-// and a read buffer.
+// and a read buffer. Each chunk's done func is called once the check is
+// done with it (consumed, dropped or abandoned).
 type streamCheck struct {
-	ch       chan []byte
+	ch       chan piece
+	r        chanReader
 	stop     chan struct{}
 	stopOnce sync.Once
 	done     chan struct{}
@@ -46,25 +48,63 @@ type streamCheck struct {
 }
 
 func startStreamCheck(l Layer) *streamCheck {
-	c := &streamCheck{ch: make(chan []byte, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	c := &streamCheck{ch: make(chan piece, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	c.r = chanReader{ch: c.ch, stop: c.stop}
 	go func() {
-		defer close(c.done)
 		c.err = c.run(l)
+		close(c.done)
+		c.r.release()
+		c.drain()
 	}()
 	return c
 }
 
-// feed hands b, which the caller no longer modifies, to the check. Bytes
-// fed after the check finished (it found a mismatch early) are dropped.
-func (c *streamCheck) feed(ctx context.Context, b []byte) {
+// piece is a chunk of the blob fed to the check and the func to call once
+// the check is done with it.
+type piece struct {
+	b    []byte
+	done func()
+}
+
+// feed hands b, which the caller no longer modifies, to the check; done
+// (nil: none) is called once the check is done with b. Bytes fed after the
+// check finished (it found a mismatch early) are dropped.
+func (c *streamCheck) feed(ctx context.Context, b []byte, done func()) {
+	if done == nil {
+		done = func() {}
+	}
 	if len(b) == 0 {
+		done()
 		return
 	}
 	select {
-	case c.ch <- b:
+	case c.ch <- piece{b, done}:
+		select {
+		case <-c.done: // finished meanwhile: nobody reads it
+			c.drain()
+		default:
+		}
 	case <-c.done:
+		done()
 	case <-c.stop:
+		done()
 	case <-ctx.Done():
+		done()
+	}
+}
+
+// drain lets go of the pieces left in the channel once the check is done.
+func (c *streamCheck) drain() {
+	for {
+		select {
+		case p, ok := <-c.ch:
+			if !ok {
+				return
+			}
+			p.done()
+		default:
+			return
+		}
 	}
 }
 
@@ -82,7 +122,7 @@ func (c *streamCheck) abandon() {
 }
 
 func (c *streamCheck) run(l Layer) error {
-	var r io.Reader = &chanReader{ch: c.ch, stop: c.stop}
+	var r io.Reader = &c.r
 	if l.Gzip {
 		zr, err := gzip.NewReader(r)
 		if err != nil {
@@ -105,21 +145,24 @@ func (c *streamCheck) run(l Layer) error {
 	return nil
 }
 
-// chanReader reads the chunks sent on ch until it is closed.
+// chanReader reads the chunks sent on ch until it is closed, letting go of
+// each once it has read all of it.
 type chanReader struct {
-	ch   <-chan []byte
+	ch   <-chan piece
 	stop <-chan struct{}
 	cur  []byte
+	done func() // of the piece cur is in; nil: none
 }
 
 func (r *chanReader) Read(p []byte) (int, error) {
 	for len(r.cur) == 0 {
+		r.release()
 		select {
-		case b, ok := <-r.ch:
+		case pc, ok := <-r.ch:
 			if !ok {
 				return 0, io.EOF
 			}
-			r.cur = b
+			r.cur, r.done = pc.b, pc.done
 		case <-r.stop:
 			return 0, errAbandoned
 		}
@@ -127,6 +170,15 @@ func (r *chanReader) Read(p []byte) (int, error) {
 	n := copy(p, r.cur)
 	r.cur = r.cur[n:]
 	return n, nil
+}
+
+// release lets go of the current piece.
+func (r *chanReader) release() {
+	if r.done != nil {
+		r.done()
+		r.done = nil
+	}
+	r.cur = nil
 }
 
 // spanHasher hashes the uncompressed stream span by span as it is read.

@@ -32,7 +32,6 @@ type Layer struct {
 	closed   bool
 	zinfo    compression.Zinfo // gzip checkpoints (C memory); nil for tar layers and after Close
 	cleanup  runtime.Cleanup
-	pads     sync.Pool // *[]byte, zeroed: input buffers for the C inflate
 }
 
 // newLayer builds a Layer from a zTOC that convert has validated.
@@ -93,19 +92,13 @@ func (l *Layer) inflate(compressed []byte, s span.Span, i int) ([]byte, error) {
 		stop = stopper(compressed[len(compressed)-1], l.nextBits[i])
 	}
 	used := len(compressed) + len(stop)
-	need := used + 2*int(n) + padSlack
-	bp, _ := l.pads.Get().(*[]byte)
-	if bp == nil || cap(*bp) < need {
-		b := make([]byte, need)
-		bp = &b
+	buf, free, err := padBuffer(used + 2*int(n) + padSlack)
+	if err != nil {
+		return nil, fmt.Errorf("decompress span %d: %w", i, err)
 	}
-	buf := (*bp)[:need]
+	defer free()
 	copy(buf, compressed)
 	copy(buf[len(compressed):], stop)
-	defer func() {
-		clear(buf[:used]) // pooled buffers stay zero
-		l.pads.Put(bp)
-	}()
 	out, err := l.zinfo.ExtractDataFromBuffer(buf, compression.Offset(n),
 		compression.Offset(s.UncompressedStart), compression.SpanID(i))
 	if err != nil {
