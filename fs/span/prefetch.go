@@ -10,7 +10,12 @@ import (
 // Prefetch calls of every layer of a node ([prefetch] max_concurrency). A
 // nil *PrefetchSlots is no bound of its own: the registry client's
 // node-wide request slots still apply.
-type PrefetchSlots struct{ ch chan struct{} }
+type PrefetchSlots struct {
+	ch chan struct{}
+	// waiting, when set, is called each time an acquire finds every slot
+	// taken and waits (tests).
+	waiting func()
+}
 
 // NewPrefetchSlots returns a bound of n requests at once; n <= 0 is none
 // (nil).
@@ -24,6 +29,14 @@ func NewPrefetchSlots(n int) *PrefetchSlots {
 func (s *PrefetchSlots) acquire(ctx context.Context) error {
 	if s == nil {
 		return ctx.Err()
+	}
+	select {
+	case s.ch <- struct{}{}:
+		return nil
+	default:
+	}
+	if s.waiting != nil {
+		s.waiting()
 	}
 	select {
 	case s.ch <- struct{}{}:

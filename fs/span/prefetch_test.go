@@ -70,6 +70,8 @@ func TestPrefetchCoalescesAndBounds(t *testing.T) {
 	idx := []int{0, 1, 2, 5, 6, 9, 12, 13, 15}
 	want := [][2]int{{0, 1}, {2, 2}, {5, 6}, {9, 9}, {12, 13}, {15, 15}}
 	slots := NewPrefetchSlots(2)
+	waited := make(chan struct{}, 1)
+	slots.waiting = func() { waited <- struct{}{} }
 	type out struct {
 		res PrefetchResult
 		err error
@@ -79,11 +81,24 @@ func TestPrefetchCoalescesAndBounds(t *testing.T) {
 		res, err := m.Prefetch(t.Context(), idx, slots)
 		done <- out{res, err}
 	}()
+	// Two requests start; the third waits for a slot, and starts only
+	// once one of them is done.
 	var got [][2]int64
-	for range want {
+	for len(got) < len(want) {
 		got = append(got, <-f.started)
+		if len(got) < 2 {
+			continue
+		}
+		if len(got) < len(want) {
+			select {
+			case <-waited:
+			case r := <-f.started:
+				t.Fatalf("request [%d, %d) started with 2 in flight and a bound of 2", r[0], r[1])
+			}
+		}
 		f.release <- struct{}{}
 	}
+	f.release <- struct{}{}
 	r := <-done
 	if r.err != nil {
 		t.Fatal(r.err)
