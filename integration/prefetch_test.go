@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"context"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -117,6 +119,52 @@ func TestPrefetchArtifacts(t *testing.T) {
 			case !tc.enable && samples["soci_prefetch_spans_total"] != 0:
 				t.Errorf("soci_prefetch_spans_total = %v with prefetch disabled", samples["soci_prefetch_spans_total"])
 			}
+			if tc.v1 {
+				checkRestoreSkipsPrefetch(t, ctx, e, ref)
+			}
 		})
+	}
+}
+
+// checkRestoreSkipsPrefetch: the layers the FUSE host served before it
+// died are mounted again from local state only when the daemon restarts,
+// without reading their prefetch artifacts.
+func checkRestoreSkipsPrefetch(t *testing.T, ctx context.Context, e *harness.Env, ref string) {
+	t.Helper()
+	before, err := os.ReadFile(e.Daemon.Log())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(before), `msg="prefetch done"`); n != 1 {
+		t.Fatalf("%d prefetch done log lines after the first pull, want 1 (the layer of /data/b.bin)", n)
+	}
+	if err := e.Daemon.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Daemon.Cleanup(); err != nil { // the FUSE host too: its mounts must be restored
+		t.Fatal(err)
+	}
+	from := logSize(t, e)
+	if err := e.Daemon.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A prefetch, had the restore started one, logs by the time a
+	// container has run.
+	if n := fuseLayers(t, e); n != 3 {
+		t.Fatalf("after restart: %d layers mounted lazily, want 3", n)
+	}
+	if out, err := e.Nerdctl(ctx, "--snapshotter", "soci", "run", "--rm", "--net", "none", ref, "sha256", "/data/b.bin"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	after, err := os.ReadFile(e.Daemon.Log())
+	if err != nil {
+		t.Fatal(err)
+	}
+	restarted := string(after[from:])
+	if !strings.Contains(restarted, "restored remote snapshots") {
+		t.Fatalf("no restore after the restart:\n%s", restarted)
+	}
+	if strings.Contains(restarted, "prefetch") {
+		t.Errorf("the local-only restore read a prefetch artifact:\n%s", restarted)
 	}
 }
