@@ -241,12 +241,14 @@ type ContentStoreConfig struct {
 	Namespace string `toml:"namespace"`
 }
 
-// PrefetchConfig is the [prefetch] table: files downloaded before a layer is
-// reported as ready.
+// PrefetchConfig is the [prefetch] table: the spans a layer's SOCI v2
+// prefetch artifact lists are loaded right after the layer is mounted.
 type PrefetchConfig struct {
 	// Enable turns prefetching on.
 	Enable bool `toml:"enable"`
-	// MaxConcurrency limits layers prefetching at once; 0 is unlimited.
+	// MaxConcurrency limits the prefetch range requests in flight on the
+	// node, all layers together; 0 is unlimited (the registry request
+	// slots still apply).
 	MaxConcurrency int64 `toml:"max_concurrency"`
 }
 

@@ -37,6 +37,11 @@ var otherStatus = map[string]string{
 		`registry; what is read is size-, digest- and format-checked like a download and copied into the daemon's ` +
 		`store. Unlike the reference, the daemon does not write what it fetches from registries into containerd's ` +
 		`content store`,
+	"prefetch.enable": "acted on: the spans a layer's prefetch artifact lists (soci create/convert --prefetch-file) " +
+		"are loaded into the span cache in the background right after the layer is mounted (the reference loads " +
+		"them before the mount returns); not on the local-only remounts of a restart",
+	"prefetch.max_concurrency": "acted on, with another unit: the prefetch range requests in flight on the node, " +
+		"all layers together (the reference: layers prefetching at once); 0 is no bound of its own",
 	"content_store.containerd_address": `acted on with type = "containerd" (the reference's other use, parallel ` +
 		`pull, is not implemented)`,
 	"disable_verification": "accepted, overridden: span data is always verified against the zTOC; " +

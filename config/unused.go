@@ -59,10 +59,6 @@ var unusedKeys = []Unused{
 
 	{"background_fetch.emit_metric_period_sec", "the background fetcher's metrics are read when Prometheus scrapes", nil},
 
-	{"prefetch.enable", "prefetch artifacts are not fetched", func(c *Config) bool { return c.Prefetch.Enable }},
-	{"prefetch.max_concurrency", "prefetch artifacts are not fetched",
-		func(c *Config) bool { return c.Prefetch.Enable && c.Prefetch.MaxConcurrency != 0 }},
-
 	{"pull_modes.parallel_pull_unpack.enable", parallelReason,
 		func(c *Config) bool { return c.PullModes.Parallel.Enable }},
 	{"pull_modes.parallel_pull_unpack.experimental_parallel_pull_as_fallback", parallelReason,

@@ -76,6 +76,14 @@ type Options struct {
 	// is fetched before reads of it fail ([blob]
 	// max_span_verification_retries).
 	VerifyRetries int
+	// Prefetch loads the spans a layer's prefetch artifact (SOCI v2,
+	// `soci create --prefetch-file`) lists right after the layer is
+	// mounted ([prefetch] enable); off: artifacts are ignored.
+	// PrefetchConcurrency bounds the prefetch requests in flight on the
+	// node ([prefetch] max_concurrency; 0: only the registry client's
+	// own bound).
+	Prefetch            bool
+	PrefetchConcurrency int
 }
 
 // FS mounts remote layers. It is safe for concurrent use.
@@ -97,6 +105,9 @@ type FS struct {
 	// unmounted are the layers unmounted since, by mountpoint: their data
 	// stays until Release says their snapshot is gone.
 	unmounted map[string]layerRef
+	// prefetchSlots bounds the prefetch requests of all layers; nil: no
+	// bound of its own.
+	prefetchSlots *span.PrefetchSlots
 }
 
 // mountedLayer is everything that serves one mounted layer.
@@ -112,6 +123,8 @@ type mountedLayer struct {
 	index, manifest digest.Digest
 	unpin           func()
 	metrics         *metrics.Layer // nil without metrics
+	// stopPrefetch stops the layer's prefetch; nil when none runs.
+	stopPrefetch context.CancelFunc
 }
 
 // New returns an FS keeping its state under opts.Root.
@@ -140,6 +153,7 @@ func New(opts Options) (*FS, error) {
 		decompress: span.NewDecompressLimit(opts.MaxDecompressBytes),
 		mounted:    map[string]*mountedLayer{}, pending: map[string]int{}, unmounted: map[string]layerRef{},
 		pendingImages: map[digest.Digest]int{},
+		prefetchSlots: span.NewPrefetchSlots(opts.PrefetchConcurrency),
 	}
 	if opts.Background != nil {
 		bo := *opts.Background
@@ -261,6 +275,7 @@ func (f *FS) Close() error {
 // containers would hang. The kernel ends the session once the last user
 // is gone, or when the process exits.
 func (m *mountedLayer) close(mountpoint string) error {
+	m.endPrefetch()
 	var errs []error
 	if err := detach(mountpoint); err != nil {
 		errs = append(errs, fmt.Errorf("unmount layer %s: %w", m.name, err))
@@ -269,6 +284,14 @@ func (m *mountedLayer) close(mountpoint string) error {
 	m.unpin()
 	m.metrics.Close()
 	return errors.Join(errs...)
+}
+
+// endPrefetch stops the layer's prefetch, if one runs; the span manager's
+// Close then cancels its fetches in flight.
+func (m *mountedLayer) endPrefetch() {
+	if m.stopPrefetch != nil {
+		m.stopPrefetch()
+	}
 }
 
 // detach lazily unmounts whatever is mounted at mountpoint, if anything.

@@ -77,13 +77,21 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 		l.Close()
 		return err
 	}
-	m.index, m.manifest = idx, t.ManifestDigest
+	m.index, m.manifest = idx.Digest, t.ManifestDigest
+	if art, ok := idx.PrefetchArtifact(t.LayerDigest); ok && f.opts.Prefetch && !mountctx.LocalOnly(ctx) {
+		// After the mount, in the background: it never delays it.
+		m.stopPrefetch = startPrefetch(ctx, prefetchJob{
+			ref: t.ImageRef, layer: layerDigest, artifact: art, nspans: len(l.Spans.Spans),
+			reader: f.indices, spans: m.spans, slots: f.prefetchSlots, metrics: f.opts.Metrics,
+		}, nil)
+	}
 	f.mu.Lock()
 	old := f.mounted[mountpoint]
 	f.mounted[mountpoint] = m
 	delete(f.unmounted, mountpoint)
 	f.mu.Unlock()
 	if old != nil {
+		old.endPrefetch()
 		old.spans.Close()
 		old.layer.Close()
 		old.unpin()
@@ -115,11 +123,11 @@ func (f *FS) tooSmall(size int64) bool {
 }
 
 // resolve finds the image's SOCI index and opens this layer's zTOC; it
-// returns the digests of the zTOC and of the index too. A ctx marked by
+// returns the zTOC's digest and the index too. A ctx marked by
 // mountctx.WithLocalOnly (restoring snapshots on start) reads both from
 // local disk only and never reaches the registry: a missing piece is an
 // error wrapping index.ErrNotLocal.
-func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest.Digest, digest.Digest, error) {
+func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest.Digest, *index.Index, error) {
 	local := mountctx.LocalOnly(ctx)
 	start := time.Now()
 	var (
@@ -132,7 +140,7 @@ func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest
 		idx, err = f.indices.Find(ctx, t.ImageRef, t.ManifestDigest, t.IndexDigest)
 	}
 	if err != nil {
-		return nil, "", "", fmt.Errorf("find SOCI index of %s: %w", t.ImageRef, err)
+		return nil, "", nil, fmt.Errorf("find SOCI index of %s: %w", t.ImageRef, err)
 	}
 	f.opts.Metrics.ObserveIndexFetch(idx.Digest.String(), time.Since(start))
 	if !local {
@@ -140,7 +148,7 @@ func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest
 	}
 	if desc, ok := idx.ZTOC(t.LayerDigest); ok {
 		if err := f.refuseBad(t.LayerDigest, desc.Digest); err != nil {
-			return nil, "", "", err
+			return nil, "", nil, err
 		}
 	}
 	start = time.Now()
@@ -154,13 +162,13 @@ func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest
 		f.opts.Metrics.ObserveOperation(metrics.OpZtocUnmarshal, t.LayerDigest.String(), time.Since(start))
 	}
 	if errors.Is(err, index.ErrNoZTOC) {
-		return nil, "", "", fmt.Errorf("layer %s is not in SOCI index %s: %w", t.LayerDigest, idx.Digest, errdefs.ErrNotFound)
+		return nil, "", nil, fmt.Errorf("layer %s is not in SOCI index %s: %w", t.LayerDigest, idx.Digest, errdefs.ErrNotFound)
 	}
 	if err != nil {
-		return nil, "", "", fmt.Errorf("open zTOC of layer %s: %w", t.LayerDigest, err)
+		return nil, "", nil, fmt.Errorf("open zTOC of layer %s: %w", t.LayerDigest, err)
 	}
 	desc, _ := idx.ZTOC(t.LayerDigest)
-	return l, desc.Digest, idx.Digest, nil
+	return l, desc.Digest, idx, nil
 }
 
 // refuseBad returns an error when the background check found the zTOC

@@ -43,6 +43,8 @@ type Metrics struct {
 	readLatency      prometheus.Histogram
 	backgroundBytes  prometheus.Counter
 	backgroundLayers prometheus.Counter
+	prefetchSpans    prometheus.Counter
+	prefetchBytes    prometheus.Counter
 	mountLatency     prometheus.Histogram
 	failures         *prometheus.CounterVec
 
@@ -66,6 +68,8 @@ func New() *Metrics {
 			prometheus.ExponentialBuckets(0.00001, 4, 12)),
 		backgroundBytes:  r.counter("soci_background_fetch_bytes_total", "Compressed bytes fetched by the background fetcher."),
 		backgroundLayers: r.counter("soci_background_layers_completed_total", "Layers the background fetcher made fully local."),
+		prefetchSpans:    r.counter("soci_prefetch_spans_total", "Spans loaded ahead of reads from the layers' prefetch artifacts."),
+		prefetchBytes:    r.counter("soci_prefetch_bytes_total", "Compressed bytes fetched to load the spans of the layers' prefetch artifacts."),
 		mountLatency: r.histogram("soci_mount_duration_seconds", "Latency of lazy layer mounts (index discovery, zTOC, FUSE mount).",
 			secondsBuckets()),
 		failures: r.counterVec("soci_failures_total",
@@ -179,6 +183,16 @@ func (m *Metrics) BackgroundBytes(n int64) {
 		return
 	}
 	m.backgroundBytes.Add(float64(n))
+}
+
+// Prefetched counts spans, of bytes compressed bytes, fetched for a
+// layer's prefetch artifact.
+func (m *Metrics) Prefetched(spans int, bytes int64) {
+	if m == nil {
+		return
+	}
+	m.prefetchSpans.Add(float64(spans))
+	m.prefetchBytes.Add(float64(bytes))
 }
 
 // LayerCompleted counts one layer made fully local in the background.

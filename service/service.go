@@ -246,6 +246,12 @@ func fsOptions(cfg *config.Config, root string, m *metrics.Metrics, criCreds fun
 		FuseDebug:         cfg.Debug,
 		LogFuseOperations: cfg.Fuse.LogFuseOperations,
 		VerifyRetries:     cfg.Blob.MaxSpanVerificationRetries,
+
+		// [prefetch]: max_concurrency bounds prefetch requests in
+		// flight on the node (0: unbounded, within the registry
+		// client's request slots).
+		Prefetch:            cfg.Prefetch.Enable,
+		PrefetchConcurrency: int(min(cfg.Prefetch.MaxConcurrency, 1<<20)),
 	}
 }
 

@@ -48,6 +48,9 @@ type Index struct {
 	// ztocList is the zTOC descriptors of ztocs in index order: what
 	// Prefetch fetches.
 	ztocList []ocispec.Descriptor
+	// prefetch are the prefetch artifacts by image layer digest (see
+	// PrefetchArtifact); nil when there are none.
+	prefetch map[digest.Digest]ocispec.Descriptor
 	size     int64 // bytes of JSON, for the memory bound
 }
 

@@ -2,6 +2,7 @@ package index
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -168,6 +169,32 @@ func FuzzZTOCTree(f *testing.F) {
 			checkAccepted(t, e, l.Spans.UncompressedSize)
 			if strings.Count(e.Name, "/") >= 8 {
 				t.Fatalf("tree built with %q deeper than 8", e.Name)
+			}
+		}
+	})
+}
+
+// FuzzPrefetchArtifact feeds prefetch artifacts (JSON, hostile) to
+// ParsePrefetchArtifact for layers of up to 65535 spans. It must never
+// panic, and may only return spans the layer has, ascending, each once.
+func FuzzPrefetchArtifact(f *testing.F) {
+	f.Add(referenceArtifact(f, [2]int{10, 15}, [2]int{50, 55}), uint16(64))
+	f.Add([]byte(`{"version":"1.0","prefetch_spans":[{"start_span":3,"end_span":9,"priority":1},{"start_span":0,"end_span":4}]}`), uint16(10))
+	f.Add([]byte(`{"version":"1.0","prefetch_spans":[{"start_span":0,"end_span":18446744073709551615}]}`), uint16(1))
+	f.Fuzz(func(t *testing.T, data []byte, nspans uint16) {
+		spans, err := ParsePrefetchArtifact(data, int(nspans))
+		if err != nil {
+			if !errors.Is(err, ErrPrefetchArtifact) {
+				t.Fatalf("error %v does not wrap ErrPrefetchArtifact", err)
+			}
+			return
+		}
+		if len(spans) > int(nspans) {
+			t.Fatalf("%d spans listed for a layer of %d", len(spans), nspans)
+		}
+		for k, i := range spans {
+			if i < 0 || i >= int(nspans) || (k > 0 && i <= spans[k-1]) {
+				t.Fatalf("span %d at %d of %v: out of range or order", i, k, spans)
 			}
 		}
 	})

@@ -68,7 +68,18 @@ func checkIndex(d digest.Digest, m ocispec.Manifest, lim Limits) (*Index, error)
 			return nil, fmt.Errorf("entry %d: %w", i, err)
 		}
 		if !isZTOC {
-			continue // e.g. a prefetch artifact: checked, never fetched
+			// A prefetch artifact naming its layer is fetched by the
+			// layer's mount when [prefetch] is on; others are never
+			// fetched.
+			if l.MediaType == soci.SociPrefetchMediaType && layer != "" {
+				if idx.prefetch == nil {
+					idx.prefetch = map[digest.Digest]ocispec.Descriptor{}
+				}
+				if _, dup := idx.prefetch[layer]; !dup {
+					idx.prefetch[layer] = l
+				}
+			}
+			continue
 		}
 		if _, dup := idx.ztocs[layer]; !dup {
 			idx.ztocs[layer] = l

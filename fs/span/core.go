@@ -191,7 +191,7 @@ func (c *core) fetchAhead(ctx context.Context, first, last int, maxReq int64) {
 func (c *core) start(fresh []int, maxReq int64) {
 	c.table.runs(fresh, maxReq, func(first, last int) {
 		c.wg.Add(1)
-		go c.fetch(first, last)
+		go c.fetch(first, last, c.split)
 	})
 }
 

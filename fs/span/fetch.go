@@ -9,10 +9,12 @@ import (
 	"github.com/containerd/log"
 )
 
-// fetch is the shared fetch of spans [first, last] in one range request. It
-// runs under the core's lifecycle plus FetchTimeout, never under a reader's
-// context, and completes every span's call.
-func (c *core) fetch(first, last int) {
+// fetch is the shared fetch of spans [first, last] in one range request
+// (split into parallel ones above split bytes when split > 0, see
+// Options.SplitRequest). It runs under the core's lifecycle plus
+// FetchTimeout, never under a reader's context, and completes every span's
+// call.
+func (c *core) fetch(first, last int, split int64) {
 	defer c.wg.Done()
 	ctx, cancel := context.WithTimeout(c.life, c.timeout)
 	defer cancel()
@@ -21,7 +23,7 @@ func (c *core) fetch(first, last int) {
 	spans := c.table.Spans
 	base := spans[first].CompressedStart
 	buf := make([]byte, spans[last].CompressedEnd-base)
-	err := c.fetchParts(ctx, buf, base)
+	err := c.fetchParts(ctx, buf, base, split)
 	if err != nil {
 		err = fmt.Errorf("fetch spans %d-%d of %s: %w", first, last, c.key, err)
 	}
@@ -53,13 +55,13 @@ func (c *core) fetch(first, last int) {
 	}
 }
 
-// fetchParts fills buf from the fetcher at off, in parallel requests when
-// the core splits large fetches (see Options.SplitRequest).
-func (c *core) fetchParts(ctx context.Context, buf []byte, off int64) error {
+// fetchParts fills buf from the fetcher at off, in parallel requests of
+// about split bytes when split > 0 (see Options.SplitRequest).
+func (c *core) fetchParts(ctx context.Context, buf []byte, off int64, split int64) error {
 	n := int64(len(buf))
 	parts := 1
-	if c.split > 0 && n > c.split {
-		parts = int(min(int64(c.maxSplit), (n+c.split-1)/c.split))
+	if split > 0 && n > split {
+		parts = int(min(int64(c.maxSplit), (n+split-1)/split))
 	}
 	if parts == 1 {
 		return readFullOrAbandon(ctx, c.fetcher, buf, off)

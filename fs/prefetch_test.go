@@ -1,0 +1,113 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/fastsoci/soci-snapshotter/fs/span"
+	"github.com/fastsoci/soci-snapshotter/metrics"
+)
+
+type fakeArtifacts struct {
+	spans []int
+	err   error
+	asked chan int // receives nspans
+}
+
+func (a fakeArtifacts) PrefetchSpans(ctx context.Context, ref string, desc ocispec.Descriptor, nspans int) ([]int, error) {
+	if a.asked != nil {
+		a.asked <- nspans
+	}
+	return a.spans, a.err
+}
+
+// blockingSpans records the spans asked for and, when block, waits for the
+// prefetch's ctx to end.
+type blockingSpans struct {
+	got   chan []int
+	block bool
+}
+
+func (s blockingSpans) Prefetch(ctx context.Context, idx []int, _ *span.PrefetchSlots) (span.PrefetchResult, error) {
+	s.got <- idx
+	if s.block {
+		<-ctx.Done()
+		return span.PrefetchResult{Spans: 1, Bytes: 10}, ctx.Err()
+	}
+	return span.PrefetchResult{Spans: len(idx), Bytes: 100 * int64(len(idx)), Requests: 1}, nil
+}
+
+func testJob(r artifactReader, s spanPrefetcher, m *metrics.Metrics) prefetchJob {
+	return prefetchJob{ref: "example.com/x:1", layer: "sha256:l", nspans: 9, reader: r, spans: s, metrics: m,
+		artifact: ocispec.Descriptor{Digest: digest.FromString("artifact")}}
+}
+
+// TestPrefetchJob: the artifact's spans go to the span manager and are
+// counted; a bad artifact prefetches nothing.
+func TestPrefetchJob(t *testing.T) {
+	m := metrics.New()
+	asked := make(chan int, 1)
+	s := blockingSpans{got: make(chan []int, 1)}
+	done := make(chan struct{})
+	startPrefetch(t.Context(), testJob(fakeArtifacts{spans: []int{1, 2, 5}, asked: asked}, s, m), done)
+	<-done
+	if n := <-asked; n != 9 {
+		t.Errorf("artifact read for %d spans, want 9", n)
+	}
+	if got := <-s.got; !slices.Equal(got, []int{1, 2, 5}) {
+		t.Errorf("spans prefetched = %v", got)
+	}
+	if spans, bytes := counter(t, m, "soci_prefetch_spans_total"), counter(t, m, "soci_prefetch_bytes_total"); spans != 3 || bytes != 300 {
+		t.Errorf("metrics: %v spans, %v bytes prefetched; want 3, 300", spans, bytes)
+	}
+
+	for _, r := range []fakeArtifacts{{err: errors.New("invalid prefetch artifact")}, {spans: nil}} {
+		done := make(chan struct{})
+		startPrefetch(t.Context(), testJob(r, s, nil), done)
+		<-done
+		select {
+		case got := <-s.got:
+			t.Errorf("artifact %+v: spans %v prefetched", r, got)
+		default:
+		}
+	}
+}
+
+// TestPrefetchStops: the func startPrefetch returns (called on unmount)
+// ends a prefetch in progress; the mount's own context ending does not.
+func TestPrefetchStops(t *testing.T) {
+	s := blockingSpans{got: make(chan []int, 1), block: true}
+	mountCtx, mountDone := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	stop := startPrefetch(mountCtx, testJob(fakeArtifacts{spans: []int{0}}, s, nil), done)
+	<-s.got
+	mountDone() // the Mount call returned
+	select {
+	case <-done:
+		t.Fatal("prefetch ended with the mount call's context")
+	default:
+	}
+	stop()
+	<-done
+}
+
+// counter is the value of the counter name in m.
+func counter(t *testing.T, m *metrics.Metrics, name string) float64 {
+	t.Helper()
+	mfs, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
