@@ -104,6 +104,8 @@ type WorkloadInfo struct {
 	Description     string  `json:"description"`
 	Layers          int     `json:"layers"`
 	CompressedBytes int64   `json:"compressed_bytes"`
+	// LayerDigests are the image's layer blobs, in order.
+	LayerDigests []string `json:"layer_digests,omitempty"`
 	Repo            string  `json:"repo"`
 	Ref             string  `json:"ref"` // through the report's link
 	BuildSeconds    float64 `json:"build_seconds"`
