@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,7 +20,15 @@ const (
 	// PathMirror: every node pulls from a pull-through mirror on the
 	// (unshaped) cluster LAN, which alone reaches the origin over the link.
 	PathMirror = "mirror"
+	// PathMirrorWarm: as PathMirror, but before the nodes start the mirror
+	// is filled with one whole GET of every layer (counted in the origin
+	// bytes, not in the TTRs): what a cache that already holds the image,
+	// or one that stores whole blobs on a range request, gives.
+	PathMirrorWarm = "mirror-warm"
 )
+
+// isMirror reports whether path goes through the mirror.
+func isMirror(path string) bool { return path == PathMirror || path == PathMirrorWarm }
 
 // ClusterNode is one node's pull and run in a cluster run.
 type ClusterNode struct {
@@ -181,7 +190,7 @@ func (r *ClusterReport) Rows() []ClusterRow {
 // ClusterGoal is one of the targets for the mirror path, computed
 // for one snapshotter: Value against Limit (met when Value <= Limit).
 type ClusterGoal struct {
-	Snapshotter string
+	Snapshotter string // "<path> <snapshotter>"
 	Name        string
 	Value       float64 // NaN when a side is missing
 	Limit       float64
@@ -190,7 +199,7 @@ type ClusterGoal struct {
 // Met reports whether the goal's value is known and within its limit.
 func (g ClusterGoal) Met() bool { return !math.IsNaN(g.Value) && g.Value <= g.Limit }
 
-// Goals computes, per snapshotter on the mirror path, origin bytes of the
+// Goals computes, per mirror path and snapshotter, origin bytes of the
 // largest node count over those of one node (limit 1.2) and the slowest
 // node's TTR at the largest count over the single node's TTR (limit 1.5).
 func Goals(rows []ClusterRow) []ClusterGoal {
@@ -198,24 +207,26 @@ func Goals(rows []ClusterRow) []ClusterGoal {
 	for _, r := range rows {
 		largest = max(largest, r.Nodes)
 	}
-	find := func(n int, s string) (ClusterRow, bool) {
+	find := func(n int, path, s string) (ClusterRow, bool) {
 		for _, r := range rows {
-			if r.Nodes == n && r.Path == PathMirror && r.Snapshotter == s {
+			if r.Nodes == n && r.Path == path && r.Snapshotter == s {
 				return r, true
 			}
 		}
 		return ClusterRow{}, false
 	}
-	var snaps []string
+	type cell struct{ path, s string }
+	var cells []cell
 	for _, r := range rows {
-		if r.Path == PathMirror && !containsString(snaps, r.Snapshotter) {
-			snaps = append(snaps, r.Snapshotter)
+		if c := (cell{r.Path, r.Snapshotter}); isMirror(r.Path) && !slices.Contains(cells, c) {
+			cells = append(cells, c)
 		}
 	}
 	var out []ClusterGoal
-	for _, s := range snaps {
-		one, ok1 := find(1, s)
-		big, ok2 := find(largest, s)
+	for _, c := range cells {
+		s := c.path + " " + c.s
+		one, ok1 := find(1, c.path, c.s)
+		big, ok2 := find(largest, c.path, c.s)
 		bytesRatio, ttrRatio := math.NaN(), math.NaN()
 		if ok1 && ok2 && largest > 1 {
 			bytesRatio = ratio(big.OriginBytes, one.OriginBytes)
@@ -235,15 +246,6 @@ func ratio(a, b float64) float64 {
 	return a / b
 }
 
-func containsString(xs []string, s string) bool {
-	for _, x := range xs {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
 // WriteTable prints the rows, the mirror's answers and the goals.
 func (r *ClusterReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "cluster: %s, WAN link %s, %d cold run(s) per cell, %d cores shared by every node\n",
@@ -258,11 +260,11 @@ func (r *ClusterReport) WriteTable(w io.Writer) error {
 	fmt.Fprintln(tw, "nodes\tpath\tsnapshotter\tok\tTTR med s\tTTR max s\torigin MB\torigin MB total\tmirror MB\tfallbacks\tmirror 200/206/other\torigin GETs (200)")
 	for _, row := range rows {
 		mirrorAns := "-"
-		if row.Path == PathMirror {
+		if isMirror(row.Path) {
 			mirrorAns = fmt.Sprintf("%d/%d/%d", row.Stats.Full, row.Stats.Partial, row.Stats.Failed)
 		}
 		mirrorMB := "-"
-		if row.Path == PathMirror {
+		if isMirror(row.Path) {
 			mirrorMB = fmtNum(row.MirrorBytes/1e6, 1)
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d (%d)\n", row.Nodes, row.Path, row.Snapshotter,
@@ -272,7 +274,7 @@ func (r *ClusterReport) WriteTable(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "\nGoals on the mirror path:")
+	fmt.Fprintln(w, "\nGoals on the mirror paths:")
 	for _, g := range Goals(rows) {
 		verdict := "not met"
 		if g.Met() {
@@ -281,7 +283,7 @@ func (r *ClusterReport) WriteTable(w io.Writer) error {
 		if math.IsNaN(g.Value) {
 			verdict = "not measured"
 		}
-		fmt.Fprintf(w, "  %-10s %-26s %s (limit %.1f): %s\n", g.Snapshotter, g.Name, fmtNum(g.Value, 2), g.Limit, verdict)
+		fmt.Fprintf(w, "  %-22s %-26s %s (limit %.1f): %s\n", g.Snapshotter, g.Name, fmtNum(g.Value, 2), g.Limit, verdict)
 	}
 	return nil
 }

@@ -88,7 +88,7 @@ func TestGoals(t *testing.T) {
 		sn    string
 		value float64
 		met   bool
-	}{{Ours, 1.1, true}, {Ours, 1.5, true}, {Overlayfs, 8, false}, {Overlayfs, 2.5, false}}
+	}{{"mirror " + Ours, 1.1, true}, {"mirror " + Ours, 1.5, true}, {"mirror " + Overlayfs, 8, false}, {"mirror " + Overlayfs, 2.5, false}}
 	for i, w := range want {
 		g := goals[i]
 		if g.Snapshotter != w.sn || math.Abs(g.Value-w.value) > 1e-9 || g.Met() != w.met {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -24,6 +25,8 @@ type ClusterConfig struct {
 	// NodeSets are the node counts, each run with every path and snapshotter.
 	NodeSets []int
 	Runs     int
+	// Paths are PathDirect, PathMirror, PathMirrorWarm, in run order.
+	Paths []string
 	// Link is the shared WAN link between the cluster and the origin.
 	Link       harness.Shaping
 	SpanSize   int64
@@ -58,11 +61,11 @@ func ExecuteCluster(ctx context.Context, cfg ClusterConfig) (*ClusterReport, err
 	rep := &ClusterReport{Started: time.Now(), Link: cfg.Link.String(), Shaping: shapingInfo(cfg.Link), Workload: info,
 		Runs: cfg.Runs, NodeSets: cfg.NodeSets, Cores: runtime.NumCPU()}
 	snaps := []snapshotter{{Overlayfs, "overlayfs", ""}, {Ours, "soci", filepath.Join(cfg.Tools.Ours, "soci-snapshotter-grpc")}}
-	total := cfg.Runs * len(cfg.NodeSets) * 2 * len(snaps)
+	total := cfg.Runs * len(cfg.NodeSets) * len(cfg.Paths) * len(snaps)
 	done := 0
 	for i := 0; i < cfg.Runs; i++ {
 		for _, n := range cfg.NodeSets {
-			for _, path := range []string{PathDirect, PathMirror} {
+			for _, path := range cfg.Paths {
 				for _, s := range snaps {
 					done++
 					run := runCluster(ctx, cfg, clusterTarget{origin: origin, link: link, info: info}, n, path, s, i, &rep.DropCaches)
@@ -122,7 +125,7 @@ func runCluster(ctx context.Context, cfg ClusterConfig, t clusterTarget, n int, 
 	originLogStart := countRequests(t.origin.Log())
 	var mirror *harness.Registry
 	var mirrorLink *harness.ShapedLink
-	if path == PathMirror {
+	if isMirror(path) {
 		var err error
 		mirror, err = harness.StartRegistryWith(rctx, filepath.Join(cfg.Tools.Bin, "registry"), filepath.Join(dir, "mirror"),
 			harness.RegistryOptions{ProxyRemote: "http://" + t.link.Addr})
@@ -176,8 +179,17 @@ func runCluster(ctx context.Context, cfg ClusterConfig, t clusterTarget, n int, 
 		r.Error = "start nodes: " + err.Error()
 		return r
 	}
+	baseOrigin := t.link.Served()
+	mirrorLogStart := 0
+	if path == PathMirrorWarm {
+		if err := warmMirror(rctx, mirrorLink.Addr, t.info); err != nil {
+			r.Error = err.Error()
+			return r
+		}
+		mirrorLogStart = countRequests(mirror.Log())
+	}
 	*dropped = dropCaches()
-	baseOrigin, baseMirror := t.link.Served(), mirrorServed()
+	baseMirror := mirrorServed()
 	barrier := make(chan struct{})
 	results := make([]ClusterNode, n)
 	samples := make([]sample, n)
@@ -229,8 +241,8 @@ func runCluster(ctx context.Context, cfg ClusterConfig, t clusterTarget, n int, 
 		}
 	}
 	if mirror != nil {
-		if reqs, err := harness.RegistryRequests(mirror.Log()); err == nil {
-			for _, q := range layerGets(reqs, layers) {
+		if reqs, err := harness.RegistryRequests(mirror.Log()); err == nil && mirrorLogStart <= len(reqs) {
+			for _, q := range layerGets(reqs[mirrorLogStart:], layers) {
 				switch q.Status {
 				case 200:
 					r.Stats.Full++
@@ -243,6 +255,28 @@ func runCluster(ctx context.Context, cfg ClusterConfig, t clusterTarget, n int, 
 		}
 	}
 	return r
+}
+
+// warmMirror GETs every layer blob of the image whole through the mirror,
+// which stores a blob once it has sent all of it.
+func warmMirror(ctx context.Context, mirror string, info WorkloadInfo) error {
+	repo, _, _ := strings.Cut(info.Repo, ":")
+	for _, d := range info.LayerDigests {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+mirror+"/v2/"+repo+"/blobs/"+d, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return fmt.Errorf("warm the mirror with %s: %w", d, err)
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("warm the mirror with %s: %s, %v", d, resp.Status, err)
+		}
+	}
+	return nil
 }
 
 // layerGets are the GETs of the given layer blobs.

@@ -42,6 +42,7 @@ func main() {
 func run(ctx context.Context) error {
 	var (
 		nodes    = flag.String("nodes", "1,4,8", "comma-separated node counts")
+		paths    = flag.String("paths", strings.Join([]string{bench.PathDirect, bench.PathMirror, bench.PathMirrorWarm}, ","), "comma-separated paths to the origin: direct, mirror, mirror-warm")
 		runs     = flag.Int("runs", 1, "cold runs per node count, path and snapshotter")
 		workload = flag.String("workload", "sparse-small", "workload (bench workloads)")
 		rtt      = flag.Duration("rtt", 20*time.Millisecond, "round-trip time of the shared WAN link")
@@ -53,6 +54,10 @@ func run(ctx context.Context) error {
 	)
 	flag.Parse()
 	counts, err := parseCounts(*nodes)
+	if err != nil {
+		return err
+	}
+	pathList, err := parsePaths(*paths)
 	if err != nil {
 		return err
 	}
@@ -80,7 +85,7 @@ func run(ctx context.Context) error {
 	}
 	fmt.Fprintf(os.Stderr, "work directory %s\n", work)
 	rep, runErr := bench.ExecuteCluster(ctx, bench.ClusterConfig{
-		Tools: tools, Workload: bench.Workloads()[i], NodeSets: counts, Runs: *runs,
+		Tools: tools, Workload: bench.Workloads()[i], NodeSets: counts, Paths: pathList, Runs: *runs,
 		Link:     harness.Shaping{Mode: shaper.Shared, RTT: *rtt, RateMbit: *rate},
 		SpanSize: *spanSize, WorkDir: work, KeepRuns: *keep, Probe: probe, RunTimeout: *timeout, Progress: os.Stderr,
 	})
@@ -117,6 +122,19 @@ func parseCounts(s string) ([]int, error) {
 			return nil, fmt.Errorf("node count %q: want 1 to 32", f)
 		}
 		out = append(out, n)
+	}
+	return out, nil
+}
+
+// parsePaths parses "direct,mirror" into known paths.
+func parsePaths(s string) ([]string, error) {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f != bench.PathDirect && f != bench.PathMirror && f != bench.PathMirrorWarm {
+			return nil, fmt.Errorf("path %q: want direct, mirror or mirror-warm", f)
+		}
+		out = append(out, f)
 	}
 	return out, nil
 }

@@ -16,3 +16,15 @@ func TestParseCounts(t *testing.T) {
 		}
 	}
 }
+
+func TestParsePaths(t *testing.T) {
+	got, err := parsePaths("direct, mirror-warm")
+	if err != nil || !slices.Equal(got, []string{"direct", "mirror-warm"}) {
+		t.Fatalf("got %v, %v", got, err)
+	}
+	for _, bad := range []string{"", "mirror,", "lan"} {
+		if _, err := parsePaths(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
