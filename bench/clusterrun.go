@@ -186,7 +186,13 @@ func runCluster(ctx context.Context, cfg ClusterConfig, t clusterTarget, n int, 
 			r.Error = err.Error()
 			return r
 		}
-		mirrorLogStart = countRequests(mirror.Log())
+		// The access log line of a GET is written after its body was sent:
+		// wait for the warm-up's lines before counting the nodes' GETs.
+		var err error
+		if mirrorLogStart, err = waitLayerGets(rctx, mirror.Log(), t.info, len(t.info.LayerDigests)); err != nil {
+			r.Error = err.Error()
+			return r
+		}
 	}
 	*dropped = dropCaches()
 	baseMirror := mirrorServed()
@@ -277,6 +283,30 @@ func warmMirror(ctx context.Context, mirror string, info WorkloadInfo) error {
 		}
 	}
 	return nil
+}
+
+// waitLayerGets waits until the registry's access log holds n GETs of the
+// image's layers and returns the number of requests it then holds.
+func waitLayerGets(ctx context.Context, log string, info WorkloadInfo, n int) (int, error) {
+	layers := map[string]bool{}
+	for _, d := range info.LayerDigests {
+		layers[d] = true
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		reqs, err := harness.RegistryRequests(log)
+		if err == nil && len(layerGets(reqs, layers)) >= n {
+			return len(reqs), nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("the mirror's access log has not logged the %d warm-up GETs: %v", n, err)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // layerGets are the GETs of the given layer blobs.
