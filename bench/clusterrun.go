@@ -141,7 +141,7 @@ func runCluster(ctx context.Context, cfg ClusterConfig, t clusterTarget, n int, 
 		}
 		defer mirrorLink.Close()
 		hdir := filepath.Join(hostsDir, t.link.Addr)
-		if err := os.MkdirAll(hdir, 0o755); err == nil {
+		if err = os.MkdirAll(hdir, 0o755); err == nil {
 			err = os.WriteFile(filepath.Join(hdir, "hosts.toml"), []byte(MirrorHostsToml(t.link.Addr, mirrorLink.Addr)), 0o644)
 		}
 		if err != nil {

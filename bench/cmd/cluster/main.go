@@ -107,7 +107,7 @@ func run(ctx context.Context) error {
 	var failed []error
 	for _, r := range rep.Results {
 		if !r.OK() {
-			failed = append(failed, fmt.Errorf("N=%d %s %s run %d failed", r.Nodes, r.Path, r.Snapshotter, r.Iteration))
+			failed = append(failed, fmt.Errorf("run %d of N=%d %s %s failed", r.Iteration, r.Nodes, r.Path, r.Snapshotter))
 		}
 	}
 	return errors.Join(append([]error{runErr}, failed...)...)
