@@ -5,6 +5,7 @@
 #   make test       go vet, staticcheck, unit tests (race detector on) with the fuzz seed corpora, containerd's snapshotter conformance suite, integration tests
 #   make fuzz       every fuzz target of the module for FUZZTIME (default 10m) each, one after another (-parallel FUZZPARALLEL, default 1)
 #   make bench      time-to-ready: overlayfs vs soci (vs --compare builds) over a shaped link (BENCH_QUICK=1: one small workload, 2 runs)
+#   make bench-cluster  N nodes (1,4,8) start one image at once, direct over a shared WAN link vs through a pull-through mirror
 #   make install    install binaries, systemd units and the containerd config snippet
 
 VERSION  ?= v0.17.0-dev
@@ -23,7 +24,7 @@ LDFLAGS := -X github.com/fastsoci/soci-snapshotter/internal/version.Version=$(VE
 
 BINARIES := bin/soci-snapshotter-grpc bin/soci
 
-.PHONY: all build deps demo test unit integration fuzz install vet lint clean bench FORCE
+.PHONY: all build deps demo test unit integration fuzz install vet lint clean bench bench-cluster FORCE
 
 all: build
 
@@ -46,6 +47,12 @@ BENCH_FLAGS ?=
 
 bench: deps build
 	SOCI_TOOLS=$(TOOLS)/bin SOCI_BIN=$(CURDIR)/bin $(GO) run ./bench/cmd/bench $(if $(BENCH_QUICK),-quick) $(if $(BENCH_MATRIX),-matrix) $(BENCH_FLAGS)
+
+# Extra flags for bench/cmd/cluster, e.g. CLUSTER_FLAGS="--nodes 1,4 --runs 2 --rtt 50ms --rate 100".
+CLUSTER_FLAGS ?=
+
+bench-cluster: deps build
+	SOCI_TOOLS=$(TOOLS)/bin SOCI_BIN=$(CURDIR)/bin $(GO) run ./bench/cmd/cluster $(CLUSTER_FLAGS)
 
 vet:
 	$(GO) vet ./...

@@ -100,13 +100,15 @@ type ShapingInfo struct {
 
 // WorkloadInfo describes a workload's image.
 type WorkloadInfo struct {
-	Name            string  `json:"name"`
-	Description     string  `json:"description"`
-	Layers          int     `json:"layers"`
-	CompressedBytes int64   `json:"compressed_bytes"`
-	Repo            string  `json:"repo"`
-	Ref             string  `json:"ref"` // through the report's link
-	BuildSeconds    float64 `json:"build_seconds"`
+	Name            string `json:"name"`
+	Description     string `json:"description"`
+	Layers          int    `json:"layers"`
+	CompressedBytes int64  `json:"compressed_bytes"`
+	// LayerDigests are the image's layer blobs, in order.
+	LayerDigests []string `json:"layer_digests,omitempty"`
+	Repo         string   `json:"repo"`
+	Ref          string   `json:"ref"` // through the report's link
+	BuildSeconds float64  `json:"build_seconds"`
 }
 
 // WriteJSON writes the report to path, creating its directory.

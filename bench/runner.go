@@ -190,6 +190,7 @@ func prepare(ctx context.Context, cfg Config, registry string, wl Workload) (Wor
 		BuildSeconds: time.Since(start).Seconds()}
 	for _, d := range img.LayerDescs {
 		info.CompressedBytes += d.Size
+		info.LayerDigests = append(info.LayerDigests, d.Digest.String())
 	}
 	img = nil
 	debug.FreeOSMemory()

@@ -46,6 +46,9 @@ type RegistryOptions struct {
 	// Htpasswd is a bcrypt htpasswd file; when set every request needs
 	// basic auth (realm "soci-test").
 	Htpasswd string
+	// ProxyRemote ("http://host:port") makes the registry a pull-through
+	// cache of that registry (distribution's proxy mode).
+	ProxyRemote string
 }
 
 // StartRegistryWith starts the registry binary with its state under dir.
@@ -62,6 +65,9 @@ func StartRegistryWith(ctx context.Context, bin, dir string, opts RegistryOption
 	extra := ""
 	if opts.Htpasswd != "" {
 		extra = fmt.Sprintf("auth:\n  htpasswd:\n    realm: soci-test\n    path: %s\n", opts.Htpasswd)
+	}
+	if opts.ProxyRemote != "" {
+		extra += fmt.Sprintf("proxy:\n  remoteurl: %s\n", opts.ProxyRemote)
 	}
 	cfg := filepath.Join(dir, "config.yml")
 	if err := os.MkdirAll(storage, 0o755); err != nil {
