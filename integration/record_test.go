@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -39,14 +40,15 @@ func rangesOf(t *testing.T, e *harness.Env, layers []digest.Digest) map[digest.D
 	return out
 }
 
-// TestRecordedPrefetch: node A (record on) pulls a SOCI v1 image and runs
-// a container that reads /bin/probe, /data/b.bin and opens /data/c.txt,
-// which ends the recording; the trace lists the spans of the first two
-// layers and not the third. `soci prefetch from-trace` and `soci push`
-// attach it to the image's index; node B (fresh daemon root, containerd
-// and content store, [prefetch] enable) pulls the image and fetches the
-// traced spans before any container runs, and the same container then
-// makes no range request for the traced layers.
+// TestRecordedPrefetch, for a SOCI v1 (soci create) and a v2 (soci
+// convert) image: node A (record on) pulls the image and runs a container
+// that reads /bin/probe and /data/b.bin, then opens /data/c.txt, which
+// ends the recording; the trace lists the spans of the first two layers
+// and not the third. `soci prefetch from-trace` then `soci push` (v1) or
+// the image's push (v2) attach it to the image's index; node B (fresh
+// daemon root, containerd and content store, [prefetch] enable) pulls the
+// image and fetches the traced spans before any container runs, and the
+// same container then makes no range request for the traced layers.
 func TestRecordedPrefetch(t *testing.T) {
 	cli := cliEnv(t)
 	ctx := testContext(t, 15*time.Minute)
@@ -54,14 +56,32 @@ func TestRecordedPrefetch(t *testing.T) {
 	built := buildImage(t, img.spec)
 	layers := []digest.Digest{built.LayerDescs[0].Digest, built.LayerDescs[1].Digest, built.LayerDescs[2].Digest}
 
-	a := startEnv(t, recordDaemonConfig) // node A; its registry serves both nodes
-	src := pushImage(t, a.Registry.Host, "record/src:latest", img.spec)
-	ref := a.Registry.Host + "/record/app:latest"
-	nerdctl(t, ctx, cli, "pull", "-q", src)
-	nerdctl(t, ctx, cli, "tag", src, ref)
-	nerdctl(t, ctx, cli, "push", ref)
-	sociCLI(t, ctx, cli, "create", "--span-size", "1048576", "--min-layer-size", "0", ref)
-	sociCLI(t, ctx, cli, "push", ref)
+	spanFlags := []string{"--span-size", "1048576", "--min-layer-size", "0"}
+	for _, v1 := range []bool{true, false} {
+		name := map[bool]string{true: "create-v1", false: "convert-v2"}[v1]
+		t.Run(name, func(t *testing.T) {
+			a := startEnv(t, recordDaemonConfig) // node A; its registry serves both nodes
+			src := pushImage(t, a.Registry.Host, "record/src:latest", img.spec)
+			ref := a.Registry.Host + "/record/" + name + ":latest"
+			nerdctl(t, ctx, cli, "pull", "-q", src)
+			if v1 {
+				nerdctl(t, ctx, cli, "tag", src, ref)
+				nerdctl(t, ctx, cli, "push", ref)
+				sociCLI(t, ctx, cli, append(append([]string{"create"}, spanFlags...), ref)...)
+				sociCLI(t, ctx, cli, "push", ref)
+			} else {
+				sociCLI(t, ctx, cli, append(append([]string{"convert"}, spanFlags...), src, ref)...)
+				nerdctl(t, ctx, cli, "push", ref)
+			}
+			recordAndReplay(t, ctx, cli, a, ref, img, layers, v1)
+		})
+	}
+}
+
+// recordAndReplay runs the image ref once on node A (record on), attaches
+// the trace with soci on cli and publishes it (soci push for v1, the
+// image's push for v2), and checks a fresh node B.
+func recordAndReplay(t *testing.T, ctx context.Context, cli, a *harness.Env, ref string, img layeredImage, layers []digest.Digest, v1 bool) {
 
 	// Node A: run once, record.
 	nerdctl(t, ctx, a, "--snapshotter", "soci", "pull", "-q", ref)
@@ -99,7 +119,11 @@ func TestRecordedPrefetch(t *testing.T) {
 	if ls := sociCLI(t, ctx, cli, "prefetch", "ls"); strings.Count(ls, "sha256:") < 2*len(tr.Layers) {
 		t.Fatalf("soci prefetch ls lists no artifact for the traced layers:\n%s", ls)
 	}
-	sociCLI(t, ctx, cli, "push", ref)
+	if v1 {
+		sociCLI(t, ctx, cli, "push", ref)
+	} else {
+		nerdctl(t, ctx, cli, "push", ref)
+	}
 
 	// Node B: a fresh node pulls; the traced spans come before any read.
 	metricsCfg, url := metricsConfig(t)
