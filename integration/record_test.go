@@ -2,7 +2,9 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -114,6 +116,9 @@ func recordAndReplay(t *testing.T, ctx context.Context, cli, a *harness.Env, ref
 		t.Fatal(err)
 	}
 
+	if v1 {
+		checkHostileTraces(t, ctx, cli, ref, path)
+	}
 	// Attach and push from the machine that built the index.
 	sociCLI(t, ctx, cli, "prefetch", "from-trace", "--trace", path, ref)
 	if ls := sociCLI(t, ctx, cli, "prefetch", "ls"); strings.Count(ls, "sha256:") < 2*len(tr.Layers) {
@@ -178,5 +183,51 @@ func waitTrace(t *testing.T, root string, timeout time.Duration) *trace.Trace {
 			t.Fatalf("traces under %s: %v", root, files)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// checkHostileTraces: from-trace refuses a trace whose spans lie outside
+// its span count, and one whose span count is not the zTOC's.
+func checkHostileTraces(t *testing.T, ctx context.Context, cli *harness.Env, ref, path string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	layers := doc["layers"].(map[string]any)
+	for _, tc := range []struct {
+		name, want string
+		edit       func(l map[string]any)
+	}{
+		{"span beyond the count", "within spans", func(l map[string]any) {
+			l["prefetch_spans"] = []map[string]int{{"start_span": 0, "end_span": int(l["span_count"].(float64))}}
+		}},
+		{"span count not the zTOC's", "the trace says 1000 spans", func(l map[string]any) {
+			l["span_count"] = 1000
+			l["prefetch_spans"] = []map[string]int{{"start_span": 990, "end_span": 999}}
+		}},
+	} {
+		for _, l := range layers {
+			orig := maps.Clone(l.(map[string]any))
+			tc.edit(l.(map[string]any))
+			bad, err := json.Marshal(doc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			maps.Copy(l.(map[string]any), orig)
+			p := filepath.Join(t.TempDir(), "bad.json")
+			if err := os.WriteFile(p, bad, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			out, err := cli.Soci(ctx, "prefetch", "from-trace", "--trace", p, ref)
+			if err == nil || !strings.Contains(out+err.Error(), tc.want) {
+				t.Errorf("%s: from-trace: %v, want an error saying %q:\n%s", tc.name, err, tc.want, out)
+			}
+			break
+		}
 	}
 }

@@ -45,6 +45,10 @@ type Recorder struct {
 	writes sync.WaitGroup
 }
 
+// maxActive bounds the images recorded at once; an image first mounted
+// while that many are being recorded is not recorded.
+const maxActive = 256
+
 // maxEnded bounds the memory of images recorded already; past it the
 // oldest knowledge is dropped and an image may be recorded again.
 const maxEnded = 1 << 14
@@ -98,6 +102,9 @@ func (r *Recorder) Layer(ctx context.Context, manifest, layer, ztoc digest.Diges
 	}
 	img := r.active[manifest]
 	if img == nil {
+		if len(r.active) >= maxActive {
+			return nil
+		}
 		img = &image{manifest: manifest, deadline: r.opts.Now().Add(r.opts.Window), layers: map[digest.Digest]*layerBits{}}
 		r.active[manifest] = img
 		log.G(ctx).WithField("manifest", manifest).WithField("until", img.deadline).Info("recording the image's reads for a prefetch trace")
