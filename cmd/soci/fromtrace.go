@@ -207,6 +207,11 @@ func (a attacher) attach(ctx context.Context, t *trace.Trace) (ocispec.Descripto
 		blobs = append(blobs, desc)
 	}
 	idx.Blobs = blobs
+	// Daemons choose among a manifest's v1 indices by this annotation
+	// (the reference's builder sets none): the old index, if pushed,
+	// stays a referrer, and this one must win.
+	idx.Annotations = cloneLabels(idx.Annotations)
+	idx.Annotations[ocispec.AnnotationCreated] = time.Now().UTC().Format(time.RFC3339Nano)
 	if idx.ArtifactType == soci.SociIndexArtifactTypeV2 {
 		return a.writeV2(ctx, &idx)
 	}
