@@ -250,6 +250,17 @@ type PrefetchConfig struct {
 	// node, all layers together; 0 is unlimited (the registry request
 	// slots still apply).
 	MaxConcurrency int64 `toml:"max_concurrency"`
+	// Record records, per image, the spans containers read from its
+	// first mount until it is ready (RecordSeconds elapsed, or
+	// RecordUntilFile opened) into <root>/fs/traces, for
+	// `soci prefetch from-trace`.
+	Record bool `toml:"record" schema:"ours"`
+	// RecordSeconds is how long an image is recorded from its first
+	// mount.
+	RecordSeconds Seconds `toml:"record_seconds" schema:"ours"`
+	// RecordUntilFile, when set, is a path in the image whose open ends
+	// its recording before RecordSeconds.
+	RecordUntilFile string `toml:"record_until_file" schema:"ours"`
 }
 
 // PullModesConfig is the [pull_modes] table: which ways of pulling an image

@@ -28,6 +28,7 @@ const (
 	defaultMaxZTOCHeapBytes          = 384 << 20
 	defaultMaxTreeDepth              = 1024
 	defaultMaxDecompressBytes        = 64 << 20
+	defaultRecordSeconds             = 30
 )
 
 // Default returns the configuration used when no file is present. It is
@@ -72,6 +73,7 @@ func Default() *Config {
 			ContainerdAddress: DefaultContainerdAddress,
 			Namespace:         DefaultContentStoreNamespace,
 		},
+		Prefetch: PrefetchConfig{RecordSeconds: defaultRecordSeconds},
 		PullModes: PullModesConfig{
 			SOCIv2: SOCIv2Config{Enable: true},
 			Parallel: ParallelPullConfig{

@@ -42,6 +42,11 @@ var otherStatus = map[string]string{
 		"them before the mount returns); not on the local-only remounts of a restart",
 	"prefetch.max_concurrency": "acted on, with another unit: the prefetch range requests in flight on the node, " +
 		"all layers together (the reference: layers prefetching at once); 0 is no bound of its own",
+	"prefetch.record": "acted on: the FUSE host records, per image, the zTOC spans that demand reads need from " +
+		"the image's first mount until record_seconds have passed or record_until_file is opened, into " +
+		"<root>/fs/traces/<alg>/<manifest digest>.json; `soci prefetch from-trace` turns it into prefetch artifacts",
+	"prefetch.record_seconds":    "acted on with record = true: how long an image is recorded from its first mount",
+	"prefetch.record_until_file": "acted on with record = true: a path in the image whose open ends its recording",
 	"content_store.containerd_address": `acted on with type = "containerd" (the reference's other use, parallel ` +
 		`pull, is not implemented)`,
 	"disable_verification": "accepted, overridden: span data is always verified against the zTOC; " +

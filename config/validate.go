@@ -49,6 +49,7 @@ func (c *Config) Validate() error {
 	c.BackgroundFetch.validate(&v)
 	c.ContentStore.validate(&v)
 	v.nonNegative("prefetch.max_concurrency", c.Prefetch.MaxConcurrency)
+	v.positiveSec("prefetch.record_seconds", c.Prefetch.RecordSeconds)
 	c.PullModes.Parallel.validate(&v)
 	v.nonEmpty("cri_keychain.image_service_path", c.CRIKeychain.ImageServicePath)
 	c.Resolver.validate(&v)

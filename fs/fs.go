@@ -21,6 +21,7 @@ import (
 	"github.com/fastsoci/soci-snapshotter/fs/index"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
 	"github.com/fastsoci/soci-snapshotter/fs/span"
+	"github.com/fastsoci/soci-snapshotter/fs/trace"
 	"github.com/fastsoci/soci-snapshotter/metrics"
 )
 
@@ -84,6 +85,10 @@ type Options struct {
 	// own bound).
 	Prefetch            bool
 	PrefetchConcurrency int
+	// Record, when not nil, records per image the spans demand reads
+	// need from its first mount until it is ready, into a trace under
+	// <Root>/traces ([prefetch] record; Record.Dir is set here).
+	Record *trace.Options
 }
 
 // FS mounts remote layers. It is safe for concurrent use.
@@ -108,6 +113,10 @@ type FS struct {
 	// prefetchSlots bounds the prefetch requests of all layers; nil: no
 	// bound of its own.
 	prefetchSlots *span.PrefetchSlots
+	// recorder records prefetch traces; nil when off. stopTick ends its
+	// ticker.
+	recorder *trace.Recorder
+	stopTick chan struct{}
 }
 
 // mountedLayer is everything that serves one mounted layer.
@@ -154,6 +163,17 @@ func New(opts Options) (*FS, error) {
 		mounted:    map[string]*mountedLayer{}, pending: map[string]int{}, unmounted: map[string]layerRef{},
 		pendingImages: map[digest.Digest]int{},
 		prefetchSlots: span.NewPrefetchSlots(opts.PrefetchConcurrency),
+	}
+	if opts.Record != nil {
+		ro := *opts.Record
+		ro.Dir = filepath.Join(opts.Root, "traces")
+		if f.recorder, err = trace.Open(ro); err != nil {
+			spanCache.Close()
+			indices.Close()
+			return nil, fmt.Errorf("open prefetch trace recorder: %w", err)
+		}
+		f.stopTick = make(chan struct{})
+		go tick(f.recorder, f.stopTick)
 	}
 	if opts.Background != nil {
 		bo := *opts.Background
@@ -263,9 +283,31 @@ func (f *FS) Close() error {
 	for mp, m := range all {
 		errs = append(errs, m.close(mp))
 	}
+	if f.recorder != nil {
+		close(f.stopTick)
+		errs = append(errs, f.recorder.Close())
+	}
 	// Nothing writes any more: the staging directories can go.
 	errs = append(errs, f.indices.Close(), f.cache.Close())
 	return errors.Join(errs...)
+}
+
+// tickEvery is how often recordings whose window ended are written
+// (images that stopped reading before their window ended).
+const tickEvery = time.Second
+
+// tick ends the recordings whose window ended, until stop is closed.
+func tick(r *trace.Recorder, stop <-chan struct{}) {
+	t := time.NewTicker(tickEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			r.Tick()
+		case <-stop:
+			return
+		}
+	}
 }
 
 // close detaches the layer's mount lazily and frees what serves it. It

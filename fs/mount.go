@@ -18,6 +18,7 @@ import (
 	"github.com/fastsoci/soci-snapshotter/fs/layer"
 	"github.com/fastsoci/soci-snapshotter/fs/source"
 	"github.com/fastsoci/soci-snapshotter/fs/span"
+	"github.com/fastsoci/soci-snapshotter/fs/trace"
 	"github.com/fastsoci/soci-snapshotter/internal/mountctx"
 	"github.com/fastsoci/soci-snapshotter/metrics"
 )
@@ -200,6 +201,14 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 	if lm != nil {
 		so.Observer = lm
 	}
+	var rec *trace.LayerRecorder
+	if f.recorder != nil && !mountctx.LocalOnly(ctx) {
+		// Restores on start are not a container starting: not recorded.
+		rec = f.recorder.Layer(ctx, t.ManifestDigest, t.LayerDigest, ztoc, len(l.Spans.Spans))
+	}
+	if rec != nil {
+		so.Tracer = rec
+	}
 	spans, err := span.New(so)
 	if err != nil {
 		lm.Close()
@@ -209,6 +218,9 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 	lo := layer.Options{DisableXattrs: l.DisableXattrs, MaxDepth: f.opts.MaxTreeDepth}
 	if f.opts.LogFuseOperations {
 		lo.OperationLog = log.G(ctx)
+	}
+	if rec != nil && f.recorder.WantsOpens() {
+		lo.OnOpen = rec.Opened
 	}
 	root, err := layer.NewRoot(l.TOC, spans, lo)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/fastsoci/soci-snapshotter/fs"
 	"github.com/fastsoci/soci-snapshotter/fs/index"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
+	"github.com/fastsoci/soci-snapshotter/fs/trace"
 	"github.com/fastsoci/soci-snapshotter/fusehost"
 	"github.com/fastsoci/soci-snapshotter/metrics"
 	"github.com/fastsoci/soci-snapshotter/snapshot"
@@ -252,6 +253,7 @@ func fsOptions(cfg *config.Config, root string, m *metrics.Metrics, criCreds fun
 		// client's request slots).
 		Prefetch:            cfg.Prefetch.Enable,
 		PrefetchConcurrency: int(min(cfg.Prefetch.MaxConcurrency, 1<<20)),
+		Record:              recordOptions(cfg.Prefetch),
 	}
 }
 
@@ -300,4 +302,13 @@ func (s *Service) Close() error {
 		return fmt.Errorf("close service: %w", err)
 	}
 	return nil
+}
+
+// recordOptions maps [prefetch] record* onto the FS's trace recorder
+// options; nil when recording is off.
+func recordOptions(p config.PrefetchConfig) *trace.Options {
+	if !p.Record {
+		return nil
+	}
+	return &trace.Options{Window: p.RecordSeconds.Duration(), UntilFile: p.RecordUntilFile}
 }

@@ -23,7 +23,7 @@ const jsonFlag = "json"
 func prefetchCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "prefetch",
-		Usage: "inspect local prefetch artifacts",
+		Usage: "inspect local prefetch artifacts, or make them from a recorded trace",
 		Subcommands: []*cli.Command{
 			{
 				Name: "list", Aliases: []string{"ls"}, Usage: "list prefetch artifacts",
@@ -35,6 +35,7 @@ func prefetchCommand() *cli.Command {
 				Flags:  []cli.Flag{&cli.BoolFlag{Name: jsonFlag, Usage: "also print the artifact as JSON"}},
 				Action: prefetchInfo,
 			},
+			fromTraceCommand(),
 		},
 	}
 }

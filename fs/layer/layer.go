@@ -34,6 +34,9 @@ type Options struct {
 	// every operation on the tree, with its kind and path ([fuse]
 	// log_fuse_operations; the paths reveal the image's file names).
 	OperationLog *log.Entry
+	// OnOpen, when not nil, is called with the path ("/a/b") of every
+	// file opened ([prefetch] record_until_file).
+	OnOpen func(path string)
 }
 
 // DefaultMaxDepth is the default of Options.MaxDepth (limits.max_tree_depth).
@@ -60,9 +63,10 @@ const (
 type tree struct {
 	r             Reader
 	disableXattrs bool
-	opLog         *log.Entry // Options.OperationLog
-	files         uint64     // live nodes
-	blocks        uint64     // 4 KiB blocks of file data
+	opLog         *log.Entry   // Options.OperationLog
+	onOpen        func(string) // Options.OnOpen
+	files         uint64       // live nodes
+	blocks        uint64       // 4 KiB blocks of file data
 }
 
 // NewRoot validates toc and builds the whole tree of the layer in memory:
@@ -84,7 +88,7 @@ func NewRoot(toc TOC, r Reader, opts Options) (fusefs.InodeEmbedder, error) {
 	if err := b.build(toc.Entries); err != nil {
 		return nil, err
 	}
-	t := &tree{r: r, disableXattrs: opts.DisableXattrs, opLog: opts.OperationLog, files: b.files, blocks: b.blocks}
+	t := &tree{r: r, disableXattrs: opts.DisableXattrs, opLog: opts.OperationLog, onOpen: opts.OnOpen, files: b.files, blocks: b.blocks}
 	return &inode{n: b.root, t: t}, nil
 }
 

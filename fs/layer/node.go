@@ -94,6 +94,9 @@ func (i *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
 	}
+	if i.t.onOpen != nil {
+		i.t.onOpen("/" + i.Path(nil))
+	}
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
 }
 

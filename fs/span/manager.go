@@ -78,6 +78,9 @@ type Options struct {
 	// Demand is told while a FetchAt waits for the registry, so that
 	// background work yields to it; nil: nobody is told.
 	Demand Demand
+	// Tracer is told the spans each FetchAt (a demand read) needs, cached
+	// or not; never those of read-ahead, Prefetch or the Loader. nil: none.
+	Tracer Tracer
 	// KeepCompressed also caches the verified compressed bytes of spans
 	// that reads fetch, so that a background walk can hash the whole blob
 	// without fetching them again (see Compressed and DropCompressed).
@@ -117,6 +120,11 @@ type Observer interface {
 	Failure(kind string)
 }
 
+// Tracer records the spans demand reads need ([prefetch] record).
+type Tracer interface {
+	DemandRead(first, last int)
+}
+
 // Demand counts reads waiting for the registry (demand fetches).
 type Demand interface {
 	BeginDemand()
@@ -133,6 +141,7 @@ type Manager struct {
 	loader   Loader
 	observer Observer
 	demand   Demand
+	tracer   Tracer
 }
 
 // maxCacheAttempts bounds how often one read retries a span that was thought
@@ -148,7 +157,7 @@ func New(opts Options) (*Manager, error) {
 		return nil, fmt.Errorf("new span manager for %s: %w: %w", opts.CacheKey, errdefs.ErrInvalidArgument, err)
 	}
 	c := newCore(opts)
-	return &Manager{c: c, ahead: newReadAhead(opts), loader: Loader{c: c}, observer: opts.Observer, demand: opts.Demand}, nil
+	return &Manager{c: c, ahead: newReadAhead(opts), loader: Loader{c: c}, observer: opts.Observer, demand: opts.Demand, tracer: opts.Tracer}, nil
 }
 
 func (o Options) check() error {
@@ -191,6 +200,9 @@ func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error)
 	}
 	end := min(off+int64(len(p)), size)
 	first, last := c.table.Find(off), c.table.Find(end-1)
+	if m.tracer != nil {
+		m.tracer.DemandRead(first, last)
+	}
 	c.probe(ctx, first, last)
 	calls, err := c.plan(ctx, first, last)
 	if err != nil {
