@@ -115,16 +115,35 @@ func (b *Blob) readViaRegistry(ctx context.Context, p []byte, off int64) (int, e
 	wctx, wd := startWatchdog(ctx, b.c.timeout, b.c.afterFunc)
 	defer wd.stop()
 	header := http.Header{"Range": {rangeValue(off, len(p))}}
-	resp, host, err := b.c.send(wctx, b.c.blobRetry, repo, docker.HostCapabilityPull, "blobs/"+b.desc.Digest.String(), nil, header)
-	if err != nil {
-		return 0, b.endOfBlob(wd.explain(err))
+	var ignoredRange []string // endpoints that answered with the whole blob, too far to skip
+	var rangeErr error        // what the last of them made of the read
+	for {
+		resp, host, err := b.c.sendExcept(wctx, b.c.blobRetry, repo, docker.HostCapabilityPull, "blobs/"+b.desc.Digest.String(), nil, header, ignoredRange)
+		switch {
+		case err != nil && rangeErr != nil && errors.Is(err, errNoEndpoint):
+			return 0, rangeErr // no other endpoint to ask
+		case err != nil && rangeErr != nil:
+			return 0, b.endOfBlob(wd.explain(fmt.Errorf("%w; the next endpoint: %w", rangeErr, err)))
+		case err != nil:
+			return 0, b.endOfBlob(wd.explain(err))
+		}
+		wd.pause()
+		if u, moved := finalURL(resp); moved && b.c.opts.DirectURLValidFor >= 0 {
+			b.remember(&directURL{url: u.String(), host: host, used: b.c.now()})
+		}
+		n, err := readRangeBody(resp, watchedReader{r: resp.Body, w: wd}, p, off, b.desc.Size)
+		resp.Body.Close()
+		if !errors.Is(err, errdefs.ErrNotImplemented) {
+			return n, err
+		}
+		// A pull-through mirror that has not stored the blob may answer
+		// a range request with the whole blob (200): beyond maxRangeSkip
+		// the next endpoint (in the end, the origin) is asked instead.
+		log.G(ctx).WithError(err).WithField("host", host.Host).WithField("blob", b.desc.Digest).
+			Info("registry endpoint ignored the range request; trying the next endpoint")
+		ignoredRange, rangeErr = append(ignoredRange, host.Host), err
+		wd.resume()
 	}
-	wd.pause()
-	defer resp.Body.Close()
-	if u, moved := finalURL(resp); moved && b.c.opts.DirectURLValidFor >= 0 {
-		b.remember(&directURL{url: u.String(), host: host, used: b.c.now()})
-	}
-	return readRangeBody(resp, watchedReader{r: resp.Body, w: wd}, p, off, b.desc.Size)
 }
 
 func (b *Blob) readDirect(ctx context.Context, d *directURL, p []byte, off int64) (int, error) {

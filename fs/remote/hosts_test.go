@@ -1,13 +1,16 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
@@ -183,5 +186,49 @@ func TestDeadMirrorSkipped(t *testing.T) {
 	}
 	if origin.hitCount("blobs") != 1 {
 		t.Fatalf("origin saw %d blob requests", origin.hitCount("blobs"))
+	}
+}
+
+// TestMirrorIgnoringRangesFarInFallsBack: a pull-through mirror that has
+// not stored a blob answers a range request with the whole blob (200).
+// Near the start the daemon skips to its range; beyond maxRangeSkip it asks
+// the next endpoint, the origin, instead of failing the read.
+func TestMirrorIgnoringRangesFarInFallsBack(t *testing.T) {
+	origin := newFakeRegistry(t)
+	data := blobContent(maxRangeSkip + 1<<20)
+	desc := origin.addBlob(data)
+	var mirrorHits atomic.Int32
+	mirror := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		mirrorHits.Add(1)
+		if !strings.Contains(req.URL.Path, "/blobs/") {
+			http.NotFound(w, req)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+		w.WriteHeader(http.StatusOK) // the Range header is ignored
+		_, _ = w.Write(data)
+	}))
+	t.Cleanup(mirror.Close)
+	c := New(Options{HostsDirs: []string{writeHostsToml(t, origin.host(), mirror.Listener.Addr().String())}})
+	blob := c.Blob(origin.ref("team/app"), desc)
+	ctx := context.Background()
+
+	near := make([]byte, 100)
+	if _, err := blob.FetchAt(ctx, near, 1000); err != nil {
+		t.Fatalf("read near the start through the mirror: %v", err)
+	}
+	if !bytes.Equal(near, data[1000:1100]) || origin.hitCount("blobs") != 0 {
+		t.Fatalf("near read: wrong bytes or origin asked (%d blob requests)", origin.hitCount("blobs"))
+	}
+	far := make([]byte, 100)
+	off := int64(maxRangeSkip + 4096)
+	if _, err := blob.FetchAt(ctx, far, off); err != nil {
+		t.Fatalf("read %d bytes in: %v", off, err)
+	}
+	if !bytes.Equal(far, data[off:off+100]) {
+		t.Fatal("far read: wrong bytes")
+	}
+	if origin.hitCount("blobs") != 1 || mirrorHits.Load() != 2 {
+		t.Fatalf("far read: origin saw %d blob requests, mirror %d requests; want 1 and 2", origin.hitCount("blobs"), mirrorHits.Load())
 	}
 }

@@ -30,6 +30,17 @@ func (c *Client) get(ctx context.Context, repo repository, capability docker.Hos
 // send is get with the retry policy p.
 func (c *Client) send(ctx context.Context, p RetryPolicy, repo repository, capability docker.HostCapabilities,
 	suffix string, query url.Values, header http.Header) (*http.Response, docker.RegistryHost, error) {
+	return c.sendExcept(ctx, p, repo, capability, suffix, query, header, nil)
+}
+
+// errNoEndpoint: every endpoint of a registry was left out (by capability,
+// or by sendExcept).
+var errNoEndpoint = errors.New("no endpoint left")
+
+// sendExcept is send that skips the endpoints named in except (by
+// docker.RegistryHost.Host): those that answered, but not usefully.
+func (c *Client) sendExcept(ctx context.Context, p RetryPolicy, repo repository, capability docker.HostCapabilities,
+	suffix string, query url.Values, header http.Header, except []string) (*http.Response, docker.RegistryHost, error) {
 	hosts, err := c.registryHosts(ctx, repo.host)
 	if err != nil {
 		return nil, docker.RegistryHost{}, err
@@ -38,8 +49,10 @@ func (c *Client) send(ctx context.Context, p RetryPolicy, repo repository, capab
 	if err != nil {
 		return nil, docker.RegistryHost{}, fmt.Errorf("token scope of %s: %w", repo.spec.Locator, err)
 	}
-	hosts = slices.DeleteFunc(slices.Clone(hosts), func(h docker.RegistryHost) bool { return !h.Capabilities.Has(capability) })
-	lastErr := fmt.Errorf("no endpoint of %s has capability %d: %w", repo.host, capability, errdefs.ErrNotFound)
+	hosts = slices.DeleteFunc(slices.Clone(hosts), func(h docker.RegistryHost) bool {
+		return !h.Capabilities.Has(capability) || slices.Contains(except, h.Host)
+	})
+	lastErr := fmt.Errorf("%w of %s with capability %d: %w", errNoEndpoint, repo.host, capability, errdefs.ErrNotFound)
 	for i, host := range hosts {
 		u := endpointURL(host, repo, suffix, query)
 		policy := RetryPolicy{MaxRetries: -1} // a failing mirror is skipped at once
