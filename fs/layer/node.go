@@ -27,6 +27,7 @@ var (
 	_ fusefs.NodeOpendirHandler = (*inode)(nil)
 	_ fusefs.NodeReadlinker     = (*inode)(nil)
 	_ fusefs.NodeOpener         = (*inode)(nil)
+	_ fusefs.NodeFlusher        = (*inode)(nil)
 	_ fusefs.NodeReader         = (*inode)(nil)
 	_ fusefs.NodeGetxattrer     = (*inode)(nil)
 	_ fusefs.NodeListxattrer    = (*inode)(nil)
@@ -87,14 +88,24 @@ func (i *inode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	return []byte(i.n.link), 0
 }
 
-// Open allows reading only. The kernel may keep cached pages across opens:
-// the content never changes.
+// Open refuses writing and otherwise answers ENOSYS: the kernel then
+// opens every later file of the mount itself, with no OPEN or RELEASE
+// request (FUSE no_open), and keeps cached pages across opens (its default
+// without OPEN: the content never changes). Opening for writing fails
+// with EROFS in the kernel already (a read-only mount); the check here
+// covers a mount without it.
 func (i *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
 	i.logOp("open", "")
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
+	return nil, 0, syscall.ENOSYS
+}
+
+// Flush answers ENOSYS, so the kernel sends no more FLUSH on close: there
+// is nothing to write back.
+func (i *inode) Flush(ctx context.Context, f fusefs.FileHandle) syscall.Errno {
+	return syscall.ENOSYS
 }
 
 // Read serves file data from the layer's tar stream. Reader failures are
