@@ -59,6 +59,7 @@ const (
 // tree is what all nodes of one layer share.
 type tree struct {
 	r             Reader
+	readCtx       context.Context // of every FetchAt: never cancelled
 	disableXattrs bool
 	opLog         *log.Entry // Options.OperationLog
 	files         uint64     // live nodes
@@ -84,7 +85,7 @@ func NewRoot(toc TOC, r Reader, opts Options) (fusefs.InodeEmbedder, error) {
 	if err := b.build(toc.Entries); err != nil {
 		return nil, err
 	}
-	t := &tree{r: r, disableXattrs: opts.DisableXattrs, opLog: opts.OperationLog, files: b.files, blocks: b.blocks}
+	t := &tree{r: r, readCtx: context.Background(), disableXattrs: opts.DisableXattrs, opLog: opts.OperationLog, files: b.files, blocks: b.blocks}
 	return &inode{n: b.root, t: t}, nil
 }
 

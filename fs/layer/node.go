@@ -114,7 +114,8 @@ func (i *inode) Flush(ctx context.Context, f fusefs.FileHandle) syscall.Errno {
 // go-fuse cancels a request's context when the reading process gets any
 // signal (even Go's preemption signal); programs rarely retry a read of a
 // regular file that fails with EINTR, so the Reader gets a context that is
-// not cancelled and must bound its own time. A killed reader does not wait:
+// never cancelled (the tree's, made once: a request's carries nothing the
+// Reader uses) and must bound its own time. A killed reader does not wait:
 // the kernel abandons the request.
 func (i *inode) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	i.logOp("read", "")
@@ -126,7 +127,7 @@ func (i *inode) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off 
 		return fuse.ReadResultData(nil), 0
 	}
 	want := min(int64(len(dest)), n.size-off)
-	got, err := i.t.r.FetchAt(context.WithoutCancel(ctx), dest[:want], n.offset+off)
+	got, err := i.t.r.FetchAt(i.t.readCtx, dest[:want], n.offset+off)
 	if int64(got) == want && (err == nil || errors.Is(err, io.EOF)) {
 		return fuse.ReadResultData(dest[:got]), 0
 	}
