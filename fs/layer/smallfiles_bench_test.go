@@ -237,3 +237,24 @@ func walkStat(b *testing.B, mnt string) {
 		b.Fatalf("walked %d entries, want at least %d", n, smallFiles)
 	}
 }
+
+// BenchmarkSmallFilesRemountRead mounts the layer afresh (a new container
+// of an image whose spans are local) and opens, reads and closes every
+// file: lookups, opens and reads all reach the tree once.
+func BenchmarkSmallFilesRemountRead(b *testing.B) {
+	l := newSmallLayer(b, smallFiles, b.TempDir())
+	buf := make([]byte, 64<<10)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		b.StopTimer()
+		mnt, unmount := l.mount(b)
+		b.StartTimer()
+		readAll(b, mnt, l.paths, buf)
+		b.StopTimer()
+		unmount()
+		b.StartTimer()
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(len(l.paths))/(b.Elapsed().Seconds()/float64(b.N)), "files/s")
+}
