@@ -105,7 +105,7 @@ type MountConfig struct {
 // MountOptions returns the go-fuse options layers are mounted with:
 // read-only, allow_other with kernel permission checks, setuid binaries and
 // device nodes honoured as on a containerd-unpacked snapshot, the kernel
-// cache timeouts of c, modes passed through as they are (0 stays 0), source
+// cache timeouts of c, replies written without splice, modes passed through as they are (0 stays 0), source
 // "soci" and type "fuse.rawBridge". Each call returns a fresh value.
 func MountOptions(c MountConfig) *fusefs.Options {
 	attr, entry, negative := cacheTimeout(c.AttrTimeout), cacheTimeout(c.EntryTimeout), cacheTimeout(c.NegativeTimeout)
@@ -120,6 +120,12 @@ func MountOptions(c MountConfig) *fusefs.Options {
 			// Mount with mount(2) when root; fusermount otherwise.
 			DirectMount:      true,
 			DirectMountFlags: syscall.MS_RDONLY,
+			// Reads answer with bytes in memory, which go-fuse would
+			// first try to splice (a pipe, a header written into it,
+			// then drained to /dev/null when the data turns out not to
+			// come from a file): several system calls per read for
+			// nothing.
+			DisableSplice: true,
 		},
 		EntryTimeout:    &entry,
 		AttrTimeout:     &attr,
