@@ -1,11 +1,13 @@
 package cache
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -51,6 +53,14 @@ type Disk struct {
 
 	// fds keeps entry files open for GetAt.
 	fds *fds
+
+	// reads are the groups read since the accounting last took them
+	// (group path -> order of the last read), so that a read never waits
+	// for mu, which Put and Remove hold across renames. touchMu guards
+	// them and readSeq.
+	touchMu sync.Mutex
+	reads   map[string]uint64
+	readSeq uint64
 
 	// writeFile writes a temporary file; tests replace it to fake a full disk.
 	writeFile func(f *os.File, data []byte) (int, error)
@@ -98,7 +108,7 @@ func OpenDisk(dir string, opts DiskOptions) (*Disk, error) {
 	if fdMax == 0 {
 		fdMax = DefaultMaxOpenFiles
 	}
-	d := &Disk{dir: dir, staging: st, max: max(opts.MaxBytes, 0), usage: u, fds: newFDs(fdMax), writeFile: (*os.File).Write}
+	d := &Disk{dir: dir, staging: st, max: max(opts.MaxBytes, 0), usage: u, fds: newFDs(fdMax), reads: map[string]uint64{}, writeFile: (*os.File).Write}
 	return d, nil
 }
 
@@ -156,11 +166,36 @@ func notFound(err error) bool {
 	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
 }
 
-// touch marks the group of the entry at rel as just used.
+// touch marks the group of the entry at rel as just used: noted now,
+// accounted by the next eviction (takeReads).
 func (d *Disk) touch(rel string) {
-	d.mu.Lock()
-	d.usage.touch(rel)
-	d.mu.Unlock()
+	g, _ := split(rel)
+	d.touchMu.Lock()
+	d.readSeq++
+	d.reads[g] = d.readSeq
+	d.touchMu.Unlock()
+}
+
+// takeReads accounts the groups read since the last call as used, in the
+// order of their last reads; each Put calls it first, so reads and Puts
+// keep their order for the eviction. Callers hold mu.
+func (d *Disk) takeReads() {
+	d.touchMu.Lock()
+	reads := d.reads
+	if len(reads) == 0 {
+		d.touchMu.Unlock()
+		return
+	}
+	d.reads = make(map[string]uint64, len(reads))
+	d.touchMu.Unlock()
+	groups := make([]string, 0, len(reads))
+	for g := range reads {
+		groups = append(groups, g)
+	}
+	slices.SortFunc(groups, func(a, b string) int { return cmp.Compare(reads[a], reads[b]) })
+	for _, g := range groups {
+		d.usage.touchGroup(g)
+	}
 }
 
 // Get returns the entry for key; a miss wraps errdefs.ErrNotFound.
@@ -226,6 +261,7 @@ func (d *Disk) Put(key string, data []byte) error {
 	}
 	crash.Point(crash.CachePutBeforeRename)
 	d.mu.Lock()
+	d.takeReads() // the reads before this Put are older than it
 	evicted, err := d.makeRoom(rel, int64(len(data)))
 	if err == nil {
 		err = d.place(tmp, p)

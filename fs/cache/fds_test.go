@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 )
@@ -273,5 +274,59 @@ func TestFDsConcurrentReaders(t *testing.T) {
 	}
 	if got := fdsUnder(t, dir); got > 2 {
 		t.Errorf("%d descriptors open under the cache, want at most the bound 2", got)
+	}
+}
+
+// Reads noted outside the lock keep their order with Puts for eviction: a
+// layer read before another layer was written is the older one.
+func TestFDsReadsKeepLRUOrder(t *testing.T) {
+	for name, tc := range map[string]struct {
+		readFirstAfterSecond bool
+		evicted              int
+	}{
+		"read before the second put": {false, 1},
+		"read after the second put":  {true, 2},
+	} {
+		t.Run(name, func(t *testing.T) {
+			d, _ := openDiskFDs(t, 200, 0)
+			put(t, d, layerKey(1, 0), 100)
+			if !tc.readFirstAfterSecond {
+				readKey(d, layerKey(1, 0), 10)
+			}
+			put(t, d, layerKey(2, 0), 100)
+			if tc.readFirstAfterSecond {
+				readKey(d, layerKey(1, 0), 10)
+			}
+			put(t, d, layerKey(3, 0), 100) // evicts one layer
+			for l := 1; l <= 2; l++ {
+				if gone := !has(d, layerKey(l, 0)); gone != (l == tc.evicted) {
+					t.Errorf("layer %d evicted: %v, want layer %d evicted", l, gone, tc.evicted)
+				}
+			}
+		})
+	}
+}
+
+// A read of a kept file does not wait for the lock Put and Remove hold
+// across renames.
+func TestFDsReadDoesNotWaitForNames(t *testing.T) {
+	d, _ := openDiskFDs(t, 0, 0)
+	k := layerKey(0, 0)
+	put(t, d, k, 100)
+	readKey(d, k, 10) // keeps the file open
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	done := make(chan error, 1)
+	go func() {
+		_, err := readKey(d, k, 100)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("read waited for the cache's name lock")
 	}
 }
