@@ -187,7 +187,8 @@ type DirectoryCacheConfig struct {
 	// MaxLRUCacheEntry bounds the in-memory buffer cache; 0 lets the cache
 	// pick its built-in size (10).
 	MaxLRUCacheEntry int `toml:"max_lru_cache_entry"`
-	// MaxCacheFds bounds open cache files; 0 lets the cache pick (10).
+	// MaxCacheFds bounds the span cache files kept open for reads; 0 lets
+	// the cache pick (128 here, 10 upstream).
 	MaxCacheFds int `toml:"max_cache_fds"`
 	// SyncAdd writes to the cache synchronously.
 	SyncAdd bool `toml:"sync_add"`

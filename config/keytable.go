@@ -61,6 +61,8 @@ var otherStatus = map[string]string{
 		"snapshot check",
 	"resolver.auth_client_ttl_sec": "acted on: a registry's credentials are read again and its tokens fetched anew " +
 		"once they are this old (negative: never); hosts.toml files are still read once per registry",
+	"directory_cache.max_cache_fds": "acted on, with another default: the span cache files kept open for reads " +
+		"(each read of a cached span is one pread), least recently used closed first; 0 keeps 128 (the reference: 10)",
 	"blob.force_single_range_mode": "accepted; always in effect whatever the value: every registry request asks for one range",
 }
 

@@ -50,8 +50,6 @@ var unusedKeys = []Unused{
 
 	{"directory_cache.max_lru_cache_entry", "there is no in-memory buffer in front of the span cache (upstream has one only with direct = false)",
 		func(c *Config) bool { return c.DirectoryCache.MaxLRUCacheEntry != 0 && !c.DirectoryCache.Direct }},
-	{"directory_cache.max_cache_fds", "span cache files are opened for each read and closed after it, so no descriptors are held to bound",
-		func(c *Config) bool { return c.DirectoryCache.MaxCacheFds != 0 }},
 	{"directory_cache.sync_add", "span cache writes are always synchronous (as with sync_add = true): there is no in-memory buffer to write behind",
 		func(c *Config) bool { return !c.DirectoryCache.SyncAdd && !c.DirectoryCache.Direct }},
 	{"directory_cache.direct", "there is no in-memory buffer in front of the span cache (as with direct = true)",

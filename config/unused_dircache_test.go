@@ -14,7 +14,7 @@ func TestDirectoryCacheNotices(t *testing.T) {
 		"[directory_cache]\nmax_lru_cache_entry = 5\n":                          nil,
 		"[directory_cache]\ndirect = false\nsync_add = false\n":                 {"directory_cache.sync_add", "directory_cache.direct"},
 		"[directory_cache]\ndirect = false\nmax_lru_cache_entry = 5\n":          {"directory_cache.max_lru_cache_entry", "directory_cache.direct"},
-		"[directory_cache]\ndirect = false\nsync_add = true\nmax_cache_fds = 3": {"directory_cache.max_cache_fds", "directory_cache.direct"},
+		"[directory_cache]\ndirect = false\nsync_add = true\nmax_cache_fds = 3": {"directory_cache.direct"},
 	} {
 		_, notices := mustRead(t, doc)
 		if got := noticeKeys(notices, UnusedKey); !slices.Equal(got, want) {

@@ -48,6 +48,9 @@ type Options struct {
 	Metrics *metrics.Metrics
 	// MaxCacheBytes bounds the span cache on disk; 0 is unbounded.
 	MaxCacheBytes int64
+	// MaxCacheFiles bounds the span cache files kept open for reads; 0
+	// takes cache.DefaultMaxOpenFiles.
+	MaxCacheFiles int
 
 	// Bounds on remote data ([limits]). MaxDecompressBytes bounds the bytes being
 	// decompressed at once by all layers of the FS together; a span longer
@@ -151,7 +154,7 @@ func New(opts Options) (*FS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open index store: %w", err)
 	}
-	spanCache, err := cache.OpenDisk(filepath.Join(opts.Root, "cache"), cache.DiskOptions{MaxBytes: opts.MaxCacheBytes})
+	spanCache, err := cache.OpenDisk(filepath.Join(opts.Root, "cache"), cache.DiskOptions{MaxBytes: opts.MaxCacheBytes, MaxOpenFiles: opts.MaxCacheFiles})
 	if err != nil {
 		indices.Close()
 		return nil, fmt.Errorf("open span cache: %w", err)

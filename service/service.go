@@ -227,6 +227,8 @@ func fsOptions(cfg *config.Config, root string, m *metrics.Metrics, criCreds fun
 		MountTimeout: mountTimeout(cfg),
 		// Unbounded (-1) is no bound for the cache too.
 		MaxCacheBytes: max(int64(cfg.DirectoryCache.MaxBytes), 0),
+		// [directory_cache] max_cache_fds: span cache files kept open.
+		MaxCacheFiles: cfg.DirectoryCache.MaxCacheFds,
 
 		// [limits]: bytes being decompressed at once on
 		// the node ([limits] max_decompress_bytes); the registry client's

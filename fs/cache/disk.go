@@ -1,11 +1,13 @@
 package cache
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -49,6 +51,17 @@ type Disk struct {
 	usage *usage
 	trash uint64 // sequence for names of evicted groups in staging
 
+	// fds keeps entry files open for GetAt.
+	fds *fds
+
+	// reads are the groups read since the accounting last took them
+	// (group path -> order of the last read), so that a read never waits
+	// for mu, which Put and Remove hold across renames. touchMu guards
+	// them and readSeq.
+	touchMu sync.Mutex
+	reads   map[string]uint64
+	readSeq uint64
+
 	// writeFile writes a temporary file; tests replace it to fake a full disk.
 	writeFile func(f *os.File, data []byte) (int, error)
 }
@@ -57,6 +70,10 @@ type Disk struct {
 type DiskOptions struct {
 	// MaxBytes bounds the bytes of all entries; 0 or less is unbounded.
 	MaxBytes int64
+	// MaxOpenFiles bounds the entry files kept open for reads (GetAt),
+	// least recently used closed first: 0 takes DefaultMaxOpenFiles, a
+	// negative value keeps none open (each read opens and closes its file).
+	MaxOpenFiles int
 }
 
 // ErrFull is wrapped by Put's error when an entry does not fit in the size
@@ -87,13 +104,19 @@ func OpenDisk(dir string, opts DiskOptions) (*Disk, error) {
 		st.Close()
 		return nil, fmt.Errorf("open disk cache %s: account entries: %w", dir, err)
 	}
-	d := &Disk{dir: dir, staging: st, max: max(opts.MaxBytes, 0), usage: u, writeFile: (*os.File).Write}
+	fdMax := opts.MaxOpenFiles
+	if fdMax == 0 {
+		fdMax = DefaultMaxOpenFiles
+	}
+	d := &Disk{dir: dir, staging: st, max: max(opts.MaxBytes, 0), usage: u, fds: newFDs(fdMax), reads: map[string]uint64{}, writeFile: (*os.File).Write}
 	return d, nil
 }
 
-// Close deletes the cache's staging directory; the entries stay. No Put or
-// Remove may be under way or follow.
+// Close closes the entry files kept open and deletes the cache's staging
+// directory; the entries stay. No Put, Remove or GetAt may be under way or
+// follow.
 func (d *Disk) Close() error {
+	d.fds.closeAll()
 	return d.staging.Close()
 }
 
@@ -143,11 +166,36 @@ func notFound(err error) bool {
 	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
 }
 
-// touch marks the group of the entry at rel as just used.
+// touch marks the group of the entry at rel as just used: noted now,
+// accounted by the next eviction (takeReads).
 func (d *Disk) touch(rel string) {
-	d.mu.Lock()
-	d.usage.touch(rel)
-	d.mu.Unlock()
+	g, _ := split(rel)
+	d.touchMu.Lock()
+	d.readSeq++
+	d.reads[g] = d.readSeq
+	d.touchMu.Unlock()
+}
+
+// takeReads accounts the groups read since the last call as used, in the
+// order of their last reads; each Put calls it first, so reads and Puts
+// keep their order for the eviction. Callers hold mu.
+func (d *Disk) takeReads() {
+	d.touchMu.Lock()
+	reads := d.reads
+	if len(reads) == 0 {
+		d.touchMu.Unlock()
+		return
+	}
+	d.reads = make(map[string]uint64, len(reads))
+	d.touchMu.Unlock()
+	groups := make([]string, 0, len(reads))
+	for g := range reads {
+		groups = append(groups, g)
+	}
+	slices.SortFunc(groups, func(a, b string) int { return cmp.Compare(reads[a], reads[b]) })
+	for _, g := range groups {
+		d.usage.touchGroup(g)
+	}
 }
 
 // Get returns the entry for key; a miss wraps errdefs.ErrNotFound.
@@ -169,21 +217,29 @@ func (d *Disk) Get(key string) ([]byte, error) {
 
 // GetAt reads part of the entry for key with the io.ReaderAt contract (io.EOF
 // when the entry ends before b is full); a miss wraps errdefs.ErrNotFound.
+// The entry's file stays open for later reads (see DiskOptions.MaxOpenFiles):
+// a read of a kept file is one pread, without path work or allocation.
 func (d *Disk) GetAt(key string, b []byte, off int64) (int, error) {
-	rel, p, err := d.path(key)
-	if err != nil {
-		return 0, fmt.Errorf("get cache entry: %w", err)
+	o := d.fds.get(key)
+	if o == nil {
+		rel, p, err := d.path(key)
+		if err != nil {
+			return 0, fmt.Errorf("get cache entry: %w", err)
+		}
+		gen := d.fds.generation()
+		f, err := os.Open(p)
+		if notFound(err) {
+			return 0, fmt.Errorf("get cache entry %q: %w", key, errdefs.ErrNotFound)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("get cache entry %q: %w", key, err)
+		}
+		o = d.fds.add(key, rel, f, gen)
 	}
-	f, err := os.Open(p)
-	if notFound(err) {
-		return 0, fmt.Errorf("get cache entry %q: %w", key, errdefs.ErrNotFound)
-	}
-	if err != nil {
-		return 0, fmt.Errorf("get cache entry %q: %w", key, err)
-	}
-	defer f.Close()
-	d.touch(rel)
-	return f.ReadAt(b, off)
+	n, err := o.f.ReadAt(b, off)
+	d.fds.release(o)
+	d.touch(o.rel)
+	return n, err
 }
 
 // Put stores data under key, replacing any previous entry atomically.
@@ -205,12 +261,14 @@ func (d *Disk) Put(key string, data []byte) error {
 	}
 	crash.Point(crash.CachePutBeforeRename)
 	d.mu.Lock()
+	d.takeReads() // the reads before this Put are older than it
 	evicted, err := d.makeRoom(rel, int64(len(data)))
 	if err == nil {
 		err = d.place(tmp, p)
 	}
 	if err == nil {
 		d.usage.add(rel, int64(len(data)))
+		d.fds.drop(rel) // a kept file of the key is the entry replaced
 	}
 	d.mu.Unlock()
 	d.discard(evicted)
@@ -255,6 +313,7 @@ func (d *Disk) evict(rel string) string {
 	if err := os.Rename(filepath.Join(d.dir, filepath.FromSlash(rel)), to); err != nil {
 		return ""
 	}
+	d.fds.drop(rel) // closed before discard deletes them
 	return to
 }
 
@@ -303,6 +362,9 @@ func (d *Disk) Remove(prefix string) error {
 	d.trash++
 	to := filepath.Join(d.staging.Path(), "remove-"+strconv.FormatUint(d.trash, 10))
 	err = os.Rename(p, to)
+	if err == nil {
+		d.fds.drop(rel) // closed before the files are deleted
+	}
 	d.mu.Unlock()
 	switch {
 	case err == nil:
@@ -311,8 +373,12 @@ func (d *Disk) Remove(prefix string) error {
 	case notFound(err):
 		return nil
 	default:
-		// Not movable (another filesystem mounted there?): delete in place.
+		// Not movable (another filesystem mounted there?): delete in
+		// place, then close the files kept open, which a read may have
+		// reopened until they were gone.
+		d.fds.drop(rel)
 		err = os.RemoveAll(p)
+		d.fds.drop(rel)
 	}
 	if err != nil {
 		return fmt.Errorf("remove cache entries %q: %w", prefix, err)

@@ -72,9 +72,8 @@ func (u *usage) add(p string, n int64) {
 	gr.used = u.clock
 }
 
-// touch marks the group of the entry at p as just used.
-func (u *usage) touch(p string) {
-	g, _ := split(p)
+// touchGroup marks group g as just used.
+func (u *usage) touchGroup(g string) {
 	if gr := u.groups[g]; gr != nil {
 		u.clock++
 		gr.used = u.clock

@@ -62,6 +62,7 @@ const (
 // tree is what all nodes of one layer share.
 type tree struct {
 	r             Reader
+	readCtx       context.Context // of every FetchAt: never cancelled
 	disableXattrs bool
 	opLog         *log.Entry   // Options.OperationLog
 	onOpen        func(string) // Options.OnOpen
@@ -88,7 +89,7 @@ func NewRoot(toc TOC, r Reader, opts Options) (fusefs.InodeEmbedder, error) {
 	if err := b.build(toc.Entries); err != nil {
 		return nil, err
 	}
-	t := &tree{r: r, disableXattrs: opts.DisableXattrs, opLog: opts.OperationLog, onOpen: opts.OnOpen, files: b.files, blocks: b.blocks}
+	t := &tree{r: r, readCtx: context.Background(), disableXattrs: opts.DisableXattrs, opLog: opts.OperationLog, onOpen: opts.OnOpen, files: b.files, blocks: b.blocks}
 	return &inode{n: b.root, t: t}, nil
 }
 
@@ -108,7 +109,7 @@ type MountConfig struct {
 // MountOptions returns the go-fuse options layers are mounted with:
 // read-only, allow_other with kernel permission checks, setuid binaries and
 // device nodes honoured as on a containerd-unpacked snapshot, the kernel
-// cache timeouts of c, modes passed through as they are (0 stays 0), source
+// cache timeouts of c, replies written without splice, modes passed through as they are (0 stays 0), source
 // "soci" and type "fuse.rawBridge". Each call returns a fresh value.
 func MountOptions(c MountConfig) *fusefs.Options {
 	attr, entry, negative := cacheTimeout(c.AttrTimeout), cacheTimeout(c.EntryTimeout), cacheTimeout(c.NegativeTimeout)
@@ -123,6 +124,12 @@ func MountOptions(c MountConfig) *fusefs.Options {
 			// Mount with mount(2) when root; fusermount otherwise.
 			DirectMount:      true,
 			DirectMountFlags: syscall.MS_RDONLY,
+			// Reads answer with bytes in memory, which go-fuse would
+			// first try to splice (a pipe, a header written into it,
+			// then drained to /dev/null when the data turns out not to
+			// come from a file): several system calls per read for
+			// nothing.
+			DisableSplice: true,
 		},
 		EntryTimeout:    &entry,
 		AttrTimeout:     &attr,

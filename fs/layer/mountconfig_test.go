@@ -32,6 +32,9 @@ func TestMountOptionsTimeouts(t *testing.T) {
 	if d.MountOptions.Debug || d.MountOptions.Logger != nil || d.Logger != nil {
 		t.Error("go-fuse debug output without a DebugLog")
 	}
+	if !d.MountOptions.DisableSplice {
+		t.Error("splice enabled: reads answer with bytes, which go-fuse would try to splice at a cost")
+	}
 	// Each call's timeouts are its own.
 	if o.AttrTimeout == d.AttrTimeout {
 		t.Error("MountOptions values share their timeouts")

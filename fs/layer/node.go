@@ -27,6 +27,7 @@ var (
 	_ fusefs.NodeOpendirHandler = (*inode)(nil)
 	_ fusefs.NodeReadlinker     = (*inode)(nil)
 	_ fusefs.NodeOpener         = (*inode)(nil)
+	_ fusefs.NodeFlusher        = (*inode)(nil)
 	_ fusefs.NodeReader         = (*inode)(nil)
 	_ fusefs.NodeGetxattrer     = (*inode)(nil)
 	_ fusefs.NodeListxattrer    = (*inode)(nil)
@@ -87,17 +88,32 @@ func (i *inode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	return []byte(i.n.link), 0
 }
 
-// Open allows reading only. The kernel may keep cached pages across opens:
-// the content never changes.
+// Open refuses writing and otherwise answers ENOSYS (unless opens are
+// watched, Options.OnOpen): the kernel then
+// opens every later file of the mount itself, with no OPEN or RELEASE
+// request (FUSE no_open), and keeps cached pages across opens (its default
+// without OPEN: the content never changes). Opening for writing fails
+// with EROFS in the kernel already (a read-only mount); the check here
+// covers a mount without it.
 func (i *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
 	i.logOp("open", "")
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
 	}
 	if i.t.onOpen != nil {
+		// Opens are being watched (recorded prefetch's until-file):
+		// answer them, which keeps the kernel sending OPEN for this
+		// mount. Pages stay cached across opens as without OPEN.
 		i.t.onOpen("/" + i.Path(nil))
+		return nil, fuse.FOPEN_KEEP_CACHE, 0
 	}
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
+	return nil, 0, syscall.ENOSYS
+}
+
+// Flush answers ENOSYS, so the kernel sends no more FLUSH on close: there
+// is nothing to write back.
+func (i *inode) Flush(ctx context.Context, f fusefs.FileHandle) syscall.Errno {
+	return syscall.ENOSYS
 }
 
 // Read serves file data from the layer's tar stream. Reader failures are
@@ -106,7 +122,8 @@ func (i *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint
 // go-fuse cancels a request's context when the reading process gets any
 // signal (even Go's preemption signal); programs rarely retry a read of a
 // regular file that fails with EINTR, so the Reader gets a context that is
-// not cancelled and must bound its own time. A killed reader does not wait:
+// never cancelled (the tree's, made once: a request's carries nothing the
+// Reader uses) and must bound its own time. A killed reader does not wait:
 // the kernel abandons the request.
 func (i *inode) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	i.logOp("read", "")
@@ -118,7 +135,7 @@ func (i *inode) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off 
 		return fuse.ReadResultData(nil), 0
 	}
 	want := min(int64(len(dest)), n.size-off)
-	got, err := i.t.r.FetchAt(context.WithoutCancel(ctx), dest[:want], n.offset+off)
+	got, err := i.t.r.FetchAt(i.t.readCtx, dest[:want], n.offset+off)
 	if int64(got) == want && (err == nil || errors.Is(err, io.EOF)) {
 		return fuse.ReadResultData(dest[:got]), 0
 	}

@@ -123,7 +123,8 @@ func newCore(opts Options) *core {
 }
 
 // plan returns, for each span in [first, last], the shared fetch to wait on,
-// or nil when the span is cached. Spans in neither state are marked as being
+// or nil when the span is cached (see callAt: no slice at all when every
+// span is cached, the warm read). Spans in neither state are marked as being
 // fetched and their fetches started, adjacent ones grouped into one request
 // of at most MaxCoalesce compressed bytes. A span too large for the
 // decompression bound fails at once, unfetched.
@@ -136,32 +137,46 @@ func (c *core) plan(ctx context.Context, first, last int) ([]*call, error) {
 	if c.poisoned != nil {
 		return nil, c.poisoned
 	}
-	calls := make([]*call, last-first+1)
+	var calls []*call
+	set := func(i int, cl *call) {
+		if calls == nil {
+			calls = make([]*call, last-first+1)
+		}
+		calls[i-first] = cl
+	}
 	var fresh []int
 	for i := first; i <= last; i++ {
 		if err := c.bad[i]; err != nil {
-			calls[i-first] = failedCall(err)
+			set(i, failedCall(err))
 			continue
 		}
 		if c.state[i] == cached {
 			continue
 		}
 		if err := c.tooLarge(ctx, i); err != nil {
-			calls[i-first] = failedCall(err)
+			set(i, failedCall(err))
 			continue
 		}
 		if c.calls[i] == nil {
 			if err := c.hold.recent(i); err != nil {
-				calls[i-first] = failedCall(err)
+				set(i, failedCall(err))
 				continue
 			}
 			c.calls[i] = &call{done: make(chan struct{})}
 			fresh = append(fresh, i)
 		}
-		calls[i-first] = c.calls[i]
+		set(i, c.calls[i])
 	}
 	c.start(fresh, c.maxCoalesce)
 	return calls, nil
+}
+
+// callAt returns the k-th call of what plan returned (nil: cached).
+func callAt(calls []*call, k int) *call {
+	if calls == nil {
+		return nil
+	}
+	return calls[k]
 }
 
 // fetchAhead starts fetching the spans in [first, last] that are neither

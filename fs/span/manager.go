@@ -211,15 +211,25 @@ func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error)
 	if from, to := m.ahead.next(c.table, off, end, first, last); from <= to {
 		c.fetchAhead(ctx, from, to, m.ahead.req)
 	}
-	if m.observer != nil || m.demand != nil {
-		defer m.observe(time.Now(), calls)(&err)
+	if m.observer == nil && m.demand == nil {
+		return m.copyOut(ctx, calls, first, last, p, off, end)
 	}
+	done := m.observe(time.Now(), calls, last-first+1)
+	n, err := m.copyOut(ctx, calls, first, last, p, off, end)
+	done(err)
+	return n, err
+}
+
+// copyOut copies [off, end) of spans first to last into p, from their
+// calls (see plan) or the cache.
+func (m *Manager) copyOut(ctx context.Context, calls []*call, first, last int, p []byte, off, end int64) (int, error) {
 	dst := p[:end-off]
 	n := 0
 	for i := first; i <= last; i++ {
-		var k int
-		k, err = m.readSpan(ctx, i, calls[i-first], dst, off)
-		calls[i-first] = nil // let the span data go as soon as it is copied
+		k, err := m.readSpan(ctx, i, callAt(calls, i-first), dst, off)
+		if calls != nil {
+			calls[i-first] = nil // let the span data go as soon as it is copied
+		}
 		n += k
 		if err != nil {
 			return n, err
@@ -231,10 +241,11 @@ func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error)
 	return n, nil
 }
 
-// observe reports a read that planned calls (nil: cached) to the Demand
-// and the Observer: it marks a demand fetch in progress when any span is
-// missing, and the returned func, deferred, ends it and records the read.
-func (m *Manager) observe(start time.Time, calls []*call) func(*error) {
+// observe reports a read of n spans that planned calls (nil: cached) to
+// the Demand and the Observer: it marks a demand fetch in progress when any
+// span is missing, and the returned func, called with the read's error,
+// ends it and records the read.
+func (m *Manager) observe(start time.Time, calls []*call, n int) func(error) {
 	misses := 0
 	for _, c := range calls {
 		if c != nil {
@@ -244,15 +255,15 @@ func (m *Manager) observe(start time.Time, calls []*call) func(*error) {
 	if misses > 0 && m.demand != nil {
 		m.demand.BeginDemand()
 	}
-	return func(errp *error) {
+	return func(err error) {
 		if misses > 0 && m.demand != nil {
 			m.demand.EndDemand()
 		}
 		if m.observer == nil {
 			return
 		}
-		m.observer.ObserveRead(time.Since(start), len(calls)-misses, misses)
-		switch err := *errp; {
+		m.observer.ObserveRead(time.Since(start), n-misses, misses)
+		switch {
 		case err == nil || errors.Is(err, context.Canceled) || errors.Is(err, ErrClosed):
 		case errors.Is(err, ErrWindowMismatch) || errors.Is(err, ErrLayerBad): // counted when found
 		case errors.Is(err, ErrVerification):
@@ -286,7 +297,7 @@ func (m *Manager) readSpan(ctx context.Context, i int, cl *call, dst []byte, off
 		if err != nil {
 			return 0, fmt.Errorf("read span %d of %s: %w", i, c.key, err)
 		}
-		cl = calls[0]
+		cl = callAt(calls, 0)
 	}
 	for attempt := 0; ; attempt++ {
 		if err := wait(ctx, cl); err != nil {
@@ -300,7 +311,7 @@ func (m *Manager) readSpan(ctx context.Context, i int, cl *call, dst []byte, off
 		if err != nil {
 			return 0, fmt.Errorf("read span %d of %s: %w", i, c.key, err)
 		}
-		if calls[0] == nil {
+		if callAt(calls, 0) == nil {
 			return m.readSpan(ctx, i, nil, dst, off) // the walk loaded it after all
 		}
 		cl = calls[0]
