@@ -73,17 +73,7 @@ func (s *Store) prefetchArtifactBytes(ctx context.Context, ref string, desc ocis
 	if data, ok := s.fromSource(ctx, desc.Digest, desc.Size, MaxPrefetchArtifactBytes); ok {
 		return data, nil
 	}
-	data, err := s.reg.FetchBlob(ctx, ref, desc)
-	if err != nil {
-		return nil, fmt.Errorf("fetch: %w", err)
-	}
-	if int64(len(data)) != desc.Size {
-		return nil, fmt.Errorf("got %d bytes, the index says %d", len(data), desc.Size)
-	}
-	if err := verify(desc.Digest, data); err != nil {
-		return nil, err
-	}
-	return data, nil
+	return s.fetchVerified(ctx, ref, desc)
 }
 
 // prefetchDoc is a prefetch artifact as written: span numbers are decoded

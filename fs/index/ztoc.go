@@ -95,14 +95,8 @@ func (s *Store) fetchZTOC(ctx context.Context, ref string, desc ocispec.Descript
 		}
 		return data, nil
 	}
-	data, err := s.reg.FetchBlob(wctx, ref, desc)
+	data, err := s.fetchVerified(wctx, ref, desc)
 	if err != nil {
-		return nil, fmt.Errorf("fetch: %w", err)
-	}
-	if int64(len(data)) != desc.Size {
-		return nil, fmt.Errorf("got %d bytes, the index says %d", len(data), desc.Size)
-	}
-	if err := verify(desc.Digest, data); err != nil {
 		return nil, err
 	}
 	if err := s.writeBlob(desc.Digest, data, crash.ZTOCBeforeRename); err != nil {
@@ -196,4 +190,20 @@ func decodeZTOC(data []byte, lim Limits) (*ztoc.Ztoc, error) {
 		return nil, err
 	}
 	return unmarshalZTOC(data)
+}
+
+// fetchVerified fetches the blob desc names from the registry and checks
+// its size and digest against desc.
+func (s *Store) fetchVerified(ctx context.Context, ref string, desc ocispec.Descriptor) ([]byte, error) {
+	data, err := s.reg.FetchBlob(ctx, ref, desc)
+	if err != nil {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	if int64(len(data)) != desc.Size {
+		return nil, fmt.Errorf("got %d bytes, the index says %d", len(data), desc.Size)
+	}
+	if err := verify(desc.Digest, data); err != nil {
+		return nil, err
+	}
+	return data, nil
 }
