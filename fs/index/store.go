@@ -404,32 +404,8 @@ func (s *Store) writeChoice(manifest digest.Digest, c choice) error {
 // process's staging directory and a rename, so that readers see the old
 // content, the new one, or nothing, and a crash leaves at most a file in a
 // staging directory that the next start deletes.
-func (s *Store) writeAtomic(path string, data []byte, point string) (err error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("store %s: %w", path, err)
-	}
-	f, err := s.staging.CreateTemp("put-*")
-	if err != nil {
-		return fmt.Errorf("store %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			_ = os.Remove(f.Name())
-		}
-	}()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		crash.Point(point)
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
+func (s *Store) writeAtomic(path string, data []byte, point string) error {
+	if err := s.staging.WriteFile(path, data, func() { crash.Point(point) }); err != nil {
 		return fmt.Errorf("store %s: %w", path, err)
 	}
 	return nil

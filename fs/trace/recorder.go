@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path"
 	"path/filepath"
 	"sync"
@@ -278,25 +277,7 @@ func (r *Recorder) write(t *Trace) (string, error) {
 	if len(data) > MaxBytes {
 		return "", fmt.Errorf("trace of %d bytes is more than %d", len(data), MaxBytes)
 	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
-		return "", fmt.Errorf("create trace directory: %w", err)
-	}
-	f, err := r.staging.CreateTemp("trace-*")
-	if err != nil {
-		return "", fmt.Errorf("stage trace: %w", err)
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), dst)
-	}
-	if err != nil {
-		_ = os.Remove(f.Name())
+	if err := r.staging.WriteFile(dst, data, nil); err != nil {
 		return "", fmt.Errorf("write trace %s: %w", dst, err)
 	}
 	return dst, nil

@@ -127,6 +127,40 @@ func (d *Dir) CreateTemp(pattern string) (*os.File, error) {
 	return os.CreateTemp(path, pattern)
 }
 
+// WriteFile writes data to path through a synced temporary file in the
+// staging directory and a rename, so that readers see the old content, the
+// new one, or nothing, and a crash leaves at most a file in a staging
+// directory that a later Sweep deletes. beforeRename, when not nil, runs
+// between the two (a crash point). path's directory is created (0700).
+func (d *Dir) WriteFile(path string, data []byte, beforeRename func()) (err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := d.CreateTemp("put-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(f.Name())
+		}
+	}()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if beforeRename != nil {
+		beforeRename()
+	}
+	return os.Rename(f.Name(), path)
+}
+
 // Close deletes the staging directory and what it holds, and releases it.
 func (d *Dir) Close() error {
 	d.mu.Lock()
