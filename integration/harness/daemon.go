@@ -6,8 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -86,21 +84,12 @@ func (d *Daemon) Cleanup() error {
 // HostPids lists the pids of the FUSE hosts running on the daemon's root.
 func (d *Daemon) HostPids() []int {
 	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, ent := range entries {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(cmdline), "\x00")
+	for pid, args := range processArgs() {
 		if slices.Contains(args, "fuse-host") && slices.Contains(args, d.Root) {
 			pids = append(pids, pid)
 		}
 	}
+	slices.Sort(pids)
 	return pids
 }
 

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -160,17 +159,8 @@ func UnmountUnder(dir string) error {
 
 // killShims kills containerd shims whose command line names a path under dir.
 func killShims(dir string) {
-	entries, _ := os.ReadDir("/proc")
-	for _, ent := range entries {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		s := string(cmdline)
+	for pid, args := range processArgs() {
+		s := strings.Join(args, " ")
 		if strings.Contains(s, "containerd-shim") && strings.Contains(s, dir) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}

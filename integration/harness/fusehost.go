@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,21 +29,8 @@ type HostProcess struct {
 // FuseHosts lists the FUSE host processes of root: those whose command
 // line has the argument "fuse-host" and names a path under root.
 func FuseHosts(root string) ([]HostProcess, error) {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, fmt.Errorf("list processes: %w", err)
-	}
 	var hosts []HostProcess
-	for _, ent := range entries {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err != nil || len(cmdline) == 0 {
-			continue // gone, or a zombie
-		}
-		args := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
+	for pid, args := range processArgs() {
 		isHost, ofRoot := false, false
 		for _, a := range args[1:] {
 			isHost = isHost || a == "fuse-host"
@@ -51,9 +39,10 @@ func FuseHosts(root string) ([]HostProcess, error) {
 		if !isHost || !ofRoot {
 			continue
 		}
-		exe, _ := os.Readlink(filepath.Join("/proc", ent.Name(), "exe"))
+		exe, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "exe"))
 		hosts = append(hosts, HostProcess{Pid: pid, Exe: strings.TrimSuffix(exe, " (deleted)"), Args: args})
 	}
+	slices.SortFunc(hosts, func(a, b HostProcess) int { return a.Pid - b.Pid })
 	return hosts, nil
 }
 

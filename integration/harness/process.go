@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -170,4 +172,23 @@ func Run(ctx context.Context, env []string, bin string, args ...string) (string,
 		return out.String(), fmt.Errorf("%s: %w", bin, err)
 	}
 	return out.String(), nil
+}
+
+// processArgs lists the running processes (not zombies) with their
+// command lines, read from /proc.
+func processArgs() map[int][]string {
+	procs := map[int][]string{}
+	entries, _ := os.ReadDir("/proc")
+	for _, ent := range entries {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil || len(cmdline) == 0 {
+			continue // gone, or a zombie
+		}
+		procs[pid] = strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
+	}
+	return procs
 }
