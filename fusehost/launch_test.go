@@ -4,6 +4,8 @@ import (
 	"context"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -81,5 +83,42 @@ func TestSocketDirFitsSunPath(t *testing.T) {
 	}
 	if SocketDir(long) != got {
 		t.Error("SocketDir is not deterministic")
+	}
+}
+
+// TestBuildIDDiffersByVersion: two links of the daemon that differ only in
+// a -X version string get different build IDs, so an upgrade built that
+// way gets a host of its own.
+func TestBuildIDDiffersByVersion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the daemon twice")
+	}
+	dir := t.TempDir()
+	ids := map[string]string{}
+	for _, v := range []string{"v1", "v2"} {
+		bin := filepath.Join(dir, v)
+		cmd := exec.Command("go", "build", "-o", bin, "-ldflags", "-X github.com/fastsoci/soci-snapshotter/internal/version.Version="+v, "../cmd/soci-snapshotter-grpc")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", v, err, out)
+		}
+		id, err := goBuildID(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(id) < 20 {
+			t.Fatalf("build ID %q too short", id)
+		}
+		ids[v] = string(id)
+	}
+	if ids["v1"] == ids["v2"] {
+		t.Fatalf("both builds have build ID %q", ids["v1"])
+	}
+}
+
+func BenchmarkExecutableID(b *testing.B) {
+	for b.Loop() {
+		if _, err := ExecutableID([]byte("settings")); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
