@@ -114,7 +114,7 @@ func TestRestoreUnreachableRegistry(t *testing.T) {
 	}
 
 	e.Daemon.Kill()
-	killUnder(e.Daemon.Root)
+	killUnder(t, e.Daemon.Root)
 	host := e.Registry.Host
 	if err := e.Registry.Stop(); err != nil {
 		t.Fatal(err)
