@@ -351,11 +351,16 @@ func readResources(n *node, r *Run) error {
 
 // stopNode stops containerd and the daemon, then the daemon's FUSE hosts
 // (`cleanup` on its root), so that the next run starts cold. A host still
-// running after that is killed and reported: it would leak across runs.
+// running 5 s after that is killed and reported: it would leak across runs.
 func stopNode(n *node) error {
 	err := n.env.Close()
 	if n.daemon == nil {
 		return err
+	}
+	// A host that logged its exit may still be on its way out on a busy
+	// machine: give it a moment before calling it a leak.
+	for deadline := time.Now().Add(5 * time.Second); len(n.daemon.HostPids()) > 0 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
 	}
 	if pids := n.daemon.HostPids(); len(pids) > 0 {
 		for _, pid := range pids {
