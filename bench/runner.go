@@ -121,8 +121,10 @@ func executeOnLink(ctx context.Context, cfg Config, registry string, shaping har
 		info.Ref = link.Addr + "/" + info.Repo
 		if info.PrefetchRepo != "" {
 			info.PrefetchRef = link.Addr + "/" + info.PrefetchRepo
-			if !slices.Contains(rep.Snapshotters, OursPrefetch) {
-				rep.Snapshotters = append(rep.Snapshotters, OursPrefetch)
+			for _, c := range columns(info, snaps) {
+				if !slices.Contains(rep.Snapshotters, c.name) {
+					rep.Snapshotters = append(rep.Snapshotters, c.name)
+				}
 			}
 		}
 		rep.Workloads = append(rep.Workloads, info)
@@ -160,7 +162,8 @@ func (c column) daemonConfig(cfg Config) string {
 
 // columns are the runs of one iteration of a workload: every snapshotter
 // on its image, or, for a Prefetch workload, ours with [prefetch] enable
-// on the image without and with its recorded prefetch artifact.
+// on the image without and with its recorded prefetch artifact, and each
+// --compare build with the artifact (named <name>+prefetch).
 func columns(info WorkloadInfo, snaps []snapshotter) []column {
 	if info.PrefetchRef == "" {
 		out := make([]column, len(snaps))
@@ -172,7 +175,14 @@ func columns(info WorkloadInfo, snaps []snapshotter) []column {
 	ours := snaps[slices.IndexFunc(snaps, func(s snapshotter) bool { return s.name == Ours })]
 	withArtifact := ours
 	withArtifact.name = OursPrefetch
-	return []column{{ours, info.Ref, true}, {withArtifact, info.PrefetchRef, true}}
+	out := []column{{ours, info.Ref, true}, {withArtifact, info.PrefetchRef, true}}
+	for _, s := range snaps {
+		if s.bin != "" && s.name != Ours {
+			s.name += "+prefetch"
+			out = append(out, column{s, info.PrefetchRef, true})
+		}
+	}
+	return out
 }
 
 func shapingInfo(s harness.Shaping) ShapingInfo {
@@ -418,7 +428,7 @@ func measure(ctx context.Context, n *node, link *harness.ShapedLink, plugin, ref
 	r.RunSeconds = ready.Sub(pulled).Seconds()
 	r.TTRSeconds = ready.Sub(start).Seconds()
 	// Only our daemon reports layers as fully local (in its log).
-	if n.daemon != nil && (r.Snapshotter == Ours || r.Snapshotter == OursPrefetch) {
+	if n.daemon != nil && (r.Snapshotter == Ours || strings.HasSuffix(r.Snapshotter, "+prefetch")) {
 		if local, ok := waitFullyLocal(ctx, n.daemon); ok {
 			secs := local.Sub(ready).Seconds()
 			r.FullyLocalSeconds = &secs

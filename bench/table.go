@@ -88,10 +88,14 @@ func (r *Report) WriteTable(w io.Writer) error {
 			if other == Ours || !r.ran(wl.Name, Ours) || !r.ran(wl.Name, other) {
 				continue
 			}
-			// The prefetch column is the one compared with ours.
+			// Ours with the prefetch artifact is compared with ours
+			// without, and other builds with it with ours with it.
 			a, b := Ours, other
-			if other == OursPrefetch {
+			switch {
+			case other == OursPrefetch:
 				a, b = other, Ours
+			case strings.HasSuffix(other, "+prefetch"):
+				a = OursPrefetch
 			}
 			ratio := func(f func(Run) float64) Summary {
 				return Summarize(PairedRatios(r.series(wl.Name, a, f), r.series(wl.Name, b, f)))

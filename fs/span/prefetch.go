@@ -68,23 +68,14 @@ type PrefetchResult struct {
 	Failed int
 }
 
-// MaxPrefetchRequest bounds the compressed bytes of one prefetch request
-// (MaxCoalesce too, when smaller; one span when a span alone is larger). A
-// span is verified, inflated and cached, and so serves reads, only once its
-// whole request has arrived, one span after another: requests of a few MiB
-// make the listed spans usable as they arrive, and inflated in parallel,
-// rather than in 16 MiB steps.
-const MaxPrefetchRequest int64 = 4 << 20
-
 // ErrPrefetchSpans is wrapped by Prefetch's error for a span list that is
 // not ascending, has duplicates or names a span the table does not have.
 var ErrPrefetchSpans = errors.New("invalid prefetch span list")
 
 // Prefetch makes the spans idx (ascending span indices, each once) local
 // ahead of reads, through the same fetch core as reads: adjacent spans in
-// one range request (Table.Run, at most MaxPrefetchRequest and MaxCoalesce
-// compressed bytes; a gap always ends a request), verified, inflated and
-// cached. Each request
+// one range request (Table.Run, at most MaxCoalesce compressed bytes; a
+// gap always ends a request), verified, inflated and cached. Each request
 // holds one of slots for its whole fetch, so at most that many are in
 // flight across every layer sharing slots; requests are never split.
 // Spans cached, or being fetched already, are not fetched again; reads that
@@ -157,7 +148,7 @@ func (m *Manager) Prefetch(ctx context.Context, idx []int, slots *PrefetchSlots)
 		for end+1 < len(idx) && idx[end+1] == idx[end]+1 && c.calls[idx[end+1]] == nil && c.wantPrefetch(ctx, idx[end+1]) {
 			end++
 		}
-		last := c.table.Run(first, idx[end], min(c.maxCoalesce, MaxPrefetchRequest), CompressedBytes)
+		last := c.table.Run(first, idx[end], c.maxCoalesce, CompressedBytes)
 		for i := first; i <= last; i++ {
 			cl := &call{done: make(chan struct{})}
 			c.calls[i] = cl
