@@ -117,9 +117,9 @@ type WorkloadInfo struct {
 	Ref          string   `json:"ref"` // through the report's link
 	// PrefetchRepo and PrefetchRef name the image with its recorded
 	// prefetch artifact (Prefetch workloads).
-	PrefetchRepo string `json:"prefetch_repo,omitempty"`
-	PrefetchRef  string `json:"prefetch_ref,omitempty"`
-	BuildSeconds float64  `json:"build_seconds"`
+	PrefetchRepo string  `json:"prefetch_repo,omitempty"`
+	PrefetchRef  string  `json:"prefetch_ref,omitempty"`
+	BuildSeconds float64 `json:"build_seconds"`
 }
 
 // WriteJSON writes the report to path, creating its directory.
