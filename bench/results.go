@@ -23,6 +23,13 @@ type Run struct {
 	// sent to clients, HTTP headers included); total is at container exit.
 	BytesBeforeReady int64 `json:"bytes_before_ready"`
 	BytesTotal       int64 `json:"bytes_total"`
+	// BytesRead is what the container read from the image: the bytes the
+	// probe's commands report reading plus the probe binary's size (it is
+	// exec'd from the image); 0 when the probe reports none.
+	BytesRead int64 `json:"bytes_read,omitempty"`
+	// PrefetchedBytes are the compressed bytes our daemon's layer
+	// prefetches fetched (its "prefetch done" log lines), by container exit.
+	PrefetchedBytes int64 `json:"prefetched_bytes,omitempty"`
 	// Connections is how many TCP connections were opened to the registry.
 	Connections int64 `json:"connections"`
 	// DaemonPeakRSS (VmHWM) and DaemonCPUSeconds (user + system) are those
@@ -108,7 +115,11 @@ type WorkloadInfo struct {
 	LayerDigests []string `json:"layer_digests,omitempty"`
 	Repo         string   `json:"repo"`
 	Ref          string   `json:"ref"` // through the report's link
-	BuildSeconds float64  `json:"build_seconds"`
+	// PrefetchRepo and PrefetchRef name the image with its recorded
+	// prefetch artifact (Prefetch workloads).
+	PrefetchRepo string  `json:"prefetch_repo,omitempty"`
+	PrefetchRef  string  `json:"prefetch_ref,omitempty"`
+	BuildSeconds float64 `json:"build_seconds"`
 }
 
 // WriteJSON writes the report to path, creating its directory.

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -115,16 +116,25 @@ func executeOnLink(ctx context.Context, cfg Config, registry string, shaping har
 		return nil, err
 	}
 	defer link.Close()
+	total, done := 0, 0
 	for _, info := range infos {
 		info.Ref = link.Addr + "/" + info.Repo
+		if info.PrefetchRepo != "" {
+			info.PrefetchRef = link.Addr + "/" + info.PrefetchRepo
+			for _, c := range columns(info, snaps) {
+				if !slices.Contains(rep.Snapshotters, c.name) {
+					rep.Snapshotters = append(rep.Snapshotters, c.name)
+				}
+			}
+		}
 		rep.Workloads = append(rep.Workloads, info)
+		total += cfg.Runs * len(columns(info, snaps))
 	}
-	total, done := len(infos)*cfg.Runs*len(snaps), 0
 	for _, info := range rep.Workloads {
 		for i := 0; i < cfg.Runs; i++ {
-			for _, s := range snaps {
+			for _, c := range columns(info, snaps) {
 				done++
-				run := runOnce(ctx, cfg, link, s, info.Name, info.Ref, i, &rep.DropCaches)
+				run := runOnce(ctx, cfg, link, c.snapshotter, c.daemonConfig(cfg), info.Name, c.ref, i, &rep.DropCaches)
 				rep.Results = append(rep.Results, run)
 				fmt.Fprintf(cfg.Progress, "[%d/%d] %s\n", done, total, describe(run))
 				if ctx.Err() != nil {
@@ -134,6 +144,45 @@ func executeOnLink(ctx context.Context, cfg Config, registry string, shaping har
 		}
 	}
 	return rep, nil
+}
+
+// column is one snapshotter running one image of a workload.
+type column struct {
+	snapshotter
+	ref      string
+	prefetch bool // [prefetch] enable
+}
+
+func (c column) daemonConfig(cfg Config) string {
+	if c.prefetch {
+		return cfg.DaemonConfig + PrefetchDaemonConfig
+	}
+	return cfg.DaemonConfig
+}
+
+// columns are the runs of one iteration of a workload: every snapshotter
+// on its image, or, for a Prefetch workload, ours with [prefetch] enable
+// on the image without and with its recorded prefetch artifact, and each
+// --compare build with the artifact (named <name>+prefetch).
+func columns(info WorkloadInfo, snaps []snapshotter) []column {
+	if info.PrefetchRef == "" {
+		out := make([]column, len(snaps))
+		for i, s := range snaps {
+			out[i] = column{snapshotter: s, ref: info.Ref}
+		}
+		return out
+	}
+	ours := snaps[slices.IndexFunc(snaps, func(s snapshotter) bool { return s.name == Ours })]
+	withArtifact := ours
+	withArtifact.name = OursPrefetch
+	out := []column{{ours, info.Ref, true}, {withArtifact, info.PrefetchRef, true}}
+	for _, s := range snaps {
+		if s.bin != "" && s.name != Ours {
+			s.name += "+prefetch"
+			out = append(out, column{s, info.PrefetchRef, true})
+		}
+	}
+	return out
 }
 
 func shapingInfo(s harness.Shaping) ShapingInfo {
@@ -148,13 +197,13 @@ func shapingInfo(s harness.Shaping) ShapingInfo {
 }
 
 func describe(r Run) string {
-	head := fmt.Sprintf("%-12s %-10s #%d", r.Workload, r.Snapshotter, r.Iteration)
+	head := fmt.Sprintf("%-21s %-13s #%d", r.Workload, r.Snapshotter, r.Iteration)
 	if !r.OK() {
 		return head + " FAILED: " + firstLine(r.Error)
 	}
-	return fmt.Sprintf("%s TTR %.2fs (pull %.2fs, run %.2fs), %.1f MB before ready, %.1f MB total, %d connections, "+
+	return fmt.Sprintf("%s TTR %.2fs (pull %.2fs, run %.2fs), %.1f MB before ready, %.1f MB total, %.1f MB read, %.1f MB prefetched, %d connections, "+
 		"snapshotter %.0f MB %.2f CPU s (%d hosts), containerd %.0f MB %.2f CPU s, nerdctl %.2f CPU s", head,
-		r.TTRSeconds, r.PullSeconds, r.RunSeconds, float64(r.BytesBeforeReady)/1e6, float64(r.BytesTotal)/1e6, r.Connections,
+		r.TTRSeconds, r.PullSeconds, r.RunSeconds, float64(r.BytesBeforeReady)/1e6, float64(r.BytesTotal)/1e6, float64(r.BytesRead)/1e6, float64(r.PrefetchedBytes)/1e6, r.Connections,
 		float64(r.SnapshotterPeakRSS())/(1<<20), r.SnapshotterCPUSeconds(), r.Hosts,
 		float64(r.ContainerdPeakRSS)/(1<<20), r.ContainerdCPUSeconds, r.ClientCPUSeconds)
 }
@@ -180,14 +229,20 @@ func prepare(ctx context.Context, cfg Config, registry string, wl Workload) (Wor
 	if err != nil {
 		return WorkloadInfo{}, fmt.Errorf("build workload %s: %w", wl.Name, err)
 	}
-	repo := "bench/" + wl.Name + ":latest"
+	repo := "bench/" + strings.ReplaceAll(wl.Name, "+", "-") + ":latest" // "+" is not allowed in a repository name
 	pctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
-	if _, _, err := sociimage.PushV2(pctx, registry+"/"+repo, img, sociimage.Options{SpanSize: cfg.SpanSize}); err != nil {
+	var prefetchRepo string
+	if wl.Prefetch {
+		progress := func(format string, args ...any) { fmt.Fprintf(cfg.Progress, format+"\n", args...) }
+		if prefetchRepo, err = recordPrefetch(pctx, cfg, registry, repo, img, progress); err != nil {
+			return WorkloadInfo{}, fmt.Errorf("record prefetch of workload %s: %w", wl.Name, err)
+		}
+	} else if _, _, err := sociimage.PushV2(pctx, registry+"/"+repo, img, sociimage.Options{SpanSize: cfg.SpanSize}); err != nil {
 		return WorkloadInfo{}, fmt.Errorf("push workload %s: %w", wl.Name, err)
 	}
 	info := WorkloadInfo{Name: wl.Name, Description: wl.Description, Layers: len(img.LayerDescs), Repo: repo,
-		BuildSeconds: time.Since(start).Seconds()}
+		PrefetchRepo: prefetchRepo, BuildSeconds: time.Since(start).Seconds()}
 	for _, d := range img.LayerDescs {
 		info.CompressedBytes += d.Size
 		info.LayerDigests = append(info.LayerDigests, d.Digest.String())
@@ -205,7 +260,7 @@ type node struct {
 	daemon *harness.Daemon
 }
 
-func startNode(ctx context.Context, cfg Config, dir string, s snapshotter) (*node, error) {
+func startNode(ctx context.Context, cfg Config, dir string, s snapshotter, daemonConfig string) (*node, error) {
 	for _, sub := range []string{"daemon", "containerd", "nerdctl"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			return nil, fmt.Errorf("create %s dir: %w", sub, err)
@@ -214,7 +269,7 @@ func startNode(ctx context.Context, cfg Config, dir string, s snapshotter) (*nod
 	n := &node{env: &harness.Env{Dir: dir, Tools: cfg.Tools, Namespace: "bench"}}
 	var proxies []harness.ProxySnapshotter
 	if s.bin != "" {
-		d, err := harness.NewDaemon(s.bin, filepath.Join(dir, "daemon"), cfg.DaemonConfig)
+		d, err := harness.NewDaemon(s.bin, filepath.Join(dir, "daemon"), daemonConfig)
 		if err != nil {
 			return nil, err
 		}
@@ -236,12 +291,12 @@ func startNode(ctx context.Context, cfg Config, dir string, s snapshotter) (*nod
 // runOnce is one cold pull and run: a fresh containerd and daemon with empty
 // roots, page cache dropped when possible, pull, then run to "ready".
 // r is a named result so that the deferred stop can still fail the run.
-func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapshotter, workload, ref string, i int, dropped *bool) (r Run) {
+func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapshotter, daemonConfig, workload, ref string, i int, dropped *bool) (r Run) {
 	r = Run{Workload: workload, Snapshotter: s.name, Iteration: i}
 	dir := filepath.Join(cfg.WorkDir, "runs", fmt.Sprintf("%s-%s-%d", workload, s.name, i))
 	rctx, cancel := context.WithTimeout(ctx, cfg.RunTimeout)
 	defer cancel()
-	n, err := startNode(rctx, cfg, dir, s)
+	n, err := startNode(rctx, cfg, dir, s, daemonConfig)
 	if err != nil {
 		r.Error = err.Error()
 		return r
@@ -261,6 +316,15 @@ func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapsh
 			r.Error += "\ndaemon log (" + n.daemon.Log() + "):\n" + n.daemon.LogTail(20)
 		}
 		return r
+	}
+	if r.BytesRead > 0 {
+		// The probe binary is read from the image too (exec).
+		r.BytesRead += int64(len(cfg.Probe))
+	}
+	if n.daemon != nil {
+		if b, err := prefetchedBytes(n.daemon.Log()); err == nil {
+			r.PrefetchedBytes = b
+		}
 	}
 	if err := readResources(n, &r); err != nil {
 		r.Error = err.Error()
@@ -297,11 +361,16 @@ func readResources(n *node, r *Run) error {
 
 // stopNode stops containerd and the daemon, then the daemon's FUSE hosts
 // (`cleanup` on its root), so that the next run starts cold. A host still
-// running after that is killed and reported: it would leak across runs.
+// running 5 s after that is killed and reported: it would leak across runs.
 func stopNode(n *node) error {
 	err := n.env.Close()
 	if n.daemon == nil {
 		return err
+	}
+	// A host that logged its exit may still be on its way out on a busy
+	// machine: give it a moment before calling it a leak.
+	for deadline := time.Now().Add(5 * time.Second); len(n.daemon.HostPids()) > 0 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
 	}
 	if pids := n.daemon.HostPids(); len(pids) > 0 {
 		for _, pid := range pids {
@@ -351,6 +420,7 @@ func measure(ctx context.Context, n *node, link *harness.ShapedLink, plugin, ref
 	addClientUsage(r, cmd.ProcessState)
 	r.BytesTotal = link.Served() - base
 	r.Connections = link.Connections() - conns
+	r.BytesRead = probeBytesRead(lines)
 	if ready.IsZero() {
 		return errors.New("container exited without printing ready:\n" + strings.Join(lines, "\n"))
 	}
@@ -358,7 +428,7 @@ func measure(ctx context.Context, n *node, link *harness.ShapedLink, plugin, ref
 	r.RunSeconds = ready.Sub(pulled).Seconds()
 	r.TTRSeconds = ready.Sub(start).Seconds()
 	// Only our daemon reports layers as fully local (in its log).
-	if n.daemon != nil && r.Snapshotter == Ours {
+	if n.daemon != nil && (r.Snapshotter == Ours || strings.HasSuffix(r.Snapshotter, "+prefetch")) {
 		if local, ok := waitFullyLocal(ctx, n.daemon); ok {
 			secs := local.Sub(ready).Seconds()
 			r.FullyLocalSeconds = &secs

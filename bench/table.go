@@ -24,20 +24,24 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "link: %s\nspan size %d; %d cold runs per workload and snapshotter; medians (min-max)\n\n",
 		r.Link, r.SpanSize, r.Runs)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "workload\tsnapshotter\tok\tTTR s\tpull s\trun s\tMB before ready\tMB total\tfully local")
+	fmt.Fprintln(tw, "workload\tsnapshotter\tok\tTTR s\tpull s\trun s\tMB before ready\tMB total\tMB read\tbefore ready/read\tfully local")
 	for _, wl := range r.Workloads {
 		for _, sn := range r.Snapshotters {
+			if !r.ran(wl.Name, sn) {
+				continue
+			}
 			s := r.cell(wl.Name, sn)
 			local := "n/a"
 			if vals := r.series(wl.Name, sn, fullyLocal); slices.ContainsFunc(vals, func(v float64) bool { return !math.IsNaN(v) }) {
 				local = formatSummary(Summarize(vals), 2) + " s"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%s\n", wl.Name, sn, r.ok(wl.Name, sn), r.Runs,
+			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", wl.Name, sn, r.ok(wl.Name, sn), r.Runs,
 				s(ttr, 1, 2),
 				s(func(x Run) float64 { return x.PullSeconds }, 1, 2),
 				s(func(x Run) float64 { return x.RunSeconds }, 1, 2),
 				s(bytesBeforeReady, 1e6, 1),
 				s(func(x Run) float64 { return float64(x.BytesTotal) }, 1e6, 1),
+				s(bytesRead, 1e6, 1), s(beforeReadyPerRead, 1, 2),
 				local)
 		}
 	}
@@ -50,6 +54,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintln(tw, "workload\tsnapshotter\tnode RSS MB\tsnapshotter RSS MB\tdaemon MB\thost MB\tcontainerd MB\tnode CPU s\tsnapshotter CPU s\tdaemon CPU s\thost CPU s\tcontainerd CPU s\tnerdctl CPU s")
 	for _, wl := range r.Workloads {
 		for _, sn := range r.Snapshotters {
+			if !r.ran(wl.Name, sn) {
+				continue
+			}
 			s := r.cell(wl.Name, sn)
 			snapRSS, daemonRSS, hostRSS, snapCPU, daemonCPU, hostCPU := "-", "-", "-", "-", "-", "-"
 			if sn != Overlayfs {
@@ -78,14 +85,23 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintln(tw, "workload\tratio\tTTR\tMB before ready\tnode RSS\tnode CPU\tpairs")
 	for _, wl := range r.Workloads {
 		for _, other := range r.Snapshotters {
-			if other == Ours {
+			if other == Ours || !r.ran(wl.Name, Ours) || !r.ran(wl.Name, other) {
 				continue
 			}
+			// Ours with the prefetch artifact is compared with ours
+			// without, and other builds with it with ours with it.
+			a, b := Ours, other
+			switch {
+			case other == OursPrefetch:
+				a, b = other, Ours
+			case strings.HasSuffix(other, "+prefetch"):
+				a = OursPrefetch
+			}
 			ratio := func(f func(Run) float64) Summary {
-				return Summarize(PairedRatios(r.series(wl.Name, Ours, f), r.series(wl.Name, other, f)))
+				return Summarize(PairedRatios(r.series(wl.Name, a, f), r.series(wl.Name, b, f)))
 			}
 			t := ratio(ttr)
-			fmt.Fprintf(tw, "%s\t%s/%s\t%s\t%s\t%s\t%s\t%d\n", wl.Name, Ours, other, formatSummary(t, 3),
+			fmt.Fprintf(tw, "%s\t%s/%s\t%s\t%s\t%s\t%s\t%d\n", wl.Name, a, b, formatSummary(t, 3),
 				formatSummary(ratio(bytesBeforeReady), 3), formatSummary(ratio(nodeRSS), 3),
 				formatSummary(ratio(Run.NodeCPUSeconds), 3), t.N)
 		}
@@ -122,7 +138,23 @@ func (r *Report) hasHosts(workload, sn string) bool {
 	return false
 }
 
+// ran reports whether (workload, snapshotter) has any run: a Prefetch
+// workload runs only ours and ours with the artifact.
+func (r *Report) ran(workload, sn string) bool {
+	return slices.ContainsFunc(r.Results, func(x Run) bool { return x.Workload == workload && x.Snapshotter == sn })
+}
+
 func bytesBeforeReady(r Run) float64 { return float64(r.BytesBeforeReady) }
+
+// bytesRead is NaN when the probe reported no reads.
+func bytesRead(r Run) float64 {
+	if r.BytesRead == 0 {
+		return math.NaN()
+	}
+	return float64(r.BytesRead)
+}
+
+func beforeReadyPerRead(r Run) float64 { return float64(r.BytesBeforeReady) / bytesRead(r) }
 
 func nodeRSS(r Run) float64 { return float64(r.NodePeakRSS()) }
 

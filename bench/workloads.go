@@ -16,6 +16,10 @@ type Workload struct {
 	Description string
 	// Spec builds the image around the static probe binary.
 	Spec func(probe []byte) image.Spec
+	// Prefetch: the image is indexed by our soci, run once on a recording
+	// daemon, and pushed again with a prefetch artifact made from the
+	// trace (recordPrefetch); runs compare it with the image without.
+	Prefetch bool
 }
 
 // Workloads returns every workload by name, in report order.
@@ -23,14 +27,34 @@ func Workloads() []Workload {
 	return []Workload{
 		{"sparse-1g", "~1 GB incompressible over 5 layers; reads 4 MiB of it", func(p []byte) image.Spec {
 			return sparseSpec(p, 5, 200<<20)
-		}},
-		{"many-files", "50,000 small files in 500 dirs over 2 layers; stats all, reads 5%", manyFilesSpec},
-		{"import-chain", "300 files read one after another, each naming the next, among 3,000", importChainSpec},
-		{"read-all", "2 layers of 400 files of 128 KiB; reads every file", readAllSpec},
+		}, false},
+		{"many-files", "50,000 small files in 500 dirs over 2 layers; stats all, reads 5%", manyFilesSpec, false},
+		{"import-chain", "300 files read one after another, each naming the next, among 3,000", importChainSpec, false},
+		{"read-all", "2 layers of 400 files of 128 KiB; reads every file", readAllSpec, false},
+		withPrefetch("many-files", manyFilesSpec),
+		withPrefetch("import-chain", importChainSpec),
 		{"sparse-small", "~96 MB incompressible over 2 layers; reads 3 MiB of it (quick profile)", func(p []byte) image.Spec {
 			return sparseSpec(p, 2, 48<<20)
-		}},
+		}, false},
 	}
+}
+
+// ReadyMarker is the file a Prefetch workload's container opens just
+// before it prints "ready"; the recording daemon's record_until_file.
+const ReadyMarker = "/bin/ready-marker"
+
+// withPrefetch is the Prefetch workload name+"+prefetch" of spec: its base
+// layer also holds ReadyMarker, which the container reads last.
+func withPrefetch(name string, spec func([]byte) image.Spec) Workload {
+	return Workload{name + "+prefetch", name + " without and with a prefetch artifact recorded on one run", func(p []byte) image.Spec {
+		s := spec(p)
+		base := &s.Layers[0]
+		base.Entries = append(base.Entries, image.Entry{Name: ReadyMarker[1:], Type: tar.TypeReg, Mode: 0o644,
+			ModTime: time.Unix(epochSeconds, 0), Data: []byte("r")})
+		// Cmd ends with "ready": read the marker just before.
+		s.Cmd = append(s.Cmd[:len(s.Cmd)-1:len(s.Cmd)-1], "read-bytes", ReadyMarker, "1", "--", "ready")
+		return s
+	}, true}
 }
 
 // DefaultWorkloads are run unless asked otherwise.
