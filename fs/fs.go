@@ -309,6 +309,9 @@ func (f *FS) Close() error {
 	for mp, m := range all {
 		errs = append(errs, m.close(mp))
 	}
+	if f.backing != nil {
+		f.backing.Close()
+	}
 	if f.recorder != nil {
 		close(f.stopTick)
 		errs = append(errs, f.recorder.Close())

@@ -257,20 +257,40 @@ type backingKey struct {
 
 // BackingFiles keeps the copies of local files that passthrough opens hand
 // to the kernel: unnamed files in Dir (their space is freed when the last
-// descriptor closes, so a crash leaves nothing behind), at most MaxBytes of
-// them, least recently used closed first. Closing one never disturbs an
-// open file: the kernel holds its own reference while it uses it.
+// descriptor closes, so a crash leaves nothing behind), at most MaxBytes
+// and maxBackingFiles of them, least recently used closed first. Closing
+// one never disturbs an open file: the kernel holds its own reference
+// while it uses it. Background copies (after a file read through FUSE is
+// closed) wait in a bounded queue for one worker.
 type BackingFiles struct {
 	dir      string
 	maxBytes int64
-	later    chan struct{} // bounds background copies
+	jobs     chan copyJob
+	start    sync.Once
+	done     chan struct{}
+	stop     sync.Once
 
 	mu      sync.Mutex
 	entries map[backingKey]*list.Element
-	lru     list.List // of *backingEntry, most recent first
-	busy    map[backingKey]bool
+	lru     list.List           // of *backingEntry, most recent first
+	busy    map[backingKey]bool // being copied or queued
 	bytes   int64
 }
+
+// copyJob is a background copy.
+type copyJob struct {
+	key  backingKey
+	size int64
+	fill func(*os.File) (bool, error)
+}
+
+const (
+	// maxBackingFiles bounds the copies kept (each holds a descriptor).
+	maxBackingFiles = 8192
+	// copyQueue bounds the background copies waiting; more are dropped
+	// (the file is copied at its next open instead).
+	copyQueue = 4096
+)
 
 type backingEntry struct {
 	key  backingKey
@@ -281,8 +301,39 @@ type backingEntry struct {
 // NewBackingFiles returns a store of copies in dir (which must exist, on a
 // local file system that supports O_TMPFILE) of at most maxBytes.
 func NewBackingFiles(dir string, maxBytes int64) *BackingFiles {
-	return &BackingFiles{dir: dir, maxBytes: maxBytes, later: make(chan struct{}, 2),
+	return &BackingFiles{dir: dir, maxBytes: maxBytes, jobs: make(chan copyJob, copyQueue), done: make(chan struct{}),
 		entries: map[backingKey]*list.Element{}, busy: map[backingKey]bool{}}
+}
+
+// Close stops the background copies and closes every copy.
+func (b *BackingFiles) Close() {
+	b.stop.Do(func() { close(b.done) })
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for b.lru.Len() > 0 {
+		b.evict(b.lru.Back())
+	}
+}
+
+// work runs the background copies until Close.
+func (b *BackingFiles) work() {
+	for {
+		select {
+		case <-b.done:
+			return
+		case j := <-b.jobs:
+			b.mu.Lock()
+			delete(b.busy, j.key)
+			b.mu.Unlock()
+			f, err := b.make(j.key, j.size, j.fill)
+			if err != nil {
+				log.L.WithError(err).Debug("no passthrough copy of the file")
+			}
+			if f != nil {
+				f.Close()
+			}
+		}
+	}
 }
 
 func (b *BackingFiles) tmpfile() (*os.File, error) {
@@ -353,7 +404,7 @@ func (b *BackingFiles) make(key backingKey, size int64, fill func(*os.File) (boo
 		f.Close()
 		return nil, nil
 	}
-	for b.bytes+size > b.maxBytes && b.lru.Len() > 0 {
+	for (b.bytes+size > b.maxBytes || b.lru.Len() >= maxBackingFiles) && b.lru.Len() > 0 {
 		b.evict(b.lru.Back())
 	}
 	b.entries[key] = b.lru.PushFront(&backingEntry{key: key, f: f, size: size})
@@ -361,31 +412,25 @@ func (b *BackingFiles) make(key backingKey, size int64, fill func(*os.File) (boo
 	return dup(f), nil
 }
 
-// makeLater runs make in the background unless the copy exists, is under
-// way, or two background copies already run.
+// makeLater queues make for the background worker unless the copy
+// exists, is under way or queued, or the queue is full.
 func (b *BackingFiles) makeLater(key backingKey, size int64, fill func(*os.File) (bool, error)) {
 	b.mu.Lock()
 	_, have := b.entries[key]
-	busy := b.busy[key]
+	if have || b.busy[key] || size > b.maxBytes {
+		b.mu.Unlock()
+		return
+	}
+	b.busy[key] = true
 	b.mu.Unlock()
-	if have || busy || size > b.maxBytes {
-		return
-	}
+	b.start.Do(func() { go b.work() })
 	select {
-	case b.later <- struct{}{}:
+	case b.jobs <- copyJob{key: key, size: size, fill: fill}:
 	default:
-		return
+		b.mu.Lock()
+		delete(b.busy, key)
+		b.mu.Unlock()
 	}
-	go func() {
-		defer func() { <-b.later }()
-		f, err := b.make(key, size, fill)
-		if err != nil {
-			log.L.WithError(err).Debug("no passthrough copy of the file")
-		}
-		if f != nil {
-			f.Close()
-		}
-	}()
 }
 
 // evict closes the copy of e; b.mu is held.
