@@ -95,8 +95,8 @@ func (i *inode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 // Open refuses writing and otherwise answers ENOSYS (unless opens are
-// watched, Options.OnOpen, or passthrough is on, Options.Passthrough): the
-// kernel then
+// watched, Options.OnOpen, or passthrough is on, Options.Passthrough, and
+// the kernel did not refuse it): the kernel then
 // opens every later file of the mount itself, with no OPEN or RELEASE
 // request (FUSE no_open), and keeps cached pages across opens (its default
 // without OPEN: the content never changes). Opening for writing fails
@@ -114,10 +114,11 @@ func (i *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint
 		// mount. Pages stay cached across opens as without OPEN.
 		i.t.onOpen("/" + i.Path(nil))
 	}
-	if i.t.pass != nil && i.n.mode&syscall.S_IFMT == syscall.S_IFREG {
+	pass := i.t.pass != nil && !i.t.pass.refused.Load()
+	if pass && i.n.mode&syscall.S_IFMT == syscall.S_IFREG {
 		return i.openPassthrough(ctx)
 	}
-	if i.t.onOpen != nil || i.t.pass != nil {
+	if i.t.onOpen != nil || pass {
 		return nil, fuse.FOPEN_KEEP_CACHE, 0
 	}
 	return nil, 0, syscall.ENOSYS

@@ -58,9 +58,15 @@ type Passthrough struct {
 // passthrough is a tree's passthrough state.
 type passthrough struct {
 	Passthrough
-	on  atomic.Bool // the mount passed Probe
-	bad atomic.Bool // the kernel refused: opens stay cached
+	on      atomic.Bool // the mount passed Probe
+	refused atomic.Bool // the kernel refused: the mount goes back to no_open
+	bad     atomic.Bool // refused, or the layer was found bad: no new passthrough
 }
+
+// minPassthroughSize is the smallest file opened with passthrough. A
+// smaller file is read in one or two READ requests, fewer than passthrough
+// costs (making, registering and dropping its backing file).
+const minPassthroughSize = 64 << 10
 
 // syncCopyMax is the largest file copied during its OPEN; larger files are
 // copied in the background and served through FUSE meanwhile.
@@ -84,6 +90,7 @@ func ProbePassthrough(root fusefs.InodeEmbedder, server *fuse.Server) error {
 	err := probe(server, p.Files)
 	if err != nil {
 		p.bad.Store(true)
+		p.refused.Store(true)
 		if p.Refused != nil {
 			p.Refused(err)
 		}
@@ -132,7 +139,7 @@ func (i *inode) openPassthrough(ctx context.Context) (fusefs.FileHandle, uint32,
 		i.passOpens++
 		p.opened(true)
 		return &passFile{i: i}, 0, 0
-	case i.cachedOpens == 0 && p.on.Load() && !p.bad.Load() && i.n.size > 0:
+	case i.cachedOpens == 0 && p.on.Load() && !p.bad.Load() && i.n.size >= minPassthroughSize:
 		if f := i.backing(ctx); f != nil {
 			i.passOpens++
 			p.opened(true)
@@ -177,7 +184,7 @@ func (i *inode) backing(ctx context.Context) *os.File {
 // opens.
 func (i *inode) copyLater() {
 	p := i.t.pass
-	if !p.on.Load() || p.bad.Load() || i.n.size == 0 {
+	if !p.on.Load() || p.bad.Load() || i.n.size < minPassthroughSize {
 		return
 	}
 	if !p.Local.Has(i.t.readCtx, i.n.offset, i.n.size) {
@@ -272,8 +279,9 @@ type BackingFiles struct {
 
 	mu      sync.Mutex
 	entries map[backingKey]*list.Element
-	lru     list.List           // of *backingEntry, most recent first
-	busy    map[backingKey]bool // being copied or queued
+	lru     list.List                    // of *backingEntry, most recent first
+	busy    map[backingKey]chan struct{} // being copied; closed when done
+	queued  map[backingKey]bool          // waiting for the worker
 	bytes   int64
 }
 
@@ -302,7 +310,7 @@ type backingEntry struct {
 // local file system that supports O_TMPFILE) of at most maxBytes.
 func NewBackingFiles(dir string, maxBytes int64) *BackingFiles {
 	return &BackingFiles{dir: dir, maxBytes: maxBytes, jobs: make(chan copyJob, copyQueue), done: make(chan struct{}),
-		entries: map[backingKey]*list.Element{}, busy: map[backingKey]bool{}}
+		entries: map[backingKey]*list.Element{}, busy: map[backingKey]chan struct{}{}, queued: map[backingKey]bool{}}
 }
 
 // Close stops the background copies and closes every copy.
@@ -323,7 +331,7 @@ func (b *BackingFiles) work() {
 			return
 		case j := <-b.jobs:
 			b.mu.Lock()
-			delete(b.busy, j.key)
+			delete(b.queued, j.key)
 			b.mu.Unlock()
 			f, err := b.make(j.key, j.size, j.fill)
 			if err != nil {
@@ -367,27 +375,35 @@ func dup(f *os.File) *os.File {
 
 // make copies a file of size bytes with fill into a new unnamed file, keeps
 // it and returns a descriptor of its own of it; nil when fill reports the
-// data not local, when the file cannot fit, or when another copy of it is
-// under way.
+// data not local or when the file cannot fit. A copy of the same file under
+// way is waited for.
 func (b *BackingFiles) make(key backingKey, size int64, fill func(*os.File) (bool, error)) (*os.File, error) {
 	if size > b.maxBytes {
 		return nil, nil
 	}
 	b.mu.Lock()
-	if e, ok := b.entries[key]; ok {
+	for {
+		if e, ok := b.entries[key]; ok {
+			b.mu.Unlock()
+			return dup(e.Value.(*backingEntry).f), nil
+		}
+		wait, ok := b.busy[key]
+		if !ok {
+			break
+		}
+		// Another copy of the file is under way: its result is ours.
 		b.mu.Unlock()
-		return dup(e.Value.(*backingEntry).f), nil
+		<-wait
+		b.mu.Lock()
 	}
-	if b.busy[key] {
-		b.mu.Unlock()
-		return nil, nil
-	}
-	b.busy[key] = true
+	done := make(chan struct{})
+	b.busy[key] = done
 	b.mu.Unlock()
 	defer func() {
 		b.mu.Lock()
 		delete(b.busy, key)
 		b.mu.Unlock()
+		close(done)
 	}()
 	f, err := b.tmpfile()
 	if err != nil {
@@ -417,18 +433,19 @@ func (b *BackingFiles) make(key backingKey, size int64, fill func(*os.File) (boo
 func (b *BackingFiles) makeLater(key backingKey, size int64, fill func(*os.File) (bool, error)) {
 	b.mu.Lock()
 	_, have := b.entries[key]
-	if have || b.busy[key] || size > b.maxBytes {
+	_, busy := b.busy[key]
+	if have || busy || b.queued[key] || size > b.maxBytes {
 		b.mu.Unlock()
 		return
 	}
-	b.busy[key] = true
+	b.queued[key] = true
 	b.mu.Unlock()
 	b.start.Do(func() { go b.work() })
 	select {
 	case b.jobs <- copyJob{key: key, size: size, fill: fill}:
 	default:
 		b.mu.Lock()
-		delete(b.busy, key)
+		delete(b.queued, key)
 		b.mu.Unlock()
 	}
 }
