@@ -39,7 +39,8 @@ type Options struct {
 	OnOpen func(path string)
 	// Passthrough, when not nil, serves local files through FUSE
 	// passthrough once ProbePassthrough accepted the mount; every open is
-	// then answered (no FUSE no_open).
+	// then answered (no FUSE no_open). A layer with few large files
+	// ignores it (see passthroughWorth).
 	Passthrough *Passthrough
 }
 
@@ -100,7 +101,9 @@ func NewRoot(toc TOC, r Reader, opts Options) (fusefs.InodeEmbedder, error) {
 		if p.Files == nil || p.Local == nil {
 			return nil, fmt.Errorf("layer passthrough without a store or a local reader: %w", errdefs.ErrInvalidArgument)
 		}
-		t.pass = &passthrough{Passthrough: *p}
+		if passthroughWorth(toc.Entries) {
+			t.pass = &passthrough{Passthrough: *p}
+		}
 	}
 	return &inode{n: b.root, t: t}, nil
 }

@@ -68,6 +68,24 @@ type passthrough struct {
 // costs (making, registering and dropping its backing file).
 const minPassthroughSize = 64 << 10
 
+// passthroughWorth reports whether a layer of these entries gets
+// passthrough: when at least a quarter of its regular files are of
+// minPassthroughSize or more. Passthrough makes every open of the layer
+// cost an OPEN and a RELEASE request, while only those files can gain;
+// a layer of small files keeps FUSE no_open.
+func passthroughWorth(entries []Entry) bool {
+	var files, big int
+	for i := range entries {
+		if entries[i].Type == TypeReg {
+			files++
+			if entries[i].Size >= minPassthroughSize {
+				big++
+			}
+		}
+	}
+	return big > 0 && 4*big >= files
+}
+
 // syncCopyMax is the largest file copied during its OPEN; larger files are
 // copied in the background and served through FUSE meanwhile.
 const syncCopyMax = 8 << 20

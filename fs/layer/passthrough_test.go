@@ -244,6 +244,7 @@ func TestPassthroughRefused(t *testing.T) {
 	requireFUSE(t)
 	var b tocBuilder
 	b.file("f", "data")
+	b.file("big", content(1, 10000))
 	local := &fakeLocal{r: &b.r}
 	local.local.Store(true)
 	var refused []error
@@ -267,5 +268,48 @@ func TestPassthroughRefused(t *testing.T) {
 	readFile(t, filepath.Join(dir, "f"), "data")
 	if pass, fuse := o.take(); pass != 0 || fuse != 0 {
 		t.Errorf("refused: %d passthrough and %d answered opens, want none", pass, fuse)
+	}
+}
+
+// TestPassthroughSmallFilesKeepNoOpen: a layer with few files that could
+// gain from passthrough keeps FUSE no_open: no OPEN after the first.
+func TestPassthroughSmallFilesKeepNoOpen(t *testing.T) {
+	var b tocBuilder
+	for i := range 10 {
+		b.file(fmt.Sprintf("s%d", i), content(i, 10))
+	}
+	b.file("big", content(99, 10000))
+	local := &fakeLocal{r: &b.r}
+	local.local.Store(true)
+	requireFUSE(t)
+	o := &opens{}
+	root, err := NewRoot(b.toc, &b.r, Options{Passthrough: &Passthrough{Files: NewBackingFiles(t.TempDir(), 1<<20), Local: local, Opened: o.add}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mo := MountOptions(MountConfig{})
+	c := &countingFS{RawFileSystem: fusefs.NewNodeFS(root, mo), n: map[string]int{}}
+	dir := t.TempDir()
+	server, err := fuse.NewServer(c, dir, &mo.MountOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go server.Serve()
+	defer server.Unmount()
+	if err := server.WaitMount(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ProbePassthrough(root, server); err != nil {
+		t.Fatalf("probe of a layer without passthrough: %v", err)
+	}
+	for i := range 10 {
+		readFile(t, filepath.Join(dir, fmt.Sprintf("s%d", i)), content(i, 10))
+	}
+	readFile(t, filepath.Join(dir, "big"), content(99, 10000))
+	if n := c.take(); n["open"] > 1 {
+		t.Errorf("%d OPEN requests, want at most the first (no_open)", n["open"])
+	}
+	if pass, fuse := o.take(); pass+fuse != 0 {
+		t.Errorf("%d passthrough and %d FUSE opens answered, want none", pass, fuse)
 	}
 }
