@@ -46,6 +46,9 @@ type Config struct {
 	DaemonConfig string
 	Probe        []byte
 	RunTimeout   time.Duration
+	// Warm adds a second run of each image on the same node once its
+	// data is local (Run.WarmRunSeconds).
+	Warm bool
 	// Progress gets one line per step.
 	Progress io.Writer
 }
@@ -205,7 +208,14 @@ func describe(r Run) string {
 		"snapshotter %.0f MB %.2f CPU s (%d hosts), containerd %.0f MB %.2f CPU s, nerdctl %.2f CPU s", head,
 		r.TTRSeconds, r.PullSeconds, r.RunSeconds, float64(r.BytesBeforeReady)/1e6, float64(r.BytesTotal)/1e6, float64(r.BytesRead)/1e6, float64(r.PrefetchedBytes)/1e6, r.Connections,
 		float64(r.SnapshotterPeakRSS())/(1<<20), r.SnapshotterCPUSeconds(), r.Hosts,
-		float64(r.ContainerdPeakRSS)/(1<<20), r.ContainerdCPUSeconds, r.ClientCPUSeconds)
+		float64(r.ContainerdPeakRSS)/(1<<20), r.ContainerdCPUSeconds, r.ClientCPUSeconds) + warmText(r)
+}
+
+func warmText(r Run) string {
+	if r.WarmRunSeconds == nil {
+		return ""
+	}
+	return fmt.Sprintf(", warm run %.3fs", *r.WarmRunSeconds)
 }
 
 func firstLine(s string) string {
@@ -328,6 +338,13 @@ func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapsh
 	}
 	if err := readResources(n, &r); err != nil {
 		r.Error = err.Error()
+		return r
+	}
+	// Resources are those of the cold run; the warm run comes after.
+	if cfg.Warm {
+		if err := measureWarm(rctx, n, s.plugin, ref, &r); err != nil {
+			r.Error = "warm run: " + err.Error()
+		}
 	}
 	return r
 }
@@ -435,6 +452,39 @@ func measure(ctx context.Context, n *node, link *harness.ShapedLink, plugin, ref
 		}
 		r.BytesTotal = link.Served() - base
 	}
+	return nil
+}
+
+// measureWarm runs ref a second time on the node of a finished cold run,
+// with the page cache dropped first, and records the time to "ready".
+func measureWarm(ctx context.Context, n *node, plugin, ref string, r *Run) error {
+	dropCaches()
+	cmd := nerdctlCmd(ctx, n.env, "--snapshotter", plugin, "run", "--rm", "--net", "none", ref)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start nerdctl run: %w", err)
+	}
+	var ready time.Time
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if ready.IsZero() && strings.TrimSpace(sc.Text()) == "ready" {
+			ready = time.Now()
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("nerdctl run: %w\n%s", err, stderr.String())
+	}
+	if ready.IsZero() {
+		return errors.New("container exited without printing ready")
+	}
+	secs := ready.Sub(start).Seconds()
+	r.WarmRunSeconds = &secs
 	return nil
 }
 

@@ -24,7 +24,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "link: %s\nspan size %d; %d cold runs per workload and snapshotter; medians (min-max)\n\n",
 		r.Link, r.SpanSize, r.Runs)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "workload\tsnapshotter\tok\tTTR s\tpull s\trun s\tMB before ready\tMB total\tMB read\tbefore ready/read\tfully local")
+	fmt.Fprintln(tw, "workload\tsnapshotter\tok\tTTR s\tpull s\trun s\tMB before ready\tMB total\tMB read\tbefore ready/read\tfully local\twarm run s")
 	for _, wl := range r.Workloads {
 		for _, sn := range r.Snapshotters {
 			if !r.ran(wl.Name, sn) {
@@ -35,14 +35,14 @@ func (r *Report) WriteTable(w io.Writer) error {
 			if vals := r.series(wl.Name, sn, fullyLocal); slices.ContainsFunc(vals, func(v float64) bool { return !math.IsNaN(v) }) {
 				local = formatSummary(Summarize(vals), 2) + " s"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", wl.Name, sn, r.ok(wl.Name, sn), r.Runs,
+			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", wl.Name, sn, r.ok(wl.Name, sn), r.Runs,
 				s(ttr, 1, 2),
 				s(func(x Run) float64 { return x.PullSeconds }, 1, 2),
 				s(func(x Run) float64 { return x.RunSeconds }, 1, 2),
 				s(bytesBeforeReady, 1e6, 1),
 				s(func(x Run) float64 { return float64(x.BytesTotal) }, 1e6, 1),
 				s(bytesRead, 1e6, 1), s(beforeReadyPerRead, 1, 2),
-				local)
+				local, s(warmRun, 1, 3))
 		}
 	}
 	if err := tw.Flush(); err != nil {
@@ -82,7 +82,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintln(w, "\nRatios, paired run by run (lower is better for the first named): medians (min-max) over the pairs.")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "workload\tratio\tTTR\tMB before ready\tnode RSS\tnode CPU\tpairs")
+	fmt.Fprintln(tw, "workload\tratio\tTTR\tMB before ready\tnode RSS\tnode CPU\twarm run\tpairs")
 	for _, wl := range r.Workloads {
 		for _, other := range r.Snapshotters {
 			if other == Ours || !r.ran(wl.Name, Ours) || !r.ran(wl.Name, other) {
@@ -101,9 +101,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 				return Summarize(PairedRatios(r.series(wl.Name, a, f), r.series(wl.Name, b, f)))
 			}
 			t := ratio(ttr)
-			fmt.Fprintf(tw, "%s\t%s/%s\t%s\t%s\t%s\t%s\t%d\n", wl.Name, a, b, formatSummary(t, 3),
+			fmt.Fprintf(tw, "%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\t%d\n", wl.Name, a, b, formatSummary(t, 3),
 				formatSummary(ratio(bytesBeforeReady), 3), formatSummary(ratio(nodeRSS), 3),
-				formatSummary(ratio(Run.NodeCPUSeconds), 3), t.N)
+				formatSummary(ratio(Run.NodeCPUSeconds), 3), formatSummary(ratio(warmRun), 3), t.N)
 		}
 	}
 	return tw.Flush()

@@ -211,6 +211,14 @@ type FuseConfig struct {
 	// LogFuseOperations logs every FUSE operation (debug only: it can
 	// reveal file names).
 	LogFuseOperations bool `toml:"log_fuse_operations"`
+	// Passthrough serves files whose bytes are all local through FUSE
+	// passthrough (Linux 6.9+, root): the kernel reads a copy of the file
+	// with no READ request. Every open then costs an OPEN and a RELEASE
+	// request (no FUSE no_open). Not in upstream's schema.
+	Passthrough bool `toml:"passthrough" schema:"ours"`
+	// PassthroughMaxBytes bounds the copies on disk (default 1 GiB). Not in
+	// upstream's schema.
+	PassthroughMaxBytes ByteSize `toml:"passthrough_max_bytes" schema:"ours"`
 }
 
 // BackgroundFetchConfig is the [background_fetch] table: the fetcher that

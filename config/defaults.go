@@ -14,6 +14,7 @@ const (
 	defaultMaxWaitMsec               = 300_000
 	defaultValidIntervalSec          = 60
 	defaultFetchTimeoutSec           = 300
+	defaultPassthroughMaxBytes       = 1 << 30
 	defaultFuseTimeoutSec            = 86400 // layers are immutable: cache for a day (the reference: 1)
 	defaultSilencePeriodMsec         = 30_000
 	defaultFetchPeriodMsec           = 500
@@ -57,9 +58,10 @@ func Default() *Config {
 		},
 		DirectoryCache: DirectoryCacheConfig{Direct: true, MaxBytes: Unbounded},
 		Fuse: FuseConfig{
-			AttrTimeoutSec:     defaultFuseTimeoutSec,
-			EntryTimeoutSec:    defaultFuseTimeoutSec,
-			NegativeTimeoutSec: defaultFuseTimeoutSec,
+			AttrTimeoutSec:      defaultFuseTimeoutSec,
+			EntryTimeoutSec:     defaultFuseTimeoutSec,
+			NegativeTimeoutSec:  defaultFuseTimeoutSec,
+			PassthroughMaxBytes: defaultPassthroughMaxBytes,
 		},
 		BackgroundFetch: BackgroundFetchConfig{
 			SilencePeriodMsec:   defaultSilencePeriodMsec,

@@ -170,6 +170,7 @@ func (f *FuseConfig) normalize() {
 	defaultIfZero(&f.AttrTimeoutSec, defaultFuseTimeoutSec)
 	defaultIfZero(&f.EntryTimeoutSec, defaultFuseTimeoutSec)
 	defaultIfZero(&f.NegativeTimeoutSec, defaultFuseTimeoutSec)
+	defaultIfZero(&f.PassthroughMaxBytes, defaultPassthroughMaxBytes)
 }
 
 func (b *BackgroundFetchConfig) normalize() {

@@ -49,7 +49,7 @@ func TestUpstreamFiles(t *testing.T) {
 		// 0 inherits [http]; a shortest wait above the longest waits the longest.
 		{"blob", full.Blob == BlobConfig{ValidIntervalSec: 120, FetchTimeoutSec: 200, MaxRetries: 5,
 			MinWaitMsec: 20, MaxWaitMsec: 20, ForceSingleRangeMode: true}},
-		{"fuse", full.Fuse == FuseConfig{AttrTimeoutSec: 5, EntryTimeoutSec: 5, NegativeTimeoutSec: -1}},
+		{"fuse", full.Fuse == FuseConfig{AttrTimeoutSec: 5, EntryTimeoutSec: 5, NegativeTimeoutSec: -1, PassthroughMaxBytes: defaultPassthroughMaxBytes}},
 		{"background_fetch", full.BackgroundFetch == BackgroundFetchConfig{SilencePeriodMsec: -1, FetchPeriodMsec: 250,
 			MaxQueueSize: -1, DropPolicy: DropOldest, EmitMetricPeriodSec: 20}},
 		{"content_store unix:// trimmed", full.ContentStore.ContainerdAddress == "/run/containerd/containerd.sock"},

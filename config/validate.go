@@ -46,6 +46,9 @@ func (c *Config) Validate() error {
 	v.seconds("fuse.attr_timeout", c.Fuse.AttrTimeoutSec)
 	v.seconds("fuse.entry_timeout", c.Fuse.EntryTimeoutSec)
 	v.seconds("fuse.negative_timeout", c.Fuse.NegativeTimeoutSec)
+	if c.Fuse.PassthroughMaxBytes <= 0 {
+		v.fail("fuse.passthrough_max_bytes", "must be positive")
+	}
 	c.BackgroundFetch.validate(&v)
 	c.ContentStore.validate(&v)
 	v.nonNegative("prefetch.max_concurrency", c.Prefetch.MaxConcurrency)

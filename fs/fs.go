@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -19,6 +20,7 @@ import (
 	"github.com/fastsoci/soci-snapshotter/fs/background"
 	"github.com/fastsoci/soci-snapshotter/fs/cache"
 	"github.com/fastsoci/soci-snapshotter/fs/index"
+	"github.com/fastsoci/soci-snapshotter/fs/layer"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
 	"github.com/fastsoci/soci-snapshotter/fs/span"
 	"github.com/fastsoci/soci-snapshotter/fs/trace"
@@ -88,6 +90,13 @@ type Options struct {
 	// own bound).
 	Prefetch            bool
 	PrefetchConcurrency int
+	// Passthrough serves files whose bytes are all in the span cache
+	// through FUSE passthrough (a copy of the file handed to the kernel,
+	// which then reads it with no READ request) when the kernel accepts
+	// it ([fuse] passthrough). Layers then answer every OPEN (no FUSE
+	// no_open). PassthroughMaxBytes bounds the copies on disk (0: 1 GiB).
+	Passthrough         bool
+	PassthroughMaxBytes int64
 	// Record, when not nil, records per image the spans demand reads
 	// need from its first mount until it is ready, into a trace under
 	// <Root>/traces ([prefetch] record; Record.Dir is set here).
@@ -120,6 +129,10 @@ type FS struct {
 	// ticker.
 	recorder *trace.Recorder
 	stopTick chan struct{}
+	// backing keeps the passthrough copies; nil when passthrough is off.
+	// refusedOnce logs the kernel's refusal once.
+	backing     *layer.BackingFiles
+	refusedOnce sync.Once
 }
 
 // mountedLayer is everything that serves one mounted layer.
@@ -137,6 +150,7 @@ type mountedLayer struct {
 	metrics         *metrics.Layer // nil without metrics
 	// stopPrefetch stops the layer's prefetch; nil when none runs.
 	stopPrefetch context.CancelFunc
+	root         fusefs.InodeEmbedder // the layer's tree
 }
 
 // New returns an FS keeping its state under opts.Root.
@@ -167,6 +181,13 @@ func New(opts Options) (*FS, error) {
 		pendingImages: map[digest.Digest]int{},
 		prefetchSlots: span.NewPrefetchSlots(opts.PrefetchConcurrency),
 	}
+	if opts.Passthrough {
+		max := opts.PassthroughMaxBytes
+		if max <= 0 {
+			max = defaultPassthroughBytes
+		}
+		f.backing = layer.NewBackingFiles(filepath.Join(opts.Root, "cache"), max)
+	}
 	if opts.Record != nil {
 		ro := *opts.Record
 		ro.Dir = filepath.Join(opts.Root, "traces")
@@ -191,14 +212,15 @@ func New(opts Options) (*FS, error) {
 	return f, nil
 }
 
-// poison takes every mounted layer served from the zTOC ztoc of layer out
-// of service once the background walk found the pair bad: their reads fail
-// with EIO and their cached spans go (span.Manager.Poison).
-func (f *FS) poison(layer, ztoc digest.Digest, reason error) {
+// poison takes every mounted layer served from the zTOC ztoc of layer ld
+// out of service once the background walk found the pair bad: their reads
+// fail with EIO, their cached spans go (span.Manager.Poison) and so do
+// their passthrough copies.
+func (f *FS) poison(ld, ztoc digest.Digest, reason error) {
 	f.mu.Lock()
 	var hit []*mountedLayer
 	for _, m := range f.mounted {
-		if m.name == layer.String() && m.ztoc == ztoc {
+		if m.name == ld.String() && m.ztoc == ztoc {
 			hit = append(hit, m)
 		}
 	}
@@ -206,6 +228,7 @@ func (f *FS) poison(layer, ztoc digest.Digest, reason error) {
 	ctx := log.WithLogger(context.Background(), log.L.WithField("ztoc", ztoc))
 	for _, m := range hit {
 		m.spans.Poison(ctx, reason)
+		layer.PoisonPassthrough(m.root)
 	}
 }
 
@@ -286,6 +309,9 @@ func (f *FS) Close() error {
 	for mp, m := range all {
 		errs = append(errs, m.close(mp))
 	}
+	if f.backing != nil {
+		f.backing.Close()
+	}
 	if f.recorder != nil {
 		close(f.stopTick)
 		errs = append(errs, f.recorder.Close())
@@ -325,6 +351,7 @@ func (m *mountedLayer) close(mountpoint string) error {
 	if err := detach(mountpoint); err != nil {
 		errs = append(errs, fmt.Errorf("unmount layer %s: %w", m.name, err))
 	}
+	layer.ClosePassthrough(m.root)
 	errs = append(errs, m.spans.Close(), m.layer.Close())
 	m.unpin()
 	m.metrics.Close()

@@ -222,6 +222,7 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 	if rec != nil && f.recorder.WantsOpens() {
 		lo.OnOpen = rec.Opened
 	}
+	lo.Passthrough = f.passthrough(spans, l.Spans)
 	root, err := layer.NewRoot(l.TOC, spans, lo)
 	if err != nil {
 		spans.Close()
@@ -245,7 +246,8 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 		return nil, fmt.Errorf("mount layer %s at %s: %w", t.LayerDigest, mountpoint, err)
 	}
 	f.opts.Metrics.ObserveOperation(metrics.OpFuseMount, t.LayerDigest.String(), time.Since(start))
-	return &mountedLayer{server: server, spans: spans, layer: l, blob: blob, name: t.LayerDigest.String(), ztoc: ztoc, unpin: unpin, metrics: lm}, nil
+	_ = layer.ProbePassthrough(root, server) // a refusal is logged and counted by Passthrough.Refused
+	return &mountedLayer{server: server, spans: spans, layer: l, blob: blob, name: t.LayerDigest.String(), ztoc: ztoc, unpin: unpin, metrics: lm, root: root}, nil
 }
 
 // mountFUSE mounts root at mountpoint as fusefs.Mount does, with the

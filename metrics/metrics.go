@@ -23,6 +23,12 @@ const (
 	FailureWindowMismatch = "window_mismatch"
 )
 
+// Modes of soci_fuse_opens_total.
+const (
+	OpenPassthrough = "passthrough"
+	OpenFUSE        = "fuse"
+)
+
 // GET kinds of soci_registry_get_* metrics.
 const (
 	KindManifest = "manifest"
@@ -47,6 +53,8 @@ type Metrics struct {
 	prefetchBytes    prometheus.Counter
 	mountLatency     prometheus.Histogram
 	failures         *prometheus.CounterVec
+	opens            *prometheus.CounterVec
+	passthroughOff   prometheus.Counter
 
 	ref *reference // the reference snapshotter's series (reference.go)
 }
@@ -74,10 +82,17 @@ func New() *Metrics {
 			secondsBuckets()),
 		failures: r.counterVec("soci_failures_total",
 			"Failures by kind: verification, fetch, mount, span_load, unverified, ztoc_mismatch, window_mismatch.", "kind"),
+		opens: r.counterVec("soci_fuse_opens_total",
+			"FUSE OPEN requests answered on layers with [fuse] passthrough, by how the file is read: passthrough (a backing file, no READ requests) or fuse.", "mode"),
+		passthroughOff: r.counter("soci_fuse_passthrough_refused_total",
+			"Layer mounts on which the kernel refused FUSE passthrough ([fuse] passthrough on): their files are read through FUSE."),
 		ref: newReference(),
 	}
 	reg.MustRegister(m.ref.collectors()...)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, k := range []string{OpenPassthrough, OpenFUSE} {
+		m.opens.WithLabelValues(k)
+	}
 	for _, k := range []string{KindManifest, KindBlob, KindRange} {
 		m.registryBytes.WithLabelValues(k)
 		m.registryGet.WithLabelValues(k)
@@ -137,6 +152,28 @@ func (m *Metrics) ObserveGet(kind string, took time.Duration, n int64) {
 	if n > 0 {
 		m.registryBytes.WithLabelValues(kind).Add(float64(n))
 	}
+}
+
+// ObserveOpen counts one OPEN answered on a layer with passthrough, read
+// through a backing file or not.
+func (m *Metrics) ObserveOpen(passthrough bool) {
+	if m == nil {
+		return
+	}
+	mode := OpenFUSE
+	if passthrough {
+		mode = OpenPassthrough
+	}
+	m.opens.WithLabelValues(mode).Inc()
+}
+
+// PassthroughRefused counts one layer mount whose kernel refused FUSE
+// passthrough.
+func (m *Metrics) PassthroughRefused() {
+	if m == nil {
+		return
+	}
+	m.passthroughOff.Inc()
 }
 
 // ObserveRead records one read of a lazily loaded layer: its latency and

@@ -243,12 +243,14 @@ func fsOptions(cfg *config.Config, root string, m *metrics.Metrics, criCreds fun
 		},
 		MaxTreeDepth: cfg.Limits.MaxTreeDepth,
 
-		AttrTimeout:       time.Duration(cfg.Fuse.AttrTimeoutSec) * time.Second,
-		EntryTimeout:      time.Duration(cfg.Fuse.EntryTimeoutSec) * time.Second,
-		NegativeTimeout:   time.Duration(cfg.Fuse.NegativeTimeoutSec) * time.Second,
-		FuseDebug:         cfg.Debug,
-		LogFuseOperations: cfg.Fuse.LogFuseOperations,
-		VerifyRetries:     cfg.Blob.MaxSpanVerificationRetries,
+		AttrTimeout:         time.Duration(cfg.Fuse.AttrTimeoutSec) * time.Second,
+		EntryTimeout:        time.Duration(cfg.Fuse.EntryTimeoutSec) * time.Second,
+		NegativeTimeout:     time.Duration(cfg.Fuse.NegativeTimeoutSec) * time.Second,
+		FuseDebug:           cfg.Debug,
+		LogFuseOperations:   cfg.Fuse.LogFuseOperations,
+		Passthrough:         cfg.Fuse.Passthrough,
+		PassthroughMaxBytes: int64(cfg.Fuse.PassthroughMaxBytes),
+		VerifyRetries:       cfg.Blob.MaxSpanVerificationRetries,
 
 		// [prefetch]: max_concurrency bounds prefetch requests in
 		// flight on the node (0: unbounded, within the registry

@@ -37,6 +37,11 @@ type Options struct {
 	// OnOpen, when not nil, is called with the path ("/a/b") of every
 	// file opened ([prefetch] record_until_file).
 	OnOpen func(path string)
+	// Passthrough, when not nil, serves local files through FUSE
+	// passthrough once ProbePassthrough accepted the mount; every open is
+	// then answered (no FUSE no_open). A layer with few large files
+	// ignores it (see passthroughWorth).
+	Passthrough *Passthrough
 }
 
 // DefaultMaxDepth is the default of Options.MaxDepth (limits.max_tree_depth).
@@ -68,6 +73,8 @@ type tree struct {
 	onOpen        func(string) // Options.OnOpen
 	files         uint64       // live nodes
 	blocks        uint64       // 4 KiB blocks of file data
+	pass          *passthrough // Options.Passthrough; nil: off
+	closed        bool         // unmounted: no new passthrough copies (BackingFiles.mu)
 }
 
 // NewRoot validates toc and builds the whole tree of the layer in memory:
@@ -90,6 +97,14 @@ func NewRoot(toc TOC, r Reader, opts Options) (fusefs.InodeEmbedder, error) {
 		return nil, err
 	}
 	t := &tree{r: r, readCtx: context.Background(), disableXattrs: opts.DisableXattrs, opLog: opts.OperationLog, onOpen: opts.OnOpen, files: b.files, blocks: b.blocks}
+	if p := opts.Passthrough; p != nil {
+		if p.Files == nil || p.Local == nil {
+			return nil, fmt.Errorf("layer passthrough without a store or a local reader: %w", errdefs.ErrInvalidArgument)
+		}
+		if passthroughWorth(toc.Entries) {
+			t.pass = &passthrough{Passthrough: *p}
+		}
+	}
 	return &inode{n: b.root, t: t}, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"path"
+	"sync"
 	"syscall"
 
 	"github.com/containerd/log"
@@ -18,6 +19,11 @@ type inode struct {
 	fusefs.Inode
 	n *node
 	t *tree
+
+	// With passthrough (Options.Passthrough): the handles open with
+	// cached reads and with a backing file; only one kind at a time.
+	mu                     sync.Mutex
+	cachedOpens, passOpens int32
 }
 
 var (
@@ -89,12 +95,14 @@ func (i *inode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 // Open refuses writing and otherwise answers ENOSYS (unless opens are
-// watched, Options.OnOpen): the kernel then
+// watched, Options.OnOpen, or passthrough is on, Options.Passthrough, and
+// the kernel did not refuse it): the kernel then
 // opens every later file of the mount itself, with no OPEN or RELEASE
 // request (FUSE no_open), and keeps cached pages across opens (its default
 // without OPEN: the content never changes). Opening for writing fails
 // with EROFS in the kernel already (a read-only mount); the check here
-// covers a mount without it.
+// covers a mount without it. With passthrough, a file whose bytes are
+// local is opened on a backing file (see passthrough.go).
 func (i *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
 	i.logOp("open", "")
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
@@ -105,6 +113,12 @@ func (i *inode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint
 		// answer them, which keeps the kernel sending OPEN for this
 		// mount. Pages stay cached across opens as without OPEN.
 		i.t.onOpen("/" + i.Path(nil))
+	}
+	pass := i.t.pass != nil && !i.t.pass.refused.Load()
+	if pass && i.n.mode&syscall.S_IFMT == syscall.S_IFREG {
+		return i.openPassthrough(ctx)
+	}
+	if i.t.onOpen != nil || pass {
 		return nil, fuse.FOPEN_KEEP_CACHE, 0
 	}
 	return nil, 0, syscall.ENOSYS

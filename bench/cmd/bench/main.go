@@ -76,6 +76,8 @@ func run(ctx context.Context) error {
 		out       = flag.String("out", "out/bench", "directory for results.json and ttr.png")
 		keep      = flag.Bool("keep", false, "keep the work directory and every run's logs")
 		timeout   = flag.Duration("run-timeout", 10*time.Minute, "limit of one pull and run")
+		warm      = flag.Bool("warm", false, "after each cold run, run the image again on the same node once its data is local (ours: layers fully local), page cache dropped, and report that run's time to ready")
+		extraCfg  = flag.String("daemon-config", "", "a TOML file appended to the config of every soci daemon (e.g. [fuse] passthrough = true)")
 	)
 	flag.Var(&compare, "compare", "name=/path/to/soci-snapshotter-grpc: another build to compare (repeatable)")
 	flag.Parse()
@@ -137,7 +139,14 @@ func run(ctx context.Context) error {
 		Tools: tools, Workloads: wls, Runs: *runs, Compare: compare, SpanSize: *spanSize,
 		Links:   shapings,
 		WorkDir: work, KeepRuns: *keep, DaemonConfig: bench.DefaultDaemonConfig, Probe: probe,
-		RunTimeout: *timeout, Progress: os.Stderr,
+		RunTimeout: *timeout, Progress: os.Stderr, Warm: *warm,
+	}
+	if *extraCfg != "" {
+		extra, err := os.ReadFile(*extraCfg)
+		if err != nil {
+			return fmt.Errorf("-daemon-config: %w", err)
+		}
+		cfg.DaemonConfig += "\n" + string(extra)
 	}
 	reps, runErr := bench.Execute(ctx, cfg)
 	var failed []error
