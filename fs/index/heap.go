@@ -25,7 +25,7 @@ const (
 	// map and in the converted xattr map.
 	xattrHeap = 320
 	// spanHeap is per span: the digest string, span.Span, the parsed
-	// checkpoint and the C decoder's per-checkpoint state.
+	// checkpoint and its window's bits and digest.
 	spanHeap = 512
 	// readFactor is per byte of the flatbuffer: the store's own copy (read
 	// from disk or the registry) and soci's Unmarshal's copy, made with

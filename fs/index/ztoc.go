@@ -9,6 +9,8 @@ import (
 
 	"github.com/awslabs/soci-snapshotter/soci"
 	"github.com/awslabs/soci-snapshotter/ztoc"
+	fbs "github.com/awslabs/soci-snapshotter/ztoc/fbs/ztoc"
+	"github.com/containerd/log"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/opencontainers/go-digest"
@@ -58,7 +60,28 @@ func (s *Store) open(ctx context.Context, idx *Index, layer digest.Digest, load 
 		return nil, classify(fmt.Errorf("zTOC %s of layer %s: %w", desc.Digest, layer, err))
 	}
 	l.DisableXattrs = desc.Annotations[soci.IndexAnnotationDisableXAttrs] == "true"
+	s.windowsFromFile(ctx, l, desc.Digest, data)
 	return l, nil
+}
+
+// windowsFromFile points a gzip Layer's checkpoint windows at the zTOC's
+// file in the store (data are its verified bytes), so that the Layer keeps
+// no copy of them in memory. When the file cannot be used the Layer keeps
+// reading them from memory.
+func (s *Store) windowsFromFile(ctx context.Context, l *Layer, d digest.Digest, data []byte) {
+	if !l.gzip {
+		return
+	}
+	off, n, err := checkpointsAt(data)
+	if err == nil {
+		var p string
+		if p, err = s.blobPath(d); err == nil {
+			err = l.readWindowsFrom(p, int64(len(data)), off, n)
+		}
+	}
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("ztoc", d).Debug("zTOC checkpoint windows kept in memory")
+	}
 }
 
 // ztocBytes returns the verified bytes of a zTOC; concurrent callers for one
@@ -206,4 +229,25 @@ func (s *Store) fetchVerified(ctx context.Context, ref string, desc ocispec.Desc
 		return nil, err
 	}
 	return data, nil
+}
+
+// checkpointsAt returns where the gzip checkpoint blob is in a zTOC
+// flatbuffer that estimateZTOC accepted: its offset and length.
+func checkpointsAt(data []byte) (off int64, n int, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("locate checkpoints: malformed flatbuffer: %v", r)
+		}
+	}()
+	info := fbs.GetRootAsZtoc(data, 0).CompressionInfo(new(fbs.CompressionInfo))
+	if info == nil {
+		return 0, 0, errors.New("locate checkpoints: no compression info")
+	}
+	b := info.CheckpointsBytes()
+	// b is a slice of data: its capacity tells where it starts.
+	off = int64(cap(data) - cap(b))
+	if len(b) == 0 || off < 0 || off+int64(len(b)) > int64(len(data)) || &data[off] != &b[0] {
+		return 0, 0, errors.New("locate checkpoints: not inside the flatbuffer")
+	}
+	return off, len(b), nil
 }
