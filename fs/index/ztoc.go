@@ -1,7 +1,6 @@
 package index
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -197,14 +196,10 @@ func estimateZTOC(data []byte, lim Limits) (int64, error) {
 	return checkFlatbuffer(data, lim)
 }
 
-// unmarshalZTOC decodes a flatbuffer estimateZTOC accepted with soci's
-// unmarshaler.
+// unmarshalZTOC decodes a flatbuffer estimateZTOC accepted (see
+// decodeFlatbuffer: the Ztoc refers to data).
 func unmarshalZTOC(data []byte) (*ztoc.Ztoc, error) {
-	z, err := ztoc.Unmarshal(bytes.NewReader(data))
-	if err != nil {
-		return nil, fmt.Errorf("decode zTOC: %w", err)
-	}
-	return z, nil
+	return decodeFlatbuffer(data)
 }
 
 // decodeZTOC bounds the flatbuffer and decodes it.
