@@ -103,6 +103,12 @@ func RunHost(ctx context.Context, cfg *config.Config, root, id string) error {
 	if m != nil {
 		opts.Metrics = m.Handler()
 	}
+	if cfg.DebugAddress != "" {
+		// The daemon serves pprof at debug_address; the host's is on its
+		// own socket (0600): curl --unix-socket <host socket>
+		// http://host/debug/pprof/heap.
+		opts.Debug = pprofHandler()
+	}
 	srv := fusehost.Serve(ctx, l, fusehost.NewServer(opts).Handler())
 	log.G(ctx).WithField("socket", socket).WithField("pid", os.Getpid()).Info("FUSE host serving")
 
