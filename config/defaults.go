@@ -28,6 +28,7 @@ const (
 	defaultMaxZTOCHeapBytes          = 384 << 20
 	defaultMaxTreeDepth              = 1024
 	defaultMaxDecompressBytes        = 64 << 20
+	defaultHostMemoryLimit           = 48 << 20
 	defaultRecordSeconds             = 30
 )
 
@@ -93,6 +94,7 @@ func Default() *Config {
 			MaxZTOCHeapBytes:   defaultMaxZTOCHeapBytes,
 			MaxTreeDepth:       defaultMaxTreeDepth,
 			MaxDecompressBytes: defaultMaxDecompressBytes,
+			HostMemoryLimit:    defaultHostMemoryLimit,
 		},
 	}
 }
