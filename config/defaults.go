@@ -28,7 +28,7 @@ const (
 	defaultMaxZTOCHeapBytes          = 384 << 20
 	defaultMaxTreeDepth              = 1024
 	defaultMaxDecompressBytes        = 64 << 20
-	defaultHostMemoryLimit           = 52 << 20
+	defaultHostMemoryLimit           = 64 << 20
 	defaultRecordSeconds             = 30
 )
 
