@@ -422,4 +422,8 @@ type LimitsConfig struct {
 	// MaxDecompressBytes bounds the bytes being decompressed at once on
 	// the node, across all layers; a span that alone exceeds it is refused.
 	MaxDecompressBytes ByteSize `toml:"max_decompress_bytes"`
+	// HostMemoryLimit is the FUSE host's soft limit on its Go runtime's
+	// memory (debug.SetMemoryLimit): past it the garbage collector runs
+	// more often. GOMEMLIMIT in the environment overrides it.
+	HostMemoryLimit ByteSize `toml:"host_memory_limit"`
 }

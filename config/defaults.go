@@ -29,6 +29,7 @@ const (
 	defaultMaxZTOCHeapBytes          = 384 << 20
 	defaultMaxTreeDepth              = 1024
 	defaultMaxDecompressBytes        = 64 << 20
+	defaultHostMemoryLimit           = 64 << 20
 	defaultRecordSeconds             = 30
 )
 
@@ -95,6 +96,7 @@ func Default() *Config {
 			MaxZTOCHeapBytes:   defaultMaxZTOCHeapBytes,
 			MaxTreeDepth:       defaultMaxTreeDepth,
 			MaxDecompressBytes: defaultMaxDecompressBytes,
+			HostMemoryLimit:    defaultHostMemoryLimit,
 		},
 	}
 }

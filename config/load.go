@@ -115,6 +115,7 @@ func (l *LimitsConfig) normalize() {
 	defaultIfZero(&l.MaxZTOCHeapBytes, defaultMaxZTOCHeapBytes)
 	defaultIfZero(&l.MaxTreeDepth, defaultMaxTreeDepth)
 	defaultIfZero(&l.MaxDecompressBytes, defaultMaxDecompressBytes)
+	defaultIfZero(&l.HostMemoryLimit, defaultHostMemoryLimit)
 }
 
 func (h *HTTPConfig) normalize() {

@@ -97,7 +97,13 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 		old.layer.Close()
 		old.unpin()
 	}
-	log.G(ctx).WithField("entries", len(l.TOC.Entries)).WithField("spans", len(l.Spans.Spans)).
+	// The tree holds what reads need. The zTOC's file table (an Entry per
+	// file, about 130 bytes each besides the names the tree shares) is only
+	// wanted by the background walk's tar check, which owns it from here:
+	// it goes with the walk, or now when there is none.
+	files := l.TOC
+	l.TOC = layer.TOC{}
+	log.G(ctx).WithField("entries", len(files.Entries)).WithField("spans", len(l.Spans.Spans)).
 		WithField("took", time.Since(start)).Info("layer mounted lazily")
 	if f.bg != nil {
 		var blob span.Fetcher = m.blob
@@ -106,7 +112,7 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 		}
 		f.bg.Enqueue(ctx, background.Layer{
 			Key: mountpoint, Digest: t.LayerDigest, Table: l.Spans, Blob: blob, Spans: m.spans.Loader(),
-			ZTOC: ztoc, Files: &l.TOC, Gzip: l.Gzip(),
+			ZTOC: ztoc, Files: &files, Gzip: l.Gzip(),
 		})
 	}
 	return nil

@@ -12,15 +12,16 @@ import (
 
 // The host's endpoints.
 const (
-	pathMount    = "/mount"    // POST MountRequest
-	pathCheck    = "/check"    // POST CheckRequest
-	pathUnmount  = "/unmount"  // POST MountpointRequest
-	pathRelease  = "/release"  // POST MountpointRequest
-	pathMounts   = "/mounts"   // GET -> MountsResponse
-	pathHealth   = "/health"   // GET -> Health
-	pathRetire   = "/retire"   // POST
-	pathShutdown = "/shutdown" // POST
-	pathMetrics  = "/metrics"  // GET, Prometheus text format
+	pathMount    = "/mount"        // POST MountRequest
+	pathCheck    = "/check"        // POST CheckRequest
+	pathUnmount  = "/unmount"      // POST MountpointRequest
+	pathRelease  = "/release"      // POST MountpointRequest
+	pathMounts   = "/mounts"       // GET -> MountsResponse
+	pathHealth   = "/health"       // GET -> Health
+	pathRetire   = "/retire"       // POST
+	pathShutdown = "/shutdown"     // POST
+	pathMetrics  = "/metrics"      // GET, Prometheus text format
+	pathDebug    = "/debug/pprof/" // GET, net/http/pprof, with debug_address set
 )
 
 // maxRequestBytes bounds a request body (labels of one layer, a few

@@ -41,6 +41,8 @@ type ServerOptions struct {
 	Creds *Credentials
 	// Metrics serves GET /metrics; nil: 404.
 	Metrics http.Handler
+	// Debug serves GET /debug/pprof/ (net/http/pprof); nil: 404.
+	Debug http.Handler
 	// Exit is called once when the host is to end: after POST /shutdown
 	// (every layer unmounted), or once it is retired and serves no layer.
 	Exit func(reason string)
@@ -82,6 +84,9 @@ func (s *Server) Handler() http.Handler {
 		}
 		s.opts.Metrics.ServeHTTP(w, r)
 	})
+	if s.opts.Debug != nil {
+		mux.Handle("GET "+pathDebug, s.opts.Debug)
+	}
 	return mux
 }
 

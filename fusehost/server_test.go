@@ -3,6 +3,8 @@ package fusehost
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -240,5 +242,21 @@ func TestMountCarriesNamespace(t *testing.T) {
 	defer h.fs.mu.Unlock()
 	if got := h.fs.nss; len(got) != 2 || got[0] != "k8s.io" || got[1] != "" {
 		t.Errorf("namespaces seen by the FS: %q, want [k8s.io \"\"]", got)
+	}
+}
+
+// TestDebugOnlyWhenGiven: the host serves pprof on its socket only when
+// ServerOptions.Debug is set (debug_address configured).
+func TestDebugOnlyWhenGiven(t *testing.T) {
+	debug := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("profile")) })
+	for _, tc := range []struct {
+		h    http.Handler
+		want int
+	}{{nil, http.StatusNotFound}, {debug, http.StatusOK}} {
+		rec := httptest.NewRecorder()
+		NewServer(ServerOptions{Debug: tc.h}).Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/debug/pprof/heap", nil))
+		if rec.Code != tc.want {
+			t.Errorf("debug handler %v: status %d, want %d", tc.h != nil, rec.Code, tc.want)
+		}
 	}
 }

@@ -43,13 +43,7 @@ func startDebug(ctx context.Context, addr string) (*debugServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	d := &debugServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, served: make(chan struct{})}
+	d := &debugServer{srv: &http.Server{Handler: pprofHandler(), ReadHeaderTimeout: 10 * time.Second}, served: make(chan struct{})}
 	go func() {
 		defer close(d.served)
 		if err := d.srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -58,6 +52,17 @@ func startDebug(ctx context.Context, addr string) (*debugServer, error) {
 	}()
 	log.G(ctx).WithField("address", l.Addr().String()).Info("serving pprof under /debug/pprof/")
 	return d, nil
+}
+
+// pprofHandler serves net/http/pprof under /debug/pprof/.
+func pprofHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 // listenDebug listens on debug_address: a unix socket, or TCP on a loopback

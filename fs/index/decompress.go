@@ -3,7 +3,6 @@ package index
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
 
 	"github.com/awslabs/soci-snapshotter/ztoc"
@@ -26,33 +25,25 @@ type Layer struct {
 	DisableXattrs bool  // the zTOC descriptor's com.amazon.soci.disable-xattrs is "true"
 	SpanSize      int64 // the span size the zTOC was built with
 
-	gzip     bool
-	nextBits []uint8 // gzip: bits of the block after span i in its last byte
-	mu       sync.RWMutex
-	closed   bool
-	zinfo    compression.Zinfo // gzip checkpoints (C memory); nil for tar layers and after Close
-	cleanup  runtime.Cleanup
+	gzip    bool
+	bits    []uint8 // gzip: bits of span i's first byte that belong to the span
+	mu      sync.RWMutex
+	closed  bool
+	windows windows // gzip checkpoint windows; nil for tar layers and after Close
 }
 
-// newLayer builds a Layer from a zTOC that convert has validated.
+// newLayer builds a Layer from a zTOC that convert has validated. Its gzip
+// checkpoint windows are read from z.Checkpoints, which it keeps (no copy).
 func newLayer(z *ztoc.Ztoc, c *converted) (*Layer, error) {
-	l := &Layer{TOC: c.toc, Spans: c.table, SpanSize: c.spanSize, nextBits: c.nextBits}
+	l := &Layer{TOC: c.toc, Spans: c.table, SpanSize: c.spanSize}
 	if z.CompressionAlgorithm != compression.Gzip {
 		return l, nil
 	}
-	// The blob's length and count were checked by convert, so the C
-	// decoder only copies what is there.
-	zi, err := compression.NewZinfo(compression.Gzip, z.Checkpoints)
+	w, err := newMemWindows(z.Checkpoints, len(c.table.Spans))
 	if err != nil {
 		return nil, fmt.Errorf("load gzip checkpoints: %w", err)
 	}
-	if int(zi.MaxSpanID())+1 != len(c.table.Spans) {
-		zi.Close()
-		return nil, fmt.Errorf("load gzip checkpoints: %d spans, want %d", zi.MaxSpanID()+1, len(c.table.Spans))
-	}
-	l.gzip, l.zinfo = true, zi
-	count, spanSize := len(c.table.Spans), c.spanSize
-	l.cleanup = runtime.AddCleanup(l, func(zi compression.Zinfo) { freeZinfo(zi, count, spanSize) }, zi)
+	l.gzip, l.bits, l.windows = true, c.bits, w
 	return l, nil
 }
 
@@ -83,42 +74,28 @@ func (l *Layer) Decompress(compressed []byte, i int) ([]byte, error) {
 	return l.inflate(compressed, s, i)
 }
 
-// inflate runs soci's C inflate on a copy of the span's bytes followed by
-// the padding pad.go describes.
+// inflate inflates span i from its checkpoint's window with zlib.
 func (l *Layer) inflate(compressed []byte, s span.Span, i int) ([]byte, error) {
-	n := s.UncompressedEnd - s.UncompressedStart
-	var stop []byte
-	if i+1 < len(l.Spans.Spans) {
-		stop = stopper(compressed[len(compressed)-1], l.nextBits[i])
-	}
-	used := len(compressed) + len(stop)
-	buf, free, err := padBuffer(used + 2*int(n) + padSlack)
+	win, err := l.windows.window(i, s)
 	if err != nil {
 		return nil, fmt.Errorf("decompress span %d: %w", i, err)
 	}
-	defer free()
-	copy(buf, compressed)
-	copy(buf[len(compressed):], stop)
-	out, err := l.zinfo.ExtractDataFromBuffer(buf, compression.Offset(n),
-		compression.Offset(s.UncompressedStart), compression.SpanID(i))
-	if err != nil {
+	out := make([]byte, s.UncompressedEnd-s.UncompressedStart)
+	if err := inflateSpan(compressed, l.bits[i], win, out); err != nil {
 		return nil, fmt.Errorf("decompress span %d: %w", i, err)
-	}
-	if int64(len(out)) != n {
-		return nil, fmt.Errorf("decompress span %d: got %d bytes, want %d", i, len(out), n)
 	}
 	return out, nil
 }
 
-// Close frees the C checkpoint memory. Decompress fails after Close.
+// Close releases the checkpoint windows. Decompress fails after Close.
 func (l *Layer) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.closed = true
-	if l.zinfo != nil {
-		l.cleanup.Stop()
-		freeZinfo(l.zinfo, len(l.Spans.Spans), l.SpanSize)
-		l.zinfo = nil
+	var err error
+	if l.windows != nil {
+		err = l.windows.close()
+		l.windows = nil
 	}
-	return nil
+	return err
 }

@@ -27,7 +27,12 @@ type discoveryFixture struct {
 
 func newDiscoveryFixture(t testing.TB) *discoveryFixture {
 	t.Helper()
-	tl := newTestLayer(t, 200<<10, 64<<10)
+	return newDiscoveryFixtureOf(t, newTestLayer(t, 200<<10, 64<<10))
+}
+
+// newDiscoveryFixtureOf is newDiscoveryFixture with the layer tl.
+func newDiscoveryFixtureOf(t testing.TB, tl testLayer) *discoveryFixture {
+	t.Helper()
 	f := &discoveryFixture{reg: newFakeRegistry(), layer: digest.FromBytes(tl.blob), layerTar: tl.tar, layerBlb: tl.blob}
 	f.ztoc = f.reg.putBlob(tl.ztocData)
 	ztocs := map[digest.Digest]ocispec.Descriptor{f.layer: f.ztoc}

@@ -2,10 +2,10 @@
 // index of an image (explicit label, v2 manifest annotation, v1 referrers),
 // fetches and verifies the zTOC of a layer, keeps both on local disk, and
 // converts the zTOC into our own TOC and span table. It is the only package
-// that imports soci-snapshotter's ztoc code (and so the only cgo user).
+// that imports soci-snapshotter's ztoc code and the only cgo user.
 //
 // Everything read from a registry, from containerd's content store or from
 // disk is untrusted: digests are checked, the zTOC flatbuffer is bounded
 // before it is decoded, and Convert validates every offset, size, name and
-// type before the C checkpoint code ever sees the data.
+// type before a span is inflated (zlib, through cgo).
 package index

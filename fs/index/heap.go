@@ -25,13 +25,13 @@ const (
 	// map and in the converted xattr map.
 	xattrHeap = 320
 	// spanHeap is per span: the digest string, span.Span, the parsed
-	// checkpoint and the C decoder's per-checkpoint state.
+	// checkpoint and its window's bits and digest.
 	spanHeap = 512
 	// readFactor is per byte of the flatbuffer: the store's own copy (read
-	// from disk or the registry) and soci's Unmarshal's copy, made with
-	// io.ReadAll, whose growing buffer allocates about 2.5 times its size
-	// in all.
-	readFactor = 4
+	// from disk or the registry), which the decoder refers to instead of
+	// copying it (decodeFlatbuffer), and as much again for the registry
+	// client's read of it.
+	readFactor = 2
 	// xattrFactor is per byte of an extended attribute's key and value:
 	// the decoded string, which stays live with the layer, and the
 	// garbage the collector lets pile up beside it (GOGC=100 lets the heap
@@ -89,8 +89,8 @@ func checkFlatbuffer(buf []byte, lim Limits) (heap int64, err error) {
 	if err := b.take(n+spans, len(root.Version())+len(root.BuildToolIdentifier())); err != nil {
 		return 0, err
 	}
-	// The checkpoints are copied by the decoder and again into C memory.
-	b.heap = readFactor*int64(len(buf)) + int64(n)*entryHeap + int64(spans)*spanHeap + 2*int64(info.CheckpointsLength()) +
+	// The checkpoints are read where they are: in buf, then in the file.
+	b.heap = readFactor*int64(len(buf)) + int64(n)*entryHeap + int64(spans)*spanHeap +
 		int64(len(root.Version())+len(root.BuildToolIdentifier())) + 2*stringHeap
 	for j := range spans {
 		if err := b.take(0, len(info.SpanDigests(j))); err != nil {

@@ -48,7 +48,7 @@ type checkpoint struct {
 type layout struct {
 	table    span.Table
 	spanSize int64
-	nextBits []uint8 // gzip: bits of checkpoint i+1, for span i
+	bits     []uint8 // gzip: bits of checkpoint i, for span i
 }
 
 // spanLayout derives the span layout of a zTOC.
@@ -133,7 +133,7 @@ func gzipSpans(z *ztoc.Ztoc) (layout, error) {
 	if spanSize <= 0 || cps[0].out != 0 {
 		return layout{}, fmt.Errorf("bad checkpoint header: span size %d, first offset %d", spanSize, cps[0].out)
 	}
-	nextBits := make([]uint8, len(cps))
+	bits := make([]uint8, len(cps))
 	var zeros [32]byte
 	if cps[0].window == nil {
 		zeros = sha256.Sum256(make([]byte, windowSize))
@@ -155,20 +155,20 @@ func gzipSpans(z *ztoc.Ztoc) (layout, error) {
 		if cp.bits > 0 {
 			s.CompressedStart--
 		}
+		bits[i] = cp.bits
 		if i+1 < len(cps) {
 			next := cps[i+1]
 			if next.in <= cp.in || next.out <= cp.out {
 				return layout{}, fmt.Errorf("checkpoint %d does not follow checkpoint %d", i+1, i)
 			}
 			s.CompressedEnd, s.UncompressedEnd = next.in, next.out
-			nextBits[i] = next.bits
 		}
 		if err := checkSpan(i, s, cp.bits, t); err != nil {
 			return layout{}, err
 		}
 		t.Spans[i] = s
 	}
-	return layout{table: t, spanSize: spanSize, nextBits: nextBits}, nil
+	return layout{table: t, spanSize: spanSize, bits: bits}, nil
 }
 
 // checkSpan checks what Table.Validate does not: bit counts, digest

@@ -1,7 +1,6 @@
 package index
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +8,8 @@ import (
 
 	"github.com/awslabs/soci-snapshotter/soci"
 	"github.com/awslabs/soci-snapshotter/ztoc"
+	fbs "github.com/awslabs/soci-snapshotter/ztoc/fbs/ztoc"
+	"github.com/containerd/log"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/opencontainers/go-digest"
@@ -58,7 +59,28 @@ func (s *Store) open(ctx context.Context, idx *Index, layer digest.Digest, load 
 		return nil, classify(fmt.Errorf("zTOC %s of layer %s: %w", desc.Digest, layer, err))
 	}
 	l.DisableXattrs = desc.Annotations[soci.IndexAnnotationDisableXAttrs] == "true"
+	s.windowsFromFile(ctx, l, desc.Digest, data)
 	return l, nil
+}
+
+// windowsFromFile points a gzip Layer's checkpoint windows at the zTOC's
+// file in the store (data are its verified bytes), so that the Layer keeps
+// no copy of them in memory. When the file cannot be used the Layer keeps
+// reading them from memory.
+func (s *Store) windowsFromFile(ctx context.Context, l *Layer, d digest.Digest, data []byte) {
+	if !l.gzip {
+		return
+	}
+	off, n, err := checkpointsAt(data)
+	if err == nil {
+		var p string
+		if p, err = s.blobPath(d); err == nil {
+			err = l.readWindowsFrom(p, int64(len(data)), off, n)
+		}
+	}
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("ztoc", d).Debug("zTOC checkpoint windows kept in memory")
+	}
 }
 
 // ztocBytes returns the verified bytes of a zTOC; concurrent callers for one
@@ -174,14 +196,10 @@ func estimateZTOC(data []byte, lim Limits) (int64, error) {
 	return checkFlatbuffer(data, lim)
 }
 
-// unmarshalZTOC decodes a flatbuffer estimateZTOC accepted with soci's
-// unmarshaler.
+// unmarshalZTOC decodes a flatbuffer estimateZTOC accepted (see
+// decodeFlatbuffer: the Ztoc refers to data).
 func unmarshalZTOC(data []byte) (*ztoc.Ztoc, error) {
-	z, err := ztoc.Unmarshal(bytes.NewReader(data))
-	if err != nil {
-		return nil, fmt.Errorf("decode zTOC: %w", err)
-	}
-	return z, nil
+	return decodeFlatbuffer(data)
 }
 
 // decodeZTOC bounds the flatbuffer and decodes it.
@@ -206,4 +224,25 @@ func (s *Store) fetchVerified(ctx context.Context, ref string, desc ocispec.Desc
 		return nil, err
 	}
 	return data, nil
+}
+
+// checkpointsAt returns where the gzip checkpoint blob is in a zTOC
+// flatbuffer that estimateZTOC accepted: its offset and length.
+func checkpointsAt(data []byte) (off int64, n int, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("locate checkpoints: malformed flatbuffer: %v", r)
+		}
+	}()
+	info := fbs.GetRootAsZtoc(data, 0).CompressionInfo(new(fbs.CompressionInfo))
+	if info == nil {
+		return 0, 0, errors.New("locate checkpoints: no compression info")
+	}
+	b := info.CheckpointsBytes()
+	// b is a slice of data: its capacity tells where it starts.
+	off = int64(cap(data) - cap(b))
+	if len(b) == 0 || off < 0 || off+int64(len(b)) > int64(len(data)) || &data[off] != &b[0] {
+		return 0, 0, errors.New("locate checkpoints: not inside the flatbuffer")
+	}
+	return off, len(b), nil
 }
