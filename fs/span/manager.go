@@ -211,6 +211,9 @@ func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error)
 	if from, to := m.ahead.next(c.table, off, end, first, last); from <= to {
 		c.fetchAhead(ctx, from, to, m.ahead.req)
 	}
+	if calls != nil {
+		defer m.ahead.done() // only a read that waited can have paused
+	}
 	if m.observer == nil && m.demand == nil {
 		return m.copyOut(ctx, calls, first, last, p, off, end)
 	}

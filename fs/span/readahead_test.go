@@ -2,8 +2,10 @@ package span
 
 import (
 	"bytes"
+	"context"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/fastsoci/soci-snapshotter/fs/cache"
 	"github.com/fastsoci/soci-snapshotter/internal/clocktest"
@@ -156,5 +158,44 @@ func TestReserve(t *testing.T) {
 	}
 	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{0, 1, 0, 0}) {
 		t.Errorf("fetches per span = %v, want span 1 once (released), span 0 never", got)
+	}
+}
+
+// slowFetcher advances a fake clock by d during every request: a link on
+// which each fetch takes d.
+type slowFetcher struct {
+	Fetcher
+	clock *clocktest.Fake
+	d     time.Duration
+}
+
+func (s slowFetcher) FetchAt(ctx context.Context, p []byte, off int64) (int, error) {
+	s.clock.Advance(s.d)
+	return s.Fetcher.FetchAt(ctx, p, off)
+}
+
+// TestReadAheadSlowFetch: a read that waited longer than runIdle for its
+// span does not end the run it is part of: the pause counts from when it
+// returned, so the next read ahead of it still fetches ahead.
+func TestReadAheadSlowFetch(t *testing.T) {
+	l := buildLayer(t, 35, []int{1000, 1000, 1000, 1000, 1000}, false)
+	f := &fakeFetcher{blob: l.blob}
+	clock := clocktest.New()
+	m := newManager(t, l, slowFetcher{f, clock, 2 * runIdle}, cache.NewMemory(), func(o *Options) {
+		o.ReadAhead = 1 << 20
+		o.ReadAheadRequest = 1 // one span per request
+		o.Now = clock.Now
+	})
+	p := make([]byte, 900)
+	for _, off := range []int64{0, 900} { // span 0, then across into span 1
+		if n, err := m.FetchAt(t.Context(), p, off); n != len(p) || err != nil || !bytes.Equal(p, l.data[off:off+900]) {
+			t.Fatalf("FetchAt(%d) = %d, %v", off, n, err)
+		}
+	}
+	m.c.wg.Wait()
+	// The run is 1800 bytes long at the second read: spans 2 and 3
+	// (up to byte 3600) come ahead.
+	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{1, 1, 1, 1, 0}) {
+		t.Errorf("fetches per span = %v, want spans 0-3 once", got)
 	}
 }
