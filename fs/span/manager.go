@@ -75,8 +75,9 @@ type Options struct {
 	// Observer receives the latency of every FetchAt with its cache hits
 	// and misses, and read failures; nil: none.
 	Observer Observer
-	// Demand is told while a FetchAt waits for the registry, so that
-	// background work yields to it; nil: nobody is told.
+	// Demand is told while a FetchAt waits for the registry and while a
+	// fetch ahead of reads (read-ahead, neighbours) runs, so that
+	// background work yields to them; nil: nobody is told.
 	Demand Demand
 	// Tracer is told the spans each FetchAt (a demand read) needs, cached
 	// or not; never those of read-ahead, Prefetch or the Loader. nil: none.

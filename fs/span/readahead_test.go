@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -197,5 +198,64 @@ func TestReadAheadSlowFetch(t *testing.T) {
 	// (up to byte 3600) come ahead.
 	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{1, 1, 1, 1, 0}) {
 		t.Errorf("fetches per span = %v, want spans 0-3 once", got)
+	}
+}
+
+// demandCount counts demands in progress.
+type demandCount struct {
+	mu      sync.Mutex
+	n, peak int
+}
+
+func (d *demandCount) BeginDemand() { d.mu.Lock(); d.n++; d.peak = max(d.peak, d.n); d.mu.Unlock() }
+func (d *demandCount) EndDemand()   { d.mu.Lock(); d.n--; d.mu.Unlock() }
+func (d *demandCount) get() (n, peak int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.n, d.peak
+}
+
+// TestReadAheadIsDemand: a read-ahead fetch is a demand while it runs (the
+// background walk yields to it), and ends being one when it is done.
+func TestReadAheadIsDemand(t *testing.T) {
+	l := buildLayer(t, 36, []int{1000, 1000, 1000, 1000}, false)
+	f := &fakeFetcher{blob: l.blob}
+	d := &demandCount{}
+	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) {
+		o.ReadAhead = 1 << 20
+		o.ReadAheadRequest = 1
+		o.Demand = d
+	})
+	p := make([]byte, 900)
+	if n, err := m.FetchAt(t.Context(), p, 0); n != len(p) || err != nil {
+		t.Fatal(n, err)
+	}
+	if n, _ := d.get(); n != 0 {
+		t.Fatalf("demands after a read = %d, want 0", n)
+	}
+	gate := make(chan struct{})
+	started := make(chan struct{}, 8)
+	f.set(func(f *fakeFetcher) { f.gate, f.started = gate, started })
+	done := make(chan error, 1)
+	go func() { // crosses into span 1: a demand fetch of it, spans 2-3 ahead
+		_, err := m.FetchAt(t.Context(), p, 900)
+		done <- err
+	}()
+	for range 3 {
+		<-started
+	}
+	if n, _ := d.get(); n != 3 {
+		t.Errorf("demands while the read and its read-ahead wait = %d, want 3", n)
+	}
+	close(gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	m.c.wg.Wait()
+	if n, peak := d.get(); n != 0 || peak != 3 {
+		t.Errorf("demands after the fetches = %d (peak %d), want 0 (peak 3)", n, peak)
+	}
+	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{1, 1, 1, 1}) {
+		t.Errorf("fetches per span = %v, want each span once", got)
 	}
 }
