@@ -97,6 +97,13 @@ type Options struct {
 	// a registry link is often limited per connection.
 	ReadAhead        int64
 	ReadAheadRequest int64
+	// Neighbours, when > 0, is how many compressed bytes on either side
+	// of a read that missed the cache are fetched once the layer's reads
+	// have missed at two places apart (scattered reads: a program loading
+	// its modules one after another), in requests of at most
+	// ReadAheadRequest. They are started once the read that missed has
+	// its own spans (demand first).
+	Neighbours int64
 	// SplitRequest, when > 0, splits a fetch of more compressed bytes than
 	// that into up to MaxSplit parallel range requests of about that size
 	// each (MaxSplit default 4): a read waiting for a 4 MiB span then gets
@@ -139,6 +146,7 @@ type Demand interface {
 type Manager struct {
 	c        *core
 	ahead    *readAhead
+	near     *neighbours
 	loader   Loader
 	observer Observer
 	demand   Demand
@@ -158,7 +166,7 @@ func New(opts Options) (*Manager, error) {
 		return nil, fmt.Errorf("new span manager for %s: %w: %w", opts.CacheKey, errdefs.ErrInvalidArgument, err)
 	}
 	c := newCore(opts)
-	return &Manager{c: c, ahead: newReadAhead(opts), loader: Loader{c: c}, observer: opts.Observer, demand: opts.Demand, tracer: opts.Tracer}, nil
+	return &Manager{c: c, ahead: newReadAhead(opts), near: newNeighbours(opts), loader: Loader{c: c}, observer: opts.Observer, demand: opts.Demand, tracer: opts.Tracer}, nil
 }
 
 func (o Options) check() error {
@@ -177,6 +185,8 @@ func (o Options) check() error {
 		return fmt.Errorf("negative max coalesce %d", o.MaxCoalesce)
 	case o.ReadAhead < 0:
 		return fmt.Errorf("negative read-ahead %d", o.ReadAhead)
+	case o.Neighbours < 0:
+		return fmt.Errorf("negative neighbours %d", o.Neighbours)
 	}
 	return nil
 }
@@ -214,6 +224,9 @@ func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error)
 	}
 	if calls != nil {
 		defer m.ahead.done() // only a read that waited can have paused
+		if from, to := m.near.next(c.table, first, last); from <= to {
+			defer c.fetchAhead(ctx, from, to, m.ahead.req) // after the read's own spans
+		}
 	}
 	if m.observer == nil && m.demand == nil {
 		return m.copyOut(ctx, calls, first, last, p, off, end)
