@@ -100,9 +100,10 @@ type Options struct {
 	// Neighbours, when > 0, is how many compressed bytes on either side
 	// of a read that missed the cache are fetched once the layer's reads
 	// have missed at two places apart (scattered reads: a program loading
-	// its modules one after another), in requests of at most
-	// ReadAheadRequest. They are started once the read that missed has
-	// its own spans (demand first).
+	// its modules one after another; the miss that shows it fetches around
+	// the previous miss too), in requests of at most ReadAheadRequest.
+	// They are started once the read that missed has its own spans
+	// (demand first).
 	Neighbours int64
 	// SplitRequest, when > 0, splits a fetch of more compressed bytes than
 	// that into up to MaxSplit parallel range requests of about that size
@@ -224,8 +225,12 @@ func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error)
 	}
 	if calls != nil {
 		defer m.ahead.done() // only a read that waited can have paused
-		if from, to := m.near.next(c.table, first, last); from <= to {
-			defer c.fetchAhead(ctx, from, to, m.ahead.req) // after the read's own spans
+		if near := m.near.next(c.table, first, last); near != nil {
+			defer func() { // after the read's own spans
+				for _, r := range near {
+					c.fetchAhead(ctx, r.from, r.to, m.ahead.req)
+				}
+			}()
 		}
 	}
 	if m.observer == nil && m.demand == nil {
