@@ -3,6 +3,7 @@ package span
 import (
 	"bytes"
 	"context"
+	"strings"
 	"testing"
 	"testing/synctest"
 
@@ -91,6 +92,55 @@ func TestCompressedWaitsForFetch(t *testing.T) {
 		<-begun
 		if _, ok := m.Loader().Compressed(ctx, 2); ok {
 			t.Error("Compressed(2) with a canceled ctx while span 2 is fetched = ok")
+		}
+	})
+}
+
+// slowZCache blocks the Put of compressed copies until gate is closed.
+type slowZCache struct {
+	*cache.Memory
+	gate chan struct{}
+}
+
+func (s slowZCache) Put(key string, data []byte) error {
+	if strings.Contains(key, "/z/") {
+		<-s.gate
+	}
+	return s.Memory.Put(key, data)
+}
+
+// TestReadersBeforeCompressedCopy: a read gets its span without waiting for
+// the compressed copy to be written; the walk's Compressed waits for it.
+func TestReadersBeforeCompressedCopy(t *testing.T) {
+	// In a bubble, synctest.Wait tells when Compressed is blocked.
+	synctest.Test(t, func(t *testing.T) {
+		l := buildLayer(t, 13, []int{4096, 5000, 3000}, false)
+		c := slowZCache{cache.NewMemory(), make(chan struct{})}
+		m := newManager(t, l, &fakeFetcher{blob: l.blob}, c, func(o *Options) { o.KeepCompressed = true })
+		p := make([]byte, 100)
+		if n, err := m.FetchAt(context.Background(), p, 5000); n != len(p) || err != nil || !bytes.Equal(p, l.data[5000:5100]) {
+			t.Fatalf("FetchAt = %d, %v while the compressed copy is not written", n, err)
+		}
+		type res struct {
+			b  []byte
+			ok bool
+		}
+		got := make(chan res, 1)
+		go func() {
+			b, ok := m.Loader().Compressed(context.Background(), 1)
+			got <- res{b, ok}
+		}()
+		synctest.Wait()
+		select {
+		case r := <-got:
+			t.Fatalf("Compressed(1) returned (%d bytes, %v) before the copy was written", len(r.b), r.ok)
+		default:
+		}
+		close(c.gate)
+		r := <-got
+		s := l.table.Spans[1]
+		if !r.ok || !bytes.Equal(r.b, l.blob[s.CompressedStart:s.CompressedEnd]) {
+			t.Errorf("Compressed(1) = %d bytes, %v", len(r.b), r.ok)
 		}
 	})
 }

@@ -55,6 +55,9 @@ type core struct {
 	bad      map[int]error
 	poisoned error
 	winOK    []bool // spans whose window matched the previous span's bytes
+	// zPending are the spans whose compressed copy a fetch is writing
+	// (KeepCompressed), closed when it is written or given up.
+	zPending map[int]chan struct{}
 }
 
 // state is what the core knows about one span in the cache. A span with an
@@ -342,6 +345,37 @@ func (c *core) finish(i int, data []byte, err error, stored bool) {
 // compressedKey is the cache key of span i's compressed bytes.
 func (c *core) compressedKey(i int) string {
 	return c.key + "/z/" + strings.TrimPrefix(c.keys[i], c.key+"/")
+}
+
+// keeping marks span i's compressed copy as being written; the caller
+// closes the channel it returns once it is (see zPending).
+func (c *core) keeping(i int) chan struct{} {
+	ch := make(chan struct{})
+	c.mu.Lock()
+	if c.zPending == nil {
+		c.zPending = map[int]chan struct{}{}
+	}
+	c.zPending[i] = ch
+	c.mu.Unlock()
+	return ch
+}
+
+// keptDone ends what keeping began.
+func (c *core) keptDone(i int, ch chan struct{}) {
+	c.mu.Lock()
+	if c.zPending[i] == ch {
+		delete(c.zPending, i)
+	}
+	c.mu.Unlock()
+	close(ch)
+}
+
+// keptWait returns the channel to wait on for span i's compressed copy
+// being written, or nil.
+func (c *core) keptWait(i int) chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.zPending[i]
 }
 
 // keepCompressed caches the verified compressed bytes of span i when the

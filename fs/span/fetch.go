@@ -47,10 +47,16 @@ func (c *core) fetch(first, last int, split int64) {
 			compressed = again
 			data, stored, serr = c.load(ctx, i, compressed)
 		}
-		if serr == nil {
-			c.keepCompressed(ctx, i, compressed)
+		if serr != nil || !c.keepZ {
+			c.finish(i, data, serr, stored)
+			continue
 		}
+		// Readers first: the compressed copy for the background walk is
+		// written after they have the span (Loader.Compressed waits).
+		kept := c.keeping(i)
 		c.finish(i, data, serr, stored)
+		c.keepCompressed(ctx, i, compressed)
+		c.keptDone(i, kept)
 	}
 }
 
