@@ -209,8 +209,9 @@ func (c *core) fetchAhead(ctx context.Context, first, last int, maxReq int64) {
 // start runs the shared fetches of the spans fresh (ascending indices, their
 // calls made), one per request of at most maxReq compressed bytes (see
 // Table.Run). With ahead, each request is a demand (Options.Demand) from
-// its start to its end: readers wait for a demand fetch themselves and
-// are counted while they wait. Callers hold mu.
+// its start to its end (readers wait for a demand fetch themselves and
+// are counted while they wait) and is never split (SplitRequest): fetches
+// ahead are parallel requests already. Callers hold mu.
 func (c *core) start(fresh []int, maxReq int64, ahead bool) {
 	c.table.runs(fresh, maxReq, func(first, last int) {
 		c.wg.Add(1)
@@ -218,12 +219,16 @@ func (c *core) start(fresh []int, maxReq int64, ahead bool) {
 		if demand {
 			c.demand.BeginDemand()
 		}
+		split := c.split
+		if ahead {
+			split = 0 // nobody waits: parallel requests already, no need for parts
+		}
 		go func() {
 			defer c.wg.Done()
 			if demand {
 				defer c.demand.EndDemand()
 			}
-			c.fetch(first, last, c.split)
+			c.fetch(first, last, split)
 		}()
 	})
 }

@@ -110,6 +110,7 @@ type Options struct {
 	// each (MaxSplit default 4): a read waiting for a 4 MiB span then gets
 	// it over several connections, which matters on links limited per
 	// connection (TCP windows over a long RTT, per-connection shaping).
+	// Fetches ahead of reads (read-ahead, neighbours) are not split.
 	SplitRequest int64
 	MaxSplit     int
 	// Limit bounds the bytes being decompressed at once, shared by every

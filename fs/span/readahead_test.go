@@ -259,3 +259,32 @@ func TestReadAheadIsDemand(t *testing.T) {
 		t.Errorf("fetches per span = %v, want each span once", got)
 	}
 }
+
+// TestReadAheadNotSplit: a demand fetch is split into parts (SplitRequest),
+// a read-ahead fetch is one request per ReadAheadRequest.
+func TestReadAheadNotSplit(t *testing.T) {
+	l := buildLayer(t, 37, []int{4000, 4000, 4000, 4000}, false)
+	f := &fakeFetcher{blob: l.blob}
+	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) {
+		o.ReadAhead = 1 << 20
+		o.ReadAheadRequest = 1
+		o.SplitRequest = 1000
+	})
+	p := make([]byte, 2000)
+	for _, off := range []int64{0, 2000, 4000} { // span 0, then into span 1: span 2 ahead
+		if n, err := m.FetchAt(t.Context(), p, off); n != len(p) || err != nil {
+			t.Fatalf("FetchAt(%d) = %d, %v", off, n, err)
+		}
+	}
+	m.c.wg.Wait()
+	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{0, 0, 1, 0}) {
+		t.Errorf("whole-span requests per span = %v, want span 2 (ahead) in one request, 0-1 (demand) in parts", got)
+	}
+	parts := func(i int) int {
+		n := l.table.Spans[i].CompressedEnd - l.table.Spans[i].CompressedStart
+		return int(min(4, (n+999)/1000))
+	}
+	if got, want := f.requests(), parts(0)+parts(1)+1; got != want || want < 5 {
+		t.Errorf("requests = %d, want %d (spans 0 and 1 in parts, span 2 whole)", got, want)
+	}
+}
