@@ -26,6 +26,9 @@ const (
 	backgroundChunkSize    = 8 << 20
 	maxBackgroundDelay     = 5 * time.Second
 	maxBackgroundRetryWait = 500 * time.Millisecond
+	// backgroundQuiet: a chunk starts only once demand fetches (reads
+	// waiting for the registry, read-ahead) have been over for this long.
+	backgroundQuiet = time.Second
 )
 
 // backgroundOptions maps [background_fetch] onto the scheduler's options;
@@ -39,6 +42,7 @@ func backgroundOptions(cfg *config.Config) *background.Options {
 		Workers:      backgroundWorkers,
 		ChunkSize:    backgroundChunkSize,
 		Delay:        min(max(b.SilencePeriodMsec.Duration(), 0), maxBackgroundDelay),
+		Quiet:        backgroundQuiet,
 		RetryWait:    min(b.FetchPeriodMsec.Duration(), maxBackgroundRetryWait),
 		FetchTimeout: spanFetchTimeout(cfg),
 		MaxQueue:     max(b.MaxQueueSize, 0),

@@ -32,7 +32,8 @@ type Spans interface {
 	// compressed, which holds blob[base:base+len(compressed)].
 	Load(ctx context.Context, first, last int, compressed []byte, base int64) error
 	// Compressed returns the verified compressed bytes a read kept of a
-	// local span i, if any; DropCompressed forgets them all.
+	// local span i, if any, waiting for a read's fetch of it in flight;
+	// DropCompressed forgets them all.
 	Compressed(ctx context.Context, i int) ([]byte, bool)
 	DropCompressed(ctx context.Context)
 	// Complete reports whether every span of the layer is cached.

@@ -55,6 +55,12 @@ type Options struct {
 	ChunkSize int64
 	// Delay is how long a layer waits after Enqueue before its first fetch.
 	Delay time.Duration
+	// Quiet is how long after the last demand ended (see BeginDemand)
+	// workers wait before they start a chunk (0: not at all). A program
+	// reading a layer comes back for more soon after a read-ahead ended;
+	// a chunk started in that gap would share the link with its next
+	// demand.
+	Quiet time.Duration
 	// RetryWait is the pause after a failed chunk (default DefaultRetryWait).
 	RetryWait time.Duration
 	// MaxAttempts is how many times one chunk is tried before the layer is
@@ -113,6 +119,7 @@ type Scheduler struct {
 	demandMu sync.Mutex
 	demand   int
 	idle     chan struct{} // closed while demand == 0
+	lastEnd  time.Time     // when demand last fell to 0
 }
 
 // job is one layer to complete.
@@ -261,23 +268,37 @@ func (s *Scheduler) EndDemand() {
 	s.demand--
 	if s.demand == 0 {
 		close(s.idle)
+		s.lastEnd = time.Now()
 	}
 	s.demandMu.Unlock()
 }
 
 var _ span.Demand = (*Scheduler)(nil)
 
-// waitIdle returns once no demand read is waiting, or with ctx's error.
+// waitIdle returns once no demand is in progress and none has ended for
+// Options.Quiet, or with ctx's error.
 func (s *Scheduler) waitIdle(ctx context.Context) error {
 	for {
 		s.demandMu.Lock()
-		idle := s.idle
+		idle, busy, last := s.idle, s.demand > 0, s.lastEnd
 		s.demandMu.Unlock()
-		select {
-		case <-idle:
+		if busy {
+			select {
+			case <-idle:
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		wait := s.opts.Quiet - time.Since(last)
+		if last.IsZero() || wait <= 0 {
 			return nil
-		case <-ctx.Done():
-			return ctx.Err()
+		}
+		if err := sleep(ctx, wait); err != nil {
+			return err
 		}
 	}
 }

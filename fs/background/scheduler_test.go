@@ -632,3 +632,44 @@ func TestHashesKeptSpans(t *testing.T) {
 		}
 	}
 }
+
+// TestQuietAfterDemand: a chunk starts only once demand has been over for
+// Options.Quiet, and a demand meanwhile starts the wait anew.
+func TestQuietAfterDemand(t *testing.T) {
+	// In a bubble the quiet period passes on a fake clock.
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBlob(t, 6, 256<<10, 2)
+		res := newResults()
+		const quiet = time.Second
+		s := newTestScheduler(Options{ChunkSize: 1, Quiet: quiet}, res.onDone)
+		defer s.Close()
+		var mu sync.Mutex
+		var first time.Time
+		blob := &fakeBlob{data: b.blob, before: func(context.Context, int64) error {
+			mu.Lock()
+			if first.IsZero() {
+				first = time.Now()
+			}
+			mu.Unlock()
+			return nil
+		}}
+		start := time.Now()
+		s.BeginDemand()
+		s.EndDemand()
+		l, _ := layerOf("/mnt/q", b, blob)
+		s.Enqueue(context.Background(), l)
+		time.Sleep(quiet / 2)
+		synctest.Wait()
+		s.BeginDemand() // another demand half-way through the quiet period
+		s.EndDemand()
+		again := time.Now()
+		if err := res.wait(t, "/mnt/q"); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if first.IsZero() || first.Before(again.Add(quiet)) {
+			t.Errorf("first chunk %v after the start, want at least %v (quiet after the last demand)", first.Sub(start), again.Add(quiet).Sub(start))
+		}
+	})
+}

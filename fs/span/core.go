@@ -35,6 +35,7 @@ type core struct {
 	limit       *DecompressLimit
 	retries     int      // Options.VerifyRetries
 	observer    Observer // told of checkpoint window mismatches; nil: none
+	demand      Demand   // told while fetches ahead of reads run; nil: none
 
 	// life is the lifecycle of shared fetches (not a request context): it
 	// is canceled by close only.
@@ -54,6 +55,9 @@ type core struct {
 	bad      map[int]error
 	poisoned error
 	winOK    []bool // spans whose window matched the previous span's bytes
+	// zPending are the spans whose compressed copy a fetch is writing
+	// (KeepCompressed), closed when it is written or given up.
+	zPending map[int]chan struct{}
 }
 
 // state is what the core knows about one span in the cache. A span with an
@@ -102,7 +106,7 @@ func newCore(opts Options) *core {
 		key: opts.CacheKey, keys: make([]string, n), keepZ: opts.KeepCompressed,
 		timeout: cmp.Or(opts.FetchTimeout, DefaultFetchTimeout), maxCoalesce: cmp.Or(opts.MaxCoalesce, DefaultMaxCoalesce),
 		split: opts.SplitRequest, maxSplit: opts.MaxSplit, limit: opts.Limit,
-		retries: max(opts.VerifyRetries, 0), observer: opts.Observer,
+		retries: max(opts.VerifyRetries, 0), observer: opts.Observer, demand: opts.Demand,
 		hold:  failHold{hold: cmp.Or(opts.FailHold, DefaultFailHold), now: opts.Now},
 		calls: make([]*call, n), state: make([]state, n), winOK: make([]bool, n),
 	}
@@ -167,7 +171,7 @@ func (c *core) plan(ctx context.Context, first, last int) ([]*call, error) {
 		}
 		set(i, c.calls[i])
 	}
-	c.start(fresh, c.maxCoalesce)
+	c.start(fresh, c.maxCoalesce, false)
 	return calls, nil
 }
 
@@ -181,7 +185,9 @@ func callAt(calls []*call, k int) *call {
 
 // fetchAhead starts fetching the spans in [first, last] that are neither
 // cached, nor being fetched, nor failed recently, in requests of at most
-// maxReq compressed bytes; nobody waits for them.
+// maxReq compressed bytes; nobody waits for them yet. They are fetched on
+// behalf of reads (read-ahead, neighbours): the Demand is told while each
+// runs, so that the background walk does not compete with them.
 func (c *core) fetchAhead(ctx context.Context, first, last int, maxReq int64) {
 	c.probe(ctx, first, last)
 	c.mu.Lock()
@@ -197,16 +203,33 @@ func (c *core) fetchAhead(ctx context.Context, first, last int, maxReq int64) {
 		c.calls[i] = &call{done: make(chan struct{})}
 		fresh = append(fresh, i)
 	}
-	c.start(fresh, maxReq)
+	c.start(fresh, maxReq, true)
 }
 
 // start runs the shared fetches of the spans fresh (ascending indices, their
 // calls made), one per request of at most maxReq compressed bytes (see
-// Table.Run). Callers hold mu.
-func (c *core) start(fresh []int, maxReq int64) {
+// Table.Run). With ahead, each request is a demand (Options.Demand) from
+// its start to its end (readers wait for a demand fetch themselves and
+// are counted while they wait) and is never split (SplitRequest): fetches
+// ahead are parallel requests already. Callers hold mu.
+func (c *core) start(fresh []int, maxReq int64, ahead bool) {
 	c.table.runs(fresh, maxReq, func(first, last int) {
 		c.wg.Add(1)
-		go c.fetch(first, last, c.split)
+		demand := ahead && c.demand != nil
+		if demand {
+			c.demand.BeginDemand()
+		}
+		split := c.split
+		if ahead {
+			split = 0 // nobody waits: parallel requests already, no need for parts
+		}
+		go func() {
+			defer c.wg.Done()
+			if demand {
+				defer c.demand.EndDemand()
+			}
+			c.fetch(first, last, split)
+		}()
 	})
 }
 
@@ -327,6 +350,37 @@ func (c *core) finish(i int, data []byte, err error, stored bool) {
 // compressedKey is the cache key of span i's compressed bytes.
 func (c *core) compressedKey(i int) string {
 	return c.key + "/z/" + strings.TrimPrefix(c.keys[i], c.key+"/")
+}
+
+// keeping marks span i's compressed copy as being written; the caller
+// closes the channel it returns once it is (see zPending).
+func (c *core) keeping(i int) chan struct{} {
+	ch := make(chan struct{})
+	c.mu.Lock()
+	if c.zPending == nil {
+		c.zPending = map[int]chan struct{}{}
+	}
+	c.zPending[i] = ch
+	c.mu.Unlock()
+	return ch
+}
+
+// keptDone ends what keeping began.
+func (c *core) keptDone(i int, ch chan struct{}) {
+	c.mu.Lock()
+	if c.zPending[i] == ch {
+		delete(c.zPending, i)
+	}
+	c.mu.Unlock()
+	close(ch)
+}
+
+// keptWait returns the channel to wait on for span i's compressed copy
+// being written, or nil.
+func (c *core) keptWait(i int) chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.zPending[i]
 }
 
 // keepCompressed caches the verified compressed bytes of span i when the

@@ -12,8 +12,9 @@
 //   - core (core.go, fetch.go, window.go, failures.go): single-flight
 //     fetches, verification, inflate within the DecompressLimit, the cache
 //     fill and the fail hold.
-//   - readAhead (readahead.go): the read-ahead policy; it decides, the core
-//     fetches.
+//   - readAhead (readahead.go): the read-ahead policy, and neighbours
+//     (neighbours.go): the policy for scattered misses; they decide, the
+//     core fetches (counted as demand while it does).
 //   - Manager (manager.go): serves reads (FetchAt) through the core and the
 //     policy, and reports them to the Observer and Demand.
 //   - Loader (loader.go): the background walk's way into the same core

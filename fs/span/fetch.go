@@ -13,9 +13,8 @@ import (
 // (split into parallel ones above split bytes when split > 0, see
 // Options.SplitRequest). It runs under the core's lifecycle plus
 // FetchTimeout, never under a reader's context, and completes every span's
-// call.
+// call. Its caller counts it in c.wg.
 func (c *core) fetch(first, last int, split int64) {
-	defer c.wg.Done()
 	ctx, cancel := context.WithTimeout(c.life, c.timeout)
 	defer cancel()
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("layer", c.key))
@@ -48,10 +47,16 @@ func (c *core) fetch(first, last int, split int64) {
 			compressed = again
 			data, stored, serr = c.load(ctx, i, compressed)
 		}
-		if serr == nil {
-			c.keepCompressed(ctx, i, compressed)
+		if serr != nil || !c.keepZ {
+			c.finish(i, data, serr, stored)
+			continue
 		}
+		// Readers first: the compressed copy for the background walk is
+		// written after they have the span (Loader.Compressed waits).
+		kept := c.keeping(i)
 		c.finish(i, data, serr, stored)
+		c.keepCompressed(ctx, i, compressed)
+		c.keptDone(i, kept)
 	}
 }
 

@@ -133,11 +133,29 @@ func (l *Loader) Has(ctx context.Context, i int) bool {
 
 // Compressed returns the compressed bytes of span i kept by a read's fetch
 // (Options.KeepCompressed), verified again against the span digest; ok is
-// false when none are kept.
+// false when none are kept. When a read's fetch of the span is in flight,
+// or its copy is being written, it waits for it (as long as ctx allows):
+// the walk, right behind a read-ahead, would otherwise download the span a
+// second time to hash it.
 func (l *Loader) Compressed(ctx context.Context, i int) ([]byte, bool) {
 	c := l.c
-	if !c.keepZ {
+	if !c.keepZ || i < 0 || i >= len(c.table.Spans) {
 		return nil, false
+	}
+	c.mu.Lock()
+	cl := c.calls[i]
+	c.mu.Unlock()
+	if cl != nil && !cl.reserved {
+		if wait(ctx, cl) != nil {
+			return nil, false
+		}
+	}
+	if ch := c.keptWait(i); ch != nil { // written after the readers got the span
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, false
+		}
 	}
 	data, err := c.cache.Get(c.compressedKey(i))
 	if err != nil || c.table.Spans[i].Digest.Algorithm().FromBytes(data) != c.table.Spans[i].Digest {

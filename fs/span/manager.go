@@ -75,8 +75,9 @@ type Options struct {
 	// Observer receives the latency of every FetchAt with its cache hits
 	// and misses, and read failures; nil: none.
 	Observer Observer
-	// Demand is told while a FetchAt waits for the registry, so that
-	// background work yields to it; nil: nobody is told.
+	// Demand is told while a FetchAt waits for the registry and while a
+	// fetch ahead of reads (read-ahead, neighbours) runs, so that
+	// background work yields to them; nil: nobody is told.
 	Demand Demand
 	// Tracer is told the spans each FetchAt (a demand read) needs, cached
 	// or not; never those of read-ahead, Prefetch or the Loader. nil: none.
@@ -96,11 +97,20 @@ type Options struct {
 	// a registry link is often limited per connection.
 	ReadAhead        int64
 	ReadAheadRequest int64
+	// Neighbours, when > 0, is how many compressed bytes on either side
+	// of a read that missed the cache are fetched once the layer's reads
+	// have missed at two places apart (scattered reads: a program loading
+	// its modules one after another; the miss that shows it fetches around
+	// the previous miss too), in requests of at most ReadAheadRequest.
+	// They are started once the read that missed has its own spans
+	// (demand first).
+	Neighbours int64
 	// SplitRequest, when > 0, splits a fetch of more compressed bytes than
 	// that into up to MaxSplit parallel range requests of about that size
 	// each (MaxSplit default 4): a read waiting for a 4 MiB span then gets
 	// it over several connections, which matters on links limited per
 	// connection (TCP windows over a long RTT, per-connection shaping).
+	// Fetches ahead of reads (read-ahead, neighbours) are not split.
 	SplitRequest int64
 	MaxSplit     int
 	// Limit bounds the bytes being decompressed at once, shared by every
@@ -138,6 +148,7 @@ type Demand interface {
 type Manager struct {
 	c        *core
 	ahead    *readAhead
+	near     *neighbours
 	loader   Loader
 	observer Observer
 	demand   Demand
@@ -157,7 +168,7 @@ func New(opts Options) (*Manager, error) {
 		return nil, fmt.Errorf("new span manager for %s: %w: %w", opts.CacheKey, errdefs.ErrInvalidArgument, err)
 	}
 	c := newCore(opts)
-	return &Manager{c: c, ahead: newReadAhead(opts), loader: Loader{c: c}, observer: opts.Observer, demand: opts.Demand, tracer: opts.Tracer}, nil
+	return &Manager{c: c, ahead: newReadAhead(opts), near: newNeighbours(opts), loader: Loader{c: c}, observer: opts.Observer, demand: opts.Demand, tracer: opts.Tracer}, nil
 }
 
 func (o Options) check() error {
@@ -176,6 +187,8 @@ func (o Options) check() error {
 		return fmt.Errorf("negative max coalesce %d", o.MaxCoalesce)
 	case o.ReadAhead < 0:
 		return fmt.Errorf("negative read-ahead %d", o.ReadAhead)
+	case o.Neighbours < 0:
+		return fmt.Errorf("negative neighbours %d", o.Neighbours)
 	}
 	return nil
 }
@@ -210,6 +223,16 @@ func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error)
 	}
 	if from, to := m.ahead.next(c.table, off, end, first, last); from <= to {
 		c.fetchAhead(ctx, from, to, m.ahead.req)
+	}
+	if calls != nil {
+		defer m.ahead.done() // only a read that waited can have paused
+		if near := m.near.next(c.table, first, last); near != nil {
+			defer func() { // after the read's own spans
+				for _, r := range near {
+					c.fetchAhead(ctx, r.from, r.to, m.ahead.req)
+				}
+			}()
+		}
 	}
 	if m.observer == nil && m.demand == nil {
 		return m.copyOut(ctx, calls, first, last, p, off, end)

@@ -159,6 +159,7 @@ func (m *Manager) Prefetch(ctx context.Context, idx []int, slots *PrefetchSlots)
 		c.wg.Add(1)
 		c.mu.Unlock()
 		go func() {
+			defer c.wg.Done()
 			defer slots.release()
 			c.fetch(first, last, 0)
 		}()

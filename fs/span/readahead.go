@@ -17,6 +17,8 @@ const (
 	// runIdle ends a run: a streaming reader asks for its next bytes at
 	// once, while separate programs (or a program that works between
 	// reads) reading neighbouring files are not a stream to get ahead of.
+	// It is measured from the end of the previous read (see done): a read
+	// that waited for the registry is no pause of its reader.
 	runIdle = 100 * time.Millisecond
 )
 
@@ -35,7 +37,7 @@ type readAhead struct {
 	lastEnd  int64
 	runStart int
 	runOff   int64     // where the current run began
-	lastAt   time.Time // when the previous read came
+	lastAt   time.Time // when the previous read came or, later, ended
 }
 
 func newReadAhead(opts Options) *readAhead {
@@ -82,4 +84,19 @@ func (r *readAhead) next(t Table, off, end int64, first, last int) (from, to int
 		return 0, -1
 	}
 	return last + 1, stop
+}
+
+// done notes that a read has returned: the pause that ends a run is counted
+// from then, so that a read that waited for a span fetch (longer than
+// runIdle on a slow link) does not end the run it belongs to.
+func (r *readAhead) done() {
+	if r.max <= 0 {
+		return
+	}
+	now := r.now()
+	r.mu.Lock()
+	if now.After(r.lastAt) {
+		r.lastAt = now
+	}
+	r.mu.Unlock()
 }

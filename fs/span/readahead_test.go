@@ -2,8 +2,11 @@ package span
 
 import (
 	"bytes"
+	"context"
 	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/fastsoci/soci-snapshotter/fs/cache"
 	"github.com/fastsoci/soci-snapshotter/internal/clocktest"
@@ -156,5 +159,132 @@ func TestReserve(t *testing.T) {
 	}
 	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{0, 1, 0, 0}) {
 		t.Errorf("fetches per span = %v, want span 1 once (released), span 0 never", got)
+	}
+}
+
+// slowFetcher advances a fake clock by d during every request: a link on
+// which each fetch takes d.
+type slowFetcher struct {
+	Fetcher
+	clock *clocktest.Fake
+	d     time.Duration
+}
+
+func (s slowFetcher) FetchAt(ctx context.Context, p []byte, off int64) (int, error) {
+	s.clock.Advance(s.d)
+	return s.Fetcher.FetchAt(ctx, p, off)
+}
+
+// TestReadAheadSlowFetch: a read that waited longer than runIdle for its
+// span does not end the run it is part of: the pause counts from when it
+// returned, so the next read ahead of it still fetches ahead.
+func TestReadAheadSlowFetch(t *testing.T) {
+	l := buildLayer(t, 35, []int{1000, 1000, 1000, 1000, 1000}, false)
+	f := &fakeFetcher{blob: l.blob}
+	clock := clocktest.New()
+	m := newManager(t, l, slowFetcher{f, clock, 2 * runIdle}, cache.NewMemory(), func(o *Options) {
+		o.ReadAhead = 1 << 20
+		o.ReadAheadRequest = 1 // one span per request
+		o.Now = clock.Now
+	})
+	p := make([]byte, 900)
+	for _, off := range []int64{0, 900} { // span 0, then across into span 1
+		if n, err := m.FetchAt(t.Context(), p, off); n != len(p) || err != nil || !bytes.Equal(p, l.data[off:off+900]) {
+			t.Fatalf("FetchAt(%d) = %d, %v", off, n, err)
+		}
+	}
+	m.c.wg.Wait()
+	// The run is 1800 bytes long at the second read: spans 2 and 3
+	// (up to byte 3600) come ahead.
+	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{1, 1, 1, 1, 0}) {
+		t.Errorf("fetches per span = %v, want spans 0-3 once", got)
+	}
+}
+
+// demandCount counts demands in progress.
+type demandCount struct {
+	mu      sync.Mutex
+	n, peak int
+}
+
+func (d *demandCount) BeginDemand() { d.mu.Lock(); d.n++; d.peak = max(d.peak, d.n); d.mu.Unlock() }
+func (d *demandCount) EndDemand()   { d.mu.Lock(); d.n--; d.mu.Unlock() }
+func (d *demandCount) get() (n, peak int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.n, d.peak
+}
+
+// TestReadAheadIsDemand: a read-ahead fetch is a demand while it runs (the
+// background walk yields to it), and ends being one when it is done.
+func TestReadAheadIsDemand(t *testing.T) {
+	l := buildLayer(t, 36, []int{1000, 1000, 1000, 1000}, false)
+	f := &fakeFetcher{blob: l.blob}
+	d := &demandCount{}
+	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) {
+		o.ReadAhead = 1 << 20
+		o.ReadAheadRequest = 1
+		o.Demand = d
+	})
+	p := make([]byte, 900)
+	if n, err := m.FetchAt(t.Context(), p, 0); n != len(p) || err != nil {
+		t.Fatal(n, err)
+	}
+	if n, _ := d.get(); n != 0 {
+		t.Fatalf("demands after a read = %d, want 0", n)
+	}
+	gate := make(chan struct{})
+	started := make(chan struct{}, 8)
+	f.set(func(f *fakeFetcher) { f.gate, f.started = gate, started })
+	done := make(chan error, 1)
+	go func() { // crosses into span 1: a demand fetch of it, spans 2-3 ahead
+		_, err := m.FetchAt(t.Context(), p, 900)
+		done <- err
+	}()
+	for range 3 {
+		<-started
+	}
+	if n, _ := d.get(); n != 3 {
+		t.Errorf("demands while the read and its read-ahead wait = %d, want 3", n)
+	}
+	close(gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	m.c.wg.Wait()
+	if n, peak := d.get(); n != 0 || peak != 3 {
+		t.Errorf("demands after the fetches = %d (peak %d), want 0 (peak 3)", n, peak)
+	}
+	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{1, 1, 1, 1}) {
+		t.Errorf("fetches per span = %v, want each span once", got)
+	}
+}
+
+// TestReadAheadNotSplit: a demand fetch is split into parts (SplitRequest),
+// a read-ahead fetch is one request per ReadAheadRequest.
+func TestReadAheadNotSplit(t *testing.T) {
+	l := buildLayer(t, 37, []int{4000, 4000, 4000, 4000}, false)
+	f := &fakeFetcher{blob: l.blob}
+	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) {
+		o.ReadAhead = 1 << 20
+		o.ReadAheadRequest = 1
+		o.SplitRequest = 1000
+	})
+	p := make([]byte, 2000)
+	for _, off := range []int64{0, 2000, 4000} { // span 0, then into span 1: span 2 ahead
+		if n, err := m.FetchAt(t.Context(), p, off); n != len(p) || err != nil {
+			t.Fatalf("FetchAt(%d) = %d, %v", off, n, err)
+		}
+	}
+	m.c.wg.Wait()
+	if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{0, 0, 1, 0}) {
+		t.Errorf("whole-span requests per span = %v, want span 2 (ahead) in one request, 0-1 (demand) in parts", got)
+	}
+	parts := func(i int) int {
+		n := l.table.Spans[i].CompressedEnd - l.table.Spans[i].CompressedStart
+		return int(min(4, (n+999)/1000))
+	}
+	if got, want := f.requests(), parts(0)+parts(1)+1; got != want || want < 5 {
+		t.Errorf("requests = %d, want %d (spans 0 and 1 in parts, span 2 whole)", got, want)
 	}
 }
