@@ -16,7 +16,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 
@@ -156,4 +158,21 @@ func (l *limitedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// CheckProgram makes sure p names an absolute path to an executable regular
+// file, so that a wrong decompress_streams entry stops the start instead
+// of every pull.
+func CheckProgram(p Program) error {
+	if !filepath.IsAbs(p.Path) {
+		return fmt.Errorf("decompressor %q: not an absolute path", p.Path)
+	}
+	fi, err := os.Stat(p.Path)
+	if err != nil {
+		return fmt.Errorf("decompressor: %w", err)
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("decompressor %s: not an executable regular file (mode %v)", p.Path, fi.Mode())
+	}
+	return nil
 }
