@@ -66,10 +66,13 @@ func (img *image) queue(f func()) {
 
 // job is the pull of one layer.
 type job struct {
-	p    *Puller
-	img  *image
-	desc ocispec.Descriptor
-	done chan struct{} // closed when err or diffID is set
+	p      *Puller
+	img    *image
+	desc   ocispec.Descriptor
+	seq    int // its place among the image's jobs, in start order
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	done   chan struct{} // closed when err or diffID is set
 
 	turn chan struct{} // closed once it took its unpack slots (or gave up)
 	prev *job          // the job of the image started before it; nil: none
@@ -97,6 +100,7 @@ func (j *job) fsDir() string {
 // remove deletes the job's staging directory once the job is done.
 func (j *job) remove(ctx context.Context) {
 	<-j.done
+	j.cancel(nil)
 	j.mu.Lock()
 	dir := j.dir
 	j.mu.Unlock()

@@ -30,6 +30,7 @@ import (
 	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/semaphore"
+	"golang.org/x/sys/unix"
 
 	"github.com/fastsoci/soci-snapshotter/fs/chunkfetch"
 	"github.com/fastsoci/soci-snapshotter/fs/layerapply"
@@ -224,7 +225,9 @@ func (p *Puller) Pull(ctx context.Context, dir, parent, chainID string, labels m
 		return fmt.Errorf("parallel pull of layer %s of %s: diffID %s on parent %q gives chain ID %s, containerd asked for %s: %w",
 			t.layer, t.ref, j.diffID, parent, got, want, layerapply.ErrDiffID)
 	}
-	if err := os.Rename(j.fsDir(), dir); err != nil {
+	// rename(2) replaces an empty directory in one step (os.Rename
+	// refuses any existing directory).
+	if err := unix.Rename(j.fsDir(), dir); err != nil {
 		return fmt.Errorf("parallel pull of layer %s of %s: move it into the snapshot: %w", t.layer, t.ref, err)
 	}
 	return nil
@@ -376,7 +379,11 @@ func (p *Puller) forget(img *image) {
 
 // start begins the job of layer l of img (p.mu held).
 func (p *Puller) start(img *image, l ocispec.Descriptor) *job {
-	j := &job{p: p, img: img, desc: l, done: make(chan struct{}), turn: make(chan struct{}), prev: img.last}
+	ctx, cancel := context.WithCancelCause(img.ctx)
+	j := &job{p: p, img: img, desc: l, ctx: ctx, cancel: cancel, done: make(chan struct{}), turn: make(chan struct{}), prev: img.last}
+	if img.last != nil {
+		j.seq = img.last.seq + 1
+	}
 	img.last = j
 	img.running[j] = struct{}{}
 	img.wg.Go(func() { p.run(img, j) })
@@ -392,14 +399,27 @@ func (p *Puller) run(img *image, j *job) {
 	j.err = err
 	close(j.done)
 	ok := err == nil
-	switch {
-	case !ok:
-		// A failed layer fails the image: containerd gives up its pull,
-		// so the layers after it are stopped and deleted. The Prepare
-		// waiting for this one (if any) reports it.
-		img.stop(fmt.Errorf("layer %s failed: %w", j.desc.Digest, err))
-		p.forget(img)
-	case img.jobs[j.desc.Digest] == j:
+	if !ok {
+		// containerd's pull stops at this layer: the layers after it are
+		// stopped and deleted. Those before it are still wanted. This
+		// one waits for its Prepare, which reports the failure.
+		cause := fmt.Errorf("layer %s before it failed: %w", j.desc.Digest, err)
+		for o := range img.running {
+			if o.seq > j.seq {
+				o.cancel(cause)
+			}
+		}
+		for d, o := range img.jobs {
+			if o.seq > j.seq {
+				delete(img.jobs, d)
+				if o.expiry != nil {
+					o.expiry.Stop()
+				}
+				go o.remove(context.Background())
+			}
+		}
+	}
+	if img.jobs[j.desc.Digest] == j {
 		j.expiry = p.opts.AfterFunc(p.opts.KeepFor, func() { p.expire(img, j) })
 	}
 	if p.images[img.manifest] != img && len(img.running) == 0 {
@@ -423,14 +443,14 @@ func (p *Puller) expire(img *image, j *job) {
 		p.forget(img)
 	}
 	p.mu.Unlock()
-	log.L.WithField("layer", j.desc.Digest).Info("parallel pull: layer unpacked ahead was not asked for; deleted")
+	log.L.WithField("layer", j.desc.Digest).Info("parallel pull: layer done ahead was not asked for; deleted")
 	j.remove(context.Background())
 }
 
 // unpack is the work of one job: staging directory, download, unpack,
 // checks.
 func (p *Puller) unpack(img *image, j *job) error {
-	ctx := img.ctx
+	ctx := j.ctx
 	dir, err := os.MkdirTemp(p.staging.Path(), "layer-")
 	if err != nil {
 		return fmt.Errorf("staging directory: %w", err)
