@@ -16,6 +16,7 @@ import (
 	"github.com/fastsoci/soci-snapshotter/fs/layerapply"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
 	parallelpull "github.com/fastsoci/soci-snapshotter/pull"
+	"github.com/fastsoci/soci-snapshotter/snapshot"
 )
 
 // pullRegistry adapts remote.Client to pull.Registry.
@@ -92,7 +93,7 @@ func newPuller(ctx context.Context, cfg *config.Config, root string, criCreds fu
 	ropts.Credentials = creds
 	opts := parallelpull.Options{
 		Registry:             pullRegistry{remote.New(ropts)},
-		StagingDir:           filepath.Join(root, "snapshotter", "pull"),
+		StagingDir:           snapshot.PullStagingDir(filepath.Join(root, "snapshotter")),
 		ChunkSize:            int64(p.ConcurrentDownloadChunkSize),
 		MaxDownloads:         p.MaxConcurrentDownloads,
 		MaxDownloadsPerImage: p.MaxConcurrentDownloadsPerImage,
