@@ -163,7 +163,7 @@ func runCluster(ctx context.Context, cfg ClusterConfig, t clusterTarget, n int, 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			nodes[k], errs[k] = startNode(rctx, Config{Tools: cfg.Tools, DaemonConfig: daemonCfg}, filepath.Join(dir, fmt.Sprintf("node%d", k)), s)
+			nodes[k], errs[k] = startNode(rctx, Config{Tools: cfg.Tools}, daemonCfg, filepath.Join(dir, fmt.Sprintf("node%d", k)), s)
 		}()
 	}
 	wg.Wait()

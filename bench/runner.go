@@ -183,7 +183,12 @@ func prepare(ctx context.Context, cfg Config, registry string, wl Workload) (Wor
 	repo := "bench/" + wl.Name + ":latest"
 	pctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
-	if _, _, err := sociimage.PushV2(pctx, registry+"/"+repo, img, sociimage.Options{SpanSize: cfg.SpanSize}); err != nil {
+	if wl.Plain {
+		err = image.Push(pctx, registry+"/"+repo, img)
+	} else {
+		_, _, err = sociimage.PushV2(pctx, registry+"/"+repo, img, sociimage.Options{SpanSize: cfg.SpanSize})
+	}
+	if err != nil {
 		return WorkloadInfo{}, fmt.Errorf("push workload %s: %w", wl.Name, err)
 	}
 	info := WorkloadInfo{Name: wl.Name, Description: wl.Description, Layers: len(img.LayerDescs), Repo: repo,
@@ -205,7 +210,17 @@ type node struct {
 	daemon *harness.Daemon
 }
 
-func startNode(ctx context.Context, cfg Config, dir string, s snapshotter) (*node, error) {
+// workloadConfig is what the workload adds to the daemons' configuration.
+func workloadConfig(cfg Config, name string) string {
+	for _, wl := range cfg.Workloads {
+		if wl.Name == name {
+			return wl.DaemonConfig
+		}
+	}
+	return ""
+}
+
+func startNode(ctx context.Context, cfg Config, daemonConfig, dir string, s snapshotter) (*node, error) {
 	for _, sub := range []string{"daemon", "containerd", "nerdctl"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			return nil, fmt.Errorf("create %s dir: %w", sub, err)
@@ -214,7 +229,7 @@ func startNode(ctx context.Context, cfg Config, dir string, s snapshotter) (*nod
 	n := &node{env: &harness.Env{Dir: dir, Tools: cfg.Tools, Namespace: "bench"}}
 	var proxies []harness.ProxySnapshotter
 	if s.bin != "" {
-		d, err := harness.NewDaemon(s.bin, filepath.Join(dir, "daemon"), cfg.DaemonConfig)
+		d, err := harness.NewDaemon(s.bin, filepath.Join(dir, "daemon"), daemonConfig)
 		if err != nil {
 			return nil, err
 		}
@@ -241,7 +256,7 @@ func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapsh
 	dir := filepath.Join(cfg.WorkDir, "runs", fmt.Sprintf("%s-%s-%d", workload, s.name, i))
 	rctx, cancel := context.WithTimeout(ctx, cfg.RunTimeout)
 	defer cancel()
-	n, err := startNode(rctx, cfg, dir, s)
+	n, err := startNode(rctx, cfg, cfg.DaemonConfig+workloadConfig(cfg, workload), dir, s)
 	if err != nil {
 		r.Error = err.Error()
 		return r

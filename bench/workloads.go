@@ -16,18 +16,38 @@ type Workload struct {
 	Description string
 	// Spec builds the image around the static probe binary.
 	Spec func(probe []byte) image.Spec
+	// Plain pushes the image without SOCI index.
+	Plain bool
+	// DaemonConfig is added to the soci daemons' configuration for this
+	// workload.
+	DaemonConfig string
 }
+
+// ParallelPullConfig is the daemon configuration of the parallel-1g
+// workload: parallel pull and unpack as the primary mode, with the
+// reference's tuning advice (16 MiB chunks, 10 downloads per image) and
+// one unpack per core of the bench machine.
+const ParallelPullConfig = `
+[pull_modes.parallel_pull_unpack]
+  enable = true
+  concurrent_download_chunk_size = "16mb"
+  max_concurrent_downloads_per_image = 10
+  max_concurrent_unpacks_per_image = 2
+  discard_unpacked_layers = true
+`
 
 // Workloads returns every workload by name, in report order.
 func Workloads() []Workload {
 	return []Workload{
-		{"sparse-1g", "~1 GB incompressible over 5 layers; reads 4 MiB of it", func(p []byte) image.Spec {
+		{Name: "sparse-1g", Description: "~1 GB incompressible over 5 layers; reads 4 MiB of it", Spec: func(p []byte) image.Spec {
 			return sparseSpec(p, 5, 200<<20)
 		}},
-		{"many-files", "50,000 small files in 500 dirs over 2 layers; stats all, reads 5%", manyFilesSpec},
-		{"import-chain", "300 files read one after another, each naming the next, among 3,000", importChainSpec},
-		{"read-all", "2 layers of 400 files of 128 KiB; reads every file", readAllSpec},
-		{"sparse-small", "~96 MB incompressible over 2 layers; reads 3 MiB of it (quick profile)", func(p []byte) image.Spec {
+		{Name: "many-files", Description: "50,000 small files in 500 dirs over 2 layers; stats all, reads 5%", Spec: manyFilesSpec},
+		{Name: "import-chain", Description: "300 files read one after another, each naming the next, among 3,000", Spec: importChainSpec},
+		{Name: "read-all", Description: "2 layers of 400 files of 128 KiB; reads every file", Spec: readAllSpec},
+		{Name: "parallel-1g", Description: "1 GiB of text-like files (~2:1 under gzip) over 8 layers, no SOCI index; " +
+			"soci with parallel pull and unpack; reads 1 MiB", Spec: parallelSpec, Plain: true, DaemonConfig: ParallelPullConfig},
+		{Name: "sparse-small", Description: "~96 MB incompressible over 2 layers; reads 3 MiB of it (quick profile)", Spec: func(p []byte) image.Spec {
 			return sparseSpec(p, 2, 48<<20)
 		}},
 	}
@@ -75,6 +95,22 @@ func sparseSpec(probe []byte, n int, size int64) image.Spec {
 		"read-bytes", "/big/blob-0", "1048576", "--",
 		"read-bytes", fmt.Sprintf("/big/blob-%d", n/2), "2097152", "--",
 		"read-bytes", fmt.Sprintf("/big/blob-%d", n-1), "1048576", "--", "ready")
+}
+
+// parallelSpec: 8 layers of 64 compressible files of 2 MiB (1 GiB in
+// all, no index: every layer is downloaded and unpacked whole before the
+// container starts); the container reads 1 MiB of the last layer.
+func parallelSpec(probe []byte) image.Spec {
+	var layers []image.Layer
+	for l := 0; l < 8; l++ {
+		entries := []image.Entry{dir("data"), dir(fmt.Sprintf("data/l%d", l))}
+		for f := 0; f < 64; f++ {
+			entries = append(entries, image.Entry{Name: fmt.Sprintf("data/l%d/f%02d", l, f), Type: tar.TypeReg, Mode: 0o644,
+				ModTime: time.Unix(epochSeconds, 0), Size: 2 << 20, Seed: int64(5000 + l*100 + f), Compressible: true})
+		}
+		layers = append(layers, image.Layer{Entries: entries})
+	}
+	return spec(probe, layers, "read-bytes", "/data/l7/f00", "1048576", "--", "ready")
 }
 
 // manyFilesSpec: 500 directories of 100 files of 200 B to 2 KiB, split over
