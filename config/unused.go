@@ -56,18 +56,11 @@ var unusedKeys = []Unused{
 		func(c *Config) bool { return !c.DirectoryCache.Direct }},
 
 	{"background_fetch.emit_metric_period_sec", "the background fetcher's metrics are read when Prometheus scrapes", nil},
-
-	{"pull_modes.parallel_pull_unpack.discard_unpacked_layers", "parallel pull never stores a layer blob in " +
-		"containerd's content store: it is deleted once unpacked, as with discard_unpacked_layers = true",
-		func(c *Config) bool { return parallelOn(c) && !c.PullModes.Parallel.DiscardUnpackedLayers }},
 }
 
 const metadataReason = "the daemon keeps no metadata database: each layer's file tree is built in memory " +
 	"from its zTOC at mount (fs/layer), so there is nothing to store, sync or insert in chunks"
 
-func parallelOn(c *Config) bool {
-	return c.PullModes.Parallel.Enable || c.PullModes.Parallel.ExperimentalParallelPullAsFallback
-}
 
 // UnusedKeys returns the table of keys the daemon accepts but does not act
 // on, in schema order.

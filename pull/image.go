@@ -12,14 +12,20 @@ import (
 	"golang.org/x/sync/semaphore"
 )
 
-// image is the parallel pull of one image (by manifest digest).
+// imageKey names an image pull: containerd namespace and manifest digest.
+type imageKey struct {
+	namespace string
+	manifest  digest.Digest
+}
+
+// image is the parallel pull of one image in one containerd namespace.
 type image struct {
-	ref      string
-	manifest digest.Digest
-	ctx      context.Context // its jobs'; cancelled when the image is over or failed
-	stop     context.CancelCauseFunc
-	wg       sync.WaitGroup
-	dl, up   *semaphore.Weighted // per image; nil: unbounded
+	key    imageKey
+	ref    string
+	ctx    context.Context // its jobs'; cancelled when the image is over or failed
+	stop   context.CancelCauseFunc
+	wg     sync.WaitGroup
+	dl, up *semaphore.Weighted // per image; nil: unbounded
 
 	loaded  chan struct{} // closed when layers or loadErr is set
 	layers  []ocispec.Descriptor
@@ -33,10 +39,10 @@ type image struct {
 	last    *job                   // the job started last
 }
 
-func (p *Puller) newImage(t target) *image {
+func (p *Puller) newImage(t target, key imageKey) *image {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	img := &image{
-		ref: t.ref, manifest: t.manifest, ctx: ctx, stop: cancel,
+		key: key, ref: t.ref, ctx: ctx, stop: cancel,
 		dl: weighted(p.opts.MaxDownloadsPerImage), up: weighted(p.opts.MaxUnpacksPerImage),
 		loaded:    make(chan struct{}),
 		downloads: make(chan func(), MaxLayers),

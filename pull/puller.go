@@ -17,12 +17,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -90,9 +92,18 @@ type Options struct {
 	// AfterFunc schedules f after d (time.AfterFunc if nil); tests inject
 	// their clock here.
 	AfterFunc func(d time.Duration, f func()) Timer
+	// Store, when not nil, keeps every layer blob once it is downloaded
+	// and checked (discard_unpacked_layers = false); nil discards them.
+	Store BlobStore
 	// Observe, when not nil, is told of every layer that finished
 	// (unpacked and checked, or failed).
 	Observe func(ok bool, bytes int64, took time.Duration)
+}
+
+// BlobStore keeps layer blobs (containerd's content store). ctx carries the
+// containerd namespace of the Prepare that started the image.
+type BlobStore interface {
+	WriteBlob(ctx context.Context, desc ocispec.Descriptor, r io.Reader) error
 }
 
 // Timer is a scheduled call that can be stopped.
@@ -106,7 +117,7 @@ type Puller struct {
 	bufs    sync.Pool
 
 	mu     sync.Mutex
-	images map[digest.Digest]*image
+	images map[imageKey]*image
 	closed bool
 }
 
@@ -129,7 +140,7 @@ func New(opts Options) (*Puller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new puller: %w", err)
 	}
-	p := &Puller{opts: opts, staging: st, dl: weighted(opts.MaxDownloads), up: weighted(opts.MaxUnpacks), images: map[digest.Digest]*image{}}
+	p := &Puller{opts: opts, staging: st, dl: weighted(opts.MaxDownloads), up: weighted(opts.MaxUnpacks), images: map[imageKey]*image{}}
 	size := opts.RequestSize
 	p.bufs.New = func() any { b := make([]byte, size); return &b }
 	return p, nil
@@ -147,7 +158,7 @@ func (p *Puller) Close() error {
 	p.mu.Lock()
 	p.closed = true
 	imgs := p.images
-	p.images = map[digest.Digest]*image{}
+	p.images = map[imageKey]*image{}
 	p.mu.Unlock()
 	for _, img := range imgs {
 		img.stop(errors.New("puller closed"))
@@ -297,14 +308,16 @@ func supported(l ocispec.Descriptor) error {
 // image returns the state of t's image, fetching its manifest once.
 func (p *Puller) image(ctx context.Context, t target) (*image, error) {
 	p.mu.Lock()
-	img := p.images[t.manifest]
+	ns, _ := namespaces.Namespace(ctx)
+	key := imageKey{ns, t.manifest}
+	img := p.images[key]
 	if img == nil {
 		if p.closed {
 			p.mu.Unlock()
 			return nil, errors.New("puller closed")
 		}
-		img = p.newImage(t)
-		p.images[t.manifest] = img
+		img = p.newImage(t, key)
+		p.images[key] = img
 		img.wg.Go(func() { p.load(img, t) })
 	}
 	p.mu.Unlock()
@@ -362,8 +375,8 @@ func parseManifest(b []byte) ([]ocispec.Descriptor, error) {
 // forget drops img from the table (p.mu held) once no job of it waits to be
 // claimed, or it failed; its jobs in flight are stopped.
 func (p *Puller) forget(img *image) {
-	if p.images[img.manifest] == img {
-		delete(p.images, img.manifest)
+	if p.images[img.key] == img {
+		delete(p.images, img.key)
 	}
 	for _, j := range img.jobs {
 		if j.expiry != nil {
@@ -422,7 +435,7 @@ func (p *Puller) run(img *image, j *job) {
 	if img.jobs[j.desc.Digest] == j {
 		j.expiry = p.opts.AfterFunc(p.opts.KeepFor, func() { p.expire(img, j) })
 	}
-	if p.images[img.manifest] != img && len(img.running) == 0 {
+	if p.images[img.key] != img && len(img.running) == 0 {
 		img.stop(errors.New("image pull over"))
 	}
 	p.mu.Unlock()
@@ -489,7 +502,19 @@ func (p *Puller) unpack(img *image, j *job) error {
 		return err
 	}
 	crash.Point(crash.PullAfterUnpack)
-	// The blob is never kept: containerd's content store does not get it.
+	if p.opts.Store != nil {
+		// The blob was checked whole by the reader Apply drained.
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return fmt.Errorf("read the layer blob back: %w", err)
+		}
+		sctx := ctx
+		if img.key.namespace != "" {
+			sctx = namespaces.WithNamespace(ctx, img.key.namespace)
+		}
+		if err := p.opts.Store.WriteBlob(sctx, j.desc, f); err != nil {
+			return err
+		}
+	}
 	if err := os.Remove(filepath.Join(dir, "blob")); err != nil {
 		log.G(ctx).WithError(err).Warn("parallel pull: could not delete a layer blob")
 	}

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
@@ -352,6 +353,46 @@ func TestParseManifestHostile(t *testing.T) {
 	} {
 		if _, err := parseManifest([]byte(doc)); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// fakeStore keeps blobs by namespace and digest.
+type fakeStore struct {
+	mu    sync.Mutex
+	blobs map[string][]byte
+}
+
+func (s *fakeStore) WriteBlob(ctx context.Context, desc ocispec.Descriptor, r io.Reader) error {
+	ns, _ := namespaces.Namespace(ctx)
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.blobs[ns+"/"+desc.Digest.String()] = b
+	return nil
+}
+
+func TestPullKeepsBlobs(t *testing.T) {
+	img := newImage(t, 2)
+	store := &fakeStore{blobs: map[string][]byte{}}
+	root := t.TempDir()
+	p, err := New(Options{Registry: img.reg, StagingDir: filepath.Join(root, "pull"), ChunkSize: 8 << 10, Store: store, ReadAhead: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
+	for i := range img.layers {
+		if err := p.Pull(ctx, snapshotDir(t, root, i), img.parent(i), img.chainIDs[i].String(), img.labels(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, l := range img.layers {
+		if b := store.blobs["k8s.io/"+l.Digest.String()]; !bytes.Equal(b, img.reg.blobs[l.Digest]) {
+			t.Fatalf("layer %s: stored %d bytes in namespace k8s.io, want the blob", l.Digest, len(b))
 		}
 	}
 }

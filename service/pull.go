@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"time"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/fs/chunkfetch"
+	"github.com/fastsoci/soci-snapshotter/fs/index/ctdcontent"
 	"github.com/fastsoci/soci-snapshotter/fs/layerapply"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
 	parallelpull "github.com/fastsoci/soci-snapshotter/pull"
@@ -77,7 +79,7 @@ func (m *pullMetrics) collectors() []prometheus.Collector {
 // configuration as the host's (hosts.toml, mirrors, timeouts, retries),
 // with credentials from the CRI proxy, the cluster's pull secrets and the
 // docker config, tried in that order.
-func newPuller(ctx context.Context, cfg *config.Config, root string, criCreds func(string) (string, string, error), m *pullMetrics) (*parallelpull.Puller, error) {
+func newPuller(ctx context.Context, cfg *config.Config, root string, criCreds func(string) (string, string, error), m *pullMetrics) (*puller, error) {
 	p := cfg.PullModes.Parallel
 	if !p.Enable && !p.ExperimentalParallelPullAsFallback {
 		return nil, nil
@@ -106,6 +108,16 @@ func newPuller(ctx context.Context, cfg *config.Config, root string, criCreds fu
 	if m != nil {
 		opts.Observe = m.observe
 	}
+	var store *ctdcontent.Store
+	if !p.DiscardUnpackedLayers {
+		// As the reference: the blobs are kept in containerd's content
+		// store, so that the image is complete there (export, push).
+		cs, err := ctdcontent.New(cfg.ContentStore.ContainerdAddress)
+		if err != nil {
+			return nil, err
+		}
+		store, opts.Store = cs, cs
+	}
 	if len(p.DecompressStreams) > 0 {
 		opts.Apply.Programs = map[string]layerapply.Program{}
 		for name, s := range p.DecompressStreams {
@@ -120,10 +132,28 @@ func newPuller(ctx context.Context, cfg *config.Config, root string, criCreds fu
 			opts.Apply.Programs[name] = prog
 		}
 	}
-	puller, err := parallelpull.New(opts)
+	pp, err := parallelpull.New(opts)
 	if err != nil {
+		if store != nil {
+			store.Close()
+		}
 		return nil, err
 	}
-	log.G(ctx).WithFields(log.Fields{"primary": p.Enable, "chunk_size": p.ConcurrentDownloadChunkSize}).Info("parallel pull and unpack on")
-	return puller, nil
+	log.G(ctx).WithFields(log.Fields{"primary": p.Enable, "chunk_size": p.ConcurrentDownloadChunkSize,
+		"keep_blobs": !p.DiscardUnpackedLayers}).Info("parallel pull and unpack on")
+	return &puller{Puller: pp, store: store}, nil
+}
+
+// puller is parallel pull with the content store connection it may hold.
+type puller struct {
+	*parallelpull.Puller
+	store *ctdcontent.Store
+}
+
+func (p *puller) Close() error {
+	err := p.Puller.Close()
+	if p.store != nil {
+		err = errors.Join(err, p.store.Close())
+	}
+	return err
 }

@@ -22,7 +22,6 @@ import (
 	"github.com/fastsoci/soci-snapshotter/fs/trace"
 	"github.com/fastsoci/soci-snapshotter/fusehost"
 	"github.com/fastsoci/soci-snapshotter/metrics"
-	parallelpull "github.com/fastsoci/soci-snapshotter/pull"
 	"github.com/fastsoci/soci-snapshotter/snapshot"
 )
 
@@ -46,7 +45,7 @@ type Service struct {
 	debug       *debugServer   // nil when debug_address is empty
 	cri         *criProxy      // nil unless [cri_keychain] is enabled
 	criCreds    func(string) (string, string, error)
-	puller      *parallelpull.Puller // nil unless [pull_modes.parallel_pull_unpack] is on
+	puller      *puller // nil unless [pull_modes.parallel_pull_unpack] is on
 }
 
 // The FUSE hosts serve the snapshotter's remote layers and free a layer's
