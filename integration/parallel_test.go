@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/fastsoci/soci-snapshotter/integration/harness"
 	"github.com/fastsoci/soci-snapshotter/integration/image"
+	"github.com/fastsoci/soci-snapshotter/integration/sociimage"
 	"github.com/fastsoci/soci-snapshotter/snapshot"
 )
 
@@ -172,4 +174,47 @@ func TestParallelPullCorruptLayer(t *testing.T) {
 	if n := fuseLayers(t, e); n != 0 {
 		t.Errorf("%d FUSE mounts", n)
 	}
+}
+
+// TestParallelPullFallbackKeepsBlobs: with parallel pull as the fallback of
+// lazy loading, an image with a SOCI index is lazily loaded and one
+// without is pulled in parallel; discard_unpacked_layers = false keeps the
+// latter's layer blobs in containerd's content store.
+func TestParallelPullFallbackKeepsBlobs(t *testing.T) {
+	dir := t.TempDir()
+	mcfg, url := metricsConfig(t)
+	cfg := mcfg + defaultDaemonConfig + fmt.Sprintf(`
+[content_store]
+  containerd_address = %q
+[pull_modes.parallel_pull_unpack]
+  experimental_parallel_pull_as_fallback = true
+  concurrent_download_chunk_size = "1mb"
+  discard_unpacked_layers = false
+`, "unix://"+filepath.Join(dir, "containerd", "containerd.sock"))
+	e := startEnvIn(t, dir, cfg, harness.StartDaemon)
+	ctx := testContext(t, 6*time.Minute)
+	img := newLayeredImage()
+	built := buildImage(t, img.spec)
+
+	lazyRef := pushV2(t, e, "parallel/indexed:latest", built, sociimage.Options{SpanSize: 1 << 20})
+	checkLazyRun(t, ctx, e, lazyRef, img, 3)
+	if v := scrape(t, url)[`soci_parallel_pull_layers_total{result="ok"}`]; v != 0 {
+		t.Fatalf("%v layers of an indexed image went to parallel pull", v)
+	}
+
+	plainRef := pushPlain(t, e, "parallel/plain:latest", built)
+	checkSums(t, runSums(t, ctx, e, plainRef, img.paths), img.want)
+	if v := scrape(t, url)[`soci_parallel_pull_layers_total{result="ok"}`]; v != float64(len(built.LayerDescs)) {
+		t.Errorf(`soci_parallel_pull_layers_total{result="ok"} = %v, want %d`, v, len(built.LayerDescs))
+	}
+	out, err := e.Ctr(ctx, "content", "ls", "-q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range built.LayerDescs {
+		if !strings.Contains(out, l.Digest.String()) {
+			t.Errorf("layer %s not in containerd's content store (discard_unpacked_layers = false)", l.Digest)
+		}
+	}
+	waitNoPullStaging(t, e)
 }
