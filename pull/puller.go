@@ -439,7 +439,9 @@ func (p *Puller) run(img *image, j *job) {
 		img.stop(errors.New("image pull over"))
 	}
 	p.mu.Unlock()
-	if p.opts.Observe != nil {
+	// A job stopped (a layer before it failed, the image given up, the
+	// puller closed) is neither a success nor a failure of its layer.
+	if p.opts.Observe != nil && (ok || j.ctx.Err() == nil) {
 		p.opts.Observe(ok, j.desc.Size, time.Since(start))
 	}
 }
