@@ -86,9 +86,10 @@ type job struct {
 	mu  sync.Mutex
 	dir string // its staging directory, once made
 
-	diffID digest.Digest
-	err    error
-	expiry Timer // guarded by Puller.mu
+	diffID   digest.Digest
+	implicit []string // directories of the layer its tar does not list
+	err      error
+	expiry   Timer // guarded by Puller.mu
 }
 
 func (j *job) setDir(dir string) {

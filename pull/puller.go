@@ -194,12 +194,14 @@ func parseLabels(labels map[string]string) (target, error) {
 // Pull unpacks the layer the labels of a Prepare name into dir, an empty
 // directory that the result replaces, after checking that its diffID on
 // top of parent (the parent's chain ID; "" for a base layer) gives chainID,
-// the chain ID containerd asked for. An error of class NotFound says the
+// the chain ID containerd asked for. lowers are the directories of the
+// layers below, nearest first: directories the layer's tar creates only
+// implicitly take their attributes from there, as in containerd's unpack. An error of class NotFound says the
 // layer is not for parallel pull (labels missing, a layer type it does not
 // handle): the caller may let containerd unpack it. Any other error is the
 // layer failing (its digest, its diffID, the registry) and names the
 // layer.
-func (p *Puller) Pull(ctx context.Context, dir, parent, chainID string, labels map[string]string) error {
+func (p *Puller) Pull(ctx context.Context, dir, parent, chainID string, lowers []string, labels map[string]string) error {
 	t, err := parseLabels(labels)
 	if err != nil {
 		return err
@@ -235,6 +237,9 @@ func (p *Puller) Pull(ctx context.Context, dir, parent, chainID string, labels m
 	if got != want {
 		return fmt.Errorf("parallel pull of layer %s of %s: diffID %s on parent %q gives chain ID %s, containerd asked for %s: %w",
 			t.layer, t.ref, j.diffID, parent, got, want, layerapply.ErrDiffID)
+	}
+	if err := layerapply.InheritDirs(j.fsDir(), j.implicit, lowers); err != nil {
+		return fmt.Errorf("parallel pull of layer %s of %s: %w", t.layer, t.ref, err)
 	}
 	// rename(2) replaces an empty directory in one step (os.Rename
 	// refuses any existing directory).
@@ -498,7 +503,7 @@ func (p *Puller) unpack(img *image, j *job) error {
 		return err
 	}
 	defer release(img.up, p.up)
-	diffID, err := layerapply.Apply(ctx, filepath.Join(dir, "fs"), d.Reader(ctx), p.opts.Apply)
+	res, err := layerapply.Apply(ctx, filepath.Join(dir, "fs"), d.Reader(ctx), p.opts.Apply)
 	if err != nil {
 		d.Fail(err)
 		return err
@@ -520,7 +525,7 @@ func (p *Puller) unpack(img *image, j *job) error {
 	if err := os.Remove(filepath.Join(dir, "blob")); err != nil {
 		log.G(ctx).WithError(err).Warn("parallel pull: could not delete a layer blob")
 	}
-	j.diffID = diffID
+	j.diffID, j.implicit = res.DiffID, res.Implicit
 	return nil
 }
 

@@ -206,7 +206,7 @@ func TestPullLayersInOrder(t *testing.T) {
 	ctx := context.Background()
 	for i := range img.layers {
 		dir := snapshotDir(t, root, i)
-		if err := p.Pull(ctx, dir, img.parent(i), img.chainIDs[i].String(), img.labels(i)); err != nil {
+		if err := p.Pull(ctx, dir, img.parent(i), img.chainIDs[i].String(), nil, img.labels(i)); err != nil {
 			t.Fatalf("layer %d: %v", i, err)
 		}
 		b, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("f%d", i)))
@@ -232,7 +232,7 @@ func TestPullStartsLaterLayers(t *testing.T) {
 	img := newImage(t, 3)
 	timers := &fakeTimers{}
 	p, root := newPuller(t, img.reg, timers)
-	if err := p.Pull(context.Background(), snapshotDir(t, root, 0), "", img.chainIDs[0].String(), img.labels(0)); err != nil {
+	if err := p.Pull(context.Background(), snapshotDir(t, root, 0), "", img.chainIDs[0].String(), nil, img.labels(0)); err != nil {
 		t.Fatal(err)
 	}
 	// Layers 1 and 2 were started with layer 0: wait until they are
@@ -273,11 +273,11 @@ func TestPullCorruptBlobFails(t *testing.T) {
 	bad[len(bad)/2] ^= 0x01
 	p, root := newPuller(t, img.reg, nil)
 	ctx := context.Background()
-	if err := p.Pull(ctx, snapshotDir(t, root, 0), "", img.chainIDs[0].String(), img.labels(0)); err != nil {
+	if err := p.Pull(ctx, snapshotDir(t, root, 0), "", img.chainIDs[0].String(), nil, img.labels(0)); err != nil {
 		t.Fatal(err)
 	}
 	dir := snapshotDir(t, root, 1)
-	err := p.Pull(ctx, dir, img.parent(1), img.chainIDs[1].String(), img.labels(1))
+	err := p.Pull(ctx, dir, img.parent(1), img.chainIDs[1].String(), nil, img.labels(1))
 	if err == nil {
 		t.Fatal("pull of a corrupt layer succeeded")
 	}
@@ -312,7 +312,7 @@ func TestPullDiffIDMismatch(t *testing.T) {
 	p, root := newPuller(t, img.reg, nil)
 	dir := snapshotDir(t, root, 0)
 	// containerd asks for a chain ID the layer does not give.
-	err := p.Pull(context.Background(), dir, "", img.chainIDs[1].String(), img.labels(0))
+	err := p.Pull(context.Background(), dir, "", img.chainIDs[1].String(), nil, img.labels(0))
 	if !errors.Is(err, layerapply.ErrDiffID) {
 		t.Fatalf("Pull with the wrong chain ID: %v, want ErrDiffID", err)
 	}
@@ -321,7 +321,7 @@ func TestPullDiffIDMismatch(t *testing.T) {
 	}
 	// On the right parent it is fine, and the wrong parent is refused.
 	dir1 := snapshotDir(t, root, 1)
-	if err := p.Pull(context.Background(), dir1, img.chainIDs[1].String(), img.chainIDs[1].String(), img.labels(1)); !errors.Is(err, layerapply.ErrDiffID) {
+	if err := p.Pull(context.Background(), dir1, img.chainIDs[1].String(), img.chainIDs[1].String(), nil, img.labels(1)); !errors.Is(err, layerapply.ErrDiffID) {
 		t.Fatalf("Pull on the wrong parent: %v, want ErrDiffID", err)
 	}
 }
@@ -332,12 +332,12 @@ func TestPullNotForUs(t *testing.T) {
 	dir := snapshotDir(t, root, 0)
 	labels := img.labels(0)
 	delete(labels, snapshotters.TargetLayerDigestLabel)
-	if err := p.Pull(context.Background(), dir, "", img.chainIDs[0].String(), labels); !errdefs.IsNotFound(err) {
+	if err := p.Pull(context.Background(), dir, "", img.chainIDs[0].String(), nil, labels); !errdefs.IsNotFound(err) {
 		t.Fatalf("Pull without a layer label: %v, want NotFound", err)
 	}
 	labels = img.labels(0)
 	labels[snapshotters.TargetLayerDigestLabel] = digest.FromString("other").String()
-	if err := p.Pull(context.Background(), dir, "", img.chainIDs[0].String(), labels); !errdefs.IsNotFound(err) {
+	if err := p.Pull(context.Background(), dir, "", img.chainIDs[0].String(), nil, labels); !errdefs.IsNotFound(err) {
 		t.Fatalf("Pull of a layer not in the manifest: %v, want NotFound", err)
 	}
 }
@@ -386,7 +386,7 @@ func TestPullKeepsBlobs(t *testing.T) {
 	defer p.Close()
 	ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
 	for i := range img.layers {
-		if err := p.Pull(ctx, snapshotDir(t, root, i), img.parent(i), img.chainIDs[i].String(), img.labels(i)); err != nil {
+		if err := p.Pull(ctx, snapshotDir(t, root, i), img.parent(i), img.chainIDs[i].String(), nil, img.labels(i)); err != nil {
 			t.Fatal(err)
 		}
 	}

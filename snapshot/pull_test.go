@@ -18,7 +18,7 @@ type fakePuller struct {
 	calls int
 }
 
-func (f *fakePuller) Pull(_ context.Context, dir, _, chainID string, _ map[string]string) error {
+func (f *fakePuller) Pull(_ context.Context, dir, _, chainID string, _ []string, _ map[string]string) error {
 	f.calls++
 	if f.err != nil {
 		return f.err

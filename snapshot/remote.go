@@ -77,7 +77,7 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent, target str
 		}
 	}
 	if s.puller != nil && (err == errNotLazy || noIndex(err)) {
-		perr := s.pullLayer(ctx, key, parent, target, mountpoint, labels, opts)
+		perr := s.pullLayer(ctx, key, parent, target, snap, labels, opts)
 		if perr == nil || errdefs.IsAlreadyExists(perr) {
 			return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 		}
@@ -116,8 +116,12 @@ const NoIndexMessage = "no SOCI index"
 // pullLayer has the Puller unpack the layer into the active snapshot key
 // (whose fs directory is mountpoint) and commits it as target, as a local
 // layer: containerd's own Commit after its unpack would do the same.
-func (s *Snapshotter) pullLayer(ctx context.Context, key, parent, target, mountpoint string, labels map[string]string, opts []snapshots.Opt) error {
-	if err := s.puller.Pull(ctx, mountpoint, parent, target, labels); err != nil {
+func (s *Snapshotter) pullLayer(ctx context.Context, key, parent, target string, snap storage.Snapshot, labels map[string]string, opts []snapshots.Opt) error {
+	lowers := make([]string, len(snap.ParentIDs))
+	for i, id := range snap.ParentIDs {
+		lowers[i] = s.upperPath(id)
+	}
+	if err := s.puller.Pull(ctx, s.upperPath(snap.ID), parent, target, lowers, labels); err != nil {
 		return err
 	}
 	crash.Point(crash.PullAfterMove)

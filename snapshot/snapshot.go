@@ -55,10 +55,10 @@ type Releaser interface {
 // Puller unpacks a layer itself (parallel pull and unpack, package pull)
 // into dir, an empty directory that the result replaces, checking that the
 // layer's diffID over parent (a chain ID, or "" for a base layer) gives
-// chainID. NotFound says the layer is not for it; any other error fails the
-// layer.
+// chainID. lowers are the directories of the layers below, nearest first.
+// NotFound says the layer is not for it; any other error fails the layer.
 type Puller interface {
-	Pull(ctx context.Context, dir, parent, chainID string, labels map[string]string) error
+	Pull(ctx context.Context, dir, parent, chainID string, lowers []string, labels map[string]string) error
 }
 
 // Options configures a Snapshotter.

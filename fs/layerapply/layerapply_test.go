@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -97,7 +98,7 @@ func TestApplyCompressions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := Check(got, want); err != nil {
+			if err := Check(got.DiffID, want); err != nil {
 				t.Fatal(err)
 			}
 			checkTree(t, dir)
@@ -120,7 +121,7 @@ func TestApplyExternalProgram(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Check(got, digest.FromBytes(raw)); err != nil {
+	if err := Check(got.DiffID, digest.FromBytes(raw)); err != nil {
 		t.Fatal(err)
 	}
 	checkTree(t, dir)
@@ -142,7 +143,7 @@ func TestDiffIDMismatch(t *testing.T) {
 		}
 		t.Fatal(err)
 	}
-	if err := Check(got, digest.FromBytes(raw)); !errors.Is(err, ErrDiffID) {
+	if err := Check(got.DiffID, digest.FromBytes(raw)); !errors.Is(err, ErrDiffID) {
 		t.Fatalf("Check of another tar: %v, want ErrDiffID", err)
 	}
 }
@@ -181,3 +182,66 @@ func TestReaderErrorAtEndWins(t *testing.T) {
 }
 
 func lookPath(name string) (string, error) { return osexec.LookPath(name) }
+
+func TestImplicitDirsInheritFromLowers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown and trusted xattrs need root")
+	}
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for _, h := range []*tar.Header{
+		{Name: "a/b/file", Typeflag: tar.TypeReg, Mode: 0o644}, // a/ and a/b/ implicit
+		{Name: "c/", Typeflag: tar.TypeDir, Mode: 0o700},
+		{Name: "c/f", Typeflag: tar.TypeReg, Mode: 0o644},
+	} {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tw.Close()
+	dir := t.TempDir()
+	res, err := Apply(context.Background(), dir, bytes.NewReader(gzipped(t, b.Bytes())), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(res.Implicit, ","); got != "a,a/b" {
+		t.Fatalf("implicit directories %q, want a,a/b", got)
+	}
+	// The layer below has a (sticky, owned by 1000, an xattr, opaque);
+	// the one below it has a/b but a nearer layer replaced... nothing.
+	near, far := t.TempDir(), t.TempDir()
+	if err := os.Mkdir(filepath.Join(near, "a"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Join(near, "a"), 0o1777|os.ModeSticky)
+	os.Lchown(filepath.Join(near, "a"), 1000, 1001)
+	unix.Lsetxattr(filepath.Join(near, "a"), "user.k", []byte("v"), 0)
+	unix.Lsetxattr(filepath.Join(near, "a"), "trusted.overlay.opaque", []byte("y"), 0)
+	if err := os.MkdirAll(filepath.Join(far, "a", "b"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Join(far, "a", "b"), 0o750)
+	if err := InheritDirs(dir, res.Implicit, []string{near, far}); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(dir, "a"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&0o7777 != 0o1777 || st.Uid != 1000 || st.Gid != 1001 {
+		t.Fatalf("a: mode %o uid %d gid %d, want the lower layer's 1777 1000 1001", st.Mode&0o7777, st.Uid, st.Gid)
+	}
+	buf := make([]byte, 8)
+	if n, err := unix.Lgetxattr(filepath.Join(dir, "a"), "user.k", buf); err != nil || string(buf[:n]) != "v" {
+		t.Fatalf("a: user.k %q, %v", buf[:n], err)
+	}
+	if _, err := unix.Lgetxattr(filepath.Join(dir, "a"), "trusted.overlay.opaque", buf); err == nil {
+		t.Fatal("a trusted xattr (opaque) was inherited")
+	}
+	if err := unix.Lstat(filepath.Join(dir, "a", "b"), &st); err != nil || st.Mode&0o7777 != 0o750 {
+		t.Fatalf("a/b: mode %o, %v; want the farther layer's 750", st.Mode&0o7777, err)
+	}
+	if err := unix.Lstat(filepath.Join(dir, "c"), &st); err != nil || st.Mode&0o7777 != 0o700 {
+		t.Fatalf("explicit c: mode %o, %v", st.Mode&0o7777, err)
+	}
+}
