@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"archive/tar"
 	"context"
 	"fmt"
 	"os"
@@ -220,4 +221,59 @@ func TestParallelPullFallbackKeepsBlobs(t *testing.T) {
 		}
 	}
 	waitNoPullStaging(t, e)
+}
+
+// TestParallelPullImplicitDirs: directories an upper layer's tar creates
+// only implicitly (no entry of their own) look as under overlayfs, where
+// containerd's unpack gives them the attributes of the layer below,
+// although parallel pull unpacks the upper layer before the lower one is
+// in place.
+func TestParallelPullImplicitDirs(t *testing.T) {
+	e := startEnv(t, parallelConfig)
+	ctx := testContext(t, 5*time.Minute)
+	sticky := image.Entry{Name: "data/t", Type: tar.TypeDir, Mode: 0o1777, UID: 1000, GID: 1001, ModTime: epoch,
+		Xattrs: map[string]string{"user.k": "v"}}
+	spec := image.Spec{
+		Layers: []image.Layer{
+			{Entries: []image.Entry{dir("bin"), {Name: "bin/probe", Type: tar.TypeReg, Mode: 0o755, ModTime: epoch, Data: probeBinary},
+				dir("data"), sticky}},
+			// data/t and data/u exist only as parents of these files.
+			{Entries: []image.Entry{file("data/t/x", []byte("x\n")), file("data/u/v", []byte("v\n"))}},
+		},
+		Entrypoint: []string{"/bin/probe"},
+	}
+	ref := pushPlain(t, e, "parallel/implicit:latest", buildImage(t, spec))
+	walk := func(snapshotter string) string {
+		out, err := e.Nerdctl(ctx, "--snapshotter", snapshotter, "run", "--rm", "--net", "none", ref, "walk", "/data")
+		if err != nil {
+			t.Fatalf("walk under %s: %v", snapshotter, err)
+		}
+		return probeLines(out)
+	}
+	pulled, full := walk("soci"), walk("overlayfs")
+	// An implicit directory's mtime is the time of its unpack, under both.
+	pulled, full = maskMtimes(pulled, "/data/t ", "/data/u "), maskMtimes(full, "/data/t ", "/data/u ")
+	if !strings.Contains(full, "/data/t d 1777 1000 1001") {
+		t.Fatalf("overlayfs walk lacks the sticky directory owned by 1000: the image does not test what it should:\n%s", full)
+	}
+	if pulled != full {
+		t.Errorf("parallel-pulled walk differs from overlayfs walk:\n%s", diffLines(pulled, full, 20))
+	}
+}
+
+// maskMtimes blanks the mtime field (the 7th) of the walk lines of paths.
+func maskMtimes(walk string, paths ...string) string {
+	lines := strings.Split(walk, "\n")
+	for i, l := range lines {
+		for _, p := range paths {
+			if strings.HasPrefix(l, p) {
+				f := strings.Fields(l)
+				if len(f) > 6 {
+					f[6] = "-"
+				}
+				lines[i] = strings.Join(f, " ")
+			}
+		}
+	}
+	return strings.Join(lines, "\n")
 }

@@ -174,7 +174,7 @@ func implicitDirs(dir string, explicit map[string]bool) ([]string, error) {
 }
 
 // InheritDirs gives each implicit directory of the layer unpacked in dir
-// the owner, mode, times and (non-trusted) xattrs of the same path in the
+// the owner, mode and (non-trusted) xattrs of the same path in the
 // first of lowers (the layers below, nearest first) that has it, as
 // containerd's unpack does; a path that is not a directory there stops the
 // search (the directory keeps Apply's defaults).
@@ -239,8 +239,10 @@ func copyDir(fi os.FileInfo, src, dst string) error {
 			return err
 		}
 	}
-	ts := []unix.Timespec{unix.NsecToTimespec(st.Atim.Nano()), unix.NsecToTimespec(st.Mtim.Nano())}
-	return unix.UtimesNanoAt(unix.AT_FDCWD, dst, ts, unix.AT_SYMLINK_NOFOLLOW)
+	// Times are not copied: in containerd's unpack the entries created in
+	// the directory afterwards set its mtime to the time of the unpack,
+	// which it already has here.
+	return nil
 }
 
 // Check compares a diffID Apply returned with the one expected.
