@@ -436,6 +436,9 @@ func (p *Puller) run(img *image, j *job) {
 				go o.remove(context.Background())
 			}
 		}
+		if len(img.jobs) == 0 {
+			p.forget(img)
+		}
 	}
 	if img.jobs[j.desc.Digest] == j {
 		j.expiry = p.opts.AfterFunc(p.opts.KeepFor, func() { p.expire(img, j) })

@@ -294,6 +294,12 @@ func TestPullCorruptBlobFails(t *testing.T) {
 		t.Fatalf("the snapshot directory got %d entries from a failed layer", len(entries))
 	}
 	waitStagingEmpty(t, root)
+	p.mu.Lock()
+	n := len(p.images)
+	p.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d images still tracked after the pull failed", n)
+	}
 }
 
 func waitStagingEmpty(t *testing.T, root string) {
