@@ -268,7 +268,7 @@ func TestPullStartsLaterLayers(t *testing.T) {
 }
 
 func TestPullCorruptBlobFails(t *testing.T) {
-	img := newImage(t, 2)
+	img := newImage(t, 3) // layer 2 is started ahead, then stopped
 	bad := img.reg.blobs[img.layers[1].Digest]
 	bad[len(bad)/2] ^= 0x01
 	p, root := newPuller(t, img.reg, nil)
