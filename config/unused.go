@@ -61,7 +61,6 @@ var unusedKeys = []Unused{
 const metadataReason = "the daemon keeps no metadata database: each layer's file tree is built in memory " +
 	"from its zTOC at mount (fs/layer), so there is nothing to store, sync or insert in chunks"
 
-
 // UnusedKeys returns the table of keys the daemon accepts but does not act
 // on, in schema order.
 func UnusedKeys() []Unused {
