@@ -243,12 +243,18 @@ func prepare(ctx context.Context, cfg Config, registry string, wl Workload) (Wor
 	pctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
 	var prefetchRepo string
-	if wl.Prefetch {
+	switch {
+	case wl.Prefetch:
 		progress := func(format string, args ...any) { fmt.Fprintf(cfg.Progress, format+"\n", args...) }
 		if prefetchRepo, err = recordPrefetch(pctx, cfg, registry, repo, img, progress); err != nil {
 			return WorkloadInfo{}, fmt.Errorf("record prefetch of workload %s: %w", wl.Name, err)
 		}
-	} else if _, _, err := sociimage.PushV2(pctx, registry+"/"+repo, img, sociimage.Options{SpanSize: cfg.SpanSize}); err != nil {
+	case wl.Plain:
+		err = image.Push(pctx, registry+"/"+repo, img)
+	default:
+		_, _, err = sociimage.PushV2(pctx, registry+"/"+repo, img, sociimage.Options{SpanSize: cfg.SpanSize})
+	}
+	if err != nil {
 		return WorkloadInfo{}, fmt.Errorf("push workload %s: %w", wl.Name, err)
 	}
 	info := WorkloadInfo{Name: wl.Name, Description: wl.Description, Layers: len(img.LayerDescs), Repo: repo,
@@ -268,6 +274,16 @@ func prepare(ctx context.Context, cfg Config, registry string, wl Workload) (Wor
 type node struct {
 	env    *harness.Env
 	daemon *harness.Daemon
+}
+
+// workloadConfig is what the workload adds to the daemons' configuration.
+func workloadConfig(cfg Config, name string) string {
+	for _, wl := range cfg.Workloads {
+		if wl.Name == name {
+			return wl.DaemonConfig
+		}
+	}
+	return ""
 }
 
 func startNode(ctx context.Context, cfg Config, dir string, s snapshotter, daemonConfig string) (*node, error) {
@@ -306,7 +322,7 @@ func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapsh
 	dir := filepath.Join(cfg.WorkDir, "runs", fmt.Sprintf("%s-%s-%d", workload, s.name, i))
 	rctx, cancel := context.WithTimeout(ctx, cfg.RunTimeout)
 	defer cancel()
-	n, err := startNode(rctx, cfg, dir, s, daemonConfig)
+	n, err := startNode(rctx, cfg, dir, s, daemonConfig+workloadConfig(cfg, workload))
 	if err != nil {
 		r.Error = err.Error()
 		return r

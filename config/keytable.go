@@ -47,8 +47,8 @@ var otherStatus = map[string]string{
 		"<root>/fs/traces/<alg>/<manifest digest>.json; `soci prefetch from-trace` turns it into prefetch artifacts",
 	"prefetch.record_seconds":    "acted on with record = true: how long an image is recorded from its first mount",
 	"prefetch.record_until_file": "acted on with record = true: a path in the image whose open ends its recording",
-	"content_store.containerd_address": `acted on with type = "containerd" (the reference's other use, parallel ` +
-		`pull, is not implemented)`,
+	"content_store.containerd_address": `acted on with type = "containerd", and where parallel pull stores the ` +
+		`layer blobs it downloads unless discard_unpacked_layers = true (whatever the type)`,
 	"disable_verification": "accepted, overridden: span data is always verified against the zTOC; " +
 		"`true` gets a warning at start",
 	"debug_address": "acted on for a unix socket or a loopback host:port; any other address is accepted but not " +

@@ -56,28 +56,10 @@ var unusedKeys = []Unused{
 		func(c *Config) bool { return !c.DirectoryCache.Direct }},
 
 	{"background_fetch.emit_metric_period_sec", "the background fetcher's metrics are read when Prometheus scrapes", nil},
-
-	{"pull_modes.parallel_pull_unpack.enable", parallelReason,
-		func(c *Config) bool { return c.PullModes.Parallel.Enable }},
-	{"pull_modes.parallel_pull_unpack.experimental_parallel_pull_as_fallback", parallelReason,
-		func(c *Config) bool { return c.PullModes.Parallel.ExperimentalParallelPullAsFallback }},
-	{"pull_modes.parallel_pull_unpack.max_concurrent_downloads", parallelReason, parallelOn},
-	{"pull_modes.parallel_pull_unpack.max_concurrent_downloads_per_image", parallelReason, parallelOn},
-	{"pull_modes.parallel_pull_unpack.concurrent_download_chunk_size", parallelReason, parallelOn},
-	{"pull_modes.parallel_pull_unpack.max_concurrent_unpacks", parallelReason, parallelOn},
-	{"pull_modes.parallel_pull_unpack.max_concurrent_unpacks_per_image", parallelReason, parallelOn},
-	{"pull_modes.parallel_pull_unpack.discard_unpacked_layers", parallelReason, parallelOn},
-	{"pull_modes.parallel_pull_unpack.decompress_streams", parallelReason, parallelOn},
 }
 
 const metadataReason = "the daemon keeps no metadata database: each layer's file tree is built in memory " +
 	"from its zTOC at mount (fs/layer), so there is nothing to store, sync or insert in chunks"
-
-const parallelReason = "parallel pull and unpack is not implemented: layers without a SOCI index are unpacked by containerd"
-
-func parallelOn(c *Config) bool {
-	return c.PullModes.Parallel.Enable || c.PullModes.Parallel.ExperimentalParallelPullAsFallback
-}
 
 // UnusedKeys returns the table of keys the daemon accepts but does not act
 // on, in schema order.

@@ -70,7 +70,19 @@ type crashDriver struct {
 	prepare func(ctx context.Context, e *harness.Env, ref string) error
 	drive   func(ctx context.Context, e *harness.Env, ref string) error
 	unpack  bool
+	// config, when set, is added to the daemon's configuration for the
+	// crash and the start after it.
+	config string
 }
+
+// crashParallelConfig makes the daemon unpack every layer itself (parallel
+// pull), to reach the points on that path.
+const crashParallelConfig = `
+[pull_modes.parallel_pull_unpack]
+  enable = true
+  concurrent_download_chunk_size = "1mb"
+  discard_unpacked_layers = true
+`
 
 func crashPull(ctx context.Context, e *harness.Env, ref string) error {
 	out, err := e.Nerdctl(ctx, "--snapshotter", "soci", "pull", "--quiet", ref)
@@ -108,6 +120,8 @@ var crashDrivers = map[string]crashDriver{
 	crash.IndexBlobBeforeRename:   {drive: crashPull},
 	crash.ZTOCBeforeRename:        {drive: crashPull},
 	crash.ChoiceBeforeRename:      {drive: crashPull},
+	crash.PullAfterUnpack:         {drive: crashPull, config: crashParallelConfig},
+	crash.PullAfterMove:           {drive: crashPull, config: crashParallelConfig},
 }
 
 // TestCrashConsistency kills the daemon (SIGKILL, by SOCI_CRASH_POINT) at
@@ -139,6 +153,10 @@ func TestCrashConsistency(t *testing.T) {
 				}
 			}
 
+			if d.config != "" {
+				writeDaemonConfig(t, e, crashDaemonConfig+d.config)
+				defer writeDaemonConfig(t, e, crashDaemonConfig)
+			}
 			// The FUSE host the next start launches inherits the
 			// point too (the cache and index points fire there): shut
 			// down the running one, whose environment has no point.
@@ -160,6 +178,15 @@ func TestCrashConsistency(t *testing.T) {
 			dumpLogs(t, e)
 			return
 		}
+	}
+}
+
+// writeDaemonConfig replaces the daemon's configuration file; the next
+// start reads it.
+func writeDaemonConfig(t *testing.T, e *harness.Env, cfg string) {
+	t.Helper()
+	if err := os.WriteFile(e.Daemon.Config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -314,9 +341,15 @@ func crashLeftovers(t *testing.T, ctx context.Context, e *harness.Env) []string 
 	if len(dirs) != n {
 		problems = append(problems, fmt.Sprintf("%d snapshot directories (%v) for %d snapshots: orphans left", len(dirs), names, n))
 	}
-	for _, store := range []string{"cache", "index"} {
-		parent := filepath.Join(e.Daemon.Root, "fs", store, ".tmp")
+	for _, parent := range []string{
+		filepath.Join(e.Daemon.Root, "fs", "cache", ".tmp"),
+		filepath.Join(e.Daemon.Root, "fs", "index", ".tmp"),
+		filepath.Join(e.Daemon.Root, "snapshotter", "pull"), // parallel pull's staging
+	} {
 		entries, err := os.ReadDir(parent)
+		if errors.Is(err, fs.ErrNotExist) && strings.HasSuffix(parent, "pull") {
+			continue // parallel pull never ran
+		}
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -95,16 +95,18 @@ type hostMetrics interface {
 }
 
 // daemonMetrics is the daemon's metrics endpoint, nil with no_prometheus:
-// the daemon's own process and Go runtime metrics, plus every other series
+// the daemon's own process and Go runtime metrics and extra (parallel
+// pull's counters), plus every other series
 // of its own FUSE host, which owns the filesystem's and the registry
 // client's (fetched from the host on each scrape). A retired host's series
 // are not included: after an upgrade they are missing until it exits.
-func daemonMetrics(ctx context.Context, cfg *config.Config, hosts hostMetrics) http.Handler {
+func daemonMetrics(ctx context.Context, cfg *config.Config, hosts hostMetrics, extra ...prometheus.Collector) http.Handler {
 	if cfg.NoPrometheus {
 		return nil
 	}
 	own := prometheus.NewRegistry()
 	own.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	own.MustRegister(extra...)
 	g := prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
 		fams, err := own.Gather()
 		names := map[string]bool{}

@@ -44,6 +44,8 @@ type Service struct {
 	metrics     *metricsServer // nil when metrics_address is empty
 	debug       *debugServer   // nil when debug_address is empty
 	cri         *criProxy      // nil unless [cri_keychain] is enabled
+	criCreds    func(string) (string, string, error)
+	puller      *puller // nil unless [pull_modes.parallel_pull_unpack] is on
 }
 
 // The FUSE hosts serve the snapshotter's remote layers and free a layer's
@@ -95,7 +97,7 @@ func New(ctx context.Context, cfg *config.Config, root string, host fusehost.Com
 		return nil, fmt.Errorf("FUSE host of %s: %w", root, err)
 	}
 	undo.push(func() { hosts.Close() })
-	s := &Service{lock: lock, hosts: hosts, cri: cri}
+	s := &Service{lock: lock, hosts: hosts, cri: cri, criCreds: criCreds}
 	undo.push(func() { s.stopLaunchedHost(ctx) })
 	if err := s.start(ctx, cfg, root); err != nil {
 		return nil, err
@@ -145,16 +147,31 @@ func (s *Service) start(ctx context.Context, cfg *config.Config, root string) (e
 			undo.run()
 		}
 	}()
-	sn, err := snapshot.New(ctx, snapshot.Options{
+	var pm *pullMetrics
+	if !cfg.NoPrometheus {
+		pm = newPullMetrics()
+	}
+	puller, err := newPuller(ctx, cfg, root, s.criCreds, pm)
+	if err != nil {
+		return fmt.Errorf("start parallel pull under %s: %w", root, err)
+	}
+	sopts := snapshot.Options{
 		Root:                        filepath.Join(root, "snapshotter"),
 		Mounter:                     s.hosts,
 		AllowInvalidMountsOnRestart: cfg.Snapshotter.AllowInvalidMountsOnRestart,
-	})
+	}
+	if puller != nil {
+		undo.push(func() { puller.Close() })
+		sopts.Puller, sopts.PullAll = puller, cfg.PullModes.Parallel.Enable
+	} else {
+		pm = nil
+	}
+	sn, err := snapshot.New(ctx, sopts)
 	if err != nil {
 		return fmt.Errorf("start snapshotter under %s: %w", root, err)
 	}
 	undo.push(func() { sn.Close() })
-	ms, err := serveMetrics(ctx, cfg, daemonMetrics(ctx, cfg, s.hosts))
+	ms, err := serveMetrics(ctx, cfg, daemonMetrics(ctx, cfg, s.hosts, pm.collectors()...))
 	if err != nil {
 		return err
 	}
@@ -169,7 +186,7 @@ func (s *Service) start(ctx context.Context, cfg *config.Config, root string) (e
 		// kubelet's image service endpoint is the daemon's own socket.
 		runtime.RegisterImageServiceServer(server, s.cri)
 	}
-	s.snapshotter, s.metrics, s.debug, s.server = sn, ms, dbg, server
+	s.snapshotter, s.metrics, s.debug, s.server, s.puller = sn, ms, dbg, server, puller
 	return nil
 }
 
@@ -298,7 +315,7 @@ func (s *Service) Serve(ctx context.Context, l net.Listener) error {
 // the root lock. The FUSE hosts are left alone: running containers keep
 // their lazily loaded layers, and the next daemon adopts them.
 func (s *Service) Close() error {
-	err := errors.Join(s.metrics.close(), s.debug.close(), s.snapshotter.Close(), s.hosts.Close(), s.cri.close())
+	err := errors.Join(s.metrics.close(), s.debug.close(), s.snapshotter.Close(), s.closePuller(), s.hosts.Close(), s.cri.close())
 	if lerr := s.lock.release(); err == nil {
 		err = lerr
 	}
@@ -306,6 +323,15 @@ func (s *Service) Close() error {
 		return fmt.Errorf("close service: %w", err)
 	}
 	return nil
+}
+
+// closePuller stops the parallel pulls in flight (after the snapshotter, so
+// that no Prepare is waiting for one).
+func (s *Service) closePuller() error {
+	if s.puller == nil {
+		return nil
+	}
+	return s.puller.Close()
 }
 
 // recordOptions maps [prefetch] record* onto the FS's trace recorder

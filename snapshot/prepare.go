@@ -26,7 +26,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 			return nil, fmt.Errorf("prepare snapshot %q: %w", key, err)
 		}
 	}
-	if target, ok := base.Labels[TargetRefLabel]; ok && s.mounter != nil {
+	if target, ok := base.Labels[TargetRefLabel]; ok && (s.mounter != nil || s.puller != nil) {
 		return s.prepareRemote(ctx, key, parent, target, base.Labels, opts)
 	}
 	return s.create(ctx, snapshots.KindActive, key, parent, opts)

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -48,7 +49,10 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent, target str
 	}
 	crash.Point(crash.PrepareAfterRecord)
 	mountpoint := s.upperPath(snap.ID)
-	err = s.mountLayer(ctx, mountpoint, labels)
+	err = errNotLazy
+	if s.mounter != nil && !s.pullAll {
+		err = s.mountLayer(ctx, mountpoint, labels)
+	}
 	if err == nil {
 		crash.Point(crash.PrepareAfterMount)
 		if err = s.commitRemote(ctx, key, target, labels); err == nil {
@@ -65,12 +69,72 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent, target str
 			return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 		}
 	}
-	logFallback(ctx, err)
-	if err := s.resetMountpoint(ctx, mountpoint); err != nil {
-		s.discard(ctx, key)
-		return nil, fmt.Errorf("prepare snapshot %q: fall back to unpacking: %w", key, err)
+	if err != errNotLazy {
+		logFallback(ctx, err)
+		if err := s.resetMountpoint(ctx, mountpoint); err != nil {
+			s.discard(ctx, key)
+			return nil, fmt.Errorf("prepare snapshot %q: fall back to unpacking: %w", key, err)
+		}
+	}
+	if s.puller != nil && (err == errNotLazy || noIndex(err)) {
+		perr := s.pullLayer(ctx, key, parent, target, snap, labels, opts)
+		if perr == nil || errdefs.IsAlreadyExists(perr) {
+			return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
+		}
+		if !errdefs.IsNotFound(perr) {
+			// As the reference: a layer parallel pull fails is not
+			// handed to containerd; the pull fails, leaving no snapshot.
+			log.G(ctx).WithError(perr).Error("parallel pull and unpack failed")
+			s.discard(ctx, key)
+			return nil, perr
+		}
+		log.G(ctx).WithError(perr).Debug("layer not for parallel pull; containerd unpacks it")
+		if err := s.resetMountpoint(ctx, mountpoint); err != nil {
+			s.discard(ctx, key)
+			return nil, fmt.Errorf("prepare snapshot %q: fall back to unpacking: %w", key, err)
+		}
 	}
 	return s.activate(ctx, key, snap, chain)
+}
+
+// errNotLazy stands for the Mounter's answer when it is not asked: every
+// layer goes to the Puller.
+var errNotLazy = fmt.Errorf("parallel pull takes every layer: %w", errdefs.ErrNotFound)
+
+// noIndex tells whether the Mounter declined a layer because its image has
+// no SOCI index (fs/index says "no SOCI index" in a NotFound; the class
+// alone also covers a layer without zTOC in an indexed image, which stays
+// with containerd, as in the reference).
+func noIndex(err error) bool {
+	return errdefs.IsNotFound(err) && strings.Contains(err.Error(), NoIndexMessage)
+}
+
+// NoIndexMessage is in the Mounter's error for a layer whose image has no
+// SOCI index.
+const NoIndexMessage = "no SOCI index"
+
+// pullLayer has the Puller unpack the layer into the active snapshot key
+// (whose fs directory is mountpoint) and commits it as target, as a local
+// layer: containerd's own Commit after its unpack would do the same.
+func (s *Snapshotter) pullLayer(ctx context.Context, key, parent, target string, snap storage.Snapshot, labels map[string]string, opts []snapshots.Opt) error {
+	lowers := make([]string, len(snap.ParentIDs))
+	for i, id := range snap.ParentIDs {
+		lowers[i] = s.upperPath(id)
+	}
+	if err := s.puller.Pull(ctx, s.upperPath(snap.ID), parent, target, lowers, labels); err != nil {
+		return err
+	}
+	crash.Point(crash.PullAfterMove)
+	err := s.Commit(ctx, target, key, opts...)
+	if errdefs.IsAlreadyExists(err) {
+		s.discard(ctx, key) // another Prepare committed the same layer first
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("commit the layer unpacked by parallel pull: %w", err)
+	}
+	log.G(ctx).Debug("layer unpacked by parallel pull")
+	return nil
 }
 
 // logFallback says why a layer is unpacked by containerd instead of being

@@ -52,6 +52,15 @@ type Releaser interface {
 	Release(ctx context.Context, mountpoint string) error
 }
 
+// Puller unpacks a layer itself (parallel pull and unpack, package pull)
+// into dir, an empty directory that the result replaces, checking that the
+// layer's diffID over parent (a chain ID, or "" for a base layer) gives
+// chainID. lowers are the directories of the layers below, nearest first.
+// NotFound says the layer is not for it; any other error fails the layer.
+type Puller interface {
+	Pull(ctx context.Context, dir, parent, chainID string, lowers []string, labels map[string]string) error
+}
+
 // Options configures a Snapshotter.
 type Options struct {
 	// Root is the directory holding the metadata store and the snapshots.
@@ -63,6 +72,14 @@ type Options struct {
 	// AllowInvalidMountsOnRestart makes New log and leave a remote snapshot
 	// that cannot be mounted again, instead of failing.
 	AllowInvalidMountsOnRestart bool
+	// Puller, when not nil, unpacks the layers that are not served lazily
+	// ([pull_modes.parallel_pull_unpack]); containerd gets AlreadyExists
+	// and neither downloads nor unpacks them.
+	Puller Puller
+	// PullAll makes the Puller take every layer: none is served lazily
+	// (parallel_pull_unpack enable = true). Without it the Puller takes
+	// the layers the Mounter declines (NotFound).
+	PullAll bool
 }
 
 // Snapshotter is a containerd snapshotter on overlayfs that can hand layers
@@ -71,6 +88,8 @@ type Snapshotter struct {
 	root    string
 	ms      *storage.MetaStore
 	mounter Mounter
+	puller  Puller
+	pullAll bool
 	// overlayOptions are added to every overlay mount (userxattr, index=off).
 	overlayOptions []string
 	// locks serialises Mounter calls per mountpoint.
@@ -101,6 +120,8 @@ func New(ctx context.Context, opts Options) (*Snapshotter, error) {
 		root:           root,
 		ms:             ms,
 		mounter:        opts.Mounter,
+		puller:         opts.Puller,
+		pullAll:        opts.PullAll && opts.Puller != nil,
 		overlayOptions: overlayOptions(ctx, root),
 	}
 	s.sweep(ctx)

@@ -4,11 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"path/filepath"
 	"sort"
 	"syscall"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/moby/sys/mountinfo"
+
+	"github.com/fastsoci/soci-snapshotter/internal/staging"
 )
 
 // sweep runs at start-up, before remote snapshots are restored, and undoes
@@ -29,7 +34,23 @@ func (s *Snapshotter) sweep(ctx context.Context) {
 	if err := s.Cleanup(ctx); err != nil {
 		log.G(ctx).WithError(err).Warn("start-up sweep: could not delete orphan snapshot directories")
 	}
+	// Parallel pull's staging (layers being downloaded and unpacked) of
+	// dead processes, also when parallel pull is off now.
+	if n, err := staging.Sweep(s.PullStagingDir(), time.Now()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		log.G(ctx).WithError(err).Warn("start-up sweep: could not delete parallel pull staging")
+	} else if n > 0 {
+		log.G(ctx).WithField("entries", n).Info("start-up sweep: deleted parallel pull staging of dead processes")
+	}
 }
+
+// PullStagingDir is where parallel pull stages layers (pull.Options
+// StagingDir): on the snapshots' filesystem, so that a layer moves into its
+// snapshot by a rename.
+func (s *Snapshotter) PullStagingDir() string { return PullStagingDir(s.root) }
+
+// PullStagingDir is the staging directory of parallel pull for the
+// snapshotter rooted at root.
+func PullStagingDir(root string) string { return filepath.Join(root, "pull") }
 
 // detachDead lazily unmounts every mount under dir that can't be looked at
 // because its FUSE server died, deepest first, and returns how many.

@@ -150,6 +150,9 @@ func (s *Store) find(ctx context.Context, ref string, manifest, explicit digest.
 			WithField("mode", m.mode).Debug(msg)
 		return idx, nil
 	}
+	// "no SOCI index" is what snapshot.NoIndexMessage looks for: with
+	// experimental_parallel_pull_as_fallback such images are pulled in
+	// parallel.
 	return nil, fmt.Errorf("no SOCI index for image manifest %s of %s: %w", manifest, ref, errdefs.ErrNotFound)
 }
 

@@ -41,6 +41,12 @@ const (
 	ZTOCBeforeRename = "index.ztoc.before-rename"
 	// ChoiceBeforeRename: the same for a manifest -> index record.
 	ChoiceBeforeRename = "index.choice.before-rename"
+	// PullAfterUnpack: parallel pull has unpacked a layer into the
+	// process's staging directory, not checked nor moved it.
+	PullAfterUnpack = "pull.layer.after-unpack"
+	// PullAfterMove: the unpacked layer is moved into its active
+	// snapshot, not committed.
+	PullAfterMove = "snapshot.pull.after-move"
 )
 
 // Points returns every named point, in the order of the architecture
@@ -51,5 +57,6 @@ func Points() []string {
 		CommitBeforeCommit, CommitAfterCommit, RemoveAfterRecord, RemoveBeforeRelease,
 		CachePutBeforeRename, CacheRemoveBeforeDelete,
 		IndexBlobBeforeRename, ZTOCBeforeRename, ChoiceBeforeRename,
+		PullAfterUnpack, PullAfterMove,
 	}
 }

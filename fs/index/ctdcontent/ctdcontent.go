@@ -6,6 +6,10 @@
 // FUSE host protocol carries), as the reference does; [content_store]
 // namespace plays no part. It only bounds what it reads: the index store
 // checks size and digest and validates the bytes like a registry's.
+//
+// It also writes, for parallel pull with discard_unpacked_layers = false,
+// the layer blobs it downloaded and checked (WriteBlob), as the reference
+// keeps them.
 package ctdcontent
 
 import (
@@ -102,4 +106,19 @@ func (s *Store) ReadBlob(ctx context.Context, d digest.Digest, max int64) ([]byt
 		err = io.ErrUnexpectedEOF
 	}
 	return nil, fmt.Errorf("read %s from containerd's content store (namespace %s): %d of %d bytes: %w", d, ns, n, size, err)
+}
+
+// WriteBlob stores the blob desc, read from r, in containerd's content store
+// in the request's namespace; containerd checks its size and digest at
+// commit. A blob already there is left as it is.
+func (s *Store) WriteBlob(ctx context.Context, desc ocispec.Descriptor, r io.Reader) error {
+	ns, ok := namespaces.Namespace(ctx)
+	if !ok {
+		return fmt.Errorf("store %s in containerd's content store: the request names no containerd namespace: %w", desc.Digest, errdefs.ErrInvalidArgument)
+	}
+	err := content.WriteBlob(ctx, s.cs, "soci-parallel-pull-"+desc.Digest.String(), r, desc)
+	if err != nil && !errdefs.IsAlreadyExists(err) {
+		return fmt.Errorf("store %s in containerd's content store at %s (namespace %s): %w", desc.Digest, s.address, ns, err)
+	}
+	return nil
 }

@@ -93,3 +93,31 @@ func TestNoContainerd(t *testing.T) {
 		t.Errorf("got %v, want a connection error", err)
 	}
 }
+
+func TestWriteBlob(t *testing.T) {
+	sock, cs := serve(t)
+	s, err := New("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := namespaces.WithNamespace(context.Background(), "soci-test")
+	blob := bytes.Repeat([]byte("layer "), 200<<10)
+	desc := ocispec.Descriptor{Digest: digest.FromBytes(blob), Size: int64(len(blob))}
+	for range 2 { // the second write finds it there
+		if err := s.WriteBlob(ctx, desc, bytes.NewReader(blob)); err != nil {
+			t.Fatalf("WriteBlob: %v", err)
+		}
+	}
+	got, err := content.ReadBlob(ctx, cs, desc)
+	if err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("stored blob: %d bytes, %v", len(got), err)
+	}
+	other := ocispec.Descriptor{Digest: digest.FromString("other"), Size: int64(len(blob))}
+	if err := s.WriteBlob(ctx, other, bytes.NewReader(blob)); err == nil {
+		t.Fatal("a blob that is not its descriptor's was stored")
+	}
+	if err := s.WriteBlob(context.Background(), desc, bytes.NewReader(blob)); err == nil {
+		t.Fatal("stored without a namespace")
+	}
+}
