@@ -426,4 +426,9 @@ type LimitsConfig struct {
 	// memory (debug.SetMemoryLimit): past it the garbage collector runs
 	// more often. GOMEMLIMIT in the environment overrides it.
 	HostMemoryLimit ByteSize `toml:"host_memory_limit"`
+	// NeighbourFetchBytes is how many compressed bytes on either side of
+	// a span miss are fetched once a layer's reads have missed at
+	// scattered places (a program loading its modules one after
+	// another); 0 turns it off.
+	NeighbourFetchBytes ByteSize `toml:"neighbour_fetch_bytes"`
 }

@@ -30,6 +30,7 @@ const (
 	defaultMaxTreeDepth              = 1024
 	defaultMaxDecompressBytes        = 64 << 20
 	defaultHostMemoryLimit           = 64 << 20
+	defaultNeighbourFetchBytes       = 8 << 20
 	defaultRecordSeconds             = 30
 )
 
@@ -97,6 +98,8 @@ func Default() *Config {
 			MaxTreeDepth:       defaultMaxTreeDepth,
 			MaxDecompressBytes: defaultMaxDecompressBytes,
 			HostMemoryLimit:    defaultHostMemoryLimit,
+			// Not in normalize: 0 turns it off.
+			NeighbourFetchBytes: defaultNeighbourFetchBytes,
 		},
 	}
 }

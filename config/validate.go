@@ -250,4 +250,5 @@ func (l *LimitsConfig) validate(v *validator) {
 	v.positive("limits.max_tree_depth", int64(l.MaxTreeDepth))
 	v.positive("limits.max_decompress_bytes", int64(l.MaxDecompressBytes))
 	v.positive("limits.host_memory_limit", int64(l.HostMemoryLimit))
+	v.nonNegative("limits.neighbour_fetch_bytes", int64(l.NeighbourFetchBytes))
 }

@@ -59,6 +59,9 @@ type Options struct {
 	// than that alone is refused (reads of it get EIO). 0: unbounded. The
 	// node-wide bound on registry requests is the Registry's own.
 	MaxDecompressBytes int64
+	// NeighbourBytes is how many compressed bytes on either side of a
+	// scattered span miss are fetched (span.Options.Neighbours); 0: none.
+	NeighbourBytes int64
 	// Bounds on SOCI indices and zTOCs from registries ([limits]; zero
 	// takes the default): index entries, zTOC bytes, entries and
 	// estimated heap (IndexLimits), and the layer tree's depth.

@@ -123,10 +123,6 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 // with the run, so sparse reads never trigger it.
 const readAheadBytes = 32 << 20
 
-// neighbourBytes is how many compressed bytes on either side of a scattered
-// miss are fetched with it (with 4 MiB spans, two spans each side).
-const neighbourBytes = 8 << 20
-
 // tooSmall reports whether a layer of size bytes is below min_layer_size
 // (a size of 0 is unknown).
 func (f *FS) tooSmall(size int64) bool {
@@ -310,7 +306,7 @@ func (f *FS) spanOptions(t source.Target, l *index.Layer, ztoc digest.Digest, bl
 		ReadAhead: readAheadBytes,
 		// A program loading its modules one after another misses at
 		// scattered places; once it has, fetch around each miss.
-		Neighbours: neighbourBytes,
+		Neighbours: f.opts.NeighbourBytes,
 		// A read waiting for a span gets it over parallel connections.
 		SplitRequest: 1 << 20,
 	}

@@ -118,9 +118,14 @@ func TestHostileRangeResponses(t *testing.T) {
 	dockerConfig := t.TempDir()
 	t.Setenv("DOCKER_CONFIG", dockerConfig) // inherited by the daemon and nerdctl
 	metricsCfg, url := metricsConfig(t)
+	// Each case's file is fetched on its own read, through the answer its
+	// case gets: no background walk, no fetches around scattered misses
+	// (they would load a later case's span during an earlier case).
 	e := startEnv(t, metricsCfg+defaultDaemonConfig+`
 [background_fetch]
   disable = true
+[limits]
+  neighbour_fetch_bytes = 0
 `)
 	ctx := testContext(t, 6*time.Minute)
 	spec, want := hostileRangeImage()

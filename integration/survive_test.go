@@ -25,12 +25,15 @@ import (
 // systemd restarts the shipped unit, because the FUSE sessions live in a
 // separate FUSE host process.
 
-// soakConfig turns the background fetcher off: the spans no container has
-// read stay in the registry, so reads after each step still need the
-// registry (and the FUSE host's fetcher), not only the cache.
+// soakConfig turns the background fetcher and the fetches around
+// scattered misses off: the spans no container has read stay in the
+// registry, so reads after each step still need the registry (and the FUSE
+// host's fetcher), not only the cache.
 const soakConfig = defaultDaemonConfig + `
 [background_fetch]
   disable = true
+[limits]
+  neighbour_fetch_bytes = 0
 `
 
 // The soak image: one lazily loaded layer of soakFiles incompressible files

@@ -251,6 +251,8 @@ func fsOptions(cfg *config.Config, root string, m *metrics.Metrics, criCreds fun
 		// the node ([limits] max_decompress_bytes); the registry client's
 		// request slots (max_concurrency) are set in registryOptions.
 		MaxDecompressBytes: int64(cfg.Limits.MaxDecompressBytes),
+		// [limits] neighbour_fetch_bytes: fetches around scattered misses.
+		NeighbourBytes: int64(cfg.Limits.NeighbourFetchBytes),
 		// [limits] on indices, zTOCs and trees.
 		IndexLimits: index.Limits{
 			MaxIndexEntries:  cfg.Limits.MaxIndexEntries,
