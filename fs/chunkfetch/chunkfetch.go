@@ -33,6 +33,10 @@ type RangeReader interface {
 // ErrDigest is the class of a blob whose bytes are not its descriptor's.
 var ErrDigest = errors.New("blob digest mismatch")
 
+// MaxChunks bounds the chunks of one download: a larger blob gets larger
+// chunks than asked for.
+const MaxChunks = 1 << 16
+
 // Chunk is one part of the blob, fetched by one worker.
 type Chunk struct {
 	Off, Len int64
@@ -65,6 +69,9 @@ func New(f *os.File, desc ocispec.Descriptor, chunkSize int64) (*Download, error
 	if chunkSize <= 0 || chunkSize > desc.Size {
 		chunkSize = desc.Size
 	}
+	// The size is the manifest's (up to the caller's bound, a TiB for
+	// parallel pull) and the chunk size the user's: bound the chunk table.
+	chunkSize = max(chunkSize, (desc.Size+MaxChunks-1)/MaxChunks)
 	n := (desc.Size + chunkSize - 1) / chunkSize
 	chunks := make([]Chunk, 0, n)
 	for off := int64(0); off < desc.Size; off += chunkSize {

@@ -178,3 +178,27 @@ func TestNewRefusesBadDescriptors(t *testing.T) {
 		}
 	}
 }
+
+// A manifest may name a huge layer and the configuration a small chunk:
+// the chunk table stays bounded, and the chunks still cover the blob.
+func TestNewBoundsChunks(t *testing.T) {
+	desc := ocispec.Descriptor{Digest: digest.FromString("x"), Size: 1 << 40}
+	d, err := New(nil, desc, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunks := d.Chunks()
+	if len(chunks) > MaxChunks {
+		t.Fatalf("%d chunks, more than %d", len(chunks), MaxChunks)
+	}
+	var end int64
+	for _, c := range chunks {
+		if c.Off != end || c.Len <= 0 {
+			t.Fatalf("chunk %+v does not follow the previous one (end %d)", c, end)
+		}
+		end = c.Off + c.Len
+	}
+	if end != desc.Size {
+		t.Fatalf("chunks end at %d, blob size %d", end, desc.Size)
+	}
+}
