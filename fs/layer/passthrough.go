@@ -402,8 +402,10 @@ func (b *BackingFiles) make(key backingKey, size int64, fill func(*os.File) (boo
 	b.mu.Lock()
 	for {
 		if e, ok := b.entries[key]; ok {
+			// Under the lock: an eviction may close the copy.
+			f := dup(e.Value.(*backingEntry).f)
 			b.mu.Unlock()
-			return dup(e.Value.(*backingEntry).f), nil
+			return f, nil
 		}
 		wait, ok := b.busy[key]
 		if !ok {
