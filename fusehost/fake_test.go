@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 
+	"github.com/fastsoci/soci-snapshotter/internal/errclass"
 	"github.com/fastsoci/soci-snapshotter/internal/mountctx"
 )
 
@@ -50,8 +51,10 @@ func (f *fakeFS) Calls() []string {
 
 func failWith(class string) error {
 	switch class {
+	case "no_index":
+		return fmt.Errorf("no SOCI index for image manifest sha256:m: %w", errclass.ErrNoIndex)
 	case "not_found":
-		return fmt.Errorf("no SOCI index: %w", errdefs.ErrNotFound)
+		return fmt.Errorf("layer has no zTOC: %w", errdefs.ErrNotFound)
 	case "failed_precondition":
 		return fmt.Errorf("zTOC found bad: %w", errdefs.ErrFailedPrecondition)
 	case "unavailable":

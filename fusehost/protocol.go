@@ -8,6 +8,8 @@ import (
 	"net/http"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/fastsoci/soci-snapshotter/internal/errclass"
 )
 
 // The host's endpoints.
@@ -88,6 +90,9 @@ var classes = []struct {
 	name string
 	err  error
 }{
+	// Before not_found, which it is too: the first class that matches
+	// names an error.
+	{"no_index", errclass.ErrNoIndex},
 	{"not_found", errdefs.ErrNotFound},
 	{"failed_precondition", errdefs.ErrFailedPrecondition},
 	{"unavailable", errdefs.ErrUnavailable},

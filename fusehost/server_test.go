@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 
+	"github.com/fastsoci/soci-snapshotter/internal/errclass"
 	"github.com/fastsoci/soci-snapshotter/internal/mountctx"
 )
 
@@ -37,7 +38,8 @@ func TestErrorClassesRoundTrip(t *testing.T) {
 		class string
 		is    func(error) bool
 	}{
-		{"not_found", errdefs.IsNotFound},
+		{"no_index", func(err error) bool { return errors.Is(err, errclass.ErrNoIndex) && errdefs.IsNotFound(err) }},
+		{"not_found", func(err error) bool { return errdefs.IsNotFound(err) && !errors.Is(err, errclass.ErrNoIndex) }},
 		{"failed_precondition", errdefs.IsFailedPrecondition},
 		{"unavailable", errdefs.IsUnavailable},
 	} {

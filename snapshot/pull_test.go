@@ -10,6 +10,8 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
+
+	"github.com/fastsoci/soci-snapshotter/internal/errclass"
 )
 
 // fakePuller writes one file into the directory, or fails with err.
@@ -110,6 +112,16 @@ func TestPullAsFallbackOnlyWithoutIndex(t *testing.T) {
 		t.Fatalf("layer of an image without index: %v, want AlreadyExists", err)
 	}
 	if fp.calls != 1 {
+		t.Fatalf("parallel pull called %d times", fp.calls)
+	}
+	// What fs/index says now: the class, whatever the words.
+	fm.mountErr = func(string, map[string]string) error {
+		return fmt.Errorf("image sha256:m: %w", errclass.ErrNoIndex)
+	}
+	if _, err := e.sn.Prepare(e.ctx, "extract-l3", "", snapshots.WithLabels(layerLabels("l3"))); !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("layer of an image without index (class): %v, want AlreadyExists", err)
+	}
+	if fp.calls != 2 {
 		t.Fatalf("parallel pull called %d times", fp.calls)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/fastsoci/soci-snapshotter/internal/crash"
+	"github.com/fastsoci/soci-snapshotter/internal/errclass"
 	"github.com/fastsoci/soci-snapshotter/internal/mountctx"
 )
 
@@ -102,15 +103,17 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, parent, target str
 var errNotLazy = fmt.Errorf("parallel pull takes every layer: %w", errdefs.ErrNotFound)
 
 // noIndex tells whether the Mounter declined a layer because its image has
-// no SOCI index (fs/index says "no SOCI index" in a NotFound; the class
-// alone also covers a layer without zTOC in an indexed image, which stays
-// with containerd, as in the reference).
+// no SOCI index: errclass.ErrNoIndex, or, from a FUSE host of an earlier
+// build (during an upgrade), a NotFound saying "no SOCI index". A plain
+// NotFound also covers a layer without zTOC in an indexed image, which
+// stays with containerd, as in the reference.
 func noIndex(err error) bool {
-	return errdefs.IsNotFound(err) && strings.Contains(err.Error(), NoIndexMessage)
+	return errors.Is(err, errclass.ErrNoIndex) ||
+		errdefs.IsNotFound(err) && strings.Contains(err.Error(), NoIndexMessage)
 }
 
 // NoIndexMessage is in the Mounter's error for a layer whose image has no
-// SOCI index.
+// SOCI index (earlier builds said only this).
 const NoIndexMessage = "no SOCI index"
 
 // pullLayer has the Puller unpack the layer into the active snapshot key

@@ -15,6 +15,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/fastsoci/soci-snapshotter/internal/crash"
+	"github.com/fastsoci/soci-snapshotter/internal/errclass"
 )
 
 // Registry is what the store needs from the registry client.
@@ -150,10 +151,10 @@ func (s *Store) find(ctx context.Context, ref string, manifest, explicit digest.
 			WithField("mode", m.mode).Debug(msg)
 		return idx, nil
 	}
-	// "no SOCI index" is what snapshot.NoIndexMessage looks for: with
-	// experimental_parallel_pull_as_fallback such images are pulled in
-	// parallel.
-	return nil, fmt.Errorf("no SOCI index for image manifest %s of %s: %w", manifest, ref, errdefs.ErrNotFound)
+	// With experimental_parallel_pull_as_fallback such images are pulled
+	// in parallel (snapshot tells them by the class; older hosts said only
+	// "no SOCI index", which snapshot.NoIndexMessage still matches).
+	return nil, fmt.Errorf("no SOCI index for image manifest %s of %s: %w", manifest, ref, errclass.ErrNoIndex)
 }
 
 // recorded returns the index an earlier run found for manifest, if that
