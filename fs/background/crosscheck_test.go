@@ -1,10 +1,14 @@
 package background
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
+	"io"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -163,13 +167,24 @@ func TestCrossCheckLyingFileTable(t *testing.T) {
 	}
 }
 
-// TestCrossCheckAlteredSpans: spans decompressed into other bytes than the
-// real layer's (altered checkpoint windows) are caught by comparing the
-// span cache with the real stream.
+// readSpan reads span i of l through its span manager, as a container
+// would: the span is fetched and inflated from its checkpoint.
+func readSpan(t *testing.T, l Layer, i int) {
+	t.Helper()
+	sp := l.Table.Spans[i]
+	if _, err := l.Spans.(managed).m.FetchAt(context.Background(), make([]byte, sp.Len()), sp.UncompressedStart); err != nil {
+		t.Fatalf("read span %d: %v", i, err)
+	}
+}
+
+// TestCrossCheckAlteredSpans: a span a read decompressed into other bytes
+// than the real layer's (altered checkpoint data) is caught by comparing
+// the span cache with the real stream.
 func TestCrossCheckAlteredSpans(t *testing.T) {
 	r := newRealLayer(t, true)
 	dir := t.TempDir()
 	l := r.layer(t, "/mnt/windows", nil, nil, 2)
+	readSpan(t, l, 2)
 	obs, err := runLayer(t, dir, l)
 	if !errors.Is(err, ErrZTOCMismatch) || !strings.Contains(err.Error(), "span 2 ") {
 		t.Fatalf("want a zTOC mismatch in span 2, got %v", err)
@@ -265,6 +280,9 @@ func TestOnBadPoisons(t *testing.T) {
 	r := newRealLayer(t, true)
 	for _, alter := range []int{-1, 2} {
 		l := r.layer(t, "/mnt/onbad", nil, nil, alter)
+		if alter >= 0 {
+			readSpan(t, l, alter)
+		}
 		type bad struct{ layer, ztoc digest.Digest }
 		var got []bad
 		res := newResults()
@@ -294,5 +312,83 @@ func TestOnBadPoisons(t *testing.T) {
 		if !errors.Is(rerr, span.ErrLayerBad) {
 			t.Errorf("read after OnBad: %v, want ErrLayerBad", rerr)
 		}
+	}
+}
+
+// countingDecompressor counts the spans inflated from their checkpoints.
+type countingDecompressor struct {
+	span.Decompressor
+	n *atomic.Int64
+}
+
+func (d countingDecompressor) Decompress(compressed []byte, i int) ([]byte, error) {
+	d.n.Add(1)
+	return d.Decompressor.Decompress(compressed, i)
+}
+
+// TestWalkInflatesOnce: the walk caches the spans no read brought in from
+// the layer stream it inflates for its cross-check, without inflating any
+// of them again from a checkpoint, and the cache then holds the real
+// layer; spans a read cached are still compared.
+func TestWalkInflatesOnce(t *testing.T) {
+	r := newRealLayer(t, true)
+	l := r.layer(t, "/mnt/once", nil, nil, -1)
+	var n atomic.Int64
+	blob := l.Blob
+	m, err := span.New(span.Options{
+		Table: l.Table, Fetcher: blob, Cache: cache.NewMemory(), Decompressor: countingDecompressor{r.ztoc, &n},
+		CacheKey: l.Digest.String(), KeepCompressed: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	l.Spans = managed{m.Loader(), m}
+	readSpan(t, l, 1)
+	if n.Load() != 1 {
+		t.Fatalf("a read of one span inflated %d spans", n.Load())
+	}
+	if _, err := runLayer(t, t.TempDir(), l); err != nil {
+		t.Fatalf("walk: %v", err)
+	}
+	if got := n.Load(); got != 1 {
+		t.Errorf("the walk inflated %d spans from checkpoints, want none", got-1)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(r.blob))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tarball, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(tarball))
+	if _, err := m.FetchAt(context.Background(), got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if n.Load() != 1 || !bytes.Equal(got, tarball) {
+		t.Errorf("after the walk: %d inflates, layer equal: %v", n.Load(), bytes.Equal(got, tarball))
+	}
+}
+
+// TestCrossCheckAlteredWindow: a zTOC whose checkpoint window for a span
+// differs from the 32 KiB of the layer before it is caught by the walk,
+// even though no read inflated that span.
+func TestCrossCheckAlteredWindow(t *testing.T) {
+	r := newRealLayer(t, true)
+	table := r.ztoc.Spans
+	table.Spans = slices.Clone(table.Spans)
+	if !table.Spans[3].HasWindow {
+		t.Fatal("span 3 has no window")
+	}
+	table.Spans[3].Window[0] ^= 1
+	dir := t.TempDir()
+	l := r.layer(t, "/mnt/window", &table, nil, -1)
+	_, err := runLayer(t, dir, l)
+	if !errors.Is(err, ErrZTOCMismatch) || !strings.Contains(err.Error(), "span 3 ") || !strings.Contains(err.Error(), "window") {
+		t.Fatalf("want a window mismatch in span 3, got %v", err)
+	}
+	if NewMarkers(dir).Bad(l.Digest, l.ZTOC) == nil {
+		t.Error("layer not marked bad")
 	}
 }

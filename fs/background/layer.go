@@ -31,6 +31,10 @@ type Spans interface {
 	// Load verifies, inflates and caches spans first..last from
 	// compressed, which holds blob[base:base+len(compressed)].
 	Load(ctx context.Context, first, last int, compressed []byte, base int64) error
+	// LoadPlain completes reserved span i with its uncompressed bytes
+	// from the layer's stream (its compressed bytes verified by the
+	// caller): caches them and hands them to waiting readers.
+	LoadPlain(ctx context.Context, i int, plain []byte) error
 	// Compressed returns the verified compressed bytes a read kept of a
 	// local span i, if any, waiting for a read's fetch of it in flight;
 	// DropCompressed forgets them all.
@@ -101,6 +105,9 @@ type walkResult struct {
 	// it passed.
 	stream error
 	sums   [][32]byte
+	// loaded reports the spans the stream check loaded itself (no
+	// comparison needed); set with sums.
+	loaded func(int) bool
 }
 
 // complete walks j's blob in order, chunk by chunk, yielding to demand reads
@@ -129,9 +136,10 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		}
 	}()
 	if l.Files != nil {
-		stream = startStreamCheck(l)
-		defer stream.abandon()
+		stream = startStreamCheck(ctx, l)
+		defer stream.abandon() // which releases the spans it did not load
 	}
+	rewind := -1 // a span to walk again from: the stream check stopped before loading it
 	// sink hashes b and feeds it to the stream check, which calls done
 	// (nil: none) once it no longer needs b.
 	sink := func(b []byte, done func()) {
@@ -146,7 +154,9 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		if whole {
 			whole, res.skipped = false, reason
 			if stream != nil {
-				stream.abandon()
+				if left := stream.abandon(); len(left) > 0 {
+					rewind = left[0]
+				}
 			}
 		}
 	}
@@ -159,7 +169,9 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 					return res, err
 				}
 			}
-			i++
+			if i++; rewind >= 0 {
+				i, rewind = rewind, -1
+			}
 			continue
 		}
 		k := t.Run(i, len(t.Spans)-1, s.opts.ChunkSize, span.UncompressedBytes)
@@ -222,12 +234,21 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		}
 		res.fetched += int64(len(buf))
 		s.observe(func(o Observer) { o.BackgroundBytes(int64(len(buf))) })
+		// Inflate once: spans whose bytes go to the stream check are
+		// loaded by it from the stream (after their digests are checked
+		// here), not inflated again from their checkpoints.
+		plain := stream != nil && whole && hashed < hi && plainChunk(t, i, k, buf, lo) && stream.plan.reserve(i, k)
 		if whole && hashed < hi {
 			holds = append(holds, hold)
 			sink(buf[hashed-lo:], hold.streamDone)
 			hashed = hi
 		} else {
 			hold.streamDone()
+		}
+		if plain {
+			hold.walkDone()
+			i, attempt = k+1, 1
+			continue
 		}
 		err = l.Spans.Load(ctx, i, k, buf, lo)
 		hold.walkDone()
@@ -267,10 +288,26 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		if err := stream.end(); err != nil {
 			res.stream = fmt.Errorf("layer %s, zTOC %s: %w: %w", l.Digest, l.ZTOC, ErrZTOCMismatch, err)
 		} else {
-			res.sums = stream.sums
+			res.sums, res.loaded = stream.sums, stream.plan.isLoaded
 		}
 	}
 	return res, nil
+}
+
+// plainChunk reports whether spans first..last, which buf (blob[base:])
+// holds, can be loaded from the layer stream: each small enough to be
+// collected and its compressed bytes matching its digest. Otherwise
+// Spans.Load handles the chunk (and reports a span that does not verify).
+func plainChunk(t span.Table, first, last int, buf []byte, base int64) bool {
+	for _, sp := range t.Spans[first : last+1] {
+		if sp.Len() > maxPlainSpan {
+			return false
+		}
+		if sp.Digest.Algorithm().FromBytes(buf[sp.CompressedStart-base:sp.CompressedEnd-base]) != sp.Digest {
+			return false
+		}
+	}
+	return true
 }
 
 // hashLocal feeds span i, which a read already made local, into the blob

@@ -434,7 +434,7 @@ func (s *Scheduler) judge(ctx context.Context, l Layer, res *walkResult) error {
 	missing := 0
 	if res.sums != nil {
 		var err error
-		if missing, err = compareSpans(ctx, l, res.sums); err != nil {
+		if missing, err = compareSpans(ctx, l, res.sums, res.loaded); err != nil {
 			return fmt.Errorf("layer %s, zTOC %s: %w", l.Digest, l.ZTOC, err)
 		}
 	}

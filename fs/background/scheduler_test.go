@@ -128,6 +128,12 @@ func (f *fakeSpans) Reserve(ctx context.Context, first, last int) int {
 
 func (f *fakeSpans) Release(first, last int) {}
 
+// LoadPlain is never called: walks over a fakeSpans have no file table,
+// hence no stream check to load spans from.
+func (f *fakeSpans) LoadPlain(context.Context, int, []byte) error {
+	return errors.New("fakeSpans: no stream check")
+}
+
 // Complete is false: a fake forgets what it loaded across schedulers (see
 // completeSpans).
 func (f *fakeSpans) Complete(context.Context) bool { return false }

@@ -44,14 +44,108 @@ type streamCheck struct {
 	stopOnce sync.Once
 	done     chan struct{}
 	err      error      // the result, once done is closed
-	sums     [][32]byte // sha256 of each span's uncompressed bytes, once done
+	sums     [][32]byte // sha256 of each span's uncompressed bytes, once done (zero for loaded spans)
+	// plan holds the spans the walk reserved for the check to load from
+	// the stream and those it loaded (see loadFromStream).
+	plan *streamPlan
+	// released are the spans reserved for the check that it did not
+	// reach and released, in order, once done
+	released []int
 }
 
-func startStreamCheck(l Layer) *streamCheck {
-	c := &streamCheck{ch: make(chan piece, 1), stop: make(chan struct{}), done: make(chan struct{})}
+// streamPlan is shared by the walk, which marks the spans it reserved for
+// the stream check to load (want) before it feeds their bytes, and the
+// check, which asks at the end of each span and notes the spans it loaded.
+type streamPlan struct {
+	mu     sync.Mutex
+	want   []bool
+	loaded []bool
+	closed bool // the check ended: it takes nothing more
+}
+
+func newStreamPlan(n int) *streamPlan {
+	return &streamPlan{want: make([]bool, n), loaded: make([]bool, n)}
+}
+
+// reserve marks spans first..last as the check's to load; false when the
+// check has ended (the walk then loads them itself).
+func (p *streamPlan) reserve(first, last int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	for i := first; i <= last; i++ {
+		p.want[i] = true
+	}
+	return true
+}
+
+// close ends the plan when the check ends and returns the spans reserved
+// for it that it did not take, forgetting them.
+func (p *streamPlan) close() []int {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	return p.untaken()
+}
+
+// take reports whether the check is to load span i, and if so takes it:
+// a span is taken once.
+func (p *streamPlan) take(i int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	w := p.want[i]
+	p.want[i] = false
+	return w
+}
+
+// noteLoaded records that span i was loaded from the stream.
+func (p *streamPlan) noteLoaded(i int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.loaded[i] = true
+}
+
+// isLoaded reports whether span i was loaded from the stream.
+func (p *streamPlan) isLoaded(i int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.loaded[i]
+}
+
+// untaken returns the spans reserved for the check that it did not take
+// (it stopped first), forgetting them: the walk releases them.
+func (p *streamPlan) untaken() []int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []int
+	for i, w := range p.want {
+		if w {
+			out = append(out, i)
+			p.want[i] = false
+		}
+	}
+	return out
+}
+
+// maxPlainSpan bounds the spans the stream check buffers to load them
+// from the stream (one at a time per walk); larger spans are inflated
+// from their checkpoints by Spans.Load.
+const maxPlainSpan = 16 << 20
+
+func startStreamCheck(ctx context.Context, l Layer) *streamCheck {
+	c := &streamCheck{ch: make(chan piece, 1), stop: make(chan struct{}), done: make(chan struct{}), plan: newStreamPlan(len(l.Table.Spans))}
 	c.r = chanReader{ch: c.ch, stop: c.stop}
 	go func() {
-		c.err = c.run(l)
+		c.err = c.run(ctx, l)
+		// Spans reserved for the check that it never reached (it found
+		// a mismatch, or was abandoned) go back to their readers now,
+		// not at the end of the walk.
+		c.released = c.plan.close()
+		for _, i := range c.released {
+			l.Spans.Release(i, i)
+		}
 		close(c.done)
 		c.r.release()
 		c.drain()
@@ -116,12 +210,15 @@ func (c *streamCheck) end() error {
 }
 
 // abandon stops the check and waits for its goroutine; it may follow end.
-func (c *streamCheck) abandon() {
+// It returns the spans reserved for the check that it did not load (their
+// reservations are released: the walk must load them itself).
+func (c *streamCheck) abandon() []int {
 	c.stopOnce.Do(func() { close(c.stop) })
 	<-c.done
+	return c.released
 }
 
-func (c *streamCheck) run(l Layer) error {
+func (c *streamCheck) run(ctx context.Context, l Layer) error {
 	var r io.Reader = &c.r
 	if l.Gzip {
 		zr, err := gzip.NewReader(r)
@@ -130,16 +227,25 @@ func (c *streamCheck) run(l Layer) error {
 		}
 		r = zr
 	}
-	h := &spanHasher{r: r, spans: l.Table.Spans, h: sha256.New()}
+	h := &spanHasher{r: r, spans: l.Table.Spans, h: sha256.New(), plan: c.plan, spansOut: l.Spans, ctx: ctx}
 	br := bufio.NewReaderSize(h, 64<<10)
-	if err := tarcheck.Check(br, l.Files.Entries); err != nil {
-		return err
+	err := tarcheck.Check(br, l.Files.Entries)
+	if err == nil {
+		if _, err = io.Copy(io.Discard, br); err != nil { // after the end-of-archive marker
+			err = fmt.Errorf("read after the end of the tar archive: %w", err)
+		}
 	}
-	if _, err := io.Copy(io.Discard, br); err != nil { // after the end-of-archive marker
-		return fmt.Errorf("read after the end of the tar archive: %w", err)
+	if h.winErr != nil { // the first lie found in the stream's order
+		return h.winErr
+	}
+	if err != nil {
+		return err
 	}
 	if err := h.finish(l.Table.UncompressedSize); err != nil {
 		return err
+	}
+	if h.winErr != nil {
+		return h.winErr
 	}
 	c.sums = h.sums
 	return nil
@@ -181,14 +287,29 @@ func (r *chanReader) release() {
 	r.cur = nil
 }
 
-// spanHasher hashes the uncompressed stream span by span as it is read.
+// spanHasher goes through the uncompressed stream span by span as it is
+// read. A span the walk reserved for it (plan) is collected and loaded
+// into the span cache from the stream (Spans.LoadPlain): the layer is
+// inflated once, here, instead of once more from each span's checkpoint.
+// Every other span is hashed, for the comparison with what reads cached.
+// It also checks each span's checkpoint window against the 32 KiB of the
+// stream before the span, so a zTOC with altered windows is caught even
+// for spans no read inflated.
 type spanHasher struct {
-	r     io.Reader
-	spans []span.Span
-	h     hash.Hash
-	i     int   // the span being hashed
-	pos   int64 // bytes read so far
-	sums  [][32]byte
+	r        io.Reader
+	spans    []span.Span
+	h        hash.Hash
+	plan     *streamPlan
+	spansOut Spans
+	ctx      context.Context
+	i        int   // the span being read
+	pos      int64 // bytes read so far
+	sums     [][32]byte
+	buf      []byte // span i's bytes so far, when collected
+	collect  bool   // span i is collected (small enough), not hashed as it comes
+	started  bool   // span i was begun
+	tail     []byte // the last span.WindowSize bytes of the stream (fewer near its start)
+	winErr   error  // the first window that contradicts the stream
 }
 
 func (s *spanHasher) Read(p []byte) (int, error) {
@@ -199,20 +320,79 @@ func (s *spanHasher) Read(p []byte) (int, error) {
 			s.pos += int64(len(b))
 			break
 		}
+		s.begin()
 		k := min(int64(len(b)), s.spans[s.i].UncompressedEnd-s.pos)
-		s.h.Write(b[:k])
+		if s.collect {
+			s.buf = append(s.buf, b[:k]...)
+		} else {
+			s.h.Write(b[:k])
+		}
+		s.keepTail(b[:k])
 		s.pos += k
 		b = b[k:]
 	}
 	return n, err
 }
 
-// advance closes the spans that end at or before pos.
+// begin starts span i at its first byte: checks its window and decides
+// whether to collect it.
+func (s *spanHasher) begin() {
+	if s.started {
+		return
+	}
+	s.started = true
+	sp := s.spans[s.i]
+	if sp.HasWindow && s.winErr == nil {
+		if got, ok := span.WindowDigest(sp.UncompressedStart, s.tail); ok && got != sp.Window {
+			s.winErr = fmt.Errorf("span %d (uncompressed [%d, %d)): its checkpoint window is not the 32 KiB of the layer before it: %w",
+				s.i, sp.UncompressedStart, sp.UncompressedEnd, ErrZTOCMismatch)
+		}
+	}
+	s.collect = s.spansOut != nil && sp.Len() <= maxPlainSpan
+	if s.collect && s.buf == nil {
+		s.buf = make([]byte, 0, sp.Len())
+	}
+}
+
+// keepTail keeps the last WindowSize bytes of the stream.
+func (s *spanHasher) keepTail(b []byte) {
+	if len(b) >= span.WindowSize {
+		s.tail = append(s.tail[:0], b[len(b)-span.WindowSize:]...)
+		return
+	}
+	if drop := len(s.tail) + len(b) - span.WindowSize; drop > 0 {
+		s.tail = append(s.tail[:0], s.tail[drop:]...)
+	}
+	s.tail = append(s.tail, b...)
+}
+
+// advance closes the spans that end at or before pos: loads a collected
+// one the walk reserved, hashes it otherwise.
 func (s *spanHasher) advance() {
 	for s.i < len(s.spans) && s.pos >= s.spans[s.i].UncompressedEnd {
-		s.sums = append(s.sums, [32]byte(s.h.Sum(nil)))
+		if !s.started { // an empty span
+			s.begin()
+		}
+		var sum [32]byte
+		switch {
+		case s.collect && s.plan.take(s.i):
+			if s.winErr == nil && s.spansOut.LoadPlain(s.ctx, s.i, s.buf) == nil {
+				s.plan.noteLoaded(s.i)
+			} else if s.winErr != nil {
+				s.spansOut.Release(s.i, s.i)
+			}
+			s.buf = nil // handed over
+		case s.collect:
+			s.h.Write(s.buf)
+			sum = [32]byte(s.h.Sum(nil))
+			s.buf = s.buf[:0]
+		default:
+			sum = [32]byte(s.h.Sum(nil))
+		}
+		s.sums = append(s.sums, sum)
 		s.h.Reset()
 		s.i++
+		s.started, s.collect = false, false
 	}
 }
 
@@ -229,7 +409,7 @@ func (s *spanHasher) finish(size int64) error {
 // it with sums, the hashes of the real uncompressed layer. It returns how
 // many spans are not cached, and an error wrapping ErrZTOCMismatch for the
 // first that differs.
-func compareSpans(ctx context.Context, l Layer, sums [][32]byte) (int, error) {
+func compareSpans(ctx context.Context, l Layer, sums [][32]byte, loaded func(int) bool) (int, error) {
 	if len(sums) != len(l.Table.Spans) {
 		return 0, fmt.Errorf("compare spans: %d hashes for %d spans", len(sums), len(l.Table.Spans))
 	}
@@ -239,6 +419,12 @@ func compareSpans(ctx context.Context, l Layer, sums [][32]byte) (int, error) {
 	for i, sp := range l.Table.Spans {
 		if err := ctx.Err(); err != nil {
 			return missing, err
+		}
+		if loaded(i) { // cached from the stream itself: nothing to compare
+			if !l.Spans.Has(ctx, i) {
+				missing++
+			}
+			continue
 		}
 		h.Reset()
 		cached := true

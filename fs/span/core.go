@@ -327,7 +327,24 @@ func (c *core) readCached(ctx context.Context, i int, out []byte, rel int64) boo
 // stored, otherwise missing again so that a later read fetches it anew.
 func (c *core) finish(i int, data []byte, err error, stored bool) {
 	c.mu.Lock()
-	cl := c.calls[i]
+	c.finishLocked(i, c.calls[i], data, err, stored)
+}
+
+// finishOwn is finish for a caller that holds call cl of span i (a
+// reservation): it does nothing and returns false when the span's call is
+// no longer cl (released meanwhile).
+func (c *core) finishOwn(i int, cl *call, data []byte, err error, stored bool) bool {
+	c.mu.Lock()
+	if c.calls[i] != cl {
+		c.mu.Unlock()
+		return false
+	}
+	c.finishLocked(i, cl, data, err, stored)
+	return true
+}
+
+// finishLocked completes cl, span i's call, with c.mu held; it unlocks.
+func (c *core) finishLocked(i int, cl *call, data []byte, err error, stored bool) {
 	c.calls[i] = nil
 	if bad := cmp.Or(c.poisoned, c.bad[i]); bad != nil && err == nil {
 		data, err, stored = nil, bad, false // taken out of service while it loaded

@@ -196,3 +196,42 @@ func (l *Loader) ReadCached(ctx context.Context, i int, p []byte, rel int64) boo
 	}
 	return c.readCached(ctx, i, p, rel)
 }
+
+// LoadPlain completes span i, which the caller reserved, with plain: its
+// uncompressed bytes taken from the layer's own stream (the background walk
+// inflates the blob once, in order, for its cross-check), after the caller
+// checked the span's compressed bytes against the span digest. Nothing is
+// inflated from a checkpoint and no window is checked: the bytes are the
+// layer's, not a checkpoint's reconstruction of them. They are cached and
+// handed to the readers waiting for the span, so plain must not be
+// modified afterwards. A span the caller did not reserve is an error and is
+// left alone.
+func (l *Loader) LoadPlain(ctx context.Context, i int, plain []byte) error {
+	c := l.c
+	if i < 0 || i >= len(c.table.Spans) {
+		return fmt.Errorf("load span %d of %s from the stream: out of range", i, c.key)
+	}
+	c.mu.Lock()
+	cl := c.calls[i]
+	c.mu.Unlock()
+	if cl == nil || !cl.reserved {
+		return fmt.Errorf("load span %d of %s from the stream: not reserved", i, c.key)
+	}
+	var err error
+	stored := false
+	switch n := c.table.Spans[i].Len(); {
+	case int64(len(plain)) != n:
+		err = fmt.Errorf("load span %d of %s from the stream: %d bytes, want %d", i, c.key, len(plain), n)
+	default:
+		err = c.badSpan(i)
+	}
+	if err == nil {
+		stored = c.store(ctx, i, plain)
+	} else {
+		plain = nil
+	}
+	if !c.finishOwn(i, cl, plain, err, stored) {
+		return fmt.Errorf("load span %d of %s from the stream: reservation released meanwhile", i, c.key)
+	}
+	return err
+}

@@ -36,10 +36,10 @@ var ErrLayerBad = fmt.Errorf("layer contradicts its zTOC: %w", ErrVerification)
 // found; reads failing on it later are not counted again).
 const FailureWindowMismatch = "window_mismatch"
 
-// windowDigest returns the sha256 of the window a span starting at start
-// needs, from tail, the bytes of the stream just before start; ok is false
-// when tail holds fewer than the window needs.
-func windowDigest(start int64, tail []byte) (sum [32]byte, ok bool) {
+// WindowDigest returns the sha256 of the window a span starting at start
+// needs (Span.Window), from tail, the bytes of the stream just before
+// start; ok is false when tail holds fewer than the window needs.
+func WindowDigest(start int64, tail []byte) (sum [32]byte, ok bool) {
 	need := min(start, WindowSize)
 	if need > int64(len(tail)) {
 		return sum, false
@@ -72,7 +72,7 @@ func (c *core) checkWindows(ctx context.Context, i int, data []byte) error {
 		}
 	}
 	if i+1 < len(spans) && spans[i+1].HasWindow {
-		got, ok := windowDigest(spans[i+1].UncompressedStart, data)
+		got, ok := WindowDigest(spans[i+1].UncompressedStart, data)
 		switch {
 		case ok && got != spans[i+1].Window:
 			c.condemn(ctx, i+1, fmt.Errorf("span %d of %s: %w", i+1, c.key, ErrWindowMismatch))
@@ -91,7 +91,7 @@ func (c *core) checkWindows(ctx context.Context, i int, data []byte) error {
 func (c *core) windowBefore(i int) ([32]byte, bool) {
 	start := c.table.Spans[i].UncompressedStart
 	if start == 0 {
-		return windowDigest(0, nil)
+		return WindowDigest(0, nil)
 	}
 	prev := c.table.Spans[i-1]
 	need := min(start, WindowSize)
@@ -105,7 +105,7 @@ func (c *core) windowBefore(i int) ([32]byte, bool) {
 	if n, _ := c.cache.GetAt(c.keys[i-1], tail, prev.Len()-need); int64(n) != need {
 		return [32]byte{}, false
 	}
-	return windowDigest(start, tail)
+	return WindowDigest(start, tail)
 }
 
 // condemn takes span i out of service for err (its window mismatched): it

@@ -8,7 +8,7 @@ func BenchmarkWindowDigest(b *testing.B) {
 	tail := make([]byte, 1<<20)
 	b.SetBytes(WindowSize)
 	for range b.N {
-		if _, ok := windowDigest(5<<20, tail); !ok {
+		if _, ok := WindowDigest(5<<20, tail); !ok {
 			b.Fatal("not checkable")
 		}
 	}
