@@ -42,6 +42,19 @@ const ParallelPullConfig = `
   discard_unpacked_layers = true
 `
 
+// ParallelIndexedConfig is the daemon configuration of the
+// parallel-1g-indexed workload: parallel pull primary with the reference's
+// default of one unpack per image, so that what makes a layer faster is
+// inflating it on every core (from its zTOC's checkpoints).
+const ParallelIndexedConfig = `
+[pull_modes.parallel_pull_unpack]
+  enable = true
+  concurrent_download_chunk_size = "4mb"
+  max_concurrent_downloads_per_image = 10
+  max_concurrent_unpacks_per_image = 1
+  discard_unpacked_layers = true
+`
+
 // Workloads returns every workload by name, in report order.
 func Workloads() []Workload {
 	return []Workload{
@@ -53,6 +66,8 @@ func Workloads() []Workload {
 		{Name: "read-all", Description: "2 layers of 400 files of 128 KiB; reads every file", Spec: readAllSpec},
 		{Name: "parallel-1g", Description: "1 GiB of text-like files (~2:1 under gzip) over 8 layers, no SOCI index; " +
 			"soci with parallel pull and unpack; reads 1 MiB", Spec: parallelSpec, Plain: true, DaemonConfig: ParallelPullConfig},
+		{Name: "parallel-1g-indexed", Description: "parallel-1g with a SOCI index; soci with parallel pull primary, " +
+			"one unpack per image; reads 1 MiB", Spec: parallelSpec, DaemonConfig: ParallelIndexedConfig},
 		withPrefetch("many-files", manyFilesSpec),
 		withPrefetch("import-chain", importChainSpec),
 		{Name: "sparse-small", Description: "~96 MB incompressible over 2 layers; reads 3 MiB of it (quick profile)", Spec: func(p []byte) image.Spec {

@@ -130,6 +130,44 @@ func TestParallelPullContent(t *testing.T) {
 	}
 }
 
+// TestParallelPullMultiCore: with parallel pull primary, the layers of an
+// image with a SOCI index are inflated on several cores from their zTOCs'
+// checkpoints, and the image runs with the same tree as under overlayfs.
+func TestParallelPullMultiCore(t *testing.T) {
+	mcfg, url := metricsConfig(t)
+	e := startEnv(t, mcfg+parallelConfig)
+	ctx := testContext(t, 10*time.Minute)
+	spec := treeSpec()
+	ref := pushV2(t, e, "parallel/indexed:latest", buildImage(t, spec), sociimage.Options{SpanSize: 64 << 10})
+	walk := func(snapshotter string) string {
+		out, err := e.Nerdctl(ctx, "--snapshotter", snapshotter, "run", "--rm", "--net", "none", ref, "walk", "/tree")
+		if err != nil {
+			t.Fatalf("walk under %s: %v", snapshotter, err)
+		}
+		return probeLines(out)
+	}
+	pulled := walk("soci")
+	if n := fuseLayers(t, e); n != 0 {
+		t.Errorf("%d layers lazily loaded with parallel pull primary, want none", n)
+	}
+	samples := scrape(t, url)
+	if v := samples[`soci_parallel_pull_layers_total{result="ok"}`]; v != float64(len(spec.Layers)) {
+		t.Errorf(`soci_parallel_pull_layers_total{result="ok"} = %v, want %d`, v, len(spec.Layers))
+	}
+	// Layers of one span have nothing to inflate in parallel.
+	if v := samples[`soci_parallel_pull_multicore_inflate_total{result="ok"}`]; v < 1 {
+		t.Errorf(`soci_parallel_pull_multicore_inflate_total{result="ok"} = %v, want at least 1`, v)
+	}
+	if v := samples[`soci_parallel_pull_multicore_inflate_total{result="redone"}`]; v != 0 {
+		t.Errorf("%v layers inflated again in one stream", v)
+	}
+	waitNoPullStaging(t, e)
+	full := walk("overlayfs")
+	if pulled != full {
+		t.Errorf("walk of the image inflated on several cores differs from overlayfs's:\n%s", diffLines(pulled, full, 20))
+	}
+}
+
 // TestParallelPullCorruptLayer: a layer whose blob the registry serves
 // altered fails the pull with an error naming it, and leaves no snapshot
 // of it (nor of the layers after it) and nothing in staging.

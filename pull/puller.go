@@ -13,6 +13,7 @@
 package pull
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -95,6 +96,15 @@ type Options struct {
 	// Store, when not nil, keeps every layer blob once it is downloaded
 	// and checked (discard_unpacked_layers = false); nil discards them.
 	Store BlobStore
+	// Spans, when not nil, gives the zTOC of a layer whose image has a
+	// SOCI index: its spans are then inflated on InflateWorkers cores
+	// (at least 2, else one stream).
+	Spans          SpanSource
+	InflateWorkers int
+	// ObserveInflate, when not nil, is told of every layer inflated on
+	// several cores: ok, or redone in one stream (its output was not the
+	// layer's).
+	ObserveInflate func(ok bool)
 	// Observe, when not nil, is told of every layer that finished
 	// (unpacked and checked, or failed).
 	Observe func(ok bool, bytes int64, took time.Duration)
@@ -495,6 +505,11 @@ func (p *Puller) unpack(img *image, j *job) error {
 	// Downloads are queued per image in layer order, so the layer
 	// containerd waits for comes first.
 	img.queue(func() { p.download(ctx, img, d, blob) })
+	// The zTOC for multi-core inflate, while the blob downloads.
+	u, multi := p.spans(ctx, img, j)
+	if multi {
+		defer u.l.Close()
+	}
 	// Unpack slots are taken in layer order too.
 	err = j.waitTurn(ctx)
 	if err == nil {
@@ -506,7 +521,7 @@ func (p *Puller) unpack(img *image, j *job) error {
 		return err
 	}
 	defer release(img.up, p.up)
-	res, err := layerapply.Apply(ctx, filepath.Join(dir, "fs"), d.Reader(ctx), p.opts.Apply)
+	res, err := p.apply(ctx, j, d, filepath.Join(dir, "fs"), u, multi)
 	if err != nil {
 		d.Fail(err)
 		return err
@@ -530,6 +545,71 @@ func (p *Puller) unpack(img *image, j *job) error {
 	}
 	j.diffID, j.implicit = res.DiffID, res.Implicit
 	return nil
+}
+
+// apply unpacks the layer d downloads into dir: inflated on several cores
+// with u when multi (the layer has a zTOC), else (and again, in one stream,
+// when that output is not the layer's) as one stream.
+func (p *Puller) apply(ctx context.Context, j *job, d *chunkfetch.Download, dir string, u parallelUnpack, multi bool) (layerapply.Result, error) {
+	if multi {
+		r, closeR := u.reader(ctx, d.Reader(ctx))
+		res, err := layerapply.Apply(ctx, dir, r, p.opts.Apply)
+		ierr := closeR()
+		switch {
+		case ierr == nil && err == nil:
+			p.observeInflate(true)
+			return res, nil
+		case ctx.Err() != nil:
+			return layerapply.Result{}, errors.Join(ctx.Err(), err)
+		case errors.Is(ierr, chunkfetch.ErrDigest) || errors.Is(err, chunkfetch.ErrDigest):
+			return layerapply.Result{}, cmp.Or(err, ierr)
+		}
+		p.observeInflate(false)
+		log.G(ctx).WithError(cmp.Or(ierr, err)).WithField("layer", j.desc.Digest).
+			Warn("parallel pull: multi-core inflate of the layer failed; unpacking it again in one stream")
+		if err := os.RemoveAll(dir); err != nil {
+			return layerapply.Result{}, fmt.Errorf("clear the staging directory: %w", err)
+		}
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return layerapply.Result{}, fmt.Errorf("staging directory: %w", err)
+		}
+	}
+	return layerapply.Apply(ctx, dir, d.Reader(ctx), p.opts.Apply)
+}
+
+func (p *Puller) observeInflate(ok bool) {
+	if p.opts.ObserveInflate != nil {
+		p.opts.ObserveInflate(ok)
+	}
+}
+
+// spans returns the multi-core inflate of j's layer, if it has a usable
+// zTOC. Any failure to get one is only logged: the layer is then inflated
+// in one stream.
+func (p *Puller) spans(ctx context.Context, img *image, j *job) (parallelUnpack, bool) {
+	if p.opts.Spans == nil || p.opts.InflateWorkers < 2 || !gzipLayer(j.desc.MediaType) {
+		return parallelUnpack{}, false
+	}
+	l, err := p.opts.Spans.Open(ctx, img.ref, img.key.manifest, j.desc)
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("layer", j.desc.Digest).Debug("parallel pull: no zTOC for multi-core inflate")
+		return parallelUnpack{}, false
+	}
+	if !parallelizable(l, j.desc.Size) {
+		l.Close()
+		log.G(ctx).WithField("layer", j.desc.Digest).Debug("parallel pull: the zTOC's spans do not allow multi-core inflate")
+		return parallelUnpack{}, false
+	}
+	return parallelUnpack{l: l, workers: p.opts.InflateWorkers}, true
+}
+
+// gzipLayer reports whether mediaType is a gzip layer's.
+func gzipLayer(mediaType string) bool {
+	switch mediaType {
+	case ocispec.MediaTypeImageLayerGzip, images.MediaTypeDockerSchema2LayerGzip:
+		return true
+	}
+	return false
 }
 
 // download fetches every chunk of d, each holding a download slot of the

@@ -103,6 +103,13 @@ func newImage(t *testing.T, n int) *testImage {
 		img.diffIDs = append(img.diffIDs, digest.FromBytes(raw.Bytes()))
 	}
 	img.chainIDs = identity.ChainIDs(append([]digest.Digest(nil), img.diffIDs...))
+	img.setManifest(t)
+	return img
+}
+
+// setManifest makes the registry's manifest name img.layers.
+func (img *testImage) setManifest(t *testing.T) {
+	t.Helper()
 	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Layers: img.layers,
 		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromString("{}"), Size: 2}}
 	m.SchemaVersion = 2
@@ -111,7 +118,6 @@ func newImage(t *testing.T, n int) *testImage {
 		t.Fatal(err)
 	}
 	img.reg.manifest, img.reg.mdgst = b, digest.FromBytes(b)
-	return img
 }
 
 func (img *testImage) labels(i int) map[string]string {
@@ -163,15 +169,23 @@ func (ft *fakeTimers) fire() {
 
 func newPuller(t *testing.T, reg Registry, timers *fakeTimers) (*Puller, string) {
 	t.Helper()
+	return newPullerWith(t, reg, func(o *Options) {
+		if timers != nil {
+			o.AfterFunc = timers.after
+		}
+	})
+}
+
+// newPullerWith is newPuller with options changed by set.
+func newPullerWith(t *testing.T, reg Registry, set func(*Options)) (*Puller, string) {
+	t.Helper()
 	root := t.TempDir()
 	opts := Options{
 		Registry: reg, StagingDir: filepath.Join(root, "pull"),
 		ChunkSize: 10 << 10, RequestSize: 4 << 10,
 		MaxDownloadsPerImage: 3, MaxUnpacksPerImage: 2, ReadAhead: true,
 	}
-	if timers != nil {
-		opts.AfterFunc = timers.after
-	}
+	set(&opts)
 	p, err := New(opts)
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/containerd/log"
@@ -14,9 +15,11 @@ import (
 
 	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/fs/chunkfetch"
+	"github.com/fastsoci/soci-snapshotter/fs/index"
 	"github.com/fastsoci/soci-snapshotter/fs/index/ctdcontent"
 	"github.com/fastsoci/soci-snapshotter/fs/layerapply"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
+	"github.com/fastsoci/soci-snapshotter/fs/span"
 	parallelpull "github.com/fastsoci/soci-snapshotter/pull"
 	"github.com/fastsoci/soci-snapshotter/snapshot"
 )
@@ -35,8 +38,9 @@ func (r pullRegistry) Blob(ref string, desc ocispec.Descriptor) chunkfetch.Range
 // pullMetrics counts the layers parallel pull finished, in the daemon's
 // own registry.
 type pullMetrics struct {
-	layers *prometheus.CounterVec
-	bytes  prometheus.Counter
+	layers  *prometheus.CounterVec
+	bytes   prometheus.Counter
+	inflate *prometheus.CounterVec
 }
 
 func newPullMetrics() *pullMetrics {
@@ -49,7 +53,15 @@ func newPullMetrics() *pullMetrics {
 			Name: "soci_parallel_pull_bytes_total",
 			Help: "Compressed bytes of the layers parallel pull unpacked and checked.",
 		}),
+		inflate: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "soci_parallel_pull_multicore_inflate_total",
+			Help: "Layers parallel pull inflated on several cores from their zTOC's checkpoints, by result (ok; redone: the output was not the layer's, unpacked again in one stream).",
+		}, []string{"result"}),
 	}
+}
+
+func (m *pullMetrics) observeInflate(ok bool) {
+	m.inflate.WithLabelValues(map[bool]string{true: "ok", false: "redone"}[ok]).Inc()
 }
 
 func (m *pullMetrics) observe(ok bool, n int64, _ time.Duration) {
@@ -65,7 +77,7 @@ func (m *pullMetrics) collectors() []prometheus.Collector {
 	if m == nil {
 		return nil
 	}
-	return []prometheus.Collector{m.layers, m.bytes}
+	return []prometheus.Collector{m.layers, m.bytes, m.inflate}
 }
 
 // newPuller builds parallel pull and unpack ([pull_modes.parallel_pull_unpack])
@@ -93,8 +105,9 @@ func newPuller(ctx context.Context, cfg *config.Config, root string, criCreds fu
 		creds = remote.ChainCredentials(criCreds, creds)
 	}
 	ropts.Credentials = creds
+	reg := remote.New(ropts)
 	opts := parallelpull.Options{
-		Registry:             pullRegistry{remote.New(ropts)},
+		Registry:             pullRegistry{reg},
 		StagingDir:           snapshot.PullStagingDir(filepath.Join(root, "snapshotter")),
 		ChunkSize:            int64(p.ConcurrentDownloadChunkSize),
 		MaxDownloads:         p.MaxConcurrentDownloads,
@@ -106,7 +119,7 @@ func newPuller(ctx context.Context, cfg *config.Config, root string, criCreds fu
 		ReadAhead: true,
 	}
 	if m != nil {
-		opts.Observe = m.observe
+		opts.Observe, opts.ObserveInflate = m.observe, m.observeInflate
 	}
 	var store *ctdcontent.Store
 	if !p.DiscardUnpackedLayers {
@@ -132,22 +145,46 @@ func newPuller(ctx context.Context, cfg *config.Config, root string, criCreds fu
 			opts.Apply.Programs[name] = prog
 		}
 	}
+	var spans *index.Store
+	if _, own := opts.Apply.Programs["gzip"]; p.Enable && !own && (cfg.PullModes.SOCIv1.Enable || cfg.PullModes.SOCIv2.Enable) {
+		// Layers with a zTOC are inflated on every core (unless gzip
+		// has a decompressor of the user's). The daemon's own index
+		// store shares the FUSE host's directory (writes are staged per
+		// process) and the puller's registry client.
+		var err error
+		spans, err = index.New(index.Options{
+			Root: filepath.Join(root, "fs", "index"), Registry: reg,
+			V1: cfg.PullModes.SOCIv1.Enable, V2: cfg.PullModes.SOCIv2.Enable, Limits: indexLimits(cfg),
+		})
+		if err != nil {
+			if store != nil {
+				store.Close()
+			}
+			return nil, fmt.Errorf("parallel pull: %w", err)
+		}
+		opts.Spans, opts.InflateWorkers = pullSpans{spans}, runtime.GOMAXPROCS(0)
+	}
 	pp, err := parallelpull.New(opts)
 	if err != nil {
 		if store != nil {
 			store.Close()
 		}
+		if spans != nil {
+			spans.Close()
+		}
 		return nil, err
 	}
 	log.G(ctx).WithFields(log.Fields{"primary": p.Enable, "chunk_size": p.ConcurrentDownloadChunkSize,
-		"keep_blobs": !p.DiscardUnpackedLayers}).Info("parallel pull and unpack on")
-	return &puller{Puller: pp, store: store}, nil
+		"keep_blobs": !p.DiscardUnpackedLayers, "multi_core_inflate": spans != nil}).Info("parallel pull and unpack on")
+	return &puller{Puller: pp, store: store, spans: spans}, nil
 }
 
-// puller is parallel pull with the content store connection it may hold.
+// puller is parallel pull with the content store connection and the index
+// store it may hold.
 type puller struct {
 	*parallelpull.Puller
 	store *ctdcontent.Store
+	spans *index.Store
 }
 
 func (p *puller) Close() error {
@@ -155,5 +192,29 @@ func (p *puller) Close() error {
 	if p.store != nil {
 		err = errors.Join(err, p.store.Close())
 	}
+	if p.spans != nil {
+		err = errors.Join(err, p.spans.Close())
+	}
 	return err
 }
+
+// pullSpans opens the zTOCs of layers of indexed images for parallel
+// pull's multi-core inflate.
+type pullSpans struct{ s *index.Store }
+
+func (p pullSpans) Open(ctx context.Context, ref string, manifest digest.Digest, layer ocispec.Descriptor) (parallelpull.SpanLayer, error) {
+	idx, err := p.s.Find(ctx, ref, manifest, "")
+	if err != nil {
+		return nil, err
+	}
+	l, err := p.s.Open(ctx, ref, idx, layer.Digest)
+	if err != nil {
+		return nil, err
+	}
+	return spanLayer{l}, nil
+}
+
+// spanLayer is an index.Layer as parallel pull sees it.
+type spanLayer struct{ *index.Layer }
+
+func (l spanLayer) Table() span.Table { return l.Spans }

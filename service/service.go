@@ -254,12 +254,7 @@ func fsOptions(cfg *config.Config, root string, m *metrics.Metrics, criCreds fun
 		// [limits] neighbour_fetch_bytes: fetches around scattered misses.
 		NeighbourBytes: int64(cfg.Limits.NeighbourFetchBytes),
 		// [limits] on indices, zTOCs and trees.
-		IndexLimits: index.Limits{
-			MaxIndexEntries:  cfg.Limits.MaxIndexEntries,
-			MaxZTOCBytes:     int64(cfg.Limits.MaxZTOCBytes),
-			MaxZTOCEntries:   cfg.Limits.MaxZTOCEntries,
-			MaxZTOCHeapBytes: int64(cfg.Limits.MaxZTOCHeapBytes),
-		},
+		IndexLimits:  indexLimits(cfg),
 		MaxTreeDepth: cfg.Limits.MaxTreeDepth,
 
 		AttrTimeout:         time.Duration(cfg.Fuse.AttrTimeoutSec) * time.Second,
@@ -277,6 +272,16 @@ func fsOptions(cfg *config.Config, root string, m *metrics.Metrics, criCreds fun
 		Prefetch:            cfg.Prefetch.Enable,
 		PrefetchConcurrency: int(min(cfg.Prefetch.MaxConcurrency, 1<<20)),
 		Record:              recordOptions(cfg.Prefetch),
+	}
+}
+
+// indexLimits maps [limits] onto the bounds of indices and zTOCs.
+func indexLimits(cfg *config.Config) index.Limits {
+	return index.Limits{
+		MaxIndexEntries:  cfg.Limits.MaxIndexEntries,
+		MaxZTOCBytes:     int64(cfg.Limits.MaxZTOCBytes),
+		MaxZTOCEntries:   cfg.Limits.MaxZTOCEntries,
+		MaxZTOCHeapBytes: int64(cfg.Limits.MaxZTOCHeapBytes),
 	}
 }
 
