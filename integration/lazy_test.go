@@ -127,6 +127,17 @@ func TestSparseIndex(t *testing.T) {
 	checkLazyRun(t, ctx, e, ref, img, 2)
 }
 
+// walkTree runs the probe's walk of /tree in a container of ref under
+// snapshotter and returns its lines.
+func walkTree(t *testing.T, ctx context.Context, e *harness.Env, ref, snapshotter string) string {
+	t.Helper()
+	out, err := e.Nerdctl(ctx, "--snapshotter", snapshotter, "run", "--rm", "--net", "none", ref, "walk", "/tree")
+	if err != nil {
+		t.Fatalf("walk under %s: %v", snapshotter, err)
+	}
+	return probeLines(out)
+}
+
 // TestContentEquality walks a tree of every kind of tar entry inside a
 // lazily loaded container and under overlayfs: the walks must be equal.
 func TestContentEquality(t *testing.T) {
@@ -134,13 +145,7 @@ func TestContentEquality(t *testing.T) {
 	ctx := testContext(t, 10*time.Minute)
 	spec := treeSpec()
 	ref := pushV2(t, e, "lazy/tree:latest", buildImage(t, spec), sociimage.Options{SpanSize: 1 << 20})
-	walk := func(snapshotter string) string {
-		out, err := e.Nerdctl(ctx, "--snapshotter", snapshotter, "run", "--rm", "--net", "none", ref, "walk", "/tree")
-		if err != nil {
-			t.Fatalf("walk under %s: %v", snapshotter, err)
-		}
-		return probeLines(out)
-	}
+	walk := func(snapshotter string) string { return walkTree(t, ctx, e, ref, snapshotter) }
 	lazy := walk("soci")
 	if n := fuseLayers(t, e); n != len(spec.Layers) {
 		t.Errorf("want %d lazily loaded layers, got %d", len(spec.Layers), n)

@@ -92,13 +92,7 @@ func TestParallelPullContent(t *testing.T) {
 	ctx := testContext(t, 10*time.Minute)
 	spec := treeSpec()
 	ref := pushPlain(t, e, "parallel/tree:latest", buildImage(t, spec))
-	walk := func(snapshotter string) string {
-		out, err := e.Nerdctl(ctx, "--snapshotter", snapshotter, "run", "--rm", "--net", "none", ref, "walk", "/tree")
-		if err != nil {
-			t.Fatalf("walk under %s: %v", snapshotter, err)
-		}
-		return probeLines(out)
-	}
+	walk := func(snapshotter string) string { return walkTree(t, ctx, e, ref, snapshotter) }
 	pulled := walk("soci")
 	if n := fuseLayers(t, e); n != 0 {
 		t.Errorf("%d layers lazily loaded with parallel pull primary, want none", n)
@@ -139,13 +133,7 @@ func TestParallelPullMultiCore(t *testing.T) {
 	ctx := testContext(t, 10*time.Minute)
 	spec := treeSpec()
 	ref := pushV2(t, e, "parallel/indexed:latest", buildImage(t, spec), sociimage.Options{SpanSize: 64 << 10})
-	walk := func(snapshotter string) string {
-		out, err := e.Nerdctl(ctx, "--snapshotter", snapshotter, "run", "--rm", "--net", "none", ref, "walk", "/tree")
-		if err != nil {
-			t.Fatalf("walk under %s: %v", snapshotter, err)
-		}
-		return probeLines(out)
-	}
+	walk := func(snapshotter string) string { return walkTree(t, ctx, e, ref, snapshotter) }
 	pulled := walk("soci")
 	if n := fuseLayers(t, e); n != 0 {
 		t.Errorf("%d layers lazily loaded with parallel pull primary, want none", n)
