@@ -38,9 +38,14 @@ type ClusterNode struct {
 	// LazyLayers is how many layers the node mounted lazily (FUSE) and
 	// Fallbacks how many its daemon failed to mount remotely (containerd
 	// then downloaded them); zero under overlayfs.
-	LazyLayers int    `json:"lazy_layers"`
-	Fallbacks  int    `json:"fallbacks"`
-	Error      string `json:"error,omitempty"`
+	LazyLayers int `json:"lazy_layers"`
+	Fallbacks  int `json:"fallbacks"`
+	// CPU is the CPU time of the node's processes from the moment every
+	// node was told to start until this node was ready (its nerdctl pull
+	// included); StartCPU what they spent before, starting up.
+	CPU      CPUSplit `json:"cpu_seconds"`
+	StartCPU CPUSplit `json:"start_cpu_seconds"`
+	Error    string   `json:"error,omitempty"`
 }
 
 // MirrorStats are what the mirror's and the origin's access logs say about
@@ -75,7 +80,16 @@ type ClusterRun struct {
 	MirrorBytesTotal int64         `json:"mirror_bytes_total"`
 	Stats            MirrorStats   `json:"access_logs"`
 	NodeResults      []ClusterNode `json:"node_results"`
-	Error            string        `json:"error,omitempty"`
+	// WindowSeconds is from the start of every node to the last node
+	// ready, MachineBusySeconds the CPU time (all cores, every process of
+	// the machine, other users' included) spent meanwhile.
+	WindowSeconds      float64 `json:"window_seconds"`
+	MachineBusySeconds float64 `json:"machine_busy_seconds"`
+	// InfraCPUSeconds is the CPU time the simulation's own processes spent
+	// in the window: the bench (the links' relays), the origin and mirror
+	// registries. A real cluster runs them elsewhere.
+	InfraCPUSeconds float64 `json:"infra_cpu_seconds"`
+	Error           string  `json:"error,omitempty"`
 }
 
 // OK reports whether the run and every node reached ready.
@@ -101,6 +115,14 @@ func (r ClusterRun) TTRs() []float64 {
 		}
 	}
 	return out
+}
+
+// CPU sums the nodes' CPU until ready, and their start-up CPU.
+func (r ClusterRun) CPU() (untilReady, start CPUSplit) {
+	for _, n := range r.NodeResults {
+		untilReady, start = untilReady.Add(n.CPU), start.Add(n.StartCPU)
+	}
+	return untilReady, start
 }
 
 // Fallbacks sums the nodes' fallbacks.
@@ -139,6 +161,16 @@ type ClusterRow struct {
 	OriginBytes, OriginBytesTotal, MirrorBytes float64
 	Fallbacks                                  int
 	Stats                                      MirrorStats // summed over runs
+	// CPU is the nodes' CPU until ready summed over nodes, StartCPU their
+	// start-up CPU; MachineBusy and Window as in ClusterRun. All are means
+	// over the runs where every node got ready (NaN without one).
+	CPU, StartCPU              CPUSplit
+	MachineBusy, Window, Infra float64
+	// Floor is CPU.Total() over the machine's cores: the least wall time
+	// in which those cores can do that work, so a bound below TTRMax.
+	// FloorNotOurs is the same for the CPU of everything but our daemon
+	// and its hosts (containerd, shims, runc, nerdctl).
+	Floor, FloorNotOurs float64
 }
 
 // Rows summarizes the report per (nodes, path, snapshotter), in the order
@@ -161,6 +193,7 @@ func (r *ClusterReport) Rows() []ClusterRow {
 	for _, k := range order {
 		row := ClusterRow{Nodes: k.n, Path: k.path, Snapshotter: k.s, Runs: len(groups[k])}
 		var ttrs, maxes, origin, originTotal, mirror []float64
+		var busy, window, infra float64
 		for _, run := range groups[k] {
 			row.Fallbacks += run.Fallbacks()
 			row.Stats.Full += run.Stats.Full
@@ -178,6 +211,22 @@ func (r *ClusterReport) Rows() []ClusterRow {
 			origin = append(origin, float64(run.OriginBytes))
 			originTotal = append(originTotal, float64(run.OriginBytesTotal))
 			mirror = append(mirror, float64(run.MirrorBytes))
+			cpu, start := run.CPU()
+			row.CPU, row.StartCPU = row.CPU.Add(cpu), row.StartCPU.Add(start)
+			busy += run.MachineBusySeconds
+			window += run.WindowSeconds
+			infra += run.InfraCPUSeconds
+		}
+		row.MachineBusy, row.Window, row.Infra = math.NaN(), math.NaN(), math.NaN()
+		row.Floor, row.FloorNotOurs = math.NaN(), math.NaN()
+		if row.OK > 0 {
+			k := float64(row.OK)
+			row.CPU, row.StartCPU = row.CPU.Scale(1/k), row.StartCPU.Scale(1/k)
+			row.MachineBusy, row.Window, row.Infra = busy/k, window/k, infra/k
+			if r.Cores > 0 {
+				row.Floor = row.CPU.Total() / float64(r.Cores)
+				row.FloorNotOurs = (row.CPU.Total() - row.CPU.Ours()) / float64(r.Cores)
+			}
 		}
 		row.TTRMedian, row.TTRMax = Summarize(ttrs).Median, Summarize(maxes).Median
 		row.OriginBytes, row.OriginBytesTotal = Summarize(origin).Median, Summarize(originTotal).Median
@@ -239,6 +288,49 @@ func Goals(rows []ClusterRow) []ClusterGoal {
 	return out
 }
 
+// CPUFloor compares, for one path and snapshotter, the CPU floor of the
+// largest node count with the TTR goal (1.5 x the single node's TTR).
+type CPUFloor struct {
+	Cell  string // "<path> <snapshotter>"
+	Nodes int
+	// Floor and FloorNotOurs as in ClusterRow; Limit is 1.5 x the TTR at
+	// N = 1, TTRMax the slowest node's TTR at Nodes.
+	Floor, FloorNotOurs, Limit, TTRMax float64
+}
+
+// Unreachable reports whether the floor alone exceeds the goal: no
+// snapshotter could meet it with the nodes' present CPU on these cores.
+func (f CPUFloor) Unreachable() bool { return f.Floor > f.Limit }
+
+// UnreachableNotOurs reports whether the CPU of everything but our daemon
+// and hosts alone exceeds the goal: whatever our processes did.
+func (f CPUFloor) UnreachableNotOurs() bool { return f.FloorNotOurs > f.Limit }
+
+// CPUFloors computes a CPUFloor for every path and snapshotter measured
+// at N = 1 and at a larger count (the largest).
+func CPUFloors(rows []ClusterRow) []CPUFloor {
+	largest := 0
+	for _, r := range rows {
+		largest = max(largest, r.Nodes)
+	}
+	if largest < 2 {
+		return nil
+	}
+	var out []CPUFloor
+	for _, big := range rows {
+		if big.Nodes != largest {
+			continue
+		}
+		for _, one := range rows {
+			if one.Nodes == 1 && one.Path == big.Path && one.Snapshotter == big.Snapshotter {
+				out = append(out, CPUFloor{Cell: big.Path + " " + big.Snapshotter, Nodes: largest, Floor: big.Floor,
+					FloorNotOurs: big.FloorNotOurs, Limit: 1.5 * one.TTRMedian, TTRMax: big.TTRMax})
+			}
+		}
+	}
+	return out
+}
+
 func ratio(a, b float64) float64 {
 	if math.IsNaN(a) || math.IsNaN(b) || b == 0 {
 		return math.NaN()
@@ -273,6 +365,42 @@ func (r *ClusterReport) WriteTable(w io.Writer) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	fmt.Fprintf(w, "\nCPU (user+sys s, mean over runs) of all nodes' processes from the common start until each node was ready;\n")
+	fmt.Fprintf(w, "shim = shims with runc and the container; start = per node before the start (containerd, daemon, host up);\n")
+	fmt.Fprintf(w, "infra = the bench's relays and the registries (not in CPU s); floor = CPU / %d cores, the least wall time for the nodes' work;\n", r.Cores)
+	fmt.Fprintln(w, "machine = CPU of every process on the machine (other users too) from the start to the last node ready (window).")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "nodes\tpath\tsnapshotter\tCPU s\tdaemon\thost\tcontainerd\tshim\tnerdctl\tother\tper node\tstart/node\tinfra\tfloor s\tfloor w/o ours\tTTR max s\tmachine s / window s")
+	for _, row := range rows {
+		if row.OK == 0 {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t-\t-\t-\t-\t-\t-\t-\t-\t-\t-\t-\t-\t-\t-\n", row.Nodes, row.Path, row.Snapshotter)
+			continue
+		}
+		c, n := row.CPU, float64(row.Nodes)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s / %s\n", row.Nodes, row.Path, row.Snapshotter,
+			fmtNum(c.Total(), 2), fmtNum(c.Daemon, 2), fmtNum(c.Host, 2), fmtNum(c.Containerd, 2), fmtNum(c.Shim, 2), fmtNum(c.Nerdctl, 2),
+			fmtNum(c.Other, 2), fmtNum(c.Total()/n, 2), fmtNum(row.StartCPU.Total()/n, 2), fmtNum(row.Infra, 2), fmtNum(row.Floor, 2),
+			fmtNum(row.FloorNotOurs, 2), fmtNum(row.TTRMax, 2), fmtNum(row.MachineBusy, 1), fmtNum(row.Window, 1))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if floors := CPUFloors(rows); len(floors) > 0 {
+		fmt.Fprintln(w, "\nCPU floor against the TTR goal (TTR max <= 1.5 x TTR at N=1):")
+		for _, f := range floors {
+			verdict := "the floor leaves room"
+			switch {
+			case math.IsNaN(f.Floor) || math.IsNaN(f.Limit):
+				verdict = "not measured"
+			case f.UnreachableNotOurs():
+				verdict = "unreachable on these cores, whatever our daemon and host do"
+			case f.Unreachable():
+				verdict = "unreachable on these cores with this CPU per node"
+			}
+			fmt.Fprintf(w, "  %-22s N=%d floor %s s (w/o ours %s s) vs 1.5 x TTR N=1 = %s s (TTR max %s s): %s\n", f.Cell, f.Nodes,
+				fmtNum(f.Floor, 2), fmtNum(f.FloorNotOurs, 2), fmtNum(f.Limit, 2), fmtNum(f.TTRMax, 2), verdict)
+		}
 	}
 	fmt.Fprintln(w, "\nGoals on the mirror paths:")
 	for _, g := range Goals(rows) {

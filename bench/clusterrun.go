@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/fastsoci/soci-snapshotter/integration/harness"
@@ -109,6 +111,9 @@ func describeCluster(r ClusterRun) string {
 type sample struct {
 	at             time.Time
 	origin, mirror int64
+	busy           float64  // readMachineBusy
+	cpu            CPUSplit // the node's processes' CPU (nodeCPU)
+	infra          float64  // the bench's and the registries' own CPU
 }
 
 // runCluster is one cold cluster run.
@@ -196,6 +201,18 @@ func runCluster(ctx context.Context, cfg ClusterConfig, t clusterTarget, n int, 
 	}
 	*dropped = dropCaches()
 	baseMirror := mirrorServed()
+	infraPids := []int{os.Getpid(), t.origin.Pid()}
+	if mirror != nil {
+		infraPids = append(infraPids, mirror.Pid())
+	}
+	// The nodes' CPU so far (starting up) is not the runs': take it off.
+	procs := readProcs("/proc")
+	baseInfra := ownCPU(procs, infraPids...)
+	baseCPU := make([]CPUSplit, n)
+	for k, nd := range nodes {
+		baseCPU[k] = nodeCPU(procs, nd.env.Dir)
+	}
+	baseBusy, started := readMachineBusy(), time.Now()
 	barrier := make(chan struct{})
 	results := make([]ClusterNode, n)
 	samples := make([]sample, n)
@@ -205,9 +222,16 @@ func runCluster(ctx context.Context, cfg ClusterConfig, t clusterTarget, n int, 
 			defer wg.Done()
 			<-barrier
 			results[k], samples[k] = runNode(rctx, nodes[k], s.plugin, t.info.Ref, hostsDir, func() sample {
-				return sample{time.Now(), t.link.Served(), mirrorServed()}
+				sm := sample{at: time.Now(), origin: t.link.Served(), mirror: mirrorServed(), busy: readMachineBusy()}
+				procs := readProcs("/proc")
+				sm.cpu, sm.infra = nodeCPU(procs, nodes[k].env.Dir), ownCPU(procs, infraPids...)
+				return sm
 			})
 			results[k].Node = k
+			results[k].StartCPU = baseCPU[k]
+			if !samples[k].at.IsZero() {
+				results[k].CPU = results[k].CPU.Add(samples[k].cpu.Sub(baseCPU[k]))
+			}
 		}()
 	}
 	close(barrier)
@@ -221,6 +245,10 @@ func runCluster(ctx context.Context, cfg ClusterConfig, t clusterTarget, n int, 
 	}
 	if !last.at.IsZero() {
 		r.OriginBytes, r.MirrorBytes = last.origin-baseOrigin, last.mirror-baseMirror
+		r.WindowSeconds, r.InfraCPUSeconds = last.at.Sub(started).Seconds(), last.infra-baseInfra
+		if busy := last.busy - baseBusy; !math.IsNaN(busy) { // NaN cannot be written as JSON
+			r.MachineBusySeconds = busy
+		}
 	}
 	if s.bin != "" {
 		for k, nd := range nodes {
@@ -381,6 +409,10 @@ func runNode(ctx context.Context, nd *node, plugin, ref, hostsDir string, now fu
 		return res, sample{}
 	}
 	res.PullSeconds = time.Since(start).Seconds()
+	// nerdctl pull has exited: its CPU (and its children's) is in its rusage.
+	if ru, ok := pull.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		res.CPU.Nerdctl += time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	}
 	cmd := nerdctlCmd(ctx, nd.env, "--hosts-dir", hostsDir, "--snapshotter", plugin, "run", "--rm", "--net", "none", ref)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

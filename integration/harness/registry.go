@@ -109,6 +109,9 @@ func (r *Registry) Stop() error {
 // Log is the path of the registry's log (it includes the access log).
 func (r *Registry) Log() string { return r.proc.LogPath }
 
+// Pid is the registry's process id.
+func (r *Registry) Pid() int { return r.proc.Pid() }
+
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
