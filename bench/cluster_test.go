@@ -133,3 +133,88 @@ func TestMirrorHostsToml(t *testing.T) {
 		t.Errorf("second host %s://%s, want the origin over http", o.Scheme, o.Host)
 	}
 }
+
+func TestClusterRowsCPU(t *testing.T) {
+	withCPU := func(r ClusterRun, busy, window, infra float64, cpu ...CPUSplit) ClusterRun {
+		for k := range r.NodeResults {
+			r.NodeResults[k].CPU = cpu[k]
+			r.NodeResults[k].StartCPU = CPUSplit{Daemon: 0.5}
+		}
+		r.MachineBusySeconds, r.WindowSeconds, r.InfraCPUSeconds = busy, window, infra
+		return r
+	}
+	failed := withCPU(clusterRun(2, PathMirror, Ours, 2, 0, 0, 1, 1), 99, 99, 99, CPUSplit{Host: 99}, CPUSplit{Host: 99})
+	failed.Error = "boom"
+	rep := &ClusterReport{Cores: 2, Results: []ClusterRun{
+		withCPU(clusterRun(2, PathMirror, Ours, 0, 0, 0, 1, 2), 6, 2, 1, CPUSplit{Daemon: 1, Containerd: 1}, CPUSplit{Host: 1, Nerdctl: 1}),
+		withCPU(clusterRun(2, PathMirror, Ours, 1, 0, 0, 1, 4), 2, 4, 3, CPUSplit{Daemon: 1, Containerd: 3}, CPUSplit{Host: 1, Shim: 1}),
+		failed,
+		withCPU(clusterRun(1, PathMirror, Ours, 0, 0, 0, 1), 1, 1, 1, CPUSplit{Daemon: 1}),
+	}}
+	rows := rep.Rows()
+	two := rows[0]
+	// Means over the two complete runs: run totals 4 and 6, the failed one left out.
+	if two.CPU.Total() != 5 || two.CPU.Containerd != 2 || two.CPU.Ours() != 2 || two.StartCPU.Total() != 1 {
+		t.Errorf("CPU %+v start %+v", two.CPU, two.StartCPU)
+	}
+	if two.MachineBusy != 4 || two.Window != 3 || two.Infra != 2 || two.Floor != 2.5 || two.FloorNotOurs != 1.5 {
+		t.Errorf("busy %v window %v infra %v floor %v / %v", two.MachineBusy, two.Window, two.Infra, two.Floor, two.FloorNotOurs)
+	}
+	none := (&ClusterReport{Cores: 2, Results: []ClusterRun{failed}}).Rows()[0]
+	if !math.IsNaN(none.Floor) || !math.IsNaN(none.MachineBusy) {
+		t.Errorf("a cell without a complete run has floor %v, machine busy %v", none.Floor, none.MachineBusy)
+	}
+}
+
+func TestCPUFloors(t *testing.T) {
+	rows := []ClusterRow{
+		{Nodes: 1, Path: PathMirror, Snapshotter: Ours, TTRMedian: 2},
+		{Nodes: 8, Path: PathMirror, Snapshotter: Ours, TTRMax: 5, Floor: 3.5, FloorNotOurs: 2},
+		{Nodes: 1, Path: PathDirect, Snapshotter: Overlayfs, TTRMedian: 2},
+		{Nodes: 8, Path: PathDirect, Snapshotter: Overlayfs, TTRMax: 9, Floor: 4, FloorNotOurs: 4},
+		{Nodes: 8, Path: PathDirect, Snapshotter: Ours, TTRMax: 4, Floor: 2, FloorNotOurs: 1}, // no N=1: no floor
+		{Nodes: 1, Path: PathMirrorWarm, Snapshotter: Ours, TTRMedian: 2},
+		{Nodes: 8, Path: PathMirrorWarm, Snapshotter: Ours, TTRMax: 3, Floor: 2, FloorNotOurs: 1},
+	}
+	floors := CPUFloors(rows)
+	if len(floors) != 3 {
+		t.Fatalf("%d floors: %+v", len(floors), floors)
+	}
+	want := []struct {
+		cell              string
+		unreach, notOurs  bool
+		limit, floor, ttr float64
+	}{
+		{"mirror " + Ours, true, false, 3, 3.5, 5},
+		{"direct " + Overlayfs, true, true, 3, 4, 9},
+		{"mirror-warm " + Ours, false, false, 3, 2, 3},
+	}
+	for i, w := range want {
+		f := floors[i]
+		if f.Cell != w.cell || f.Nodes != 8 || f.Unreachable() != w.unreach || f.UnreachableNotOurs() != w.notOurs ||
+			f.Limit != w.limit || f.Floor != w.floor || f.TTRMax != w.ttr {
+			t.Errorf("floor %d = %+v (unreachable %v, w/o ours %v), want %+v", i, f, f.Unreachable(), f.UnreachableNotOurs(), w)
+		}
+	}
+	if CPUFloors(rows[:1]) != nil {
+		t.Error("floors without a count above 1")
+	}
+}
+
+func TestClusterTableCPU(t *testing.T) {
+	one := clusterRun(1, PathMirror, Ours, 0, 100, 100, 2)
+	one.NodeResults[0].CPU = CPUSplit{Daemon: 0.5, Containerd: 0.5}
+	big := clusterRun(2, PathMirror, Ours, 0, 100, 100, 3, 4)
+	big.NodeResults[0].CPU = CPUSplit{Containerd: 4}
+	big.NodeResults[1].CPU = CPUSplit{Containerd: 3, Host: 1}
+	rep := &ClusterReport{Cores: 2, Runs: 1, Results: []ClusterRun{one, big}}
+	var b strings.Builder
+	if err := rep.WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	// Floor 8 CPU s / 2 cores = 4 s, 3.5 s without ours, both above 1.5 x 2 s.
+	if !strings.Contains(out, "N=2 floor 4.00 s (w/o ours 3.50 s) vs 1.5 x TTR N=1 = 3.00 s (TTR max 4.00 s): unreachable on these cores, whatever our daemon and host do") {
+		t.Errorf("no floor verdict in\n%s", out)
+	}
+}
