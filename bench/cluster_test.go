@@ -169,14 +169,14 @@ func TestClusterRowsCPU(t *testing.T) {
 func TestCPUFloors(t *testing.T) {
 	rows := []ClusterRow{
 		{Nodes: 1, Path: PathMirror, Snapshotter: Ours, TTRMedian: 2},
-		{Nodes: 8, Path: PathMirror, Snapshotter: Ours, TTRMax: 5, Floor: 3.5, FloorNotOurs: 2},
+		{Nodes: 8, Path: PathMirror, Snapshotter: Ours, TTRMax: 5, Floor: 3.5, FloorNotOurs: 2, Infra: 1},
 		{Nodes: 1, Path: PathDirect, Snapshotter: Overlayfs, TTRMedian: 2},
 		{Nodes: 8, Path: PathDirect, Snapshotter: Overlayfs, TTRMax: 9, Floor: 4, FloorNotOurs: 4},
 		{Nodes: 8, Path: PathDirect, Snapshotter: Ours, TTRMax: 4, Floor: 2, FloorNotOurs: 1}, // no N=1: no floor
 		{Nodes: 1, Path: PathMirrorWarm, Snapshotter: Ours, TTRMedian: 2},
 		{Nodes: 8, Path: PathMirrorWarm, Snapshotter: Ours, TTRMax: 3, Floor: 2, FloorNotOurs: 1},
 	}
-	floors := CPUFloors(rows)
+	floors := CPUFloors(rows, 2)
 	if len(floors) != 3 {
 		t.Fatalf("%d floors: %+v", len(floors), floors)
 	}
@@ -196,7 +196,10 @@ func TestCPUFloors(t *testing.T) {
 			t.Errorf("floor %d = %+v (unreachable %v, w/o ours %v), want %+v", i, f, f.Unreachable(), f.UnreachableNotOurs(), w)
 		}
 	}
-	if CPUFloors(rows[:1]) != nil {
+	if floors[0].FloorWithInfra != 4 {
+		t.Errorf("floor with infra %v, want 3.5 + 1/2", floors[0].FloorWithInfra)
+	}
+	if CPUFloors(rows[:1], 2) != nil {
 		t.Error("floors without a count above 1")
 	}
 }
@@ -214,7 +217,7 @@ func TestClusterTableCPU(t *testing.T) {
 	}
 	out := b.String()
 	// Floor 8 CPU s / 2 cores = 4 s, 3.5 s without ours, both above 1.5 x 2 s.
-	if !strings.Contains(out, "N=2 floor 4.00 s (w/o ours 3.50 s) vs 1.5 x TTR N=1 = 3.00 s (TTR max 4.00 s): unreachable on these cores, whatever our daemon and host do") {
+	if !strings.Contains(out, "N=2 floor 4.00 s (w/o ours 3.50 s, with infra 4.00 s) vs 1.5 x TTR N=1 = 3.00 s (TTR max 4.00 s): unreachable on these cores, whatever our daemon and host do") {
 		t.Errorf("no floor verdict in\n%s", out)
 	}
 }

@@ -6,7 +6,9 @@
 // registry in proxy mode) on the unshaped cluster LAN, named to containerd's
 // client and our daemon by hosts.toml. It prints per node count, path and
 // snapshotter the TTR (median and slowest node), origin and mirror bytes,
-// and writes every run to out/bench/cluster.json.
+// the CPU time of the nodes' processes until ready with the floor it puts
+// under the TTR on this machine's cores, and writes every run to
+// out/bench/cluster.json.
 package main
 
 import (
