@@ -89,7 +89,7 @@ type spanJob struct {
 
 // inflateSpans reads the gzip blob src (t.CompressedSize bytes) in order to
 // its end and writes its tar stream to w, inflating up to workers spans at
-// once (at most workers+1 in memory). l must be parallelizable. It returns
+// once (at most workers+1 in memory, compressed and inflated). l must be parallelizable. It returns
 // errInflateMismatch when the output does not match the blob's gzip
 // trailer, an error of src's as it is (wrapped), or any other failure. On
 // an error it may return before its reader goroutine has stopped: the
@@ -99,7 +99,11 @@ func inflateSpans(ctx context.Context, src io.Reader, l SpanLayer, workers int, 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	workers = max(workers, 1)
-	order := make(chan *spanJob, workers)
+	// live bounds the spans in memory, from the read of their compressed
+	// bytes to the write of their output: one per worker and the one
+	// being written.
+	live := make(chan struct{}, workers+1)
+	order := make(chan *spanJob, workers+1)
 	work := make(chan *spanJob, workers)
 	for range workers {
 		go func() {
@@ -115,7 +119,7 @@ func inflateSpans(ctx context.Context, src io.Reader, l SpanLayer, workers int, 
 	go func() {
 		defer close(work)
 		defer close(order)
-		readErr <- readSpans(ctx, src, t, order, work, trailer[:])
+		readErr <- readSpans(ctx, src, t, live, order, work, trailer[:])
 	}()
 
 	crc := crc32.NewIEEE()
@@ -138,6 +142,7 @@ func inflateSpans(ctx context.Context, src io.Reader, l SpanLayer, workers int, 
 		}
 		n += int64(len(j.out))
 		j.out = nil
+		<-live
 	}
 	if err := <-readErr; err != nil {
 		return err
@@ -151,7 +156,7 @@ func inflateSpans(ctx context.Context, src io.Reader, l SpanLayer, workers int, 
 // readSpans reads src in order and hands each span's compressed bytes to
 // the workers, queueing it in order for the writer; the last 8 bytes of
 // the blob go to trailer. src is read to its end.
-func readSpans(ctx context.Context, src io.Reader, t span.Table, order, work chan<- *spanJob, trailer []byte) error {
+func readSpans(ctx context.Context, src io.Reader, t span.Table, live chan struct{}, order, work chan<- *spanJob, trailer []byte) error {
 	var pos int64    // bytes of src read
 	var last [1]byte // the byte before pos
 	for i, s := range t.Spans {
@@ -160,6 +165,11 @@ func readSpans(ctx context.Context, src io.Reader, t span.Table, order, work cha
 				return fmt.Errorf("read the layer: %w", err)
 			}
 			pos = s.CompressedStart
+		}
+		select { // room for one more span in memory
+		case live <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 		in := make([]byte, s.CompressedEnd-s.CompressedStart)
 		k := 0
