@@ -246,7 +246,30 @@ func TestParallelPullFallbackKeepsBlobs(t *testing.T) {
 			t.Errorf("layer %s not in containerd's content store (discard_unpacked_layers = false)", l.Digest)
 		}
 	}
+	// Each blob was written under a lease of ours that expires, so that
+	// containerd's garbage collector keeps it until the image is recorded:
+	// a collection with no image referring to the blobs keeps them.
+	out, err = e.Ctr(ctx, "leases", "ls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range built.LayerDescs {
+		if !strings.Contains(out, "soci.parallel-pull.layer="+l.Digest.String()) {
+			t.Errorf("no lease of ours for layer %s:\n%s", l.Digest, out)
+		}
+	}
 	waitNoPullStaging(t, e)
+	if _, err := e.Ctr(ctx, "images", "rm", "--sync", plainRef); err != nil {
+		t.Fatal(err)
+	}
+	if out, err = e.Ctr(ctx, "content", "ls", "-q"); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range built.LayerDescs {
+		if !strings.Contains(out, l.Digest.String()) {
+			t.Errorf("layer %s collected once its image was removed: no lease kept it", l.Digest)
+		}
+	}
 }
 
 // TestParallelPullImplicitDirs: directories an upper layer's tar creates

@@ -21,8 +21,11 @@ import (
 	"strings"
 	"time"
 
+	leasesapi "github.com/containerd/containerd/api/services/leases/v1"
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/content/proxy"
+	"github.com/containerd/containerd/v2/core/leases"
+	leasesproxy "github.com/containerd/containerd/v2/core/leases/proxy"
 	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
@@ -40,6 +43,7 @@ type Store struct {
 	address string
 	conn    *grpc.ClientConn
 	cs      content.Store
+	leases  leases.Manager
 }
 
 // New returns the content store of the containerd listening on address (a
@@ -66,8 +70,13 @@ func New(address string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("containerd content store at %s: %w", address, err)
 	}
-	return &Store{address: address, conn: conn, cs: proxy.NewContentStore(conn)}, nil
+	return &Store{address: address, conn: conn, cs: proxy.NewContentStore(conn),
+		leases: leasesproxy.NewLeaseManager(leasesapi.NewLeasesClient(conn))}, nil
 }
+
+// BlobLease is how long the lease WriteBlob takes on a layer blob lasts:
+// long enough for the pull that asked for it to record its image.
+const BlobLease = 24 * time.Hour
 
 // connectTimeout bounds one attempt to connect to containerd.
 const connectTimeout = 5 * time.Second
@@ -116,7 +125,16 @@ func (s *Store) WriteBlob(ctx context.Context, desc ocispec.Descriptor, r io.Rea
 	if !ok {
 		return fmt.Errorf("store %s in containerd's content store: the request names no containerd namespace: %w", desc.Digest, errdefs.ErrInvalidArgument)
 	}
-	err := content.WriteBlob(ctx, s.cs, "soci-parallel-pull-"+desc.Digest.String(), r, desc)
+	// containerd's garbage collector deletes content nothing references:
+	// until the pull that asked for the layer records its image, only a
+	// lease keeps the blob. Ours expires on its own (a pull that is
+	// abandoned leaves nothing for ever).
+	l, err := s.leases.Create(ctx, leases.WithRandomID(), leases.WithExpiration(BlobLease),
+		leases.WithLabel("soci.parallel-pull.layer", desc.Digest.String()))
+	if err != nil {
+		return fmt.Errorf("store %s in containerd's content store at %s (namespace %s): lease: %w", desc.Digest, s.address, ns, err)
+	}
+	err = content.WriteBlob(leases.WithLease(ctx, l.ID), s.cs, "soci-parallel-pull-"+desc.Digest.String(), r, desc)
 	if err != nil && !errdefs.IsAlreadyExists(err) {
 		return fmt.Errorf("store %s in containerd's content store at %s (namespace %s): %w", desc.Digest, s.address, ns, err)
 	}
