@@ -108,7 +108,7 @@ func inflateSpans(ctx context.Context, src io.Reader, l SpanLayer, workers int, 
 	for range workers {
 		go func() {
 			for j := range work {
-				j.out, j.err = l.Decompress(j.in, j.i)
+				j.out, j.err = inflateOne(l, j)
 				j.in = nil
 				close(j.done)
 			}
@@ -151,6 +151,17 @@ func inflateSpans(ctx context.Context, src io.Reader, l SpanLayer, workers int, 
 		return errInflateMismatch
 	}
 	return nil
+}
+
+// inflateOne inflates j's span; a panic on the registry's bytes is an
+// error of the span, not the end of the daemon.
+func inflateOne(l SpanLayer, j *spanJob) (out []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			out, err = nil, fmt.Errorf("inflate span %d: panic: %v", j.i, r)
+		}
+	}()
+	return l.Decompress(j.in, j.i)
 }
 
 // readSpans reads src in order and hands each span's compressed bytes to

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -30,6 +31,7 @@ import (
 type ztocLayer struct {
 	*index.Layer
 	alter    int
+	panicAt  int // a span whose inflate panics; 0 is none (span 0 is never picked)
 	inflates *atomic.Int64
 	closed   *atomic.Bool
 }
@@ -38,6 +40,9 @@ func (z ztocLayer) Table() span.Table { return z.Spans }
 
 func (z ztocLayer) Decompress(compressed []byte, i int) ([]byte, error) {
 	z.inflates.Add(1)
+	if i == z.panicAt {
+		panic("hostile span")
+	}
 	out, err := z.Layer.Decompress(compressed, i)
 	if err == nil && i == z.alter {
 		out = slices.Clone(out)
@@ -144,6 +149,16 @@ func TestInflateSpansSourceError(t *testing.T) {
 	short := bytes.NewReader(l.Blob[:len(l.Blob)/2])
 	if err := inflateSpans(context.Background(), short, z, 2, io.Discard); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("short blob: got %v, want unexpected EOF", err)
+	}
+}
+
+// TestInflateSpansPanic: a panic inflating a span is an error.
+func TestInflateSpansPanic(t *testing.T) {
+	l, z := newZTOCLayer(t, -1)
+	z.panicAt = 2
+	err := inflateSpans(context.Background(), bytes.NewReader(l.Blob), z, 2, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "panic") {
+		t.Fatalf("got %v, want an error naming the panic", err)
 	}
 }
 
