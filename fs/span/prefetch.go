@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/containerd/log"
 )
 
 // PrefetchSlots bounds the prefetch requests in flight, shared by the
@@ -161,7 +163,11 @@ func (m *Manager) Prefetch(ctx context.Context, idx []int, slots *PrefetchSlots)
 		go func() {
 			defer c.wg.Done()
 			defer slots.release()
+			start := c.hold.now()
 			c.fetch(first, last, 0)
+			log.G(ctx).WithField("layer", c.key).WithField("spans", fmt.Sprintf("%d-%d", first, last)).
+				WithField("bytes", c.table.Spans[last].CompressedEnd-c.table.Spans[first].CompressedStart).
+				WithField("took", c.hold.now().Sub(start)).Debug("prefetch request done")
 		}()
 	}
 	for _, w := range waits {
