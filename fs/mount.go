@@ -81,10 +81,14 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 	m.index, m.manifest = idx.Digest, t.ManifestDigest
 	if art, ok := idx.PrefetchArtifact(t.LayerDigest); ok && f.opts.Prefetch && !mountctx.LocalOnly(ctx) {
 		// After the mount, in the background: it never delays it.
-		m.stopPrefetch = startPrefetch(ctx, prefetchJob{
+		job := prefetchJob{
 			ref: t.ImageRef, layer: layerDigest, artifact: art, nspans: len(l.Spans.Spans),
 			reader: f.indices, spans: m.spans, slots: f.prefetchSlots, metrics: f.opts.Metrics,
-		}, nil)
+		}
+		if f.bg != nil {
+			job.demand = f.bg
+		}
+		m.stopPrefetch = startPrefetch(ctx, job, nil)
 	}
 	f.mu.Lock()
 	old := f.mounted[mountpoint]

@@ -35,6 +35,12 @@ type prefetchJob struct {
 	spans    spanPrefetcher
 	slots    *span.PrefetchSlots
 	metrics  *metrics.Metrics
+	// demand, when not nil (the background scheduler), is told while
+	// the job runs, as for a read waiting for the registry: the walks of
+	// the node start no chunk until every prefetch has ended and their
+	// quiet time passed, so they never share the link with the spans the
+	// image's containers were recorded to need first.
+	demand span.Demand
 }
 
 // startPrefetch runs job in the background, detached from the mount's
@@ -61,6 +67,10 @@ func (j prefetchJob) run(ctx context.Context) {
 			lg.WithField("panic", r).WithField("stack", string(debug.Stack())).Error("prefetch panicked; reads will fetch its spans")
 		}
 	}()
+	if j.demand != nil {
+		j.demand.BeginDemand()
+		defer j.demand.EndDemand()
+	}
 	start := time.Now()
 	idx, err := j.reader.PrefetchSpans(ctx, j.ref, j.artifact, j.nspans)
 	if err != nil {

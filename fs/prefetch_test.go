@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -94,6 +95,68 @@ func TestPrefetchStops(t *testing.T) {
 	}
 	stop()
 	<-done
+}
+
+// countingDemand counts BeginDemand and EndDemand calls.
+type countingDemand struct {
+	mu         sync.Mutex
+	begun, end int
+}
+
+func (d *countingDemand) BeginDemand() { d.mu.Lock(); d.begun++; d.mu.Unlock() }
+func (d *countingDemand) EndDemand()   { d.mu.Lock(); d.end++; d.mu.Unlock() }
+
+func (d *countingDemand) counts() (begun, end int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.begun, d.end
+}
+
+// panickingSpans panics when asked to prefetch.
+type panickingSpans struct{}
+
+func (panickingSpans) Prefetch(context.Context, []int, *span.PrefetchSlots) (span.PrefetchResult, error) {
+	panic("bad artifact data")
+}
+
+// TestPrefetchHoldsBackground: a running prefetch is demand for the
+// background scheduler from before its artifact is read until it ends,
+// however it ends (done, stopped, failed, panicked), so the walks wait for it.
+func TestPrefetchHoldsBackground(t *testing.T) {
+	d := &countingDemand{}
+	s := blockingSpans{got: make(chan []int, 1), block: true}
+	job := testJob(fakeArtifacts{spans: []int{0, 3}}, s, nil)
+	job.demand = d
+	done := make(chan struct{})
+	stop := startPrefetch(t.Context(), job, done)
+	<-s.got // the spans are being loaded
+	if begun, end := d.counts(); begun != 1 || end != 0 {
+		t.Fatalf("while prefetching: %d demands begun, %d ended; want 1, 0", begun, end)
+	}
+	stop()
+	<-done
+	if begun, end := d.counts(); begun != 1 || end != 1 {
+		t.Fatalf("after the prefetch stopped: %d demands begun, %d ended; want 1, 1", begun, end)
+	}
+
+	asked := make(chan int, 1)
+	for name, j := range map[string]prefetchJob{
+		"done":     testJob(fakeArtifacts{spans: []int{1}}, blockingSpans{got: make(chan []int, 1)}, nil),
+		"failed":   testJob(fakeArtifacts{err: errors.New("artifact unreachable"), asked: asked}, s, nil),
+		"panicked": testJob(fakeArtifacts{spans: []int{2}}, panickingSpans{}, nil),
+	} {
+		d := &countingDemand{}
+		j.demand = d
+		done := make(chan struct{})
+		startPrefetch(t.Context(), j, done)
+		<-done
+		if begun, end := d.counts(); begun != 1 || end != 1 {
+			t.Errorf("prefetch %s: %d demands begun, %d ended; want 1, 1", name, begun, end)
+		}
+	}
+	if got := <-asked; got != 9 {
+		t.Errorf("failed artifact read for %d spans, want 9", got)
+	}
 }
 
 // counter is the value of the counter name in m.

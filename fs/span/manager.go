@@ -153,6 +153,8 @@ type Manager struct {
 	observer Observer
 	demand   Demand
 	tracer   Tracer
+	// prefetch sizes Prefetch's requests (see PrefetchRequestBytes).
+	prefetch prefetchLimits
 }
 
 // maxCacheAttempts bounds how often one read retries a span that was thought
@@ -168,7 +170,8 @@ func New(opts Options) (*Manager, error) {
 		return nil, fmt.Errorf("new span manager for %s: %w: %w", opts.CacheKey, errdefs.ErrInvalidArgument, err)
 	}
 	c := newCore(opts)
-	return &Manager{c: c, ahead: newReadAhead(opts), near: newNeighbours(opts), loader: Loader{c: c}, observer: opts.Observer, demand: opts.Demand, tracer: opts.Tracer}, nil
+	return &Manager{c: c, ahead: newReadAhead(opts), near: newNeighbours(opts), loader: Loader{c: c}, observer: opts.Observer, demand: opts.Demand, tracer: opts.Tracer,
+		prefetch: prefetchLimits{request: PrefetchRequestBytes, window: PrefetchWindowBytes}}, nil
 }
 
 func (o Options) check() error {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/fastsoci/soci-snapshotter/fs/cache"
 )
@@ -44,6 +45,12 @@ func (f *gatedFetcher) FetchAt(ctx context.Context, p []byte, off int64) (int, e
 		return 0, ctx.Err()
 	}
 	return copy(p, f.blob[off:]), nil
+}
+
+func (f *gatedFetcher) requests() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.nr
 }
 
 func (f *gatedFetcher) stats() (peak, requests int) {
@@ -272,5 +279,136 @@ func TestPrefetchHostileList(t *testing.T) {
 	}
 	if f.requests() != 0 {
 		t.Errorf("requests = %d, want 0", f.requests())
+	}
+}
+
+// TestPrefetchRequestsAndWindow: with a read's MaxCoalesce (the default),
+// Prefetch still asks for at most its request size at once (a run of
+// listed spans becomes several requests, each ended where Table.Run ends
+// it), starts them in the list's order, and has at most its window of
+// bytes in flight without any slots.
+func TestPrefetchRequestsAndWindow(t *testing.T) {
+	sizes := make([]int, 12)
+	for i := range sizes {
+		sizes[i] = 3000
+	}
+	l := buildLayer(t, 12, sizes, false)
+	f := newGatedFetcher(l.blob)
+	s := l.table.Spans
+	m := newManager(t, l, f, cache.NewMemory(), nil)
+	// Room for two spans per request, two such requests at once.
+	req := s[2].CompressedEnd - s[0].CompressedStart - 1
+	m.prefetch = prefetchLimits{request: req, window: 2 * req}
+	idx := []int{0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11}
+	var want [][2]int64
+	for k := 0; k < len(idx); {
+		n := k + 1
+		for n < len(idx) && idx[n] == idx[n-1]+1 {
+			n++
+		}
+		for first := idx[k]; first <= idx[n-1]; {
+			last := l.table.Run(first, idx[n-1], m.prefetch.request, CompressedBytes)
+			want = append(want, [2]int64{s[first].CompressedStart, s[last].CompressedEnd})
+			first = last + 1
+		}
+		k = n
+	}
+	if len(want) != 6 {
+		t.Fatalf("test layer: %d requests expected, want 6: %v", len(want), want)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.Prefetch(t.Context(), idx, nil)
+		done <- err
+	}()
+	// A bound on waiting for the code under test, so that a wrong number
+	// of requests fails instead of hanging.
+	next := func() [2]int64 {
+		t.Helper()
+		select {
+		case r := <-f.started:
+			return r
+		case <-time.After(10 * time.Second):
+			t.Fatalf("after %d requests, no other started; want %d", f.requests(), len(want))
+			return [2]int64{}
+		}
+	}
+	var got [][2]int64
+	got = append(got, next(), next())
+	for len(got) < len(want) {
+		select {
+		case r := <-f.started:
+			t.Fatalf("request [%d, %d) started with a window of 2 full", r[0], r[1])
+		default:
+		}
+		f.release <- struct{}{}
+		got = append(got, next())
+	}
+	f.release <- struct{}{}
+	f.release <- struct{}{}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// The first two start together, in either order; then one per release,
+	// in the list's order.
+	slices.SortFunc(got[:2], func(a, b [2]int64) int { return int(a[0] - b[0]) })
+	if !slices.Equal(got, want) {
+		t.Errorf("requests = %v, want %v", got, want)
+	}
+	if peak, n := f.stats(); peak > 2 || n != len(want) {
+		t.Errorf("peak requests in flight = %d (window 2), requests = %d, want %d", peak, n, len(want))
+	}
+	if cached, _ := m.Cached(); cached != len(idx) {
+		t.Errorf("cached spans = %d, want %d", cached, len(idx))
+	}
+}
+
+// TestPrefetchDefaultLimits: a Manager's Prefetch uses PrefetchRequestBytes
+// and PrefetchWindowBytes, requests below the reads' MaxCoalesce.
+func TestPrefetchDefaultLimits(t *testing.T) {
+	l := buildLayer(t, 13, []int{100, 100}, false)
+	m := newManager(t, l, &fakeFetcher{blob: l.blob}, cache.NewMemory(), nil)
+	if m.prefetch.request != PrefetchRequestBytes || m.prefetch.window != PrefetchWindowBytes || PrefetchRequestBytes >= DefaultMaxCoalesce {
+		t.Errorf("prefetch limits = %+v, want %d and %d bytes (requests below %d)", m.prefetch, PrefetchRequestBytes, PrefetchWindowBytes, DefaultMaxCoalesce)
+	}
+}
+
+// TestPrefetchWindowSmallRequests: requests far below the request size
+// share the window by their bytes: they all start at once, with no round
+// trip each to wait for.
+func TestPrefetchWindowSmallRequests(t *testing.T) {
+	l := buildLayer(t, 14, []int{3000, 3000, 3000, 3000, 3000, 3000, 3000, 3000, 3000}, false)
+	f := newGatedFetcher(l.blob)
+	m := newManager(t, l, f, cache.NewMemory(), nil)
+	s := l.table.Spans
+	// Each request may be as large as the whole layer, the window holds
+	// two of those: five one-span requests (gaps between them) fit at once.
+	m.prefetch = prefetchLimits{request: l.table.CompressedSize, window: 2 * l.table.CompressedSize}
+	idx := []int{0, 2, 4, 6, 8}
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.Prefetch(t.Context(), idx, nil)
+		done <- err
+	}()
+	var got [][2]int64
+	for range idx {
+		select {
+		case r := <-f.started:
+			got = append(got, r)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d one-span requests started without a release", len(got), len(idx))
+		}
+	}
+	for range idx {
+		f.release <- struct{}{}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(got, func(a, b [2]int64) int { return int(a[0] - b[0]) })
+	for k, i := range idx {
+		if got[k] != [2]int64{s[i].CompressedStart, s[i].CompressedEnd} {
+			t.Errorf("request %d = %v, want span %d", k, got[k], i)
+		}
 	}
 }
