@@ -46,6 +46,9 @@ type Config struct {
 	DaemonConfig string
 	Probe        []byte
 	RunTimeout   time.Duration
+	// ProfileDir, when set, receives each FUSE host's heap profile at the
+	// end of every run of ours (the daemons run with ProfileDaemonConfig).
+	ProfileDir string
 	// Warm adds a second run of each image on the same node once its
 	// data is local (Run.WarmRunSeconds).
 	Warm bool
@@ -365,6 +368,12 @@ func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapsh
 	if err := readResources(n, &r); err != nil {
 		r.Error = err.Error()
 		return r
+	}
+	if cfg.ProfileDir != "" && n.daemon != nil {
+		name := fmt.Sprintf("%s-%s-%d", workload, s.name, i)
+		if err := dumpHostProfiles(rctx, cfg.ProfileDir, name, n.daemon); err != nil {
+			fmt.Fprintf(cfg.Progress, "%s: %v\n", name, err)
+		}
 	}
 	// Resources are those of the cold run; the warm run comes after.
 	if cfg.Warm {
