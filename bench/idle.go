@@ -63,6 +63,10 @@ func Idle(ctx context.Context, cfg IdleConfig) ([]IdleSample, error) {
 		refs = append(refs, ref)
 	}
 	fmt.Fprintf(cfg.Progress, "pushed %d idle images\n", len(refs))
+	// As cold runs do: without it the executable's pages that happen to
+	// be cached (a fresh build is) are mapped around each fault, and the
+	// file-backed RSS depends on what ran before.
+	dropCaches()
 	s := snapshotter{Ours, "soci", filepath.Join(cfg.Tools.Ours, "soci-snapshotter-grpc")}
 	n, err := startNode(ctx, Config{Tools: cfg.Tools}, filepath.Join(cfg.WorkDir, "idle"), s, cfg.DaemonConfig)
 	if err != nil {
