@@ -200,7 +200,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 			continue // a read fetched span i meanwhile
 		}
 		lo, hi = chunk(k)
-		buf := hold.bytes(hi - lo) // recycled once the walk and the check let go
+		buf := make([]byte, hi-lo)
 		err = s.fetch(ctx, l.Blob, buf, lo)
 		if err != nil {
 			hold.walkDone()

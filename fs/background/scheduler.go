@@ -470,11 +470,8 @@ func (s *Scheduler) finish(j *job, err error) {
 	s.mu.Unlock()
 	j.cancel()
 	close(j.finished)
-	if idle {
-		s.mem.trim() // the chunk buffers kept for the next walk
-		if s.opts.OnIdle != nil {
-			s.opts.OnIdle()
-		}
+	if idle && s.opts.OnIdle != nil {
+		s.opts.OnIdle()
 	}
 }
 
