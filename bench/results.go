@@ -44,6 +44,20 @@ type Run struct {
 	Hosts          int     `json:"fuse_hosts,omitempty"`
 	HostPeakRSS    int64   `json:"host_peak_rss_bytes,omitempty"`
 	HostCPUSeconds float64 `json:"host_cpu_seconds,omitempty"`
+	// SnapshotterPeakPSS and SnapshotterPeakAnon are the peaks, sampled
+	// every 100 ms from the pull to the end of the run, of the summed PSS
+	// (smaps_rollup: shared pages such as the common executable's text
+	// divided among the processes mapping them) and of the summed RssAnon
+	// of the daemon and its hosts: what they held together at one instant.
+	SnapshotterPeakPSS  int64 `json:"snapshotter_peak_pss_bytes,omitempty"`
+	SnapshotterPeakAnon int64 `json:"snapshotter_peak_anon_bytes,omitempty"`
+	// DaemonRSSAnon/File and HostRSSAnon/File (summed over hosts) are
+	// RssAnon (heap, stacks) and RssFile (mapped files: the executable's
+	// pages) of /proc/PID/status at the end of the run.
+	DaemonRSSAnon int64 `json:"daemon_rss_anon_bytes,omitempty"`
+	DaemonRSSFile int64 `json:"daemon_rss_file_bytes,omitempty"`
+	HostRSSAnon   int64 `json:"host_rss_anon_bytes,omitempty"`
+	HostRSSFile   int64 `json:"host_rss_file_bytes,omitempty"`
 	// ContainerdPeakRSS and ContainerdCPUSeconds are containerd's (started
 	// for the run; under overlayfs it decompresses and unpacks the layers).
 	ContainerdPeakRSS    int64   `json:"containerd_peak_rss_bytes"`

@@ -46,6 +46,9 @@ type Config struct {
 	DaemonConfig string
 	Probe        []byte
 	RunTimeout   time.Duration
+	// ProfileDir, when set, receives each FUSE host's heap profile at the
+	// end of every run of ours (the daemons run with ProfileDaemonConfig).
+	ProfileDir string
 	// Warm adds a second run of each image on the same node once its
 	// data is local (Run.WarmRunSeconds).
 	Warm bool
@@ -205,9 +208,10 @@ func describe(r Run) string {
 		return head + " FAILED: " + firstLine(r.Error)
 	}
 	return fmt.Sprintf("%s TTR %.2fs (pull %.2fs, run %.2fs), %.1f MB before ready, %.1f MB total, %.1f MB read, %.1f MB prefetched, %d connections, "+
-		"snapshotter %.0f MB %.2f CPU s (%d hosts), containerd %.0f MB %.2f CPU s, nerdctl %.2f CPU s", head,
+		"snapshotter %.0f MB (peak PSS %.0f MB, anon %.0f MB) %.2f CPU s (%d hosts), containerd %.0f MB %.2f CPU s, nerdctl %.2f CPU s", head,
 		r.TTRSeconds, r.PullSeconds, r.RunSeconds, float64(r.BytesBeforeReady)/1e6, float64(r.BytesTotal)/1e6, float64(r.BytesRead)/1e6, float64(r.PrefetchedBytes)/1e6, r.Connections,
-		float64(r.SnapshotterPeakRSS())/(1<<20), r.SnapshotterCPUSeconds(), r.Hosts,
+		float64(r.SnapshotterPeakRSS())/(1<<20), float64(r.SnapshotterPeakPSS)/(1<<20), float64(r.SnapshotterPeakAnon)/(1<<20),
+		r.SnapshotterCPUSeconds(), r.Hosts,
 		float64(r.ContainerdPeakRSS)/(1<<20), r.ContainerdCPUSeconds, r.ClientCPUSeconds) + warmText(r)
 }
 
@@ -336,7 +340,16 @@ func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapsh
 		}
 	}()
 	*dropped = dropCaches()
-	if err := measure(rctx, n, link, s.plugin, ref, &r); err != nil {
+	var sampler *memSampler
+	if n.daemon != nil {
+		sampler = startMemSampler(snapshotterPids(n.daemon))
+	}
+	err = measure(rctx, n, link, s.plugin, ref, &r)
+	if sampler != nil {
+		peak := sampler.Stop()
+		r.SnapshotterPeakPSS, r.SnapshotterPeakAnon = peak.pss, peak.anon
+	}
+	if err != nil {
 		r.Error = err.Error()
 		if n.daemon != nil {
 			r.Error += "\ndaemon log (" + n.daemon.Log() + "):\n" + n.daemon.LogTail(20)
@@ -355,6 +368,12 @@ func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapsh
 	if err := readResources(n, &r); err != nil {
 		r.Error = err.Error()
 		return r
+	}
+	if cfg.ProfileDir != "" && n.daemon != nil {
+		name := fmt.Sprintf("%s-%s-%d", workload, s.name, i)
+		if err := dumpHostProfiles(rctx, cfg.ProfileDir, name, n.daemon); err != nil {
+			fmt.Fprintf(cfg.Progress, "%s: %v\n", name, err)
+		}
 	}
 	// Resources are those of the cold run; the warm run comes after.
 	if cfg.Warm {
@@ -380,6 +399,11 @@ func readResources(n *node, r *Run) error {
 		return fmt.Errorf("resource use of the daemon: %w", err)
 	}
 	r.DaemonPeakRSS, r.DaemonCPUSeconds = st.PeakRSS, st.CPUSeconds
+	m, err := harness.ReadProcMem(n.daemon.Pid())
+	if err != nil {
+		return fmt.Errorf("memory of the daemon: %w", err)
+	}
+	r.DaemonRSSAnon, r.DaemonRSSFile = m.RSSAnon, m.RSSFile
 	for _, pid := range n.daemon.HostPids() {
 		st, err := harness.ReadProcStats(pid)
 		if err != nil {
@@ -388,8 +412,27 @@ func readResources(n *node, r *Run) error {
 		r.Hosts++
 		r.HostPeakRSS += st.PeakRSS
 		r.HostCPUSeconds += st.CPUSeconds
+		m, err := harness.ReadProcMem(pid)
+		if err != nil {
+			return fmt.Errorf("memory of the FUSE host: %w", err)
+		}
+		r.HostRSSAnon += m.RSSAnon
+		r.HostRSSFile += m.RSSFile
 	}
 	return nil
+}
+
+// snapshotterPids lists the daemon and its FUSE hosts for a memSampler;
+// the hosts are listed anew (a scan of /proc) once a second.
+func snapshotterPids(d *harness.Daemon) func() []int {
+	var hosts []int
+	var listed time.Time
+	return func() []int {
+		if time.Since(listed) >= time.Second {
+			hosts, listed = d.HostPids(), time.Now()
+		}
+		return append([]int{d.Pid()}, hosts...)
+	}
 }
 
 // stopNode stops containerd and the daemon, then the daemon's FUSE hosts

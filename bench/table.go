@@ -80,6 +80,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if err := r.writeMemoryTable(w); err != nil {
+		return err
+	}
 	fmt.Fprintln(w, "\nRatios, paired run by run (lower is better for the first named): medians (min-max) over the pairs.")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "workload\tratio\tTTR\tMB before ready\tnode RSS\tnode CPU\twarm run\tpairs")
@@ -176,4 +179,40 @@ func formatSummary(s Summary, prec int) string {
 		return f(s.Median)
 	}
 	return strings.Join([]string{f(s.Median), " (", f(s.Min), "-", f(s.Max), ")"}, "")
+}
+
+// writeMemoryTable prints, for the snapshotters with a daemon, the summed
+// VmHWM next to the sampled peaks of summed PSS and RssAnon, and the
+// anonymous and file-backed RSS of daemon and hosts at the end of the run.
+func (r *Report) writeMemoryTable(w io.Writer) error {
+	fmt.Fprintln(w, "\nSnapshotter memory, MiB. sum VmHWM: daemon's peak + hosts' peaks (shared executable pages counted in each);")
+	fmt.Fprintln(w, "peak PSS / peak anon: highest sum over daemon + hosts at one instant, sampled every 100 ms (shared pages divided);")
+	fmt.Fprintln(w, "anon / file: RssAnon (heap, stacks) and RssFile (mapped executable) at the end of the run.")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "workload\tsnapshotter\tsum VmHWM\tpeak PSS\tpeak anon\tdaemon anon\tdaemon file\thost anon\thost file")
+	for _, wl := range r.Workloads {
+		for _, sn := range r.Snapshotters {
+			if sn == Overlayfs || !r.ran(wl.Name, sn) {
+				continue
+			}
+			s := r.cell(wl.Name, sn)
+			mib := func(f func(Run) int64) string {
+				return s(func(x Run) float64 {
+					if f(x) == 0 {
+						return math.NaN()
+					}
+					return float64(f(x))
+				}, 1<<20, 0)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", wl.Name, sn,
+				mib(Run.SnapshotterPeakRSS),
+				mib(func(x Run) int64 { return x.SnapshotterPeakPSS }),
+				mib(func(x Run) int64 { return x.SnapshotterPeakAnon }),
+				mib(func(x Run) int64 { return x.DaemonRSSAnon }),
+				mib(func(x Run) int64 { return x.DaemonRSSFile }),
+				mib(func(x Run) int64 { return x.HostRSSAnon }),
+				mib(func(x Run) int64 { return x.HostRSSFile }))
+		}
+	}
+	return tw.Flush()
 }

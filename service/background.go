@@ -1,6 +1,7 @@
 package service
 
 import (
+	"runtime/debug"
 	"time"
 
 	"github.com/fastsoci/soci-snapshotter/config"
@@ -47,5 +48,12 @@ func backgroundOptions(cfg *config.Config) *background.Options {
 		FetchTimeout: spanFetchTimeout(cfg),
 		MaxQueue:     max(b.MaxQueueSize, 0),
 		DropOldest:   b.DropPolicy == config.DropOldest,
+		// Once no layer is being walked the walks' chunk and span buffers
+		// are garbage; without allocation no collection would come for up
+		// to two minutes, and the scavenger returns the freed pages
+		// slowly: collect and return them now, so that a node at rest
+		// holds its live data (the trees of mounted layers), not the
+		// heap of its last walk.
+		OnIdle: debug.FreeOSMemory,
 	}
 }

@@ -91,6 +91,11 @@ type Options struct {
 	// the layer's result is logged: whoever serves that layer with that
 	// zTOC takes it out of service (span.Manager.Poison).
 	OnBad func(layer, ztoc digest.Digest, reason error)
+	// OnIdle, if set, is called (on a worker, without locks held) each
+	// time a layer's walk ends and no other layer is being walked or
+	// waiting: the walks' transient memory is then garbage, which the
+	// caller may hand back to the OS (debug.FreeOSMemory).
+	OnIdle func()
 }
 
 // Scheduler runs the background fetches of a node. It is safe for
@@ -461,9 +466,13 @@ func (s *Scheduler) finish(j *job, err error) {
 		s.done[doneKey(j)] = true
 	}
 	s.broadcast() // a layer of the same digest may be waiting
+	idle := len(s.active) == 0 && len(s.queue) == 0
 	s.mu.Unlock()
 	j.cancel()
 	close(j.finished)
+	if idle && s.opts.OnIdle != nil {
+		s.opts.OnIdle()
+	}
 }
 
 func (s *Scheduler) observe(f func(Observer)) {

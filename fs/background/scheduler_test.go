@@ -679,3 +679,37 @@ func TestQuietAfterDemand(t *testing.T) {
 		}
 	})
 }
+
+// OnIdle is called once the last walk ends, not while a layer still waits.
+func TestOnIdleAfterLastWalk(t *testing.T) {
+	a, b := newTestBlob(t, 11, 300<<10, 3), newTestBlob(t, 12, 300<<10, 3)
+	var mu sync.Mutex
+	idles := 0
+	res := newResults()
+	s := newTestScheduler(Options{Workers: 1, OnIdle: func() { mu.Lock(); idles++; mu.Unlock() }}, res.onDone)
+	defer s.Close()
+	gate := make(chan struct{})
+	blobA := &fakeBlob{data: a.blob, before: func(ctx context.Context, _ int64) error {
+		select {
+		case <-gate:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}}
+	la, _ := layerOf("/mnt/a", a, blobA)
+	lb, _ := layerOf("/mnt/b", b, &fakeBlob{data: b.blob})
+	s.Enqueue(context.Background(), la)
+	s.Enqueue(context.Background(), lb) // waits: one worker, busy with a
+	close(gate)
+	for _, key := range []string{"/mnt/a", "/mnt/b"} {
+		if err := res.wait(t, key); err != nil {
+			t.Fatalf("%s: %v", key, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if idles != 1 {
+		t.Errorf("OnIdle called %d times, want once (after the second layer)", idles)
+	}
+}

@@ -77,6 +77,9 @@ func run(ctx context.Context) error {
 		keep      = flag.Bool("keep", false, "keep the work directory and every run's logs")
 		timeout   = flag.Duration("run-timeout", 10*time.Minute, "limit of one pull and run")
 		warm      = flag.Bool("warm", false, "after each cold run, run the image again on the same node once its data is local (ours: layers fully local), page cache dropped, and report that run's time to ready")
+		idle      = flag.Int("idle", 0, "instead of the workloads: pull and run N small distinct images on one node with our daemon, wait until their layers are fully local, and report the idle memory of the daemon and its FUSE hosts")
+		idleWait  = flag.Duration("idle-wait", 30*time.Second, "with -idle: how long the node stays idle before the second sample")
+		profile   = flag.String("profile", "", "directory for the FUSE hosts' heap profiles at the end of each run (the daemons run with debug_address set)")
 		extraCfg  = flag.String("daemon-config", "", "a TOML file appended to the config of every soci daemon (e.g. [fuse] passthrough = true)")
 	)
 	flag.Var(&compare, "compare", "name=/path/to/soci-snapshotter-grpc: another build to compare (repeatable)")
@@ -141,12 +144,26 @@ func run(ctx context.Context) error {
 		WorkDir: work, KeepRuns: *keep, DaemonConfig: bench.DefaultDaemonConfig, Probe: probe,
 		RunTimeout: *timeout, Progress: os.Stderr, Warm: *warm,
 	}
+	if *profile != "" {
+		cfg.ProfileDir = *profile
+		cfg.DaemonConfig = bench.ProfileDaemonConfig + cfg.DaemonConfig // a top-level key: before any table
+	}
 	if *extraCfg != "" {
 		extra, err := os.ReadFile(*extraCfg)
 		if err != nil {
 			return fmt.Errorf("-daemon-config: %w", err)
 		}
 		cfg.DaemonConfig += "\n" + string(extra)
+	}
+	if *idle > 0 {
+		samples, err := bench.Idle(ctx, bench.IdleConfig{Tools: tools, Images: *idle, SpanSize: *spanSize, WorkDir: work,
+			DaemonConfig: cfg.DaemonConfig, Probe: probe, Settle: *idleWait, Progress: os.Stderr})
+		if len(samples) > 0 {
+			if werr := bench.WriteIdleTable(os.Stdout, *idle, samples); werr != nil {
+				return werr
+			}
+		}
+		return err
 	}
 	reps, runErr := bench.Execute(ctx, cfg)
 	var failed []error
