@@ -59,6 +59,12 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 		return nil
 	}
 	defer f.begin(t)()
+	if f.bg != nil {
+		// The walks of layers mounted before yield the link to this
+		// mount's zTOC (see background.Scheduler.BeginMount).
+		f.bg.BeginMount()
+		defer f.bg.EndMount()
+	}
 	if f.tooSmall(t.LayerSize) {
 		return fmt.Errorf("layer %s: %d bytes, below min_layer_size %d: %w", t.LayerDigest, t.LayerSize, f.opts.MinLayerSize, errdefs.ErrNotFound)
 	}

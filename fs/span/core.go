@@ -213,6 +213,9 @@ func (c *core) fetchAhead(ctx context.Context, first, last int, maxReq int64) {
 // are counted while they wait) and is never split (SplitRequest): fetches
 // ahead are parallel requests already. Callers hold mu.
 func (c *core) start(fresh []int, maxReq int64, ahead bool) {
+	if p, ok := c.demand.(Preempter); ok && len(fresh) > 0 {
+		p.Preempt()
+	}
 	c.table.runs(fresh, maxReq, func(first, last int) {
 		c.wg.Add(1)
 		demand := ahead && c.demand != nil
@@ -228,7 +231,7 @@ func (c *core) start(fresh []int, maxReq int64, ahead bool) {
 			if demand {
 				defer c.demand.EndDemand()
 			}
-			c.fetch(first, last, split)
+			c.fetchAs(first, last, split, ahead)
 		}()
 	})
 }

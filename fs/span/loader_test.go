@@ -99,3 +99,32 @@ func TestObserverAndDemand(t *testing.T) {
 		t.Errorf("demand: %d begins, %d still active; want 2, 0", d.begins, d.active)
 	}
 }
+
+// preemptingDemand is a countingDemand that also counts preemptions.
+type preemptingDemand struct {
+	countingDemand
+	preempts int
+}
+
+func (d *preemptingDemand) Preempt() { d.mu.Lock(); d.preempts++; d.mu.Unlock() }
+
+// TestFetchPreempts: a read that starts a fetch preempts lower-priority
+// fetches (Preempter); a cached read, or one that joins a fetch already
+// started, does not.
+func TestFetchPreempts(t *testing.T) {
+	l := buildLayer(t, 23, []int{1000, 1000, 1000}, true)
+	f := &fakeFetcher{blob: l.blob}
+	d := &preemptingDemand{}
+	m := newManager(t, l, f, cache.NewMemory(), func(opts *Options) { opts.Demand = d })
+	p := make([]byte, 1500)
+	for range 2 {
+		if _, err := m.FetchAt(t.Context(), p, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.preempts != 1 {
+		t.Errorf("%d preemptions, want 1 (the first read's fetch)", d.preempts)
+	}
+}
