@@ -29,6 +29,9 @@ type Spans interface {
 	Reserve(ctx context.Context, first, last int) int
 	// Release gives up the reservations Load did not complete.
 	Release(first, last int)
+	// Waited reports whether a read waits for one of the reserved spans
+	// first..last: a preemption spares their chunk.
+	Waited(first, last int) bool
 	// Load verifies, inflates and caches spans first..last from
 	// compressed, which holds blob[base:base+len(compressed)].
 	Load(ctx context.Context, first, last int, compressed []byte, base int64) error
@@ -202,7 +205,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		}
 		lo, hi = chunk(k)
 		buf := make([]byte, hi-lo)
-		cctx, preempted, stop := s.chunkContext(ctx)
+		cctx, preempted, stop := s.chunkContext(ctx, func() bool { return l.Spans.Waited(i, k) })
 		err = s.fetch(cctx, l.Blob, buf, lo)
 		stop()
 		if err != nil {

@@ -336,14 +336,18 @@ func (s *Scheduler) preemptLocked() {
 }
 
 // chunkContext is ctx, also canceled when the walk is preempted (see
-// Preempt) before stop is called; preempted reports whether that
-// happened.
-func (s *Scheduler) chunkContext(ctx context.Context) (cctx context.Context, preempted func() bool, stop func()) {
+// Preempt) before stop is called, unless spared says that a read waits for
+// the chunk; preempted reports whether a preemption happened.
+func (s *Scheduler) chunkContext(ctx context.Context, spared func() bool) (cctx context.Context, preempted func() bool, stop func()) {
 	s.demandMu.Lock()
 	round := s.round
 	s.demandMu.Unlock()
 	cctx, cancel := context.WithCancel(ctx)
-	unhook := context.AfterFunc(round, cancel)
+	unhook := context.AfterFunc(round, func() {
+		if !spared() {
+			cancel()
+		}
+	})
 	return cctx, func() bool { return round.Err() != nil && ctx.Err() == nil }, func() { unhook(); cancel() }
 }
 

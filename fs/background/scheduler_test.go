@@ -102,6 +102,13 @@ type fakeSpans struct {
 	loaded []int
 	have   map[int]bool   // spans a reader already brought in
 	kept   map[int][]byte // compressed copies a reader kept
+	waited bool           // a read waits for every reserved span
+}
+
+func (f *fakeSpans) Waited(first, last int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.waited
 }
 
 func (f *fakeSpans) Compressed(ctx context.Context, i int) ([]byte, bool) {
@@ -755,6 +762,62 @@ func TestMountHoldsWalkWithoutQuiet(t *testing.T) {
 		}
 		if len(blob.reads) != 5 {
 			t.Errorf("%d reads, want 5", len(blob.reads))
+		}
+	})
+}
+
+func TestPreemptSparesChunkReadsWaitFor(t *testing.T) {
+	// In a bubble, synctest.Wait tells when the workers are blocked.
+	synctest.Test(t, func(t *testing.T) {
+		res := newResults()
+		s := newTestScheduler(Options{ChunkSize: 1, Workers: 2}, res.onDone)
+		defer s.Close()
+		// Two layers, the first chunk of each in flight until stopped or
+		// let go.
+		inFlight, letGo := make(chan string, 2), make(chan struct{})
+		var stopped sync.Map
+		mk := func(seed uint64, key string) (Layer, *fakeSpans) {
+			b := newTestBlob(t, seed, 256<<10, 2)
+			var once sync.Once
+			blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
+				first := false
+				once.Do(func() { first = true })
+				if !first {
+					return nil
+				}
+				inFlight <- key
+				select {
+				case <-ctx.Done():
+					stopped.Store(key, true)
+					return ctx.Err()
+				case <-letGo:
+					return nil
+				}
+			}}
+			return layerOf(key, b, blob)
+		}
+		la, spansA := mk(13, "/mnt/a")
+		lb, _ := mk(14, "/mnt/b")
+		s.Enqueue(context.Background(), la)
+		s.Enqueue(context.Background(), lb)
+		<-inFlight
+		<-inFlight
+		spansA.mu.Lock()
+		spansA.waited = true // a read waits for layer a's chunk
+		spansA.mu.Unlock()
+		s.Preempt()
+		synctest.Wait()
+		if _, ok := stopped.Load("/mnt/b"); !ok {
+			t.Error("the chunk no read waits for was not stopped")
+		}
+		if _, ok := stopped.Load("/mnt/a"); ok {
+			t.Error("the chunk a read waits for was stopped")
+		}
+		close(letGo)
+		for _, key := range []string{"/mnt/a", "/mnt/b"} {
+			if err := res.wait(t, key); err != nil {
+				t.Fatalf("%s: %v", key, err)
+			}
 		}
 	})
 }

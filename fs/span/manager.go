@@ -142,8 +142,9 @@ type Demand interface {
 }
 
 // Preempter is a Demand that also stops lower-priority fetches in flight
-// (the background walk's chunks) when the core starts a fetch for reads: a
-// miss, read-ahead or neighbours.
+// (the background walk's chunks) when the core starts a fetch for reads (a
+// miss, read-ahead or neighbours) or a read starts waiting for a chunk of
+// the walk (Loader.Waited tells the walk which chunks to spare).
 type Preempter interface {
 	Preempt()
 }
