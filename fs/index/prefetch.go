@@ -24,7 +24,9 @@ const prefetchParallel = 2
 // (Open shares the download) while the others arrive meanwhile. It runs
 // once per index per Store, detached from ctx's cancellation but bounded
 // by the Store's timeout per zTOC; failures are left for Open to report.
-func (s *Store) Prefetch(ctx context.Context, ref string, idx *Index) {
+// The returned channel is closed when the downloads it started have ended;
+// it is nil when an earlier call started them.
+func (s *Store) Prefetch(ctx context.Context, ref string, idx *Index) <-chan struct{} {
 	s.mu.Lock()
 	started := s.prefetched[idx.Digest]
 	if !started && len(s.prefetched) >= maxCachedIndices {
@@ -39,7 +41,7 @@ func (s *Store) Prefetch(ctx context.Context, ref string, idx *Index) {
 	s.prefetched[idx.Digest] = true
 	s.mu.Unlock()
 	if started {
-		return
+		return nil
 	}
 	ctx = context.WithoutCancel(ctx)
 	todo := make(chan ocispec.Descriptor, len(idx.ztocList))
@@ -66,8 +68,11 @@ func (s *Store) Prefetch(ctx context.Context, ref string, idx *Index) {
 			}
 		}()
 	}
+	done := make(chan struct{})
 	go func() {
 		wg.Wait()
 		log.G(ctx).WithField("index", idx.Digest).Debug("zTOCs of the index are local")
+		close(done)
 	}()
+	return done
 }
