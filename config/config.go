@@ -431,4 +431,10 @@ type LimitsConfig struct {
 	// scattered places (a program loading its modules one after
 	// another); 0 turns it off.
 	NeighbourFetchBytes ByteSize `toml:"neighbour_fetch_bytes"`
+	// BackgroundMaxDelayMsec caps [background_fetch] silence_period_msec:
+	// how long a mounted layer waits before the background walk starts
+	// on it. The walk yields to mounts and reads by stopping its chunks
+	// in flight, so by default (0) it starts at once and uses the link
+	// while the container is being created.
+	BackgroundMaxDelayMsec Milliseconds `toml:"background_max_delay_msec"`
 }

@@ -59,6 +59,12 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 		return nil
 	}
 	defer f.begin(t)()
+	if f.bg != nil {
+		// The walks of layers mounted before yield the link to this
+		// mount's zTOC (see background.Scheduler.BeginMount).
+		f.bg.BeginMount()
+		defer f.bg.EndMount()
+	}
 	if f.tooSmall(t.LayerSize) {
 		return fmt.Errorf("layer %s: %d bytes, below min_layer_size %d: %w", t.LayerDigest, t.LayerSize, f.opts.MinLayerSize, errdefs.ErrNotFound)
 	}
@@ -155,7 +161,16 @@ func (f *FS) resolve(ctx context.Context, t source.Target) (*index.Layer, digest
 	}
 	f.opts.Metrics.ObserveIndexFetch(idx.Digest.String(), time.Since(start))
 	if !local {
-		f.indices.Prefetch(ctx, t.ImageRef, idx) // the other layers' zTOCs, while this one mounts
+		// The other layers' zTOCs, while this one mounts: the next
+		// mounts wait for them, so the walks of the layers mounted
+		// before yield to them as to a mount.
+		if done := f.indices.Prefetch(ctx, t.ImageRef, idx); done != nil && f.bg != nil {
+			f.bg.BeginMount()
+			go func() {
+				<-done
+				f.bg.EndMount()
+			}()
+		}
 	}
 	if desc, ok := idx.ZTOC(t.LayerDigest); ok {
 		if err := f.refuseBad(t.LayerDigest, desc.Digest); err != nil {

@@ -176,7 +176,10 @@ func TestContentEquality(t *testing.T) {
 // TestLaziness: a container that reads a few MB of a large image starts
 // after fetching a small fraction of it.
 func TestLaziness(t *testing.T) {
-	e := startEnv(t, defaultDaemonConfig)
+	// What demand reads fetch is measured: the background walk, which
+	// starts at the mount by default and on loopback would fetch the
+	// whole image before the container is ready, waits 30 s here.
+	e := startEnv(t, defaultDaemonConfig+lazinessConfig)
 	ctx := testContext(t, 10*time.Minute)
 	spec := sparseSpec(4, 55<<20)
 	built := buildImage(t, spec)
@@ -213,6 +216,13 @@ func TestLaziness(t *testing.T) {
 		t.Errorf("registry access log shows no blob bytes served: the count is broken")
 	}
 }
+
+// lazinessConfig holds back the background walk for TestLaziness
+// ([background_fetch] silence_period_msec is 30 s by default).
+const lazinessConfig = `
+[limits]
+  background_max_delay_msec = 30000
+`
 
 // TestCorruptSpan: a span whose bytes in the registry no longer match the
 // zTOC gives EIO for the files in it, the rest of the image reads, the

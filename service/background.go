@@ -13,8 +13,9 @@ import (
 //
 //   - disable turns the fetcher off.
 //   - silence_period_msec delays a layer's first fetch after its mount, at
-//     most maxBackgroundDelay, so that by default a layer becomes local
-//     within seconds of the container's start rather than after 30 s.
+//     most [limits] background_max_delay_msec (default 0: the walk starts
+//     at the mount and uses the link while the container is created; it
+//     yields to mounts and reads by stopping its chunks in flight).
 //   - fetch_period_msec is not a pace between fetches (demand reads, not a
 //     timer, make the fetcher yield); it is the pause after a failed chunk,
 //     at most maxBackgroundRetryWait.
@@ -25,7 +26,6 @@ import (
 const (
 	backgroundWorkers      = 4
 	backgroundChunkSize    = 8 << 20
-	maxBackgroundDelay     = 5 * time.Second
 	maxBackgroundRetryWait = 500 * time.Millisecond
 	// backgroundQuiet: a chunk starts only once demand fetches (reads
 	// waiting for the registry, read-ahead) have been over for this long.
@@ -42,7 +42,7 @@ func backgroundOptions(cfg *config.Config) *background.Options {
 	return &background.Options{
 		Workers:      backgroundWorkers,
 		ChunkSize:    backgroundChunkSize,
-		Delay:        min(max(b.SilencePeriodMsec.Duration(), 0), maxBackgroundDelay),
+		Delay:        min(max(b.SilencePeriodMsec.Duration(), 0), cfg.Limits.BackgroundMaxDelayMsec.Duration()),
 		Quiet:        backgroundQuiet,
 		RetryWait:    min(b.FetchPeriodMsec.Duration(), maxBackgroundRetryWait),
 		FetchTimeout: spanFetchTimeout(cfg),

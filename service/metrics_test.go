@@ -62,10 +62,11 @@ func TestServeMetricsOff(t *testing.T) {
 func TestBackgroundOptions(t *testing.T) {
 	cfg := config.Default()
 	o := backgroundOptions(cfg)
-	if o == nil || o.Delay != maxBackgroundDelay || o.RetryWait != maxBackgroundRetryWait || o.MaxQueue != 300 || o.DropOldest {
+	if o == nil || o.Delay != 0 || o.RetryWait != maxBackgroundRetryWait || o.MaxQueue != 300 || o.DropOldest {
 		t.Errorf("defaults: %+v", o)
 	}
 	cfg.BackgroundFetch.SilencePeriodMsec = 200
+	cfg.Limits.BackgroundMaxDelayMsec = 5000
 	cfg.BackgroundFetch.MaxQueueSize = -1
 	cfg.BackgroundFetch.DropPolicy = config.DropOldest
 	if o := backgroundOptions(cfg); o.Delay != 200*time.Millisecond || o.MaxQueue != 0 || !o.DropOldest {

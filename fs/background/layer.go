@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/fastsoci/soci-snapshotter/fs/layer"
@@ -28,6 +29,9 @@ type Spans interface {
 	Reserve(ctx context.Context, first, last int) int
 	// Release gives up the reservations Load did not complete.
 	Release(first, last int)
+	// Waited reports whether a read waits for one of the reserved spans
+	// first..last: a preemption spares their chunk.
+	Waited(first, last int) bool
 	// Load verifies, inflates and caches spans first..last from
 	// compressed, which holds blob[base:base+len(compressed)].
 	Load(ctx context.Context, first, last int, compressed []byte, base int64) error
@@ -213,13 +217,19 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		}
 		lo, hi = chunk(k)
 		buf := make([]byte, hi-lo)
-		err = s.fetch(ctx, l.Blob, buf, lo)
+		cctx, preempted, stop := s.chunkContext(ctx, func() bool { return l.Spans.Waited(i, k) })
+		err = s.fetch(cctx, l.Blob, buf, lo)
+		stop()
 		if err != nil {
 			hold.walkDone()
 			hold.streamDone()
 			l.Spans.Release(i, k) // readers of these spans fetch them themselves
 			if ctx.Err() != nil {
 				return res, ctx.Err()
+			}
+			if preempted() {
+				j.log.WithField("spans", fmt.Sprintf("%d-%d", i, k)).Debug("background chunk preempted by reads or a mount; fetched again later")
+				continue
 			}
 			s.observe(func(o Observer) { o.Failure(metrics.FailureFetch) })
 			if attempt >= s.opts.MaxAttempts {
@@ -364,7 +374,11 @@ func (s *Scheduler) hashGap(ctx context.Context, blob span.Fetcher, sink func([]
 func (s *Scheduler) fetch(ctx context.Context, blob span.Fetcher, buf []byte, off int64) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.FetchTimeout)
 	defer cancel()
-	return span.ReadFull(ctx, blob, buf, off)
+	start := time.Now()
+	err := span.ReadFull(ctx, blob, buf, off)
+	log.G(ctx).WithError(err).WithField("offset", off).WithField("bytes", len(buf)).WithField("took", time.Since(start)).
+		Debug("background chunk fetched") // the timeline of the link, beside "range read" and "spans fetched"
+	return err
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -123,8 +123,13 @@ type Scheduler struct {
 
 	demandMu sync.Mutex
 	demand   int
-	idle     chan struct{} // closed while demand == 0
-	lastEnd  time.Time     // when demand last fell to 0
+	idle     chan struct{} // closed while demand == 0 and mounts == 0
+	lastEnd  time.Time     // when a demand last ended, or a preemption
+	mounts   int           // layers being mounted (BeginMount)
+	// round is canceled by a preemption (Preempt, BeginMount): the chunks
+	// fetched under it stop.
+	round       context.Context
+	cancelRound context.CancelFunc
 }
 
 // job is one layer to complete.
@@ -162,6 +167,7 @@ func New(opts Options) *Scheduler {
 		changed: make(chan struct{}), idle: make(chan struct{}),
 	}
 	close(s.idle)
+	s.round, s.cancelRound = context.WithCancel(context.Background())
 	s.life, s.stop = context.WithCancel(context.Background())
 	for range opts.Workers {
 		s.wg.Add(1)
@@ -260,9 +266,7 @@ func (s *Scheduler) broadcast() {
 // new chunk until every such read has ended.
 func (s *Scheduler) BeginDemand() {
 	s.demandMu.Lock()
-	if s.demand == 0 {
-		s.idle = make(chan struct{})
-	}
+	s.busyLocked()
 	s.demand++
 	s.demandMu.Unlock()
 }
@@ -271,11 +275,85 @@ func (s *Scheduler) BeginDemand() {
 func (s *Scheduler) EndDemand() {
 	s.demandMu.Lock()
 	s.demand--
-	if s.demand == 0 {
-		close(s.idle)
-		s.lastEnd = time.Now()
-	}
+	s.lastEnd = time.Now()
+	s.idleLocked()
 	s.demandMu.Unlock()
+}
+
+// Preempt stops the chunks the walks are fetching now: a fetch for reads
+// (a miss, read-ahead, neighbours) has just started and would share the
+// link with them. Their spans are released (readers waiting for them fetch
+// them themselves) and fetched again by the walk once demand is over; a
+// preempted chunk is not a failed attempt. Workers then wait as after a
+// demand ended (Options.Quiet), so that the reads that are about to call
+// BeginDemand do so first.
+func (s *Scheduler) Preempt() {
+	s.demandMu.Lock()
+	s.lastEnd = time.Now()
+	s.preemptLocked()
+	s.demandMu.Unlock()
+}
+
+// BeginMount marks a layer being mounted (its zTOC downloaded, its tree
+// built): workers start no new chunk, and the chunks in flight are
+// preempted, until every mount has ended. containerd mounts an image's
+// layers one after another, so the walk of the first layers would delay
+// the mounts of the next; unlike demand, a mount leaves no quiet period
+// behind it: the link is idle from the last mount until the container
+// reads, which is when the walk should use it.
+func (s *Scheduler) BeginMount() {
+	s.demandMu.Lock()
+	s.busyLocked()
+	s.preemptLocked()
+	s.mounts++
+	s.demandMu.Unlock()
+}
+
+// EndMount ends what BeginMount began.
+func (s *Scheduler) EndMount() {
+	s.demandMu.Lock()
+	s.mounts--
+	s.idleLocked()
+	s.demandMu.Unlock()
+}
+
+// busyLocked opens the idle channel when nothing held the workers back
+// yet. Callers hold demandMu, before counting themselves.
+func (s *Scheduler) busyLocked() {
+	if s.demand == 0 && s.mounts == 0 {
+		s.idle = make(chan struct{})
+	}
+}
+
+// idleLocked closes the idle channel when nothing holds the workers back
+// any more. Callers hold demandMu, after counting themselves out.
+func (s *Scheduler) idleLocked() {
+	if s.demand == 0 && s.mounts == 0 {
+		close(s.idle)
+	}
+}
+
+// preemptLocked cancels the chunk fetches of the current round and starts
+// a new round. Callers hold demandMu.
+func (s *Scheduler) preemptLocked() {
+	s.cancelRound()
+	s.round, s.cancelRound = context.WithCancel(context.Background())
+}
+
+// chunkContext is ctx, also canceled when the walk is preempted (see
+// Preempt) before stop is called, unless spared says that a read waits for
+// the chunk; preempted reports whether a preemption happened.
+func (s *Scheduler) chunkContext(ctx context.Context, spared func() bool) (cctx context.Context, preempted func() bool, stop func()) {
+	s.demandMu.Lock()
+	round := s.round
+	s.demandMu.Unlock()
+	cctx, cancel := context.WithCancel(ctx)
+	unhook := context.AfterFunc(round, func() {
+		if !spared() {
+			cancel()
+		}
+	})
+	return cctx, func() bool { return round.Err() != nil && ctx.Err() == nil }, func() { unhook(); cancel() }
 }
 
 var _ span.Demand = (*Scheduler)(nil)
@@ -285,7 +363,7 @@ var _ span.Demand = (*Scheduler)(nil)
 func (s *Scheduler) waitIdle(ctx context.Context) error {
 	for {
 		s.demandMu.Lock()
-		idle, busy, last := s.idle, s.demand > 0, s.lastEnd
+		idle, busy, last := s.idle, s.demand > 0 || s.mounts > 0, s.lastEnd
 		s.demandMu.Unlock()
 		if busy {
 			select {

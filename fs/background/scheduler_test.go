@@ -102,6 +102,13 @@ type fakeSpans struct {
 	loaded []int
 	have   map[int]bool   // spans a reader already brought in
 	kept   map[int][]byte // compressed copies a reader kept
+	waited bool           // a read waits for every reserved span
+}
+
+func (f *fakeSpans) Waited(first, last int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.waited
 }
 
 func (f *fakeSpans) Compressed(ctx context.Context, i int) ([]byte, bool) {
@@ -712,4 +719,145 @@ func TestOnIdleAfterLastWalk(t *testing.T) {
 	if idles != 1 {
 		t.Errorf("OnIdle called %d times, want once (after the second layer)", idles)
 	}
+}
+
+func TestPreemptStopsChunkInFlight(t *testing.T) {
+	// In a bubble, synctest.Wait tells when the workers are blocked.
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBlob(t, 11, 1<<20, 4)
+		res, obs := newResults(), &fakeObserver{}
+		// One attempt per chunk: a preemption counted as a failed attempt
+		// would end the layer.
+		s := newTestScheduler(Options{ChunkSize: 1, Workers: 1, MaxAttempts: 1, Observer: obs}, res.onDone)
+		defer s.Close()
+		var once sync.Once
+		inFlight := make(chan struct{})
+		blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
+			block := false
+			once.Do(func() { block = true })
+			if !block {
+				return nil
+			}
+			close(inFlight)
+			<-ctx.Done() // the first chunk only ends when it is stopped
+			return ctx.Err()
+		}}
+		l, _ := layerOf("/mnt/p", b, blob)
+		s.Enqueue(context.Background(), l)
+		<-inFlight
+		s.Preempt()
+		if err := res.wait(t, "/mnt/p"); err != nil {
+			t.Fatalf("preempted layer: %v", err)
+		}
+		blob.mu.Lock()
+		defer blob.mu.Unlock()
+		if len(blob.reads) != 5 || blob.reads[0] != blob.reads[1] {
+			t.Errorf("reads at %v, want the preempted chunk again, then the other 3", blob.reads)
+		}
+		if len(obs.failures) != 0 {
+			t.Errorf("failures %v, want none", obs.failures)
+		}
+	})
+}
+
+func TestMountHoldsWalkWithoutQuiet(t *testing.T) {
+	// In a bubble, synctest.Wait tells when the workers are blocked, and
+	// the clock is fake.
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBlob(t, 12, 512<<10, 4)
+		res := newResults()
+		const quiet = time.Hour
+		s := newTestScheduler(Options{ChunkSize: 1, Workers: 2, Quiet: quiet}, res.onDone)
+		defer s.Close()
+		var once sync.Once
+		inFlight := make(chan struct{})
+		blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
+			block := false
+			once.Do(func() { block = true })
+			if !block {
+				return nil
+			}
+			close(inFlight)
+			<-ctx.Done()
+			return ctx.Err()
+		}}
+		l, _ := layerOf("/mnt/m", b, blob)
+		s.Enqueue(context.Background(), l)
+		<-inFlight
+		s.BeginMount() // the next layer of the image mounts: the chunk in flight stops
+		synctest.Wait()
+		blob.mu.Lock()
+		n := len(blob.reads)
+		blob.mu.Unlock()
+		if n != 1 {
+			t.Errorf("%d range requests while a layer mounted, want only the preempted one", n)
+		}
+		start := time.Now()
+		s.EndMount()
+		if err := res.wait(t, "/mnt/m"); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took >= quiet {
+			t.Errorf("walk resumed %v after the mount, want no quiet period (%v) after mounts", took, quiet)
+		}
+		if len(blob.reads) != 5 {
+			t.Errorf("%d reads, want 5", len(blob.reads))
+		}
+	})
+}
+
+func TestPreemptSparesChunkReadsWaitFor(t *testing.T) {
+	// In a bubble, synctest.Wait tells when the workers are blocked.
+	synctest.Test(t, func(t *testing.T) {
+		res := newResults()
+		s := newTestScheduler(Options{ChunkSize: 1, Workers: 2}, res.onDone)
+		defer s.Close()
+		// Two layers, the first chunk of each in flight until stopped or
+		// let go.
+		inFlight, letGo := make(chan string, 2), make(chan struct{})
+		var stopped sync.Map
+		mk := func(seed uint64, key string) (Layer, *fakeSpans) {
+			b := newTestBlob(t, seed, 256<<10, 2)
+			var once sync.Once
+			blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
+				first := false
+				once.Do(func() { first = true })
+				if !first {
+					return nil
+				}
+				inFlight <- key
+				select {
+				case <-ctx.Done():
+					stopped.Store(key, true)
+					return ctx.Err()
+				case <-letGo:
+					return nil
+				}
+			}}
+			return layerOf(key, b, blob)
+		}
+		la, spansA := mk(13, "/mnt/a")
+		lb, _ := mk(14, "/mnt/b")
+		s.Enqueue(context.Background(), la)
+		s.Enqueue(context.Background(), lb)
+		<-inFlight
+		<-inFlight
+		spansA.mu.Lock()
+		spansA.waited = true // a read waits for layer a's chunk
+		spansA.mu.Unlock()
+		s.Preempt()
+		synctest.Wait()
+		if _, ok := stopped.Load("/mnt/b"); !ok {
+			t.Error("the chunk no read waits for was not stopped")
+		}
+		if _, ok := stopped.Load("/mnt/a"); ok {
+			t.Error("the chunk a read waits for was stopped")
+		}
+		close(letGo)
+		for _, key := range []string{"/mnt/a", "/mnt/b"} {
+			if err := res.wait(t, key); err != nil {
+				t.Fatalf("%s: %v", key, err)
+			}
+		}
+	})
 }

@@ -5,10 +5,16 @@ import (
 	"sync"
 
 	"github.com/containerd/log"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // prefetchParallel bounds the zTOC downloads one Prefetch runs at once.
-const prefetchParallel = 8
+// They are taken in index order (the image's layer order, in which
+// containerd mounts the layers): on a link all connections share, n
+// downloads at once each get a n-th of it, so the zTOC of the next mount
+// arrives sooner with few of them; two keep one request's round trip
+// from idling the link.
+const prefetchParallel = 2
 
 // Prefetch starts downloading the zTOCs of idx (the entries parseIndex
 // accepted as zTOCs, never other artifacts) that is not on local disk
@@ -18,7 +24,9 @@ const prefetchParallel = 8
 // (Open shares the download) while the others arrive meanwhile. It runs
 // once per index per Store, detached from ctx's cancellation but bounded
 // by the Store's timeout per zTOC; failures are left for Open to report.
-func (s *Store) Prefetch(ctx context.Context, ref string, idx *Index) {
+// The returned channel is closed when the downloads it started have ended;
+// it is nil when an earlier call started them.
+func (s *Store) Prefetch(ctx context.Context, ref string, idx *Index) <-chan struct{} {
 	s.mu.Lock()
 	started := s.prefetched[idx.Digest]
 	if !started && len(s.prefetched) >= maxCachedIndices {
@@ -33,31 +41,38 @@ func (s *Store) Prefetch(ctx context.Context, ref string, idx *Index) {
 	s.prefetched[idx.Digest] = true
 	s.mu.Unlock()
 	if started {
-		return
+		return nil
 	}
 	ctx = context.WithoutCancel(ctx)
-	slots := make(chan struct{}, prefetchParallel)
-	var wg sync.WaitGroup
+	todo := make(chan ocispec.Descriptor, len(idx.ztocList))
 	for _, desc := range idx.ztocList {
+		todo <- desc
+	}
+	close(todo)
+	var wg sync.WaitGroup
+	for range min(prefetchParallel, len(idx.ztocList)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			slots <- struct{}{}
-			defer func() { <-slots }()
-			// A local copy is enough: reading and verifying it here
-			// would hold a copy of every zTOC of the image at once,
-			// beside the mount's own.
-			if s.haveBlob(desc.Digest, desc.Size) {
-				return
-			}
-			_, err := guard(ctx, "prefetch zTOC", func() ([]byte, error) { return s.ztocBytes(ctx, ref, desc) })
-			if err != nil {
-				log.G(ctx).WithError(err).WithField("ztoc", desc.Digest).Debug("zTOC prefetch failed; the layer's mount will retry")
+			for desc := range todo {
+				// A local copy is enough: reading and verifying it
+				// here would hold a copy of every zTOC of the image
+				// at once, beside the mount's own.
+				if s.haveBlob(desc.Digest, desc.Size) {
+					continue
+				}
+				_, err := guard(ctx, "prefetch zTOC", func() ([]byte, error) { return s.ztocBytes(ctx, ref, desc) })
+				if err != nil {
+					log.G(ctx).WithError(err).WithField("ztoc", desc.Digest).Debug("zTOC prefetch failed; the layer's mount will retry")
+				}
 			}
 		}()
 	}
+	done := make(chan struct{})
 	go func() {
 		wg.Wait()
 		log.G(ctx).WithField("index", idx.Digest).Debug("zTOCs of the index are local")
+		close(done)
 	}()
+	return done
 }

@@ -69,6 +69,8 @@ func (b *Blob) FetchAt(ctx context.Context, p []byte, off int64) (int, error) {
 	start := time.Now()
 	n, err := b.readRange(ctx, p[:want], off)
 	b.c.observe(KindRange, start, int64(n))
+	log.G(ctx).WithField("blob", b.desc.Digest).WithField("offset", off).WithField("bytes", n).
+		WithField("took", time.Since(start)).Debug("range read") // the timeline of the link (start = log time - took)
 	if err == nil && want < int64(len(p)) {
 		err = io.EOF
 	}

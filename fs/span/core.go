@@ -77,8 +77,9 @@ type call struct {
 	data []byte
 	err  error
 	// reserved: a background walk fetches the span (see Loader.Reserve);
-	// Load or Release completes the call.
-	reserved bool
+	// Load or Release completes the call. waited: a read waits for it
+	// (Loader.Waited). Both guarded by core.mu.
+	reserved, waited bool
 }
 
 // failedCall is a finished call that failed with err.
@@ -149,6 +150,7 @@ func (c *core) plan(ctx context.Context, first, last int) ([]*call, error) {
 		calls[i-first] = cl
 	}
 	var fresh []int
+	joined := false // a walk's chunk a read now waits for
 	for i := first; i <= last; i++ {
 		if err := c.bad[i]; err != nil {
 			set(i, failedCall(err))
@@ -168,8 +170,15 @@ func (c *core) plan(ctx context.Context, first, last int) ([]*call, error) {
 			}
 			c.calls[i] = &call{done: make(chan struct{})}
 			fresh = append(fresh, i)
+		} else if cl := c.calls[i]; cl.reserved && !cl.waited {
+			cl.waited, joined = true, true
 		}
 		set(i, c.calls[i])
+	}
+	if p, ok := c.demand.(Preempter); ok && joined && len(fresh) == 0 {
+		// The walk's other chunks give way to the one a read waits
+		// for (a fresh fetch preempts them in start).
+		p.Preempt()
 	}
 	c.start(fresh, c.maxCoalesce, false)
 	return calls, nil
@@ -213,6 +222,9 @@ func (c *core) fetchAhead(ctx context.Context, first, last int, maxReq int64) {
 // are counted while they wait) and is never split (SplitRequest): fetches
 // ahead are parallel requests already. Callers hold mu.
 func (c *core) start(fresh []int, maxReq int64, ahead bool) {
+	if p, ok := c.demand.(Preempter); ok && len(fresh) > 0 {
+		p.Preempt()
+	}
 	c.table.runs(fresh, maxReq, func(first, last int) {
 		c.wg.Add(1)
 		demand := ahead && c.demand != nil
@@ -228,7 +240,7 @@ func (c *core) start(fresh []int, maxReq int64, ahead bool) {
 			if demand {
 				defer c.demand.EndDemand()
 			}
-			c.fetch(first, last, split)
+			c.fetchAs(first, last, split, ahead)
 		}()
 	})
 }

@@ -5,9 +5,26 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/containerd/log"
 )
+
+// fetchAs is fetch, logged at Debug with what it was for (a read waiting,
+// or ahead of reads) and how long it took: the timeline of a layer's
+// fetches.
+func (c *core) fetchAs(first, last int, split int64, ahead bool) {
+	start := time.Now()
+	c.fetch(first, last, split)
+	purpose := "demand"
+	if ahead {
+		purpose = "ahead"
+	}
+	log.L.WithField("layer", c.key).WithField("spans", fmt.Sprintf("%d-%d", first, last)).
+		WithField("offset", c.table.Spans[first].CompressedStart).
+		WithField("bytes", c.table.Spans[last].CompressedEnd-c.table.Spans[first].CompressedStart).
+		WithField("purpose", purpose).WithField("took", time.Since(start)).Debug("spans fetched")
+}
 
 // fetch is the shared fetch of spans [first, last] in one range request
 // (split into parallel ones above split bytes when split > 0, see

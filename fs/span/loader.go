@@ -94,6 +94,20 @@ func (l *Loader) Reserve(ctx context.Context, first, last int) int {
 	return i - 1
 }
 
+// Waited reports whether a read waits for one of the spans [first, last]
+// the walk reserved: a preemption (Preempter) spares their chunk.
+func (l *Loader) Waited(first, last int) bool {
+	c := l.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := max(first, 0); i <= last && i < len(c.calls); i++ {
+		if cl := c.calls[i]; cl != nil && cl.reserved && cl.waited {
+			return true
+		}
+	}
+	return false
+}
+
 // Release gives up the reservations of spans [first, last] that Load has
 // not completed: readers waiting for them fetch them themselves.
 func (l *Loader) Release(first, last int) {

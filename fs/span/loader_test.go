@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/fastsoci/soci-snapshotter/fs/cache"
@@ -98,4 +99,83 @@ func TestObserverAndDemand(t *testing.T) {
 	if d.begins != 2 || d.active != 0 {
 		t.Errorf("demand: %d begins, %d still active; want 2, 0", d.begins, d.active)
 	}
+}
+
+// preemptingDemand is a countingDemand that also counts preemptions.
+type preemptingDemand struct {
+	countingDemand
+	preempts int
+}
+
+func (d *preemptingDemand) Preempt() { d.mu.Lock(); d.preempts++; d.mu.Unlock() }
+
+// TestFetchPreempts: a read that starts a fetch preempts lower-priority
+// fetches (Preempter); a cached read, or one that joins a fetch already
+// started, does not.
+func TestFetchPreempts(t *testing.T) {
+	l := buildLayer(t, 23, []int{1000, 1000, 1000}, true)
+	f := &fakeFetcher{blob: l.blob}
+	d := &preemptingDemand{}
+	m := newManager(t, l, f, cache.NewMemory(), func(opts *Options) { opts.Demand = d })
+	p := make([]byte, 1500)
+	for range 2 {
+		if _, err := m.FetchAt(t.Context(), p, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.preempts != 1 {
+		t.Errorf("%d preemptions, want 1 (the first read's fetch)", d.preempts)
+	}
+}
+
+// TestReadOfReservedSpanPreempts: a read that waits for a span the walk
+// reserved preempts the walk's other chunks, and Waited then tells the
+// walk to spare this one.
+func TestReadOfReservedSpanPreempts(t *testing.T) {
+	// In a bubble, synctest.Wait tells when the read waits.
+	synctest.Test(t, func(t *testing.T) {
+		l := buildLayer(t, 24, []int{1000, 1000, 1000}, true)
+		f := &fakeFetcher{blob: l.blob}
+		d := &preemptingDemand{}
+		m := newManager(t, l, f, cache.NewMemory(), func(opts *Options) { opts.Demand = d })
+		ld := m.Loader()
+		if got := ld.Reserve(t.Context(), 1, 1); got != 1 {
+			t.Fatalf("Reserve: %d", got)
+		}
+		if ld.Waited(0, 2) {
+			t.Fatal("Waited before any read")
+		}
+		done := make(chan error, 1)
+		go func() {
+			p := make([]byte, 100)
+			_, err := m.FetchAt(t.Context(), p, l.table.Spans[1].UncompressedStart)
+			done <- err
+		}()
+		synctest.Wait() // the read waits for the walk's chunk
+		if !ld.Waited(1, 1) {
+			t.Fatal("the read does not wait for the reserved span")
+		}
+		d.mu.Lock()
+		preempts := d.preempts
+		d.mu.Unlock()
+		if preempts != 1 {
+			t.Errorf("%d preemptions, want 1", preempts)
+		}
+		if ld.Waited(0, 0) || ld.Waited(2, 2) {
+			t.Error("Waited for spans nobody waits for")
+		}
+		base := l.table.Spans[1].CompressedStart
+		if err := ld.Load(t.Context(), 1, 1, l.blob[base:l.table.Spans[1].CompressedEnd], base); err != nil {
+			t.Fatal(err)
+		}
+		ld.Release(1, 1)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if f.requests() != 0 {
+			t.Errorf("%d registry requests, want 0 (the read waited for the walk)", f.requests())
+		}
+	})
 }

@@ -141,6 +141,14 @@ type Demand interface {
 	EndDemand()
 }
 
+// Preempter is a Demand that also stops lower-priority fetches in flight
+// (the background walk's chunks) when the core starts a fetch for reads (a
+// miss, read-ahead or neighbours) or a read starts waiting for a chunk of
+// the walk (Loader.Waited tells the walk which chunks to spare).
+type Preempter interface {
+	Preempt()
+}
+
 // Manager serves uncompressed reads of one layer. It is safe for concurrent
 // use. It is the front of three parts: the fetch core (single-flight
 // fetches, verification, inflate, cache fill), the read-ahead policy, and
