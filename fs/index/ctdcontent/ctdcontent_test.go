@@ -5,10 +5,13 @@ import (
 	"context"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
+	leasesapi "github.com/containerd/containerd/api/services/leases/v1"
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/plugins/content/local"
@@ -17,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 )
 
 // serve runs containerd's content service over a local content store on a
@@ -38,6 +42,53 @@ func serve(t *testing.T) (string, content.Store) {
 	go srv.Serve(l)
 	t.Cleanup(srv.Stop)
 	return sock, cs
+}
+
+// fakeLeases is containerd's leases service as far as WriteBlob uses it.
+type fakeLeases struct {
+	leasesapi.UnimplementedLeasesServer
+	mu      sync.Mutex
+	created []*leasesapi.CreateRequest
+}
+
+func (f *fakeLeases) Create(_ context.Context, req *leasesapi.CreateRequest) (*leasesapi.CreateResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.created = append(f.created, req)
+	return &leasesapi.CreateResponse{Lease: &leasesapi.Lease{ID: req.ID, Labels: req.Labels}}, nil
+}
+
+// serveWithLeases is serve plus a leases service, and the leases the
+// content writes named (containerd's lease header).
+func serveWithLeases(t *testing.T) (string, content.Store, *fakeLeases, func() []string) {
+	t.Helper()
+	dir := t.TempDir()
+	cs, err := local.NewStore(filepath.Join(dir, "content"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "c.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var writes []string
+	srv := grpc.NewServer(grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if strings.HasSuffix(info.FullMethod, "/Write") {
+			md, _ := metadata.FromIncomingContext(ss.Context())
+			mu.Lock()
+			writes = append(writes, strings.Join(md.Get("containerd-lease"), ","))
+			mu.Unlock()
+		}
+		return h(srv, ss)
+	}))
+	contentapi.RegisterContentServer(srv, contentserver.New(cs))
+	fl := &fakeLeases{}
+	leasesapi.RegisterLeasesServer(srv, fl)
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+	return sock, cs, fl, func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), writes...) }
 }
 
 func put(t *testing.T, cs content.Store, data []byte) digest.Digest {
@@ -95,7 +146,7 @@ func TestNoContainerd(t *testing.T) {
 }
 
 func TestWriteBlob(t *testing.T) {
-	sock, cs := serve(t)
+	sock, cs, leases, writes := serveWithLeases(t)
 	s, err := New("unix://" + sock)
 	if err != nil {
 		t.Fatal(err)
@@ -112,6 +163,23 @@ func TestWriteBlob(t *testing.T) {
 	got, err := content.ReadBlob(ctx, cs, desc)
 	if err != nil || !bytes.Equal(got, blob) {
 		t.Fatalf("stored blob: %d bytes, %v", len(got), err)
+	}
+	// Each write is under a lease of its own that expires and names the
+	// layer, so that containerd's garbage collector keeps the blob.
+	leases.mu.Lock()
+	created := slices.Clone(leases.created)
+	leases.mu.Unlock()
+	w := writes()
+	if len(created) != 2 || len(w) != 2 {
+		t.Fatalf("leases created %d, writes under leases %q", len(created), w)
+	}
+	for i, c := range created {
+		if w[i] != c.ID {
+			t.Errorf("write %d under lease %q, want %q", i, w[i], c.ID)
+		}
+		if c.Labels["soci.parallel-pull.layer"] != desc.Digest.String() || c.Labels["containerd.io/gc.expire"] == "" {
+			t.Errorf("lease %s labels %v", c.ID, c.Labels)
+		}
 	}
 	other := ocispec.Descriptor{Digest: digest.FromString("other"), Size: int64(len(blob))}
 	if err := s.WriteBlob(ctx, other, bytes.NewReader(blob)); err == nil {
