@@ -422,6 +422,14 @@ func (p *Puller) start(img *image, l ocispec.Descriptor) *job {
 func (p *Puller) run(img *image, j *job) {
 	start := time.Now()
 	err := p.unpack(img, j)
+	// Counted before the Prepare waiting for it hears (a scrape after the
+	// pull sees it) and before the image is stopped below, which cancels
+	// j.ctx: a job stopped from outside (a layer before it failed, the
+	// image given up, the puller closed) is neither a success nor a
+	// failure of its layer.
+	if p.opts.Observe != nil && (err == nil || j.ctx.Err() == nil) {
+		p.opts.Observe(err == nil, j.desc.Size, time.Since(start))
+	}
 	p.mu.Lock()
 	delete(img.running, j)
 	j.err = err
@@ -457,11 +465,6 @@ func (p *Puller) run(img *image, j *job) {
 		img.stop(errors.New("image pull over"))
 	}
 	p.mu.Unlock()
-	// A job stopped (a layer before it failed, the image given up, the
-	// puller closed) is neither a success nor a failure of its layer.
-	if p.opts.Observe != nil && (ok || j.ctx.Err() == nil) {
-		p.opts.Observe(ok, j.desc.Size, time.Since(start))
-	}
 }
 
 // expire deletes a layer done ahead that nobody claimed.

@@ -416,3 +416,26 @@ func TestPullKeepsBlobs(t *testing.T) {
 		}
 	}
 }
+
+// TestObserveFailedLastLayer: a layer that fails is counted as failed by
+// the time its Pull returns, also when it is the image's last job (the
+// image is then given up, which cancels the job's context).
+func TestObserveFailedLastLayer(t *testing.T) {
+	img := newImage(t, 1)
+	blob := img.reg.blobs[img.layers[0].Digest]
+	blob[len(blob)/2] ^= 0x20
+	var mu sync.Mutex
+	var seen []bool
+	p, root := newPullerWith(t, img.reg, func(o *Options) {
+		o.Observe = func(ok bool, _ int64, _ time.Duration) { mu.Lock(); seen = append(seen, ok); mu.Unlock() }
+	})
+	err := p.Pull(context.Background(), snapshotDir(t, root, 0), "", img.chainIDs[0].String(), nil, img.labels(0))
+	if !errors.Is(err, chunkfetch.ErrDigest) {
+		t.Fatalf("pull of a corrupt layer: %v, want a digest error", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 1 || seen[0] {
+		t.Errorf("observed %v by the time Pull returned, want one failure", seen)
+	}
+}
