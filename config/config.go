@@ -435,6 +435,7 @@ type LimitsConfig struct {
 	// how long a mounted layer waits before the background walk starts
 	// on it. The walk yields to mounts and reads by stopping its chunks
 	// in flight, so by default (0) it starts at once and uses the link
-	// while the container is being created.
+	// while the container is being created. A configuration that sets
+	// silence_period_msec and not this key gets its silence period.
 	BackgroundMaxDelayMsec Milliseconds `toml:"background_max_delay_msec"`
 }

@@ -67,10 +67,23 @@ func Read(data []byte) (*Config, []Notice, error) {
 	}
 	cfg.normalize()
 	lines := keyLines(data)
+	cfg.honourSilencePeriod(lines)
 	if err := cfg.Validate(); err != nil {
 		return nil, nil, withLines(err, lines)
 	}
 	return cfg, append(notices, unusedKeyNotices(cfg, lines)...), nil
+}
+
+// honourSilencePeriod: a document that sets [background_fetch]
+// silence_period_msec and not [limits] background_max_delay_msec gets the
+// delay it asked for (the cap, 0 by default, would otherwise start the
+// walk at the mount).
+func (c *Config) honourSilencePeriod(lines map[string]int) {
+	_, silence := lines["background_fetch.silence_period_msec"]
+	_, capped := lines["limits.background_max_delay_msec"]
+	if silence && !capped {
+		c.Limits.BackgroundMaxDelayMsec = max(c.BackgroundFetch.SilencePeriodMsec, 0)
+	}
 }
 
 // normalize replaces the values upstream treats as "use the default" and

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseErrors(t *testing.T) {
@@ -197,5 +198,29 @@ func TestLoad(t *testing.T) {
 	_, err = Load(bad, false)
 	if err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "line 2: metadata_store") {
 		t.Errorf("Load(bad) error = %v, want path, line and key", err)
+	}
+}
+
+// TestSilencePeriodHonoured: silence_period_msec set alone is the delay;
+// with background_max_delay_msec set too, that caps it; unset, the walk
+// starts at the mount.
+func TestSilencePeriodHonoured(t *testing.T) {
+	for _, tc := range []struct {
+		doc  string
+		want time.Duration
+	}{
+		{"", 0},
+		{"[background_fetch]\nsilence_period_msec = 7000\n", 7 * time.Second},
+		{"[background_fetch]\nsilence_period_msec = 7000\n[limits]\nbackground_max_delay_msec = 2000\n", 2 * time.Second},
+		{"[limits]\nbackground_max_delay_msec = 2000\n", 2 * time.Second},
+	} {
+		cfg, _, err := Read([]byte(tc.doc))
+		if err != nil {
+			t.Fatalf("%q: %v", tc.doc, err)
+		}
+		got := min(cfg.BackgroundFetch.SilencePeriodMsec.Duration(), cfg.Limits.BackgroundMaxDelayMsec.Duration())
+		if got != tc.want {
+			t.Errorf("%q: walk delay %v, want %v", tc.doc, got, tc.want)
+		}
 	}
 }
