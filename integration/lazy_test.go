@@ -217,6 +217,14 @@ func TestLaziness(t *testing.T) {
 	}
 }
 
+// walkLaterConfig starts the background walk 5 s after each mount (the
+// cap before the walk started at the mount), time enough for a test's
+// container to read lazily, without waiting long for layers to be local.
+const walkLaterConfig = `
+[background_fetch]
+  silence_period_msec = 5000
+`
+
 // lazinessConfig holds back the background walk for TestLaziness
 // ([background_fetch] silence_period_msec is 30 s by default).
 const lazinessConfig = `

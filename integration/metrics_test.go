@@ -57,9 +57,8 @@ func freeTCPPort(t *testing.T) int {
 // with a non-zero value.
 func TestMetrics(t *testing.T) {
 	port := freeTCPPort(t)
-	// The default silence period lets the container read before the
-	// background fetcher starts, so that there are cache misses.
-	cfg := fmt.Sprintf("metrics_address = \"127.0.0.1:%d\"\n", port) + defaultDaemonConfig
+	// The walk held back: the demand reads' series must see misses.
+	cfg := fmt.Sprintf("metrics_address = \"127.0.0.1:%d\"\n", port) + defaultDaemonConfig + walkLaterConfig
 	e := startEnv(t, cfg)
 	ctx := testContext(t, 5*time.Minute)
 	img := newLayeredImage()
@@ -170,7 +169,8 @@ var referenceSeries = []struct {
 // ones such a run feeds have moved.
 func TestMetricsReference(t *testing.T) {
 	port := freeTCPPort(t)
-	cfg := fmt.Sprintf("metrics_address = \"127.0.0.1:%d\"\n", port) + defaultDaemonConfig
+	// The walk held back: the demand reads' series must see misses.
+	cfg := fmt.Sprintf("metrics_address = \"127.0.0.1:%d\"\n", port) + defaultDaemonConfig + walkLaterConfig
 	e := startEnv(t, cfg)
 	ctx := testContext(t, 5*time.Minute)
 	img := newLayeredImage()

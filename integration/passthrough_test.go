@@ -31,7 +31,8 @@ func fuseReads(samples map[string]float64) float64 {
 // refuse passthrough.
 func TestPassthrough(t *testing.T) {
 	metricsCfg, url := metricsConfig(t)
-	e := startEnv(t, metricsCfg+defaultDaemonConfig+"\n[fuse]\n  passthrough = true\n")
+	// The walk held back: the first run must read through FUSE.
+	e := startEnv(t, metricsCfg+defaultDaemonConfig+walkLaterConfig+"\n[fuse]\n  passthrough = true\n")
 	ctx := testContext(t, 5*time.Minute)
 	entries := []image.Entry{dir("data")}
 	want := map[string]string{}
