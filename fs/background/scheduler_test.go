@@ -721,6 +721,23 @@ func TestOnIdleAfterLastWalk(t *testing.T) {
 	}
 }
 
+// stopFirstFetch is a fakeBlob's before that holds the first fetch, once
+// it closed inFlight, until its context ends (the chunk is stopped); later
+// fetches go through.
+func stopFirstFetch(inFlight chan struct{}) func(context.Context, int64) error {
+	var once sync.Once
+	return func(ctx context.Context, _ int64) error {
+		first := false
+		once.Do(func() { first = true })
+		if !first {
+			return nil
+		}
+		close(inFlight)
+		<-ctx.Done()
+		return ctx.Err()
+	}
+}
+
 func TestPreemptStopsChunkInFlight(t *testing.T) {
 	// In a bubble, synctest.Wait tells when the workers are blocked.
 	synctest.Test(t, func(t *testing.T) {
@@ -730,18 +747,8 @@ func TestPreemptStopsChunkInFlight(t *testing.T) {
 		// would end the layer.
 		s := newTestScheduler(Options{ChunkSize: 1, Workers: 1, MaxAttempts: 1, Observer: obs}, res.onDone)
 		defer s.Close()
-		var once sync.Once
 		inFlight := make(chan struct{})
-		blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
-			block := false
-			once.Do(func() { block = true })
-			if !block {
-				return nil
-			}
-			close(inFlight)
-			<-ctx.Done() // the first chunk only ends when it is stopped
-			return ctx.Err()
-		}}
+		blob := &fakeBlob{data: b.blob, before: stopFirstFetch(inFlight)}
 		l, _ := layerOf("/mnt/p", b, blob)
 		s.Enqueue(context.Background(), l)
 		<-inFlight
@@ -769,18 +776,8 @@ func TestMountHoldsWalkWithoutQuiet(t *testing.T) {
 		const quiet = time.Hour
 		s := newTestScheduler(Options{ChunkSize: 1, Workers: 2, Quiet: quiet}, res.onDone)
 		defer s.Close()
-		var once sync.Once
 		inFlight := make(chan struct{})
-		blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
-			block := false
-			once.Do(func() { block = true })
-			if !block {
-				return nil
-			}
-			close(inFlight)
-			<-ctx.Done()
-			return ctx.Err()
-		}}
+		blob := &fakeBlob{data: b.blob, before: stopFirstFetch(inFlight)}
 		l, _ := layerOf("/mnt/m", b, blob)
 		s.Enqueue(context.Background(), l)
 		<-inFlight

@@ -27,20 +27,7 @@ import (
 // unix socket, as containerd serves it, and returns the socket and store.
 func serve(t *testing.T) (string, content.Store) {
 	t.Helper()
-	dir := t.TempDir()
-	cs, err := local.NewStore(filepath.Join(dir, "content"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(dir, "c.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	contentapi.RegisterContentServer(srv, contentserver.New(cs))
-	go srv.Serve(l)
-	t.Cleanup(srv.Stop)
+	sock, cs, _, _ := serveWithLeases(t)
 	return sock, cs
 }
 
@@ -58,8 +45,8 @@ func (f *fakeLeases) Create(_ context.Context, req *leasesapi.CreateRequest) (*l
 	return &leasesapi.CreateResponse{Lease: &leasesapi.Lease{ID: req.ID, Labels: req.Labels}}, nil
 }
 
-// serveWithLeases is serve plus a leases service, and the leases the
-// content writes named (containerd's lease header).
+// serveWithLeases is serve with the leases service too; it also returns
+// the leases the content writes named (containerd's lease header).
 func serveWithLeases(t *testing.T) (string, content.Store, *fakeLeases, func() []string) {
 	t.Helper()
 	dir := t.TempDir()
