@@ -22,8 +22,8 @@ func newBudget(max int64) *budget {
 }
 
 // acquire waits until n bytes fit in the budget (or nothing is held) and
-// takes them.
-func (b *budget) acquire(ctx context.Context, n int64) error {
+// takes them; beforeWait (nil: none) is called once if it has to wait.
+func (b *budget) acquire(ctx context.Context, n int64, beforeWait func()) error {
 	for {
 		b.mu.Lock()
 		if b.used == 0 || b.used+n <= b.max {
@@ -33,6 +33,11 @@ func (b *budget) acquire(ctx context.Context, n int64) error {
 		}
 		ch := b.changed
 		b.mu.Unlock()
+		if beforeWait != nil {
+			beforeWait()
+			beforeWait = nil
+			continue // it may have let go of bytes
+		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
@@ -67,9 +72,10 @@ type chunkHold struct {
 	walk, stream sync.Once
 }
 
-// hold takes n bytes for a chunk held by the walk and the check.
-func (b *budget) hold(ctx context.Context, n int64) (*chunkHold, error) {
-	if err := b.acquire(ctx, n); err != nil {
+// hold takes n bytes for a chunk held by the walk and the check, calling
+// beforeWait (nil: none) once if it has to wait.
+func (b *budget) hold(ctx context.Context, n int64, beforeWait func()) (*chunkHold, error) {
+	if err := b.acquire(ctx, n, beforeWait); err != nil {
 		return nil, err
 	}
 	h := &chunkHold{b: b, n: n}

@@ -13,24 +13,24 @@ import (
 func TestBudgetWaitsForRoom(t *testing.T) {
 	b := newBudget(10)
 	ctx := context.Background()
-	if err := b.acquire(ctx, 25); err != nil { // alone: goes although larger
+	if err := b.acquire(ctx, 25, nil); err != nil { // alone: goes although larger
 		t.Fatal(err)
 	}
 	canceled, cancel := context.WithCancel(ctx)
 	cancel()
-	if err := b.acquire(canceled, 1); !errors.Is(err, context.Canceled) {
+	if err := b.acquire(canceled, 1, nil); !errors.Is(err, context.Canceled) {
 		t.Fatalf("acquire over the budget: %v, want to wait", err)
 	}
 	got := make(chan error)
-	go func() { got <- b.acquire(ctx, 6) }()
+	go func() { got <- b.acquire(ctx, 6, nil) }()
 	b.release(25)
 	if err := <-got; err != nil {
 		t.Fatal(err)
 	}
-	if err := b.acquire(canceled, 5); !errors.Is(err, context.Canceled) {
+	if err := b.acquire(canceled, 5, nil); !errors.Is(err, context.Canceled) {
 		t.Fatalf("6 + 5 of 10: %v, want to wait", err)
 	}
-	if err := b.acquire(ctx, 4); err != nil {
+	if err := b.acquire(ctx, 4, nil); err != nil {
 		t.Fatal(err)
 	}
 	h := &chunkHold{b: b, n: 10}

@@ -8,9 +8,11 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"testing/synctest"
 
 	"github.com/awslabs/soci-snapshotter/ztoc/compression"
 	"github.com/opencontainers/go-digest"
@@ -391,4 +393,52 @@ func TestCrossCheckAlteredWindow(t *testing.T) {
 	if NewMarkers(dir).Bad(l.Digest, l.ZTOC) == nil {
 		t.Error("layer not marked bad")
 	}
+}
+
+// TestReadOfPendingSpanWhileWalkWaits: the inflater of the stream check
+// holds the end of a deflate block back until it decodes more, so the last
+// span of the chunk fed last waits for the next chunk. When a read waits
+// for that span while the walk waits for reads to end, the walk loads it
+// from its checkpoint first: neither waits for the other.
+func TestReadOfPendingSpanWhileWalkWaits(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRealLayer(t, true)
+		l := r.layer(t, "/mnt/pending", nil, nil, -1)
+		m := l.Spans.(managed).m
+		res := newResults()
+		var s *Scheduler
+		var once sync.Once
+		// A read starts waiting while the first chunk is on its way.
+		l.Blob = &fakeBlob{data: r.blob, before: func(context.Context, int64) error {
+			once.Do(s.BeginDemand)
+			return nil
+		}}
+		const chunk = 200 << 10
+		s = newTestScheduler(Options{ChunkSize: chunk, Workers: 1}, res.onDone)
+		defer s.Close()
+		if !s.Enqueue(context.Background(), l) {
+			t.Fatal("not queued")
+		}
+		synctest.Wait() // the first chunk fed, the walk waiting for reads to end
+		k := l.Table.Run(0, len(l.Table.Spans)-1, chunk, span.UncompressedBytes)
+		sp := l.Table.Spans[k]
+		read := make(chan error, 1)
+		go func() {
+			_, err := m.FetchAt(context.Background(), make([]byte, sp.Len()), sp.UncompressedStart)
+			read <- err
+		}()
+		synctest.Wait()
+		select {
+		case err := <-read:
+			if err != nil {
+				t.Fatalf("read span %d: %v", k, err)
+			}
+		default:
+			t.Fatalf("a read of span %d, the last of the chunk fed, waits for a walk that waits for it", k)
+		}
+		s.EndDemand()
+		if err := res.wait(t, l.Key); err != nil {
+			t.Fatalf("walk: %v", err)
+		}
+	})
 }

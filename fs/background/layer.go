@@ -139,11 +139,53 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 			c.streamDone()
 		}
 	}()
+	// pends are the chunks whose spans the stream check is to load and
+	// has not all taken yet, with their bytes (the walk's share of the
+	// chunk's memory is held until then).
+	var pends []pendingChunk
+	defer func() {
+		for _, p := range pends {
+			p.hold.walkDone()
+		}
+	}()
 	if l.Files != nil {
 		stream = startStreamCheck(ctx, l)
 		defer stream.abandon() // which releases the spans it did not load
 	}
 	rewind := -1 // a span to walk again from: the stream check stopped before loading it
+	// prune forgets the pending chunks the check has taken every span of.
+	prune := func() {
+		kept := pends[:0]
+		for _, p := range pends {
+			if stream.plan.pending(p.first, p.last) {
+				kept = append(kept, p)
+			} else {
+				p.hold.walkDone()
+			}
+		}
+		pends = kept
+	}
+	// settle loads the spans still pending in the check from their
+	// checkpoints, before the walk waits: the inflater holds the end of a
+	// deflate block back until it decodes more, so the last spans fed
+	// wait for the next chunk, and a read waiting for one of them would
+	// otherwise wait for a walk that waits for that read.
+	settle := func() {
+		for _, p := range pends {
+			for _, m := range stream.plan.takeBack(p.first, p.last) {
+				err := l.Spans.Load(ctx, m, m, p.buf, p.lo)
+				l.Spans.Release(m, m)
+				if err != nil && ctx.Err() == nil && !errors.Is(err, span.ErrClosed) {
+					res.loadFailed++
+					if res.loadErr == nil {
+						res.loadErr = err
+					}
+				}
+			}
+			p.hold.walkDone()
+		}
+		pends = pends[:0]
+	}
 	// sink hashes b and feeds it to the stream check, which calls done
 	// (nil: none) once it no longer needs b.
 	sink := func(b []byte, done func()) {
@@ -167,7 +209,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 	for i, attempt := 0, 1; i < len(t.Spans); {
 		if l.Spans.Has(ctx, i) {
 			if whole {
-				n, err := s.hashLocal(ctx, j, i, sink, &hashed, skip)
+				n, err := s.hashLocal(ctx, j, i, sink, &hashed, skip, settle)
 				res.fetched += n
 				if err != nil {
 					return res, err
@@ -185,7 +227,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 				break
 			}
 		}
-		if err := s.waitIdle(ctx); err != nil {
+		if err := s.waitIdle(ctx, settle); err != nil {
 			return res, err
 		}
 		chunk := func(k int) (lo, hi int64) {
@@ -201,7 +243,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		// Wait for room in the node's budget before reserving: reads of
 		// reserved spans wait for the chunk.
 		lo, hi := chunk(k)
-		hold, err := s.mem.hold(ctx, hi-lo)
+		hold, err := s.mem.hold(ctx, hi-lo, settle)
 		if err != nil {
 			return res, err
 		}
@@ -256,7 +298,8 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 			hold.streamDone()
 		}
 		if plain {
-			hold.walkDone()
+			prune()
+			pends = append(pends, pendingChunk{first: i, last: k, buf: buf, lo: lo, hold: hold})
 			i, attempt = k+1, 1
 			continue
 		}
@@ -279,7 +322,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		i, attempt = k+1, 1
 	}
 	if whole && hashed < t.CompressedSize { // the trailer after a local last span
-		n, err := s.hashGap(ctx, l.Blob, sink, hashed, t.CompressedSize)
+		n, err := s.hashGap(ctx, l.Blob, sink, hashed, t.CompressedSize, settle)
 		res.fetched += n
 		if err != nil {
 			return res, err
@@ -304,6 +347,14 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 	return res, nil
 }
 
+// pendingChunk is a chunk whose spans the stream check is to load.
+type pendingChunk struct {
+	first, last int
+	buf         []byte // blob[lo:lo+len(buf)], covering the spans
+	lo          int64
+	hold        *chunkHold
+}
+
 // plainChunk reports whether spans first..last, which buf (blob[base:])
 // holds, can be loaded from the layer stream: each small enough to be
 // collected and its compressed bytes matching its digest. Otherwise
@@ -325,12 +376,12 @@ func plainChunk(t span.Table, first, last int, buf []byte, base int64) bool {
 // it (the gzip header before span 0). Without a kept copy (a read before a
 // restart, say) the span's compressed bytes are fetched again for the hash:
 // a layer is only reported local once all of it was checked.
-func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]byte, func()), hashed *int64, skip func(string)) (int64, error) {
+func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]byte, func()), hashed *int64, skip func(string), settle func()) (int64, error) {
 	sp := j.layer.Table.Spans[i]
 	c, ok := j.layer.Spans.Compressed(ctx, i)
 	switch {
 	case !ok && *hashed <= sp.CompressedEnd:
-		n, err := s.hashGap(ctx, j.layer.Blob, sink, *hashed, sp.CompressedEnd)
+		n, err := s.hashGap(ctx, j.layer.Blob, sink, *hashed, sp.CompressedEnd, settle)
 		if err != nil {
 			return n, err
 		}
@@ -346,7 +397,7 @@ func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]by
 	var n int64
 	if *hashed < sp.CompressedStart {
 		var err error
-		if n, err = s.hashGap(ctx, j.layer.Blob, sink, *hashed, sp.CompressedStart); err != nil {
+		if n, err = s.hashGap(ctx, j.layer.Blob, sink, *hashed, sp.CompressedStart, settle); err != nil {
 			return n, err
 		}
 		*hashed = sp.CompressedStart
@@ -356,9 +407,10 @@ func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]by
 	return n, nil
 }
 
-// hashGap fetches blob[from:to) and feeds it into h.
-func (s *Scheduler) hashGap(ctx context.Context, blob span.Fetcher, sink func([]byte, func()), from, to int64) (int64, error) {
-	if err := s.waitIdle(ctx); err != nil {
+// hashGap fetches blob[from:to) and feeds it into h; settle is called
+// before it waits for the link.
+func (s *Scheduler) hashGap(ctx context.Context, blob span.Fetcher, sink func([]byte, func()), from, to int64, settle func()) (int64, error) {
+	if err := s.waitIdle(ctx, settle); err != nil {
 		return 0, err
 	}
 	buf := make([]byte, to-from)

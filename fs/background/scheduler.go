@@ -360,11 +360,16 @@ var _ span.Demand = (*Scheduler)(nil)
 
 // waitIdle returns once no demand is in progress and none has ended for
 // Options.Quiet, or with ctx's error.
-func (s *Scheduler) waitIdle(ctx context.Context) error {
+func (s *Scheduler) waitIdle(ctx context.Context, beforeWait func()) error {
 	for {
 		s.demandMu.Lock()
 		idle, busy, last := s.idle, s.demand > 0 || s.mounts > 0, s.lastEnd
 		s.demandMu.Unlock()
+		wait := s.opts.Quiet - time.Since(last)
+		if beforeWait != nil && (busy || !last.IsZero() && wait > 0) {
+			beforeWait()
+			beforeWait = nil
+		}
 		if busy {
 			select {
 			case <-idle:
@@ -376,7 +381,6 @@ func (s *Scheduler) waitIdle(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		wait := s.opts.Quiet - time.Since(last)
 		if last.IsZero() || wait <= 0 {
 			return nil
 		}

@@ -114,6 +114,34 @@ func (p *streamPlan) isLoaded(i int) bool {
 	return p.loaded[i]
 }
 
+// pending reports whether any of spans first..last is reserved for the
+// check and not taken yet.
+func (p *streamPlan) pending(first, last int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := first; i <= last; i++ {
+		if p.want[i] {
+			return true
+		}
+	}
+	return false
+}
+
+// takeBack takes back, for the walk to load itself, the spans of
+// first..last reserved for the check that it has not taken yet.
+func (p *streamPlan) takeBack(first, last int) []int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []int
+	for i := first; i <= last; i++ {
+		if p.want[i] {
+			out = append(out, i)
+			p.want[i] = false
+		}
+	}
+	return out
+}
+
 // untaken returns the spans reserved for the check that it did not take
 // (it stopped first), forgetting them: the walk releases them.
 func (p *streamPlan) untaken() []int {
