@@ -58,8 +58,9 @@ var errInflateMismatch = errors.New("spans inflated from the zTOC's checkpoints 
 // parallelizable reports whether t's spans can be inflated in parallel
 // while the blob is read in order: gzip, spans in blob order (each may
 // start up to one byte before the previous ends: a checkpoint that takes
-// bits of the byte before), none too large, the last ending at the blob's
-// end with room for the trailer.
+// bits of the byte before), none empty or too large, the last ending at the
+// blob's end and holding the 8-byte trailer. A zTOC is remote data: a
+// layout readSpans could not cut is refused here.
 func parallelizable(l SpanLayer, size int64) bool {
 	t := l.Table()
 	if !l.Gzip() || len(t.Spans) < 2 || t.CompressedSize != size || size < 18 {
@@ -67,7 +68,7 @@ func parallelizable(l SpanLayer, size int64) bool {
 	}
 	prevEnd := int64(-1)
 	for _, s := range t.Spans {
-		if s.CompressedEnd-s.CompressedStart > maxParallelSpan || s.Len() > maxParallelSpan {
+		if s.CompressedEnd <= s.CompressedStart || s.CompressedEnd-s.CompressedStart > maxParallelSpan || s.Len() > maxParallelSpan {
 			return false
 		}
 		if prevEnd >= 0 && (s.CompressedStart < prevEnd-1 || s.CompressedStart > prevEnd) {
@@ -75,7 +76,9 @@ func parallelizable(l SpanLayer, size int64) bool {
 		}
 		prevEnd = s.CompressedEnd
 	}
-	return prevEnd == size
+	// The last span holds the gzip trailer (readSpans takes it from there).
+	last := t.Spans[len(t.Spans)-1]
+	return prevEnd == size && last.CompressedEnd-last.CompressedStart >= 8
 }
 
 // spanJob is one span being inflated.
@@ -119,6 +122,11 @@ func inflateSpans(ctx context.Context, src io.Reader, l SpanLayer, workers int, 
 	go func() {
 		defer close(work)
 		defer close(order)
+		defer func() { // registry bytes never take the daemon down
+			if r := recover(); r != nil {
+				readErr <- fmt.Errorf("read the layer's spans: panic: %v", r)
+			}
+		}()
 		readErr <- readSpans(ctx, src, t, live, order, work, trailer[:])
 	}()
 

@@ -190,6 +190,18 @@ func TestParallelizable(t *testing.T) {
 	if parallelizable(spans(func(s []span.Span) { s[1].UncompressedEnd = s[1].UncompressedStart + maxParallelSpan + 1 }), size) {
 		t.Error("a span too large is parallelizable")
 	}
+	// The last span must hold the trailer, and no span may be empty:
+	// readSpans takes both from the span's bytes.
+	if parallelizable(spans(func(s []span.Span) {
+		n := len(s) - 1
+		s[n].CompressedStart = size - 3
+		s[n-1].CompressedEnd = size - 3
+	}), size) {
+		t.Error("a last span shorter than the gzip trailer is parallelizable")
+	}
+	if parallelizable(spans(func(s []span.Span) { s[1].CompressedEnd = s[1].CompressedStart; s[2].CompressedStart = s[1].CompressedStart }), size) {
+		t.Error("an empty span is parallelizable")
+	}
 }
 
 // tableLayer is a span table alone.
