@@ -16,6 +16,9 @@ import (
 func (c *core) fetchAs(first, last int, split int64, ahead bool) {
 	start := time.Now()
 	c.fetch(first, last, split)
+	if !log.L.Logger.IsLevelEnabled(log.DebugLevel) {
+		return // the entry below would be built for nothing
+	}
 	purpose := "demand"
 	if ahead {
 		purpose = "ahead"
