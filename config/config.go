@@ -438,4 +438,12 @@ type LimitsConfig struct {
 	// while the container is being created. A configuration that sets
 	// silence_period_msec and not this key gets its silence period.
 	BackgroundMaxDelayMsec Milliseconds `toml:"background_max_delay_msec"`
+	// BackgroundFastLinkMbit: a link to the registry measured faster than
+	// this many Mbit/s (from the transfers of 1 MiB or more, fs/linkrate)
+	// is fast. There the walk's own CPU (inflating and hashing what it
+	// fetches), not the link, limits it, so it does not start at the
+	// mount: it waits until mounts and reads have been over for a second,
+	// and does not compete with the container's start. 0: never (the walk
+	// always starts at the mount).
+	BackgroundFastLinkMbit int64 `toml:"background_fast_link_mbit"`
 }

@@ -31,7 +31,13 @@ const (
 	defaultMaxDecompressBytes        = 64 << 20
 	defaultHostMemoryLimit           = 64 << 20
 	defaultNeighbourFetchBytes       = 8 << 20
-	defaultRecordSeconds             = 30
+	// A link faster than 300 Mbit/s (37.5 MB/s) feeds the walk more
+	// than half a core's work (it inflates and hashes ~16 CPU s per GB,
+	// BenchmarkBackgroundCompletion). Response bodies on loopback on a
+	// loaded 2-core machine measured 53-127 MB/s; on the bench's shared
+	// 200 Mbit/s link at most 25 MB/s.
+	defaultBackgroundFastLinkMbit = 300
+	defaultRecordSeconds          = 30
 )
 
 // Default returns the configuration used when no file is present. It is
@@ -100,6 +106,8 @@ func Default() *Config {
 			HostMemoryLimit:    defaultHostMemoryLimit,
 			// Not in normalize: 0 turns it off.
 			NeighbourFetchBytes: defaultNeighbourFetchBytes,
+			// 0 turns it off.
+			BackgroundFastLinkMbit: defaultBackgroundFastLinkMbit,
 		},
 	}
 }

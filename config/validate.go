@@ -252,4 +252,5 @@ func (l *LimitsConfig) validate(v *validator) {
 	v.positive("limits.host_memory_limit", int64(l.HostMemoryLimit))
 	v.nonNegative("limits.neighbour_fetch_bytes", int64(l.NeighbourFetchBytes))
 	v.nonNegative("limits.background_max_delay_msec", int64(l.BackgroundMaxDelayMsec))
+	v.nonNegative("limits.background_fast_link_mbit", l.BackgroundFastLinkMbit)
 }

@@ -82,11 +82,37 @@ func (s *metricsServer) close() error {
 }
 
 // observed sets m as the registry client's observer (none when m is nil).
-func observed(o remote.Options, m *metrics.Metrics) remote.Options {
+func observed(o remote.Options, m *metrics.Metrics, more ...remote.Observer) remote.Options {
+	all := more
 	if m != nil {
-		o.Observer = m
+		all = append([]remote.Observer{m}, more...)
+	}
+	switch len(all) {
+	case 0:
+	case 1:
+		o.Observer = all[0]
+	default:
+		o.Observer = observers(all)
 	}
 	return o
+}
+
+// observers hands each registry GET to every one of its observers.
+type observers []remote.Observer
+
+func (all observers) ObserveGet(kind string, took time.Duration, n int64) {
+	for _, o := range all {
+		o.ObserveGet(kind, took, n)
+	}
+}
+
+// ObserveBody hands a body's time to those of its observers that take it.
+func (all observers) ObserveBody(kind string, took time.Duration, n int64) {
+	for _, o := range all {
+		if b, ok := o.(remote.BodyObserver); ok {
+			b.ObserveBody(kind, took, n)
+		}
+	}
 }
 
 // hostMetrics is what daemonMetrics needs of the FUSE hosts.

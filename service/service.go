@@ -18,6 +18,7 @@ import (
 	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/fs"
 	"github.com/fastsoci/soci-snapshotter/fs/index"
+	"github.com/fastsoci/soci-snapshotter/fs/linkrate"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
 	"github.com/fastsoci/soci-snapshotter/fs/trace"
 	"github.com/fastsoci/soci-snapshotter/fusehost"
@@ -232,10 +233,13 @@ func fsOptions(cfg *config.Config, root string, m *metrics.Metrics, criCreds fun
 	if criCreds != nil {
 		ropts.Credentials = remote.ChainCredentials(criCreds, ropts.Credentials)
 	}
+	// The link's rate, measured from the registry client's transfers,
+	// tells the background walk whether to start at the mount.
+	link := &linkrate.Meter{}
 	return fs.Options{
 		Root:         root,
-		Registry:     remote.New(observed(ropts, m)),
-		Background:   backgroundOptions(cfg),
+		Registry:     remote.New(observed(ropts, m, link)),
+		Background:   backgroundOptions(cfg, link),
 		Metrics:      m,
 		FetchTimeout: spanFetchTimeout(cfg),
 		V1:           cfg.PullModes.SOCIv1.Enable,

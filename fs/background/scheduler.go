@@ -61,6 +61,19 @@ type Options struct {
 	// a chunk started in that gap would share the link with its next
 	// demand.
 	Quiet time.Duration
+	// FastLink, if set, reports whether the link to the registry delivers
+	// bytes faster than the walk can take them in (it inflates and hashes
+	// what it fetches). On such a link a mount, like a demand, leaves a
+	// quiet period behind it (MountQuiet): the walk waits while the
+	// container is being created and started, when its CPU would compete
+	// with runc and the container's first reads, and catches up quickly
+	// afterwards. On a slower link (or without FastLink) the walk starts
+	// as soon as the mounts are over: the link is then what limits it, and
+	// it is idle until the container reads.
+	FastLink func() bool
+	// MountQuiet is how long workers wait after a mount ended on a fast
+	// link (see FastLink; default Quiet).
+	MountQuiet time.Duration
 	// RetryWait is the pause after a failed chunk (default DefaultRetryWait).
 	RetryWait time.Duration
 	// MaxAttempts is how many times one chunk is tried before the layer is
@@ -125,7 +138,9 @@ type Scheduler struct {
 	demand   int
 	idle     chan struct{} // closed while demand == 0 and mounts == 0
 	lastEnd  time.Time     // when a demand last ended, or a preemption
-	mounts   int           // layers being mounted (BeginMount)
+	// quietUntil: no chunk starts before it (a mount on a fast link).
+	quietUntil time.Time
+	mounts     int // layers being mounted (BeginMount)
 	// round is canceled by a preemption (Preempt, BeginMount): the chunks
 	// fetched under it stop.
 	round       context.Context
@@ -309,10 +324,19 @@ func (s *Scheduler) BeginMount() {
 	s.demandMu.Unlock()
 }
 
-// EndMount ends what BeginMount began.
+// EndMount ends what BeginMount began. On a fast link (Options.FastLink)
+// the workers then wait Options.MountQuiet, as after a demand.
 func (s *Scheduler) EndMount() {
+	fast := s.opts.FastLink != nil && s.opts.FastLink()
 	s.demandMu.Lock()
 	s.mounts--
+	if fast {
+		quiet := s.opts.MountQuiet
+		if quiet <= 0 {
+			quiet = s.opts.Quiet
+		}
+		s.quietUntil = later(s.quietUntil, time.Now().Add(quiet))
+	}
 	s.idleLocked()
 	s.demandMu.Unlock()
 }
@@ -358,15 +382,19 @@ func (s *Scheduler) chunkContext(ctx context.Context, spared func() bool) (cctx 
 
 var _ span.Demand = (*Scheduler)(nil)
 
-// waitIdle returns once no demand is in progress and none has ended for
-// Options.Quiet, or with ctx's error.
+// waitIdle returns once no demand or mount is in progress, none has ended
+// for Options.Quiet and no mount on a fast link for Options.MountQuiet, or
+// with ctx's error.
 func (s *Scheduler) waitIdle(ctx context.Context, beforeWait func()) error {
 	for {
 		s.demandMu.Lock()
-		idle, busy, last := s.idle, s.demand > 0 || s.mounts > 0, s.lastEnd
+		idle, busy, until := s.idle, s.demand > 0 || s.mounts > 0, s.quietUntil
+		if !s.lastEnd.IsZero() {
+			until = later(until, s.lastEnd.Add(s.opts.Quiet))
+		}
 		s.demandMu.Unlock()
-		wait := s.opts.Quiet - time.Since(last)
-		if beforeWait != nil && (busy || !last.IsZero() && wait > 0) {
+		wait := time.Until(until)
+		if beforeWait != nil && (busy || wait > 0) {
 			beforeWait()
 			beforeWait = nil
 		}
@@ -381,7 +409,7 @@ func (s *Scheduler) waitIdle(ctx context.Context, beforeWait func()) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if last.IsZero() || wait <= 0 {
+		if wait <= 0 {
 			return nil
 		}
 		if err := sleep(ctx, wait); err != nil {
@@ -568,4 +596,12 @@ func (s *Scheduler) Queued() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.queue)
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }

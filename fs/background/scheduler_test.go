@@ -768,13 +768,24 @@ func TestPreemptStopsChunkInFlight(t *testing.T) {
 }
 
 func TestMountHoldsWalkWithoutQuiet(t *testing.T) {
+	// On a slow link (or without FastLink) the walk resumes as soon as the
+	// mount is over; on a fast link only after Options.Quiet.
+	for _, fast := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fast=%v", fast), func(t *testing.T) { testMountHoldsWalk(t, fast) })
+	}
+}
+
+func testMountHoldsWalk(t *testing.T, fast bool) {
 	// In a bubble, synctest.Wait tells when the workers are blocked, and
 	// the clock is fake.
 	synctest.Test(t, func(t *testing.T) {
 		b := newTestBlob(t, 12, 512<<10, 4)
 		res := newResults()
-		const quiet = time.Hour
-		s := newTestScheduler(Options{ChunkSize: 1, Workers: 2, Quiet: quiet}, res.onDone)
+		const quiet, mountQuiet = time.Second, 5 * time.Second // within results.wait's 10 s
+		s := newTestScheduler(Options{
+			ChunkSize: 1, Workers: 2, Quiet: quiet, MountQuiet: mountQuiet,
+			FastLink: func() bool { return fast },
+		}, res.onDone)
 		defer s.Close()
 		inFlight := make(chan struct{})
 		blob := &fakeBlob{data: b.blob, before: stopFirstFetch(inFlight)}
@@ -794,8 +805,12 @@ func TestMountHoldsWalkWithoutQuiet(t *testing.T) {
 		if err := res.wait(t, "/mnt/m"); err != nil {
 			t.Fatal(err)
 		}
-		if took := time.Since(start); took >= quiet {
+		took := time.Since(start)
+		if !fast && took >= quiet {
 			t.Errorf("walk resumed %v after the mount, want no quiet period (%v) after mounts", took, quiet)
+		}
+		if fast && took < mountQuiet {
+			t.Errorf("walk resumed %v after the mount on a fast link, want MountQuiet (%v) first", took, mountQuiet)
 		}
 		if len(blob.reads) != 5 {
 			t.Errorf("%d reads, want 5", len(blob.reads))

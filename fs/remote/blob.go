@@ -133,7 +133,9 @@ func (b *Blob) readViaRegistry(ctx context.Context, p []byte, off int64) (int, e
 		if u, moved := finalURL(resp); moved && b.c.opts.DirectURLValidFor >= 0 {
 			b.remember(&directURL{url: u.String(), host: host, used: b.c.now()})
 		}
+		body := time.Now()
 		n, err := readRangeBody(resp, watchedReader{r: resp.Body, w: wd}, p, off, b.desc.Size)
+		b.c.observeBody(KindRange, body, n, err)
 		resp.Body.Close()
 		if !errors.Is(err, errdefs.ErrNotImplemented) {
 			return n, err
@@ -171,7 +173,10 @@ func (b *Blob) readDirect(ctx context.Context, d *directURL, p []byte, off int64
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent {
 		return 0, b.endOfBlob(newStatusError(resp, nil))
 	}
-	return readRangeBody(resp, watchedReader{r: resp.Body, w: wd}, p, off, b.desc.Size)
+	body := time.Now()
+	n, err := readRangeBody(resp, watchedReader{r: resp.Body, w: wd}, p, off, b.desc.Size)
+	b.c.observeBody(KindRange, body, n, err)
+	return n, err
 }
 
 // endOfBlob turns "range not satisfiable" into io.EOF when the blob's size

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -257,5 +258,49 @@ func TestTimeoutBoundsStalledBody(t *testing.T) {
 	// The read's watchdog ends with it.
 	if n := timers.armed(); n != 0 {
 		t.Fatalf("%d watchdogs run after the read returned", n)
+	}
+}
+
+// bodies records what a BodyObserver is told.
+type bodies struct {
+	mu    sync.Mutex
+	kinds []string
+	bytes []int64
+}
+
+func (b *bodies) ObserveGet(string, time.Duration, int64) {}
+
+func (b *bodies) ObserveBody(kind string, took time.Duration, n int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if took <= 0 {
+		panic("body took no time")
+	}
+	b.kinds, b.bytes = append(b.kinds, kind), append(b.bytes, n)
+}
+
+func TestBodyObserver(t *testing.T) {
+	reg := newFakeRegistry(t)
+	data := blobContent(64 << 10)
+	desc := reg.addBlob(data)
+	obs := &bodies{}
+	c := New(Options{Observer: obs})
+	ctx := context.Background()
+	if _, err := c.Blob(reg.ref("app"), desc).FetchAt(ctx, make([]byte, 1000), 100); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.FetchBlob(ctx, reg.ref("app"), desc); err != nil {
+		t.Fatal(err)
+	}
+	// A read that fails is not a body that arrived.
+	missing := desc
+	missing.Digest = digest.Digest("sha256:" + strings.Repeat("0", 64))
+	if _, err := c.Blob(reg.ref("app"), missing).FetchAt(ctx, make([]byte, 10), 0); err == nil {
+		t.Fatal("read of a missing blob succeeded")
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if fmt.Sprint(obs.kinds, obs.bytes) != fmt.Sprint([]string{KindRange, KindBlob}, []int64{1000, int64(len(data))}) {
+		t.Errorf("bodies observed: %v %v, want a range of 1000 bytes, then the whole blob", obs.kinds, obs.bytes)
 	}
 }

@@ -119,10 +119,12 @@ func (c *Client) fetchBlob(ctx context.Context, ref string, desc ocispec.Descrip
 		return nil, err
 	}
 	defer resp.Body.Close()
+	body := time.Now()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, desc.Size+1))
 	if err != nil {
 		return nil, fmt.Errorf("read body: %w", err)
 	}
+	c.observeBody(KindBlob, body, len(b), nil)
 	if n := int64(len(b)); n != desc.Size {
 		got := fmt.Sprint(n)
 		if n > desc.Size {

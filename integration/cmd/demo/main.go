@@ -89,8 +89,8 @@ func pullAndRun(ctx context.Context, env *harness.Env, ref string, size int64) e
 	fmt.Printf("pull: %s, ready: %s (pull + run)\n", pulled.Round(time.Millisecond), ready.Round(time.Millisecond))
 	fmt.Printf("registry bytes served up to ready: %.1f MiB of %.1f MiB (%.1f%%), zTOCs and the background walk included; lazily loaded (FUSE) layers mounted: %d\n",
 		float64(served)/(1<<20), float64(size)/(1<<20), 100*float64(served)/float64(size), fuse)
-	fmt.Println("(the background walk starts at the mount and yields to reads and mounts; on loopback it makes the image local before the container is ready." +
-		" [background_fetch] silence_period_msec delays it)")
+	fmt.Println("(loopback is a fast link: the background walk that makes the image local waits until mounts and reads are over;" +
+		" on a link slower than [limits] background_fast_link_mbit it starts at the mount)")
 	return nil
 }
 
