@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
-	"runtime/debug"
 	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
@@ -186,7 +185,7 @@ func (s *Service) start(ctx context.Context, cfg *config.Config, root string) (e
 		return err
 	}
 	s.idle = idlemem.New(idlemem.Options{Release: func(free uint64) {
-		debug.FreeOSMemory()
+		idlemem.ReturnFree()
 		log.G(ctx).WithField("bytes", free).Debug("calls quiet: returned the heap's free memory to the system")
 	}})
 	server := grpc.NewServer(grpc.ChainUnaryInterceptor(s.touchUnary), grpc.ChainStreamInterceptor(s.touchStream))

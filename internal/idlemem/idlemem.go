@@ -7,6 +7,7 @@ package idlemem
 
 import (
 	"context"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
@@ -26,8 +27,7 @@ type Options struct {
 	// Free reports the heap's free, still mapped bytes (runtime/metrics
 	// /memory/classes/heap/free:bytes).
 	Free func() uint64
-	// Release returns them (debug.FreeOSMemory); free is what Free
-	// reported.
+	// Release returns them (ReturnFree); free is what Free reported.
 	Release func(free uint64)
 }
 
@@ -60,7 +60,7 @@ func New(opts Options) *Releaser {
 		opts.Free = heapFree
 	}
 	if opts.Release == nil {
-		opts.Release = func(uint64) { debug.FreeOSMemory() }
+		opts.Release = func(uint64) { ReturnFree() }
 	}
 	return &Releaser{opts: opts, touch: make(chan struct{}, 1)}
 }
@@ -96,6 +96,15 @@ func (r *Releaser) Run(ctx context.Context) {
 			r.opts.Release(free)
 		}
 	}
+}
+
+// ReturnFree collects the garbage twice and returns the free heap to the
+// system (debug.FreeOSMemory). Twice: the first collection only moves what
+// sync.Pools hold (go-fuse's request buffers, gRPC's) to their victim
+// caches, the second frees it.
+func ReturnFree() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }
 
 const freeMetric = "/memory/classes/heap/free:bytes"
