@@ -33,8 +33,11 @@ type IdleConfig struct {
 // IdleSample is the memory of the daemon and its FUSE hosts (summed) at one
 // instant, in bytes.
 type IdleSample struct {
-	At                                           string // what had happened
-	Hosts                                        int
+	At    string // what had happened
+	Hosts int
+	// Distinct is the resident pages of the daemon and hosts together,
+	// each counted once (pagemap frames): their RSS taken together.
+	Distinct                                     int64
 	DaemonPSS, DaemonAnon, DaemonFile, DaemonHWM int64
 	HostPSS, HostAnon, HostFile, HostHWM         int64
 }
@@ -141,25 +144,34 @@ func sampleIdle(d *harness.Daemon, at string) (IdleSample, error) {
 	if err := read(d.Pid(), &s.DaemonPSS, &s.DaemonAnon, &s.DaemonFile, &s.DaemonHWM); err != nil {
 		return s, fmt.Errorf("memory of the daemon: %w", err)
 	}
-	for _, pid := range d.HostPids() {
+	hosts := d.HostPids()
+	for _, pid := range hosts {
 		if err := read(pid, &s.HostPSS, &s.HostAnon, &s.HostFile, &s.HostHWM); err != nil {
 			return s, fmt.Errorf("memory of FUSE host %d: %w", pid, err)
 		}
 		s.Hosts++
 	}
+	var set harness.PageSet
+	distinct, skipped, err := harness.DistinctResidentBytes(&set, append([]int{d.Pid()}, hosts...))
+	if err != nil || len(skipped) > 0 {
+		return s, fmt.Errorf("distinct resident pages (skipped %v): %w", skipped, err)
+	}
+	s.Distinct = distinct
 	return s, nil
 }
 
 // WriteIdleTable prints the samples of Idle in MiB.
 func WriteIdleTable(w io.Writer, images int, samples []IdleSample) error {
-	fmt.Fprintf(w, "\nIdle memory, MiB, %d images pulled and run, daemon + FUSE hosts. RSS = anon + file;\n", images)
+	fmt.Fprintf(w, "\nIdle memory, MiB, %d images pulled and run, daemon + FUSE hosts. RSS: distinct resident pages of\n", images)
+	fmt.Fprintln(w, "daemon + hosts (pagemap frames, a page mapped by several counted once: for one process its RSS);")
+	fmt.Fprintln(w, "RSS sum = anon + file summed over the processes (shared pages counted in each);")
 	fmt.Fprintln(w, "anon: RssAnon (heap, stacks); file: RssFile (mapped executable, shared by the two processes);")
 	fmt.Fprintln(w, "PSS: shared pages divided among the processes mapping them; VmHWM: peak RSS of each process since its start.")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "when\thosts\tRSS sum\tPSS sum\tdaemon anon\tdaemon file\thost anon\thost file\tdaemon PSS\thost PSS\tVmHWM sum")
+	fmt.Fprintln(tw, "when\thosts\tRSS\tRSS sum\tPSS sum\tdaemon anon\tdaemon file\thost anon\thost file\tdaemon PSS\thost PSS\tVmHWM sum")
 	mib := func(b int64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<20)) }
 	for _, s := range samples {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.At, s.Hosts,
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.At, s.Hosts, mib(s.Distinct),
 			mib(s.DaemonAnon+s.DaemonFile+s.HostAnon+s.HostFile), mib(s.DaemonPSS+s.HostPSS),
 			mib(s.DaemonAnon), mib(s.DaemonFile), mib(s.HostAnon), mib(s.HostFile),
 			mib(s.DaemonPSS), mib(s.HostPSS), mib(s.DaemonHWM+s.HostHWM))

@@ -51,6 +51,12 @@ type Run struct {
 	// of the daemon and its hosts: what they held together at one instant.
 	SnapshotterPeakPSS  int64 `json:"snapshotter_peak_pss_bytes,omitempty"`
 	SnapshotterPeakAnon int64 `json:"snapshotter_peak_anon_bytes,omitempty"`
+	// SnapshotterPeakDistinct is the peak, sampled with them, of the
+	// resident pages of the daemon and its hosts counted once each
+	// (/proc/PID/pagemap frames: a page of the executable mapped by both
+	// counts once): the RSS of the processes taken together. For a daemon
+	// without hosts (the reference) it is the daemon's RSS.
+	SnapshotterPeakDistinct int64 `json:"snapshotter_peak_distinct_rss_bytes,omitempty"`
 	// DaemonRSSAnon/File and HostRSSAnon/File (summed over hosts) are
 	// RssAnon (heap, stacks) and RssFile (mapped files: the executable's
 	// pages) of /proc/PID/status at the end of the run.

@@ -208,9 +208,9 @@ func describe(r Run) string {
 		return head + " FAILED: " + firstLine(r.Error)
 	}
 	return fmt.Sprintf("%s TTR %.2fs (pull %.2fs, run %.2fs), %.1f MB before ready, %.1f MB total, %.1f MB read, %.1f MB prefetched, %d connections, "+
-		"snapshotter %.0f MB (peak PSS %.0f MB, anon %.0f MB) %.2f CPU s (%d hosts), containerd %.0f MB %.2f CPU s, nerdctl %.2f CPU s", head,
+		"snapshotter %.0f MB (peak distinct RSS %.0f MB, PSS %.0f MB, anon %.0f MB) %.2f CPU s (%d hosts), containerd %.0f MB %.2f CPU s, nerdctl %.2f CPU s", head,
 		r.TTRSeconds, r.PullSeconds, r.RunSeconds, float64(r.BytesBeforeReady)/1e6, float64(r.BytesTotal)/1e6, float64(r.BytesRead)/1e6, float64(r.PrefetchedBytes)/1e6, r.Connections,
-		float64(r.SnapshotterPeakRSS())/(1<<20), float64(r.SnapshotterPeakPSS)/(1<<20), float64(r.SnapshotterPeakAnon)/(1<<20),
+		float64(r.SnapshotterPeakRSS())/(1<<20), float64(r.SnapshotterPeakDistinct)/(1<<20), float64(r.SnapshotterPeakPSS)/(1<<20), float64(r.SnapshotterPeakAnon)/(1<<20),
 		r.SnapshotterCPUSeconds(), r.Hosts,
 		float64(r.ContainerdPeakRSS)/(1<<20), r.ContainerdCPUSeconds, r.ClientCPUSeconds) + warmText(r)
 }
@@ -347,7 +347,7 @@ func runOnce(ctx context.Context, cfg Config, link *harness.ShapedLink, s snapsh
 	err = measure(rctx, n, link, s.plugin, ref, &r)
 	if sampler != nil {
 		peak := sampler.Stop()
-		r.SnapshotterPeakPSS, r.SnapshotterPeakAnon = peak.pss, peak.anon
+		r.SnapshotterPeakPSS, r.SnapshotterPeakAnon, r.SnapshotterPeakDistinct = peak.pss, peak.anon, peak.distinct
 	}
 	if err != nil {
 		r.Error = err.Error()

@@ -199,7 +199,10 @@ func TestParallelizable(t *testing.T) {
 	}), size) {
 		t.Error("a last span shorter than the gzip trailer is parallelizable")
 	}
-	if parallelizable(spans(func(s []span.Span) { s[1].CompressedEnd = s[1].CompressedStart; s[2].CompressedStart = s[1].CompressedStart }), size) {
+	if parallelizable(spans(func(s []span.Span) {
+		s[1].CompressedEnd = s[1].CompressedStart
+		s[2].CompressedStart = s[1].CompressedStart
+	}), size) {
 		t.Error("an empty span is parallelizable")
 	}
 }

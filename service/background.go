@@ -1,12 +1,12 @@
 package service
 
 import (
-	"runtime/debug"
 	"time"
 
 	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/fs/background"
 	"github.com/fastsoci/soci-snapshotter/fs/linkrate"
+	"github.com/fastsoci/soci-snapshotter/internal/idlemem"
 )
 
 // Background fetch settings that the configuration can only make less
@@ -72,6 +72,6 @@ func backgroundOptions(cfg *config.Config, link *linkrate.Meter) *background.Opt
 		// slowly: collect and return them now, so that a node at rest
 		// holds its live data (the trees of mounted layers), not the
 		// heap of its last walk.
-		OnIdle: debug.FreeOSMemory,
+		OnIdle: idlemem.ReturnFree,
 	}
 }

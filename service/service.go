@@ -22,6 +22,7 @@ import (
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
 	"github.com/fastsoci/soci-snapshotter/fs/trace"
 	"github.com/fastsoci/soci-snapshotter/fusehost"
+	"github.com/fastsoci/soci-snapshotter/internal/idlemem"
 	"github.com/fastsoci/soci-snapshotter/metrics"
 	"github.com/fastsoci/soci-snapshotter/snapshot"
 )
@@ -47,6 +48,9 @@ type Service struct {
 	cri         *criProxy      // nil unless [cri_keychain] is enabled
 	criCreds    func(string) (string, string, error)
 	puller      *puller // nil unless [pull_modes.parallel_pull_unpack] is on
+	// idle returns the heap's free memory to the system once the gRPC
+	// calls of a burst (a pull, a container start) are over.
+	idle *idlemem.Releaser
 }
 
 // The FUSE hosts serve the snapshotter's remote layers and free a layer's
@@ -181,7 +185,11 @@ func (s *Service) start(ctx context.Context, cfg *config.Config, root string) (e
 	if err != nil {
 		return err
 	}
-	server := grpc.NewServer()
+	s.idle = idlemem.New(idlemem.Options{Release: func(free uint64) {
+		idlemem.ReturnFree()
+		log.G(ctx).WithField("bytes", free).Debug("calls quiet: returned the heap's free memory to the system")
+	}})
+	server := grpc.NewServer(grpc.ChainUnaryInterceptor(s.touchUnary), grpc.ChainStreamInterceptor(s.touchStream))
 	snapshotsapi.RegisterSnapshotsServer(server, snapshotservice.FromSnapshotter(sn))
 	if s.cri != nil {
 		// kubelet's image service endpoint is the daemon's own socket.
@@ -293,6 +301,9 @@ func indexLimits(cfg *config.Config) index.Limits {
 // calls in flight finish (bounded by stopGrace) and l is closed, which
 // removes a unix socket file.
 func (s *Service) Serve(ctx context.Context, l net.Listener) error {
+	idleCtx, stopIdle := context.WithCancel(ctx)
+	defer stopIdle()
+	go s.idle.Run(idleCtx)
 	served := make(chan error, 1)
 	go func() { served <- s.server.Serve(l) }()
 	notify(ctx, "READY=1")
@@ -320,6 +331,18 @@ func (s *Service) Serve(ctx context.Context, l net.Listener) error {
 		return fmt.Errorf("serve snapshots API: %w", err)
 	}
 	return nil
+}
+
+// touchUnary and touchStream mark the end of each call as activity, for
+// the idle release of the heap's free memory.
+func (s *Service) touchUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	defer s.idle.Touch()
+	return h(ctx, req)
+}
+
+func (s *Service) touchStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	defer s.idle.Touch()
+	return h(srv, ss)
 }
 
 // Close stops the daemon's endpoints, closes the snapshotter and releases

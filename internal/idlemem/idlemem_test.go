@@ -1,0 +1,80 @@
+package idlemem
+
+import (
+	"context"
+	"runtime/metrics"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fakeTimers hands out the channels Run waits on, so the test fires them.
+type fakeTimers struct{ ch chan chan time.Time }
+
+func (f *fakeTimers) after(time.Duration) <-chan time.Time {
+	c := make(chan time.Time, 1)
+	f.ch <- c
+	return c
+}
+
+// next is the timer Run armed last (it arms one per wait).
+func (f *fakeTimers) next(t *testing.T) chan time.Time {
+	t.Helper()
+	select {
+	case c := <-f.ch:
+		return c
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run armed no timer")
+		return nil
+	}
+}
+
+func TestReleaseAfterQuiet(t *testing.T) {
+	timers := &fakeTimers{ch: make(chan chan time.Time)}
+	var free atomic.Uint64
+	released := make(chan struct{}, 10)
+	r := New(Options{After: timers.after, Free: free.Load, Release: func(uint64) { released <- struct{}{} }})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	free.Store(DefaultMinFree)
+	r.Touch()
+	first := timers.next(t)
+	r.Touch() // activity before the quiet period ends: wait again
+	second := timers.next(t)
+	first <- time.Time{} // a stale timer is not waited on any more
+	second <- time.Time{}
+	select {
+	case <-released:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no release after a quiet period")
+	}
+
+	// Little free memory: this burst releases nothing.
+	free.Store(DefaultMinFree - 1)
+	r.Touch()
+	timers.next(t) <- time.Time{}
+	// The next burst's timer is armed only once Run is done with the
+	// last one: free can change without racing its check.
+	r.Touch()
+	third := timers.next(t)
+	free.Store(DefaultMinFree)
+	third <- time.Time{}
+	r.Touch()
+	timers.next(t) // Run is done with the third burst
+	if n := len(released); n != 1 {
+		t.Fatalf("%d more releases after two bursts, want 1 (the first had too little free)", n)
+	}
+}
+
+// TestHeapFree checks the metric's name: an unknown one reads as KindBad,
+// which heapFree reports as 0 always.
+func TestHeapFree(t *testing.T) {
+	s := []metrics.Sample{{Name: freeMetric}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		t.Fatalf("%s: kind %v", freeMetric, s[0].Value.Kind())
+	}
+}
