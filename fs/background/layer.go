@@ -129,6 +129,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 	l := j.layer
 	t := l.Table
 	h := l.Digest.Algorithm().Hash()
+	eager := s.eager(l)
 	var res walkResult
 	var hashed int64 // the blob is hashed up to there
 	whole := true    // every byte so far went through h
@@ -227,7 +228,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 				break
 			}
 		}
-		if err := s.waitIdle(ctx, settle); err != nil {
+		if err := s.waitIdle(ctx, eager, settle); err != nil {
 			return res, err
 		}
 		chunk := func(k int) (lo, hi int64) {
@@ -259,7 +260,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		}
 		lo, hi = chunk(k)
 		buf := make([]byte, hi-lo)
-		cctx, preempted, stop := s.chunkContext(ctx, func() bool { return l.Spans.Waited(i, k) })
+		cctx, preempted, stop := s.chunkContext(ctx, eager, func() bool { return l.Spans.Waited(i, k) })
 		err = s.fetch(cctx, l.Blob, buf, lo)
 		stop()
 		if err != nil {
@@ -322,7 +323,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		i, attempt = k+1, 1
 	}
 	if whole && hashed < t.CompressedSize { // the trailer after a local last span
-		n, err := s.hashGap(ctx, l.Blob, sink, hashed, t.CompressedSize, settle)
+		n, err := s.hashGap(ctx, l.Blob, sink, hashed, t.CompressedSize, eager, settle)
 		res.fetched += n
 		if err != nil {
 			return res, err
@@ -345,6 +346,12 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		}
 	}
 	return res, nil
+}
+
+// eager reports whether l is walked without yielding to reads (see
+// Options.EagerBytes).
+func (s *Scheduler) eager(l Layer) bool {
+	return s.opts.EagerBytes > 0 && l.Table.CompressedSize <= s.opts.EagerBytes
 }
 
 // pendingChunk is a chunk whose spans the stream check is to load.
@@ -381,7 +388,7 @@ func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]by
 	c, ok := j.layer.Spans.Compressed(ctx, i)
 	switch {
 	case !ok && *hashed <= sp.CompressedEnd:
-		n, err := s.hashGap(ctx, j.layer.Blob, sink, *hashed, sp.CompressedEnd, settle)
+		n, err := s.hashGap(ctx, j.layer.Blob, sink, *hashed, sp.CompressedEnd, s.eager(j.layer), settle)
 		if err != nil {
 			return n, err
 		}
@@ -397,7 +404,7 @@ func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]by
 	var n int64
 	if *hashed < sp.CompressedStart {
 		var err error
-		if n, err = s.hashGap(ctx, j.layer.Blob, sink, *hashed, sp.CompressedStart, settle); err != nil {
+		if n, err = s.hashGap(ctx, j.layer.Blob, sink, *hashed, sp.CompressedStart, s.eager(j.layer), settle); err != nil {
 			return n, err
 		}
 		*hashed = sp.CompressedStart
@@ -408,9 +415,9 @@ func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]by
 }
 
 // hashGap fetches blob[from:to) and feeds it into h; settle is called
-// before it waits for the link.
-func (s *Scheduler) hashGap(ctx context.Context, blob span.Fetcher, sink func([]byte, func()), from, to int64, settle func()) (int64, error) {
-	if err := s.waitIdle(ctx, settle); err != nil {
+// before it waits for the link (eager: see Options.EagerBytes).
+func (s *Scheduler) hashGap(ctx context.Context, blob span.Fetcher, sink func([]byte, func()), from, to int64, eager bool, settle func()) (int64, error) {
+	if err := s.waitIdle(ctx, eager, settle); err != nil {
 		return 0, err
 	}
 	buf := make([]byte, to-from)

@@ -91,6 +91,17 @@ type Options struct {
 	// the layer's result is logged: whoever serves that layer with that
 	// zTOC takes it out of service (span.Manager.Poison).
 	OnBad func(layer, ztoc digest.Digest, reason error)
+	// EagerBytes: a layer whose blob is at most this many compressed
+	// bytes is walked eagerly (0: none): its walk neither waits for
+	// demand reads nor for the quiet period after them, and reads do not
+	// preempt its chunks; it still yields to mounts. Such a layer costs
+	// the link about a second or two, and the reads of a program that
+	// needs most of it (imports scattered over the whole layer) otherwise
+	// stop the one stream that keeps the link busy: the link then idles
+	// between their misses, and the preempted chunk is fetched twice.
+	// Reads of the spans the walk reserved wait for its chunk; reads of
+	// others fetch them beside it.
+	EagerBytes int64
 	// OnIdle, if set, is called (on a worker, without locks held) each
 	// time a layer's walk ends and no other layer is being walked or
 	// waiting: the walks' transient memory is then garbage, which the
@@ -127,9 +138,13 @@ type Scheduler struct {
 	lastEnd  time.Time     // when a demand last ended, or a preemption
 	mounts   int           // layers being mounted (BeginMount)
 	// round is canceled by a preemption (Preempt, BeginMount): the chunks
-	// fetched under it stop.
-	round       context.Context
-	cancelRound context.CancelFunc
+	// fetched under it stop. mountRound is canceled by BeginMount only:
+	// the chunks of eager walks (Options.EagerBytes) are fetched under it.
+	round            context.Context
+	cancelRound      context.CancelFunc
+	mountRound       context.Context
+	cancelMountRound context.CancelFunc
+	noMounts         chan struct{} // closed while mounts == 0
 }
 
 // job is one layer to complete.
@@ -167,7 +182,10 @@ func New(opts Options) *Scheduler {
 		changed: make(chan struct{}), idle: make(chan struct{}),
 	}
 	close(s.idle)
+	s.noMounts = make(chan struct{})
+	close(s.noMounts)
 	s.round, s.cancelRound = context.WithCancel(context.Background())
+	s.mountRound, s.cancelMountRound = context.WithCancel(context.Background())
 	s.life, s.stop = context.WithCancel(context.Background())
 	for range opts.Workers {
 		s.wg.Add(1)
@@ -290,7 +308,7 @@ func (s *Scheduler) EndDemand() {
 func (s *Scheduler) Preempt() {
 	s.demandMu.Lock()
 	s.lastEnd = time.Now()
-	s.preemptLocked()
+	s.preemptLocked(false)
 	s.demandMu.Unlock()
 }
 
@@ -304,7 +322,10 @@ func (s *Scheduler) Preempt() {
 func (s *Scheduler) BeginMount() {
 	s.demandMu.Lock()
 	s.busyLocked()
-	s.preemptLocked()
+	s.preemptLocked(true)
+	if s.mounts == 0 {
+		s.noMounts = make(chan struct{})
+	}
 	s.mounts++
 	s.demandMu.Unlock()
 }
@@ -313,6 +334,9 @@ func (s *Scheduler) BeginMount() {
 func (s *Scheduler) EndMount() {
 	s.demandMu.Lock()
 	s.mounts--
+	if s.mounts == 0 {
+		close(s.noMounts)
+	}
 	s.idleLocked()
 	s.demandMu.Unlock()
 }
@@ -334,18 +358,27 @@ func (s *Scheduler) idleLocked() {
 }
 
 // preemptLocked cancels the chunk fetches of the current round and starts
-// a new round. Callers hold demandMu.
-func (s *Scheduler) preemptLocked() {
+// a new round; mount also does so for the eager walks' round. Callers hold
+// demandMu.
+func (s *Scheduler) preemptLocked(mount bool) {
 	s.cancelRound()
 	s.round, s.cancelRound = context.WithCancel(context.Background())
+	if mount {
+		s.cancelMountRound()
+		s.mountRound, s.cancelMountRound = context.WithCancel(context.Background())
+	}
 }
 
 // chunkContext is ctx, also canceled when the walk is preempted (see
-// Preempt) before stop is called, unless spared says that a read waits for
-// the chunk; preempted reports whether a preemption happened.
-func (s *Scheduler) chunkContext(ctx context.Context, spared func() bool) (cctx context.Context, preempted func() bool, stop func()) {
+// Preempt; with eager, only by a mount) before stop is called, unless
+// spared says that a read waits for the chunk; preempted reports whether a
+// preemption happened.
+func (s *Scheduler) chunkContext(ctx context.Context, eager bool, spared func() bool) (cctx context.Context, preempted func() bool, stop func()) {
 	s.demandMu.Lock()
 	round := s.round
+	if eager {
+		round = s.mountRound
+	}
 	s.demandMu.Unlock()
 	cctx, cancel := context.WithCancel(ctx)
 	unhook := context.AfterFunc(round, func() {
@@ -359,11 +392,15 @@ func (s *Scheduler) chunkContext(ctx context.Context, spared func() bool) (cctx 
 var _ span.Demand = (*Scheduler)(nil)
 
 // waitIdle returns once no demand is in progress and none has ended for
-// Options.Quiet, or with ctx's error.
-func (s *Scheduler) waitIdle(ctx context.Context, beforeWait func()) error {
+// Options.Quiet, or with ctx's error; with eager (see Options.EagerBytes),
+// once no layer is being mounted.
+func (s *Scheduler) waitIdle(ctx context.Context, eager bool, beforeWait func()) error {
 	for {
 		s.demandMu.Lock()
 		idle, busy, last := s.idle, s.demand > 0 || s.mounts > 0, s.lastEnd
+		if eager {
+			idle, busy, last = s.noMounts, s.mounts > 0, time.Time{}
+		}
 		s.demandMu.Unlock()
 		wait := s.opts.Quiet - time.Since(last)
 		if beforeWait != nil && (busy || !last.IsZero() && wait > 0) {

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -855,6 +856,102 @@ func TestPreemptSparesChunkReadsWaitFor(t *testing.T) {
 			if err := res.wait(t, key); err != nil {
 				t.Fatalf("%s: %v", key, err)
 			}
+		}
+	})
+}
+
+// An eager layer (Options.EagerBytes) is walked while reads wait and
+// right after them, and reads do not stop its chunk in flight.
+func TestEagerLayerIgnoresReads(t *testing.T) {
+	// In a bubble, synctest.Wait tells when the workers are blocked, and
+	// the clock is fake.
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBlob(t, 15, 1<<20, 4)
+		res := newResults()
+		const quiet = time.Hour
+		s := newTestScheduler(Options{ChunkSize: 1, Workers: 1, Quiet: quiet, EagerBytes: b.table.CompressedSize}, res.onDone)
+		defer s.Close()
+		inFlight, letGo := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		var stopped atomic.Bool
+		blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
+			first := false
+			once.Do(func() { first = true })
+			if !first {
+				return nil
+			}
+			close(inFlight)
+			select {
+			case <-ctx.Done():
+				stopped.Store(true)
+				return ctx.Err()
+			case <-letGo:
+				return nil
+			}
+		}}
+		l, _ := layerOf("/mnt/e", b, blob)
+		s.Enqueue(context.Background(), l)
+		<-inFlight
+		s.BeginDemand() // a read misses while the first chunk is in flight
+		s.Preempt()
+		synctest.Wait()
+		if stopped.Load() {
+			t.Fatal("a read stopped the eager walk's chunk")
+		}
+		close(letGo)
+		start := time.Now()
+		if err := res.wait(t, "/mnt/e"); err != nil {
+			t.Fatal(err)
+		}
+		s.EndDemand()
+		if took := time.Since(start); took >= quiet {
+			t.Errorf("eager walk took %v after its first chunk, want no wait for reads or the quiet period (%v)", took, quiet)
+		}
+		blob.mu.Lock()
+		defer blob.mu.Unlock()
+		if len(blob.reads) != 4 {
+			t.Errorf("reads at %v, want 4: each chunk once, while the read waited", blob.reads)
+		}
+	})
+}
+
+// A layer larger than Options.EagerBytes still yields to reads, and an
+// eager one still yields to mounts.
+func TestEagerLayerYieldsToMounts(t *testing.T) {
+	// In a bubble, synctest.Wait tells when the workers are blocked.
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBlob(t, 16, 1<<20, 4)
+		for _, tc := range []struct {
+			name  string
+			eager int64
+			stop  func(s *Scheduler) (resume func())
+		}{
+			{"mount stops an eager chunk", b.table.CompressedSize, func(s *Scheduler) func() { s.BeginMount(); return s.EndMount }},
+			{"read stops a chunk of a layer too large to be eager", b.table.CompressedSize - 1, func(s *Scheduler) func() { s.BeginDemand(); s.Preempt(); return s.EndDemand }},
+		} {
+			res := newResults()
+			s := newTestScheduler(Options{ChunkSize: 1, Workers: 1, EagerBytes: tc.eager}, res.onDone)
+			inFlight := make(chan struct{})
+			blob := &fakeBlob{data: b.blob, before: stopFirstFetch(inFlight)}
+			l, _ := layerOf("/mnt/y", b, blob)
+			s.Enqueue(context.Background(), l)
+			<-inFlight
+			resume := tc.stop(s)
+			synctest.Wait()
+			blob.mu.Lock()
+			n := len(blob.reads)
+			blob.mu.Unlock()
+			if n != 1 {
+				t.Errorf("%s: %d range requests while held, want only the stopped one", tc.name, n)
+			}
+			resume()
+			if err := res.wait(t, "/mnt/y"); err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			if len(blob.reads) != 5 {
+				t.Errorf("%s: %d reads, want the stopped chunk again and the other 3", tc.name, len(blob.reads))
+			}
+			s.Close()
 		}
 	})
 }
