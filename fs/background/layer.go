@@ -350,8 +350,12 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 
 // eager reports whether l is walked without yielding to reads (see
 // Options.EagerBytes).
-func (s *Scheduler) eager(l Layer) bool {
-	return s.opts.EagerBytes > 0 && l.Table.CompressedSize <= s.opts.EagerBytes
+func (s *Scheduler) eager(l Layer) bool { return s.Eager(l.Table.CompressedSize) }
+
+// Eager reports whether a layer blob of size compressed bytes is walked
+// without yielding to reads (see Options.EagerBytes).
+func (s *Scheduler) Eager(size int64) bool {
+	return s.opts.EagerBytes > 0 && size <= s.opts.EagerBytes
 }
 
 // pendingChunk is a chunk whose spans the stream check is to load.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -105,6 +106,15 @@ type Options struct {
 	// They are started once the read that missed has its own spans
 	// (demand first).
 	Neighbours int64
+	// RestOnMiss: once a read has missed the cache, every span not cached
+	// nor on its way is fetched too, in parallel requests of at most
+	// ReadAheadRequest, once that read has its own spans (demand first);
+	// fetched once per Manager. For a layer that is about to be fetched
+	// whole anyway (a small one the background walk takes eagerly): a
+	// program whose reads miss in it needs much of it, and the parallel
+	// requests fill a link that the walk's single stream leaves partly
+	// idle.
+	RestOnMiss bool
 	// SplitRequest, when > 0, splits a fetch of more compressed bytes than
 	// that into up to MaxSplit parallel range requests of about that size
 	// each (MaxSplit default 4): a read waiting for a 4 MiB span then gets
@@ -157,6 +167,7 @@ type Manager struct {
 	c        *core
 	ahead    *readAhead
 	near     *neighbours
+	rest     atomic.Bool // RestOnMiss still to do
 	loader   Loader
 	observer Observer
 	demand   Demand
@@ -178,8 +189,10 @@ func New(opts Options) (*Manager, error) {
 		return nil, fmt.Errorf("new span manager for %s: %w: %w", opts.CacheKey, errdefs.ErrInvalidArgument, err)
 	}
 	c := newCore(opts)
-	return &Manager{c: c, ahead: newReadAhead(opts), near: newNeighbours(opts), loader: Loader{c: c}, observer: opts.Observer, demand: opts.Demand, tracer: opts.Tracer,
-		prefetch: prefetchLimits{request: PrefetchRequestBytes, window: PrefetchWindowBytes}}, nil
+	m := &Manager{c: c, ahead: newReadAhead(opts), near: newNeighbours(opts), loader: Loader{c: c}, observer: opts.Observer, demand: opts.Demand, tracer: opts.Tracer,
+		prefetch: prefetchLimits{request: PrefetchRequestBytes, window: PrefetchWindowBytes}}
+	m.rest.Store(opts.RestOnMiss)
+	return m, nil
 }
 
 func (o Options) check() error {
@@ -237,6 +250,11 @@ func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error)
 	}
 	if calls != nil {
 		defer m.ahead.done() // only a read that waited can have paused
+		if m.rest.Load() && m.rest.CompareAndSwap(true, false) {
+			defer func() { // after the read's own spans
+				c.fetchAhead(ctx, 0, len(c.table.Spans)-1, m.ahead.req)
+			}()
+		}
 		if near := m.near.next(c.table, first, last); near != nil {
 			defer func() { // after the read's own spans
 				for _, r := range near {

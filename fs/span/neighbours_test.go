@@ -100,3 +100,46 @@ func TestNeighboursAfterDemand(t *testing.T) {
 		t.Errorf("fetches per span = %v, want spans 0-4 (around 0 and 3)", got)
 	}
 }
+
+// TestRestOnMiss: a read that hits the cache fetches nothing; the first
+// miss fetches every other span not cached, once; later misses nothing
+// more (there are none: spans failed meanwhile are not asked again).
+func TestRestOnMiss(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		rest bool
+		want []int
+	}{
+		{"on", true, []int{1, 1, 1, 1, 1, 1}},
+		{"off", false, []int{1, 0, 0, 1, 0, 1}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			l := buildLayer(t, 44, []int{1000, 1000, 1000, 1000, 1000, 1000}, false)
+			f := &fakeFetcher{blob: l.blob}
+			mem := cache.NewMemory()
+			m := newManager(t, l, f, mem, func(o *Options) { o.RestOnMiss = c.rest; o.ReadAheadRequest = 1 })
+			p := make([]byte, 100)
+			// Span 0 cached by an earlier manager: a hit fetches nothing.
+			warm := newManager(t, l, f, mem, nil)
+			if _, err := warm.FetchAt(t.Context(), p, 0); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.FetchAt(t.Context(), p, 100); err != nil {
+				t.Fatal(err)
+			}
+			m.c.wg.Wait()
+			if got := f.fetchesPerSpan(l.table); !slices.Equal(got, []int{1, 0, 0, 0, 0, 0}) {
+				t.Fatalf("after a hit: fetches per span = %v, want only the warm-up's", got)
+			}
+			for _, off := range []int64{3000, 5000} {
+				if n, err := m.FetchAt(t.Context(), p, off); n != len(p) || err != nil {
+					t.Fatalf("FetchAt(%d) = %d, %v", off, n, err)
+				}
+				m.c.wg.Wait()
+			}
+			if got := f.fetchesPerSpan(l.table); !slices.Equal(got, c.want) {
+				t.Errorf("fetches per span = %v, want %v", got, c.want)
+			}
+		})
+	}
+}
