@@ -326,10 +326,6 @@ func (f *FS) spanOptions(t source.Target, l *index.Layer, ztoc digest.Digest, bl
 		// A program loading its modules one after another misses at
 		// scattered places; once it has, fetch around each miss.
 		Neighbours: f.opts.NeighbourBytes,
-		// A layer small enough for the background walk to take it whole
-		// at once (background.Options.EagerBytes): its first miss also
-		// fetches the rest beside the walk's one stream.
-		RestOnMiss: f.bg != nil && f.bg.Eager(l.Spans.CompressedSize),
 		// A read waiting for a span gets it over parallel connections.
 		SplitRequest: 1 << 20,
 	}
@@ -338,6 +334,11 @@ func (f *FS) spanOptions(t source.Target, l *index.Layer, ztoc digest.Digest, bl
 	}
 	if f.bg != nil {
 		so.Demand = f.bg
+		// A layer small enough for the background walk to take it whole
+		// at once (background.Options.EagerBytes, EagerTime): its first
+		// miss also fetches the rest beside the walk's one stream.
+		bg, size := f.bg, l.Spans.CompressedSize
+		so.RestOnMiss = func() bool { return bg.Eager(size) }
 	}
 	return so
 }

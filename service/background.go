@@ -34,6 +34,9 @@ const (
 	// is walked without yielding to reads (background.Options.EagerBytes):
 	// about 1.3 s of a 200 Mbit/s link.
 	backgroundEagerBytes = 32 << 20
+	// backgroundEagerTime: ... and crosses the link, at the rate the
+	// walk measured, within this (background.Options.EagerTime).
+	backgroundEagerTime = 2 * time.Second
 )
 
 // backgroundOptions maps [background_fetch] onto the scheduler's options;
@@ -49,6 +52,7 @@ func backgroundOptions(cfg *config.Config) *background.Options {
 		Delay:        min(max(b.SilencePeriodMsec.Duration(), 0), cfg.Limits.BackgroundMaxDelayMsec.Duration()),
 		Quiet:        backgroundQuiet,
 		EagerBytes:   backgroundEagerBytes,
+		EagerTime:    backgroundEagerTime,
 		RetryWait:    min(b.FetchPeriodMsec.Duration(), maxBackgroundRetryWait),
 		FetchTimeout: spanFetchTimeout(cfg),
 		MaxQueue:     max(b.MaxQueueSize, 0),

@@ -228,6 +228,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 				break
 			}
 		}
+		eager = s.eager(l) // the link's rate may have been measured since
 		if err := s.waitIdle(ctx, eager, settle); err != nil {
 			return res, err
 		}
@@ -352,10 +353,20 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 // Options.EagerBytes).
 func (s *Scheduler) eager(l Layer) bool { return s.Eager(l.Table.CompressedSize) }
 
+// rateMinBytes: a walk chunk at least this long measures the link's rate
+// (a shorter one mostly measures the round trip).
+const rateMinBytes = 256 << 10
+
 // Eager reports whether a layer blob of size compressed bytes is walked
-// without yielding to reads (see Options.EagerBytes).
+// without yielding to reads (see Options.EagerBytes and EagerTime): it is
+// small enough, and at the rate the last walk chunk of the node measured
+// (none yet: assumed fast enough) it crosses the link within EagerTime.
 func (s *Scheduler) Eager(size int64) bool {
-	return s.opts.EagerBytes > 0 && size <= s.opts.EagerBytes
+	if s.opts.EagerBytes <= 0 || size > s.opts.EagerBytes {
+		return false
+	}
+	rate := s.rate.Load()
+	return s.opts.EagerTime <= 0 || rate <= 0 || float64(size)/float64(rate) <= s.opts.EagerTime.Seconds()
 }
 
 // pendingChunk is a chunk whose spans the stream check is to load.
@@ -439,6 +450,9 @@ func (s *Scheduler) fetch(ctx context.Context, blob span.Fetcher, buf []byte, of
 	defer cancel()
 	start := time.Now()
 	err := span.ReadFull(ctx, blob, buf, off)
+	if took := time.Since(start); err == nil && len(buf) >= rateMinBytes && took > 0 {
+		s.rate.Store(int64(float64(len(buf)) / took.Seconds()))
+	}
 	log.G(ctx).WithError(err).WithField("offset", off).WithField("bytes", len(buf)).WithField("took", time.Since(start)).
 		Debug("background chunk fetched") // the timeline of the link, beside "range read" and "spans fetched"
 	return err

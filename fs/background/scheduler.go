@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/log"
@@ -102,6 +103,11 @@ type Options struct {
 	// Reads of the spans the walk reserved wait for its chunk; reads of
 	// others fetch them beside it.
 	EagerBytes int64
+	// EagerTime, when > 0, also bounds an eager layer by the link: its
+	// blob must cross it within EagerTime at the rate the node's last walk
+	// chunk measured (before any was: assumed fast enough), so that on a
+	// slow link a walk does not take a share of it from reads for long.
+	EagerTime time.Duration
 	// OnIdle, if set, is called (on a worker, without locks held) each
 	// time a layer's walk ends and no other layer is being walked or
 	// waiting: the walks' transient memory is then garbage, which the
@@ -131,6 +137,10 @@ type Scheduler struct {
 	// (blob digest, and with a file table the cross-check). It is not
 	// called for canceled or dropped layers.
 	onDone func(key string, err error)
+
+	// rate is the link's rate in bytes per second, as the last walk chunk
+	// of at least rateMinBytes measured it (0: none yet); see EagerTime.
+	rate atomic.Int64
 
 	demandMu sync.Mutex
 	demand   int

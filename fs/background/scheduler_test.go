@@ -955,3 +955,53 @@ func TestEagerLayerYieldsToMounts(t *testing.T) {
 		}
 	})
 }
+
+// On a link too slow for the layer to cross it within Options.EagerTime
+// at the rate its first chunk measured, the walk yields to reads again.
+func TestEagerNeedsFastLink(t *testing.T) {
+	// In a bubble the link's pace is a fake clock, and synctest.Wait tells
+	// when the workers are blocked.
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBlob(t, 17, 4<<20, 4)
+		res := newResults()
+		s := newTestScheduler(Options{ChunkSize: 1, Workers: 1, EagerBytes: b.table.CompressedSize, EagerTime: time.Second}, res.onDone)
+		defer s.Close()
+		if !s.Eager(b.table.CompressedSize) {
+			t.Fatal("not eager before any rate was measured")
+		}
+		inFlight := make(chan struct{})
+		var n atomic.Int32
+		var stopped atomic.Bool
+		blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
+			switch n.Add(1) {
+			case 1: // a quarter of the layer a second: 4 s for all of it
+				time.Sleep(time.Second)
+			case 2:
+				close(inFlight)
+				<-ctx.Done()
+				stopped.Store(true)
+				return ctx.Err()
+			}
+			return nil
+		}}
+		l, _ := layerOf("/mnt/s", b, blob)
+		s.Enqueue(context.Background(), l)
+		<-inFlight
+		if s.Eager(b.table.CompressedSize) {
+			t.Error("eager at the measured rate: the layer takes 4 s, EagerTime is 1 s")
+		}
+		s.Preempt() // a read misses: the chunk in flight stops
+		synctest.Wait()
+		if !stopped.Load() {
+			t.Fatal("a read did not stop the chunk of a layer the link is too slow for")
+		}
+		if err := res.wait(t, "/mnt/s"); err != nil {
+			t.Fatal(err)
+		}
+		blob.mu.Lock()
+		defer blob.mu.Unlock()
+		if len(blob.reads) != 5 {
+			t.Errorf("reads at %v, want 5: the stopped chunk again", blob.reads)
+		}
+	})
+}

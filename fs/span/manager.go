@@ -106,15 +106,15 @@ type Options struct {
 	// They are started once the read that missed has its own spans
 	// (demand first).
 	Neighbours int64
-	// RestOnMiss: once a read has missed the cache, every span not cached
-	// nor on its way is fetched too, in parallel requests of at most
-	// ReadAheadRequest, once that read has its own spans (demand first);
-	// fetched once per Manager. For a layer that is about to be fetched
-	// whole anyway (a small one the background walk takes eagerly): a
-	// program whose reads miss in it needs much of it, and the parallel
-	// requests fill a link that the walk's single stream leaves partly
-	// idle.
-	RestOnMiss bool
+	// RestOnMiss, if set, is asked at the first read that misses the
+	// cache; when it says so, every span not cached nor on its way is
+	// fetched too, in parallel requests of at most ReadAheadRequest, once
+	// that read has its own spans (demand first). Asked once per Manager.
+	// For a layer that is about to be fetched whole anyway (a small one
+	// the background walk takes eagerly): a program whose reads miss in it
+	// needs much of it, and the parallel requests fill a link that the
+	// walk's single stream leaves partly idle.
+	RestOnMiss func() bool
 	// SplitRequest, when > 0, splits a fetch of more compressed bytes than
 	// that into up to MaxSplit parallel range requests of about that size
 	// each (MaxSplit default 4): a read waiting for a 4 MiB span then gets
@@ -167,7 +167,8 @@ type Manager struct {
 	c        *core
 	ahead    *readAhead
 	near     *neighbours
-	rest     atomic.Bool // RestOnMiss still to do
+	rest     func() bool // Options.RestOnMiss
+	asked    atomic.Bool // rest was asked
 	loader   Loader
 	observer Observer
 	demand   Demand
@@ -191,7 +192,7 @@ func New(opts Options) (*Manager, error) {
 	c := newCore(opts)
 	m := &Manager{c: c, ahead: newReadAhead(opts), near: newNeighbours(opts), loader: Loader{c: c}, observer: opts.Observer, demand: opts.Demand, tracer: opts.Tracer,
 		prefetch: prefetchLimits{request: PrefetchRequestBytes, window: PrefetchWindowBytes}}
-	m.rest.Store(opts.RestOnMiss)
+	m.rest = opts.RestOnMiss
 	return m, nil
 }
 
@@ -250,7 +251,7 @@ func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error)
 	}
 	if calls != nil {
 		defer m.ahead.done() // only a read that waited can have paused
-		if m.rest.Load() && m.rest.CompareAndSwap(true, false) {
+		if m.rest != nil && !m.asked.Load() && m.asked.CompareAndSwap(false, true) && m.rest() {
 			defer func() { // after the read's own spans
 				c.fetchAhead(ctx, 0, len(c.table.Spans)-1, m.ahead.req)
 			}()

@@ -117,7 +117,7 @@ func TestRestOnMiss(t *testing.T) {
 			l := buildLayer(t, 44, []int{1000, 1000, 1000, 1000, 1000, 1000}, false)
 			f := &fakeFetcher{blob: l.blob}
 			mem := cache.NewMemory()
-			m := newManager(t, l, f, mem, func(o *Options) { o.RestOnMiss = c.rest; o.ReadAheadRequest = 1 })
+			m := newManager(t, l, f, mem, func(o *Options) { o.RestOnMiss = func() bool { return c.rest }; o.ReadAheadRequest = 1 })
 			p := make([]byte, 100)
 			// Span 0 cached by an earlier manager: a hit fetches nothing.
 			warm := newManager(t, l, f, mem, nil)
