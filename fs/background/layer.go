@@ -355,7 +355,7 @@ func (s *Scheduler) eager(l Layer) bool { return s.Eager(l.Table.CompressedSize)
 
 // rateMinBytes: a walk chunk at least this long measures the link's rate
 // (a shorter one mostly measures the round trip).
-const rateMinBytes = 256 << 10
+const rateMinBytes = 1 << 20
 
 // Eager reports whether a layer blob of size compressed bytes is walked
 // without yielding to reads (see Options.EagerBytes and EagerTime): it is

@@ -962,7 +962,7 @@ func TestEagerNeedsFastLink(t *testing.T) {
 	// In a bubble the link's pace is a fake clock, and synctest.Wait tells
 	// when the workers are blocked.
 	synctest.Test(t, func(t *testing.T) {
-		b := newTestBlob(t, 17, 4<<20, 4)
+		b := newTestBlob(t, 17, 8<<20, 4)
 		res := newResults()
 		s := newTestScheduler(Options{ChunkSize: 1, Workers: 1, EagerBytes: b.table.CompressedSize, EagerTime: time.Second}, res.onDone)
 		defer s.Close()
