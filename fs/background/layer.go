@@ -130,6 +130,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 	t := l.Table
 	h := l.Digest.Algorithm().Hash()
 	eager := s.eager(l)
+	defer s.releaseEager(l.Key)
 	var res walkResult
 	var hashed int64 // the blob is hashed up to there
 	whole := true    // every byte so far went through h
@@ -349,22 +350,55 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 	return res, nil
 }
 
-// eager reports whether l is walked without yielding to reads (see
-// Options.EagerBytes).
-func (s *Scheduler) eager(l Layer) bool { return s.Eager(l.Table.CompressedSize) }
+// eager reports whether l is walked without yielding to reads now (see
+// Options.EagerBytes and EagerTime), claiming its share of EagerBytes
+// when there is room: the layers walked eagerly on the node together are
+// at most EagerBytes. The walk gives the claim back when it ends
+// (releaseEager).
+func (s *Scheduler) eager(l Layer) bool {
+	size := l.Table.CompressedSize
+	if s.opts.EagerBytes <= 0 || size > s.opts.EagerBytes {
+		return false
+	}
+	s.eagerMu.Lock()
+	_, held := s.eagerKeys[l.Key]
+	if !held && s.eagerHeld+size <= s.opts.EagerBytes {
+		s.eagerKeys[l.Key] = size
+		s.eagerHeld += size
+		held = true
+	}
+	s.eagerMu.Unlock()
+	return held && s.fastEnough(size)
+}
+
+// releaseEager gives back the claim of the walk of key, if any.
+func (s *Scheduler) releaseEager(key string) {
+	s.eagerMu.Lock()
+	if size, ok := s.eagerKeys[key]; ok {
+		s.eagerHeld -= size
+		delete(s.eagerKeys, key)
+	}
+	s.eagerMu.Unlock()
+}
+
+// WalksEagerly reports whether the layer mounted at key is being walked
+// eagerly (see Options.EagerBytes): the walk has begun and holds its claim,
+// and the link is fast enough for it.
+func (s *Scheduler) WalksEagerly(key string) bool {
+	s.eagerMu.Lock()
+	size, ok := s.eagerKeys[key]
+	s.eagerMu.Unlock()
+	return ok && s.fastEnough(size)
+}
 
 // rateMinBytes: a walk chunk at least this long measures the link's rate
 // (a shorter one mostly measures the round trip).
 const rateMinBytes = 1 << 20
 
-// Eager reports whether a layer blob of size compressed bytes is walked
-// without yielding to reads (see Options.EagerBytes and EagerTime): it is
-// small enough, and at the rate the last walk chunk of the node measured
-// (none yet: assumed fast enough) it crosses the link within EagerTime.
-func (s *Scheduler) Eager(size int64) bool {
-	if s.opts.EagerBytes <= 0 || size > s.opts.EagerBytes {
-		return false
-	}
+// fastEnough reports whether size compressed bytes cross the link within
+// Options.EagerTime at the rate the node's last walk chunk measured (none
+// yet: assumed so).
+func (s *Scheduler) fastEnough(size int64) bool {
 	rate := s.rate.Load()
 	return s.opts.EagerTime <= 0 || rate <= 0 || float64(size)/float64(rate) <= s.opts.EagerTime.Seconds()
 }

@@ -103,6 +103,8 @@ type Options struct {
 	// Reads of the spans the walk reserved wait for its chunk; reads of
 	// others fetch them beside it.
 	EagerBytes int64
+	// (The layers walked eagerly at once are at most EagerBytes together:
+	// a layer whose share does not fit yields to reads until it does.)
 	// EagerTime, when > 0, also bounds an eager layer by the link: its
 	// blob must cross it within EagerTime at the rate the node's last walk
 	// chunk measured (before any was: assumed fast enough), so that on a
@@ -137,6 +139,12 @@ type Scheduler struct {
 	// (blob digest, and with a file table the cross-check). It is not
 	// called for canceled or dropped layers.
 	onDone func(key string, err error)
+
+	// eagerKeys are the layers (by key) walked eagerly, with their sizes;
+	// eagerHeld is their sum (at most Options.EagerBytes).
+	eagerMu   sync.Mutex
+	eagerKeys map[string]int64
+	eagerHeld int64
 
 	// rate is the link's rate in bytes per second, as the last walk chunk
 	// of at least rateMinBytes measured it (0: none yet); see EagerTime.
@@ -189,7 +197,7 @@ func New(opts Options) *Scheduler {
 	}
 	s := &Scheduler{
 		opts: opts, markers: NewMarkers(opts.StateDir), mem: newBudget(opts.MaxMemory), active: map[string]*job{}, done: map[string]bool{},
-		changed: make(chan struct{}), idle: make(chan struct{}),
+		changed: make(chan struct{}), idle: make(chan struct{}), eagerKeys: map[string]int64{},
 	}
 	close(s.idle)
 	s.noMounts = make(chan struct{})

@@ -892,6 +892,9 @@ func TestEagerLayerIgnoresReads(t *testing.T) {
 		l, _ := layerOf("/mnt/e", b, blob)
 		s.Enqueue(context.Background(), l)
 		<-inFlight
+		if !s.WalksEagerly("/mnt/e") {
+			t.Error("not eager before any rate was measured")
+		}
 		s.BeginDemand() // a read misses while the first chunk is in flight
 		s.Preempt()
 		synctest.Wait()
@@ -904,6 +907,9 @@ func TestEagerLayerIgnoresReads(t *testing.T) {
 			t.Fatal(err)
 		}
 		s.EndDemand()
+		if s.WalksEagerly("/mnt/e") {
+			t.Error("still eager after its walk ended")
+		}
 		if took := time.Since(start); took >= quiet {
 			t.Errorf("eager walk took %v after its first chunk, want no wait for reads or the quiet period (%v)", took, quiet)
 		}
@@ -966,9 +972,6 @@ func TestEagerNeedsFastLink(t *testing.T) {
 		res := newResults()
 		s := newTestScheduler(Options{ChunkSize: 1, Workers: 1, EagerBytes: b.table.CompressedSize, EagerTime: time.Second}, res.onDone)
 		defer s.Close()
-		if !s.Eager(b.table.CompressedSize) {
-			t.Fatal("not eager before any rate was measured")
-		}
 		inFlight := make(chan struct{})
 		var n atomic.Int32
 		var stopped atomic.Bool
@@ -987,7 +990,7 @@ func TestEagerNeedsFastLink(t *testing.T) {
 		l, _ := layerOf("/mnt/s", b, blob)
 		s.Enqueue(context.Background(), l)
 		<-inFlight
-		if s.Eager(b.table.CompressedSize) {
+		if s.WalksEagerly("/mnt/s") {
 			t.Error("eager at the measured rate: the layer takes 4 s, EagerTime is 1 s")
 		}
 		s.Preempt() // a read misses: the chunk in flight stops
@@ -1002,6 +1005,61 @@ func TestEagerNeedsFastLink(t *testing.T) {
 		defer blob.mu.Unlock()
 		if len(blob.reads) != 5 {
 			t.Errorf("reads at %v, want 5: the stopped chunk again", blob.reads)
+		}
+	})
+}
+
+// The layers walked eagerly at once fit in Options.EagerBytes together: of
+// two that do not, one yields to reads until the other's walk ends.
+func TestEagerBytesNodeWide(t *testing.T) {
+	// In a bubble, synctest.Wait tells when the workers are blocked.
+	synctest.Test(t, func(t *testing.T) {
+		ba, bb := newTestBlob(t, 18, 256<<10, 2), newTestBlob(t, 19, 256<<10, 2)
+		res := newResults()
+		s := newTestScheduler(Options{ChunkSize: 1, Workers: 2, EagerBytes: max(ba.table.CompressedSize, bb.table.CompressedSize)}, res.onDone)
+		defer s.Close()
+		inFlight, letGo := make(chan string, 2), make(chan struct{})
+		var stopped sync.Map
+		mk := func(b testBlob, key string) Layer {
+			var once sync.Once
+			blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
+				first := false
+				once.Do(func() { first = true })
+				if !first {
+					return nil
+				}
+				inFlight <- key
+				select {
+				case <-ctx.Done():
+					stopped.Store(key, true)
+					return ctx.Err()
+				case <-letGo:
+					return nil
+				}
+			}}
+			l, _ := layerOf(key, b, blob)
+			return l
+		}
+		s.Enqueue(context.Background(), mk(ba, "/mnt/a"))
+		s.Enqueue(context.Background(), mk(bb, "/mnt/b"))
+		<-inFlight
+		<-inFlight
+		eagerA, eagerB := s.WalksEagerly("/mnt/a"), s.WalksEagerly("/mnt/b")
+		if eagerA == eagerB {
+			t.Fatalf("eager walks: a %v, b %v; want exactly one (EagerBytes fits one)", eagerA, eagerB)
+		}
+		s.Preempt()
+		synctest.Wait()
+		_, stoppedA := stopped.Load("/mnt/a")
+		_, stoppedB := stopped.Load("/mnt/b")
+		if stoppedA == eagerA || stoppedB == eagerB {
+			t.Errorf("stopped by a read: a %v, b %v; want only the walk that is not eager", stoppedA, stoppedB)
+		}
+		close(letGo)
+		for _, key := range []string{"/mnt/a", "/mnt/b"} {
+			if err := res.wait(t, key); err != nil {
+				t.Fatalf("%s: %v", key, err)
+			}
 		}
 	})
 }
