@@ -182,8 +182,8 @@ func TestSpanCacheKeyBindsZTOC(t *testing.T) {
 	t.Cleanup(func() { f.Close() })
 	tg := source.Target{LayerDigest: digest.FromString("layer")}
 	l := &index.Layer{}
-	a := f.spanOptions("/mnt/x", tg, l, digest.FromString("ztoc a"), nil).CacheKey
-	b := f.spanOptions("/mnt/x", tg, l, digest.FromString("ztoc b"), nil).CacheKey
+	a := f.spanOptions(tg, l, digest.FromString("ztoc a"), nil).CacheKey
+	b := f.spanOptions(tg, l, digest.FromString("ztoc b"), nil).CacheKey
 	if a == b || strings.HasPrefix(a, b) || strings.HasPrefix(b, a) {
 		t.Fatalf("cache keys %q and %q overlap", a, b)
 	}
@@ -192,7 +192,7 @@ func TestSpanCacheKeyBindsZTOC(t *testing.T) {
 			t.Fatalf("cache key %q not under the layer's digest", k)
 		}
 	}
-	if lim := f.spanOptions("/mnt/x", tg, l, digest.FromString("ztoc a"), nil).Limit; lim == nil || lim != f.decompress || lim.Max() != 1<<20 {
+	if lim := f.spanOptions(tg, l, digest.FromString("ztoc a"), nil).Limit; lim == nil || lim != f.decompress || lim.Max() != 1<<20 {
 		t.Fatal("span manager does not share the FS's decompression limit")
 	}
 }

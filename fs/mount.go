@@ -222,7 +222,7 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 	if lm != nil {
 		blob = observedBlob{Fetcher: blob, o: lm}
 	}
-	so := f.spanOptions(mountpoint, t, l, ztoc, blob)
+	so := f.spanOptions(t, l, ztoc, blob)
 	if lm != nil {
 		so.Observer = lm
 	}
@@ -310,7 +310,7 @@ func (f *FS) mountConfig(ctx context.Context) layer.MountConfig {
 // decompressed bytes depend on the zTOC's checkpoint windows, which the span
 // digests do not cover, so a zTOC must never read spans another zTOC of
 // the layer produced.
-func (f *FS) spanOptions(mountpoint string, t source.Target, l *index.Layer, ztoc digest.Digest, blob span.Fetcher) span.Options {
+func (f *FS) spanOptions(t source.Target, l *index.Layer, ztoc digest.Digest, blob span.Fetcher) span.Options {
 	so := span.Options{
 		Table: l.Spans, Fetcher: blob, Cache: f.cache, Decompressor: l,
 		CacheKey: cacheKey(t.LayerDigest.String(), ztoc), FetchTimeout: f.opts.FetchTimeout,
@@ -334,11 +334,6 @@ func (f *FS) spanOptions(mountpoint string, t source.Target, l *index.Layer, zto
 	}
 	if f.bg != nil {
 		so.Demand = f.bg
-		// A layer small enough for the background walk to take it whole
-		// at once (background.Options.EagerBytes, EagerTime): its first
-		// miss also fetches the rest beside the walk's one stream.
-		bg := f.bg
-		so.RestOnMiss = func() bool { return bg.WalksEagerly(mountpoint) }
 	}
 	return so
 }

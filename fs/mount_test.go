@@ -68,7 +68,7 @@ func TestMountConfig(t *testing.T) {
 func TestSpanOptionsVerifyRetries(t *testing.T) {
 	f := newTestFS(t)
 	f.opts.VerifyRetries = 4
-	if got := f.spanOptions("/mnt/x", source.Target{}, &index.Layer{}, digest.FromString("z"), nil).VerifyRetries; got != 4 {
+	if got := f.spanOptions(source.Target{}, &index.Layer{}, digest.FromString("z"), nil).VerifyRetries; got != 4 {
 		t.Errorf("span options VerifyRetries %d, want 4", got)
 	}
 }

@@ -381,10 +381,10 @@ func (s *Scheduler) releaseEager(key string) {
 	s.eagerMu.Unlock()
 }
 
-// WalksEagerly reports whether the layer mounted at key is being walked
+// walksEagerly reports whether the layer queued under key is being walked
 // eagerly (see Options.EagerBytes): the walk has begun and holds its claim,
 // and the link is fast enough for it.
-func (s *Scheduler) WalksEagerly(key string) bool {
+func (s *Scheduler) walksEagerly(key string) bool {
 	s.eagerMu.Lock()
 	size, ok := s.eagerKeys[key]
 	s.eagerMu.Unlock()

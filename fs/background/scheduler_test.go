@@ -892,7 +892,7 @@ func TestEagerLayerIgnoresReads(t *testing.T) {
 		l, _ := layerOf("/mnt/e", b, blob)
 		s.Enqueue(context.Background(), l)
 		<-inFlight
-		if !s.WalksEagerly("/mnt/e") {
+		if !s.walksEagerly("/mnt/e") {
 			t.Error("not eager before any rate was measured")
 		}
 		s.BeginDemand() // a read misses while the first chunk is in flight
@@ -907,7 +907,7 @@ func TestEagerLayerIgnoresReads(t *testing.T) {
 			t.Fatal(err)
 		}
 		s.EndDemand()
-		if s.WalksEagerly("/mnt/e") {
+		if s.walksEagerly("/mnt/e") {
 			t.Error("still eager after its walk ended")
 		}
 		if took := time.Since(start); took >= quiet {
@@ -990,7 +990,7 @@ func TestEagerNeedsFastLink(t *testing.T) {
 		l, _ := layerOf("/mnt/s", b, blob)
 		s.Enqueue(context.Background(), l)
 		<-inFlight
-		if s.WalksEagerly("/mnt/s") {
+		if s.walksEagerly("/mnt/s") {
 			t.Error("eager at the measured rate: the layer takes 4 s, EagerTime is 1 s")
 		}
 		s.Preempt() // a read misses: the chunk in flight stops
@@ -1044,7 +1044,7 @@ func TestEagerBytesNodeWide(t *testing.T) {
 		s.Enqueue(context.Background(), mk(bb, "/mnt/b"))
 		<-inFlight
 		<-inFlight
-		eagerA, eagerB := s.WalksEagerly("/mnt/a"), s.WalksEagerly("/mnt/b")
+		eagerA, eagerB := s.walksEagerly("/mnt/a"), s.walksEagerly("/mnt/b")
 		if eagerA == eagerB {
 			t.Fatalf("eager walks: a %v, b %v; want exactly one (EagerBytes fits one)", eagerA, eagerB)
 		}

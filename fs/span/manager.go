@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -106,15 +105,6 @@ type Options struct {
 	// They are started once the read that missed has its own spans
 	// (demand first).
 	Neighbours int64
-	// RestOnMiss, if set, is asked at the first read that misses the
-	// cache; when it says so, every span not cached nor on its way is
-	// fetched too, in parallel requests of at most ReadAheadRequest, once
-	// that read has its own spans (demand first). Asked once per Manager.
-	// For a layer that is about to be fetched whole anyway (a small one
-	// the background walk takes eagerly): a program whose reads miss in it
-	// needs much of it, and the parallel requests fill a link that the
-	// walk's single stream leaves partly idle.
-	RestOnMiss func() bool
 	// SplitRequest, when > 0, splits a fetch of more compressed bytes than
 	// that into up to MaxSplit parallel range requests of about that size
 	// each (MaxSplit default 4): a read waiting for a 4 MiB span then gets
@@ -167,8 +157,6 @@ type Manager struct {
 	c        *core
 	ahead    *readAhead
 	near     *neighbours
-	rest     func() bool // Options.RestOnMiss
-	asked    atomic.Bool // rest was asked
 	loader   Loader
 	observer Observer
 	demand   Demand
@@ -190,10 +178,8 @@ func New(opts Options) (*Manager, error) {
 		return nil, fmt.Errorf("new span manager for %s: %w: %w", opts.CacheKey, errdefs.ErrInvalidArgument, err)
 	}
 	c := newCore(opts)
-	m := &Manager{c: c, ahead: newReadAhead(opts), near: newNeighbours(opts), loader: Loader{c: c}, observer: opts.Observer, demand: opts.Demand, tracer: opts.Tracer,
-		prefetch: prefetchLimits{request: PrefetchRequestBytes, window: PrefetchWindowBytes}}
-	m.rest = opts.RestOnMiss
-	return m, nil
+	return &Manager{c: c, ahead: newReadAhead(opts), near: newNeighbours(opts), loader: Loader{c: c}, observer: opts.Observer, demand: opts.Demand, tracer: opts.Tracer,
+		prefetch: prefetchLimits{request: PrefetchRequestBytes, window: PrefetchWindowBytes}}, nil
 }
 
 func (o Options) check() error {
@@ -251,11 +237,6 @@ func (m *Manager) FetchAt(ctx context.Context, p []byte, off int64) (int, error)
 	}
 	if calls != nil {
 		defer m.ahead.done() // only a read that waited can have paused
-		if m.rest != nil && !m.asked.Load() && m.asked.CompareAndSwap(false, true) && m.rest() {
-			defer func() { // after the read's own spans
-				c.fetchAhead(ctx, 0, len(c.table.Spans)-1, m.ahead.req)
-			}()
-		}
 		if near := m.near.next(c.table, first, last); near != nil {
 			defer func() { // after the read's own spans
 				for _, r := range near {
