@@ -101,10 +101,10 @@ type Options struct {
 	// stop the one stream that keeps the link busy: the link then idles
 	// between their misses, and the preempted chunk is fetched twice.
 	// Reads of the spans the walk reserved wait for its chunk; reads of
-	// others fetch them beside it.
+	// others fetch them beside it. The layers walked eagerly at once are
+	// at most EagerBytes together: a layer whose share does not fit
+	// yields to reads until it does.
 	EagerBytes int64
-	// (The layers walked eagerly at once are at most EagerBytes together:
-	// a layer whose share does not fit yields to reads until it does.)
 	// EagerTime, when > 0, also bounds an eager layer by the link: its
 	// blob must cross it within EagerTime at the rate the node's last walk
 	// chunk measured (before any was: assumed fast enough), so that on a
