@@ -129,6 +129,8 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 	l := j.layer
 	t := l.Table
 	h := l.Digest.Algorithm().Hash()
+	eager := s.eager(l)
+	defer s.releaseEager(l.Key)
 	var res walkResult
 	var hashed int64 // the blob is hashed up to there
 	whole := true    // every byte so far went through h
@@ -227,7 +229,8 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 				break
 			}
 		}
-		if err := s.waitIdle(ctx, settle); err != nil {
+		eager = s.eager(l) // the link's rate may have been measured since
+		if err := s.waitIdle(ctx, eager, settle); err != nil {
 			return res, err
 		}
 		chunk := func(k int) (lo, hi int64) {
@@ -259,7 +262,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		}
 		lo, hi = chunk(k)
 		buf := make([]byte, hi-lo)
-		cctx, preempted, stop := s.chunkContext(ctx, func() bool { return l.Spans.Waited(i, k) })
+		cctx, preempted, stop := s.chunkContext(ctx, eager, func() bool { return l.Spans.Waited(i, k) })
 		err = s.fetch(cctx, l.Blob, buf, lo)
 		stop()
 		if err != nil {
@@ -322,7 +325,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		i, attempt = k+1, 1
 	}
 	if whole && hashed < t.CompressedSize { // the trailer after a local last span
-		n, err := s.hashGap(ctx, l.Blob, sink, hashed, t.CompressedSize, settle)
+		n, err := s.hashGap(ctx, l.Blob, sink, hashed, t.CompressedSize, eager, settle)
 		res.fetched += n
 		if err != nil {
 			return res, err
@@ -346,6 +349,61 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 	}
 	return res, nil
 }
+
+// eager reports whether l is walked without yielding to reads now (see
+// Options.EagerBytes and EagerTime), claiming its share of EagerBytes
+// when there is room: the layers walked eagerly on the node together are
+// at most EagerBytes. The walk gives the claim back when it ends
+// (releaseEager).
+func (s *Scheduler) eager(l Layer) bool {
+	size := l.Table.CompressedSize
+	if s.opts.EagerBytes <= 0 || size > s.opts.EagerBytes {
+		return false
+	}
+	s.eagerMu.Lock()
+	_, held := s.eagerKeys[l.Key]
+	if !held && s.eagerHeld+size <= s.opts.EagerBytes {
+		s.eagerKeys[l.Key] = size
+		s.eagerHeld += size
+		held = true
+	}
+	s.eagerMu.Unlock()
+	return held && s.fastEnough(size) && !s.fastLink()
+}
+
+// releaseEager gives back the claim of the walk of key, if any.
+func (s *Scheduler) releaseEager(key string) {
+	s.eagerMu.Lock()
+	if size, ok := s.eagerKeys[key]; ok {
+		s.eagerHeld -= size
+		delete(s.eagerKeys, key)
+	}
+	s.eagerMu.Unlock()
+}
+
+// walksEagerly reports whether the layer queued under key is being walked
+// eagerly (see Options.EagerBytes): the walk has begun and holds its claim,
+// and the link is fast enough for it.
+func (s *Scheduler) walksEagerly(key string) bool {
+	s.eagerMu.Lock()
+	size, ok := s.eagerKeys[key]
+	s.eagerMu.Unlock()
+	return ok && s.fastEnough(size) && !s.fastLink()
+}
+
+// fastEnough reports whether size compressed bytes cross the link within
+// Options.EagerTime at the rate Options.LinkRate reports (none: assumed
+// so).
+func (s *Scheduler) fastEnough(size int64) bool {
+	if s.opts.EagerTime <= 0 || s.opts.LinkRate == nil {
+		return true
+	}
+	rate, ok := s.opts.LinkRate()
+	return !ok || rate <= 0 || float64(size)/rate <= s.opts.EagerTime.Seconds()
+}
+
+// fastLink reports what Options.FastLink does (false without it).
+func (s *Scheduler) fastLink() bool { return s.opts.FastLink != nil && s.opts.FastLink() }
 
 // pendingChunk is a chunk whose spans the stream check is to load.
 type pendingChunk struct {
@@ -381,7 +439,7 @@ func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]by
 	c, ok := j.layer.Spans.Compressed(ctx, i)
 	switch {
 	case !ok && *hashed <= sp.CompressedEnd:
-		n, err := s.hashGap(ctx, j.layer.Blob, sink, *hashed, sp.CompressedEnd, settle)
+		n, err := s.hashGap(ctx, j.layer.Blob, sink, *hashed, sp.CompressedEnd, s.eager(j.layer), settle)
 		if err != nil {
 			return n, err
 		}
@@ -397,7 +455,7 @@ func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]by
 	var n int64
 	if *hashed < sp.CompressedStart {
 		var err error
-		if n, err = s.hashGap(ctx, j.layer.Blob, sink, *hashed, sp.CompressedStart, settle); err != nil {
+		if n, err = s.hashGap(ctx, j.layer.Blob, sink, *hashed, sp.CompressedStart, s.eager(j.layer), settle); err != nil {
 			return n, err
 		}
 		*hashed = sp.CompressedStart
@@ -408,9 +466,9 @@ func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]by
 }
 
 // hashGap fetches blob[from:to) and feeds it into h; settle is called
-// before it waits for the link.
-func (s *Scheduler) hashGap(ctx context.Context, blob span.Fetcher, sink func([]byte, func()), from, to int64, settle func()) (int64, error) {
-	if err := s.waitIdle(ctx, settle); err != nil {
+// before it waits for the link (eager: see Options.EagerBytes).
+func (s *Scheduler) hashGap(ctx context.Context, blob span.Fetcher, sink func([]byte, func()), from, to int64, eager bool, settle func()) (int64, error) {
+	if err := s.waitIdle(ctx, eager, settle); err != nil {
 		return 0, err
 	}
 	buf := make([]byte, to-from)

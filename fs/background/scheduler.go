@@ -104,6 +104,29 @@ type Options struct {
 	// the layer's result is logged: whoever serves that layer with that
 	// zTOC takes it out of service (span.Manager.Poison).
 	OnBad func(layer, ztoc digest.Digest, reason error)
+	// EagerBytes: a layer whose blob is at most this many compressed
+	// bytes is walked eagerly (0: none): its walk neither waits for
+	// demand reads nor for the quiet period after them, and reads do not
+	// preempt its chunks; it still yields to mounts. Such a layer costs
+	// the link about a second or two, and the reads of a program that
+	// needs most of it (imports scattered over the whole layer) otherwise
+	// stop the one stream that keeps the link busy: the link then idles
+	// between their misses, and the preempted chunk is fetched twice.
+	// Reads of the spans the walk reserved wait for its chunk; reads of
+	// others fetch them beside it. The layers walked eagerly at once are
+	// at most EagerBytes together: a layer whose share does not fit
+	// yields to reads until it does.
+	EagerBytes int64
+	// EagerTime, when > 0, also bounds an eager layer by the link: its
+	// blob must cross it within EagerTime at the rate LinkRate reports
+	// (without one: assumed fast enough), so that on a slow link a walk
+	// does not take a share of it from reads for long. On a fast link
+	// (FastLink) no layer is walked eagerly: reads are quick there, and
+	// the walk's CPU is better spent after the container started.
+	EagerTime time.Duration
+	// LinkRate, if set, reports the link's rate in bytes per second; ok
+	// is false before it is known.
+	LinkRate func() (bytesPerSecond float64, ok bool)
 	// OnIdle, if set, is called (on a worker, without locks held) each
 	// time a layer's walk ends and no other layer is being walked or
 	// waiting: the walks' transient memory is then garbage, which the
@@ -134,6 +157,12 @@ type Scheduler struct {
 	// called for canceled or dropped layers.
 	onDone func(key string, err error)
 
+	// eagerKeys are the layers (by key) walked eagerly, with their sizes;
+	// eagerHeld is their sum (at most Options.EagerBytes).
+	eagerMu   sync.Mutex
+	eagerKeys map[string]int64
+	eagerHeld int64
+
 	demandMu sync.Mutex
 	demand   int
 	idle     chan struct{} // closed while demand == 0 and mounts == 0
@@ -142,9 +171,13 @@ type Scheduler struct {
 	quietUntil time.Time
 	mounts     int // layers being mounted (BeginMount)
 	// round is canceled by a preemption (Preempt, BeginMount): the chunks
-	// fetched under it stop.
-	round       context.Context
-	cancelRound context.CancelFunc
+	// fetched under it stop. mountRound is canceled by BeginMount only:
+	// the chunks of eager walks (Options.EagerBytes) are fetched under it.
+	round            context.Context
+	cancelRound      context.CancelFunc
+	mountRound       context.Context
+	cancelMountRound context.CancelFunc
+	noMounts         chan struct{} // closed while mounts == 0
 }
 
 // job is one layer to complete.
@@ -179,10 +212,13 @@ func New(opts Options) *Scheduler {
 	}
 	s := &Scheduler{
 		opts: opts, markers: NewMarkers(opts.StateDir), mem: newBudget(opts.MaxMemory), active: map[string]*job{}, done: map[string]bool{},
-		changed: make(chan struct{}), idle: make(chan struct{}),
+		changed: make(chan struct{}), idle: make(chan struct{}), eagerKeys: map[string]int64{},
 	}
 	close(s.idle)
+	s.noMounts = make(chan struct{})
+	close(s.noMounts)
 	s.round, s.cancelRound = context.WithCancel(context.Background())
+	s.mountRound, s.cancelMountRound = context.WithCancel(context.Background())
 	s.life, s.stop = context.WithCancel(context.Background())
 	for range opts.Workers {
 		s.wg.Add(1)
@@ -305,7 +341,7 @@ func (s *Scheduler) EndDemand() {
 func (s *Scheduler) Preempt() {
 	s.demandMu.Lock()
 	s.lastEnd = time.Now()
-	s.preemptLocked()
+	s.preemptLocked(false)
 	s.demandMu.Unlock()
 }
 
@@ -319,7 +355,10 @@ func (s *Scheduler) Preempt() {
 func (s *Scheduler) BeginMount() {
 	s.demandMu.Lock()
 	s.busyLocked()
-	s.preemptLocked()
+	s.preemptLocked(true)
+	if s.mounts == 0 {
+		s.noMounts = make(chan struct{})
+	}
 	s.mounts++
 	s.demandMu.Unlock()
 }
@@ -327,7 +366,7 @@ func (s *Scheduler) BeginMount() {
 // EndMount ends what BeginMount began. On a fast link (Options.FastLink)
 // the workers then wait Options.MountQuiet, as after a demand.
 func (s *Scheduler) EndMount() {
-	fast := s.opts.FastLink != nil && s.opts.FastLink()
+	fast := s.fastLink()
 	s.demandMu.Lock()
 	s.mounts--
 	if fast {
@@ -336,6 +375,9 @@ func (s *Scheduler) EndMount() {
 			quiet = s.opts.Quiet
 		}
 		s.quietUntil = later(s.quietUntil, time.Now().Add(quiet))
+	}
+	if s.mounts == 0 {
+		close(s.noMounts)
 	}
 	s.idleLocked()
 	s.demandMu.Unlock()
@@ -358,18 +400,27 @@ func (s *Scheduler) idleLocked() {
 }
 
 // preemptLocked cancels the chunk fetches of the current round and starts
-// a new round. Callers hold demandMu.
-func (s *Scheduler) preemptLocked() {
+// a new round; mount also does so for the eager walks' round. Callers hold
+// demandMu.
+func (s *Scheduler) preemptLocked(mount bool) {
 	s.cancelRound()
 	s.round, s.cancelRound = context.WithCancel(context.Background())
+	if mount {
+		s.cancelMountRound()
+		s.mountRound, s.cancelMountRound = context.WithCancel(context.Background())
+	}
 }
 
 // chunkContext is ctx, also canceled when the walk is preempted (see
-// Preempt) before stop is called, unless spared says that a read waits for
-// the chunk; preempted reports whether a preemption happened.
-func (s *Scheduler) chunkContext(ctx context.Context, spared func() bool) (cctx context.Context, preempted func() bool, stop func()) {
+// Preempt; with eager, only by a mount) before stop is called, unless
+// spared says that a read waits for the chunk; preempted reports whether a
+// preemption happened.
+func (s *Scheduler) chunkContext(ctx context.Context, eager bool, spared func() bool) (cctx context.Context, preempted func() bool, stop func()) {
 	s.demandMu.Lock()
 	round := s.round
+	if eager {
+		round = s.mountRound
+	}
 	s.demandMu.Unlock()
 	cctx, cancel := context.WithCancel(ctx)
 	unhook := context.AfterFunc(round, func() {
@@ -384,12 +435,15 @@ var _ span.Demand = (*Scheduler)(nil)
 
 // waitIdle returns once no demand or mount is in progress, none has ended
 // for Options.Quiet and no mount on a fast link for Options.MountQuiet, or
-// with ctx's error.
-func (s *Scheduler) waitIdle(ctx context.Context, beforeWait func()) error {
+// with ctx's error; with eager (see Options.EagerBytes), once no layer is
+// being mounted and none has on a fast link for Options.MountQuiet.
+func (s *Scheduler) waitIdle(ctx context.Context, eager bool, beforeWait func()) error {
 	for {
 		s.demandMu.Lock()
 		idle, busy, until := s.idle, s.demand > 0 || s.mounts > 0, s.quietUntil
-		if !s.lastEnd.IsZero() {
+		if eager {
+			idle, busy = s.noMounts, s.mounts > 0
+		} else if !s.lastEnd.IsZero() {
 			until = later(until, s.lastEnd.Add(s.opts.Quiet))
 		}
 		s.demandMu.Unlock()

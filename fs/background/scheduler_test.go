@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -872,4 +873,227 @@ func TestPreemptSparesChunkReadsWaitFor(t *testing.T) {
 			}
 		}
 	})
+}
+
+// An eager layer (Options.EagerBytes) is walked while reads wait and
+// right after them, and reads do not stop its chunk in flight.
+func TestEagerLayerIgnoresReads(t *testing.T) {
+	// In a bubble, synctest.Wait tells when the workers are blocked, and
+	// the clock is fake.
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBlob(t, 15, 1<<20, 4)
+		res := newResults()
+		const quiet = time.Hour
+		s := newTestScheduler(Options{ChunkSize: 1, Workers: 1, Quiet: quiet, EagerBytes: b.table.CompressedSize}, res.onDone)
+		defer s.Close()
+		inFlight, letGo := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		var stopped atomic.Bool
+		blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
+			first := false
+			once.Do(func() { first = true })
+			if !first {
+				return nil
+			}
+			close(inFlight)
+			select {
+			case <-ctx.Done():
+				stopped.Store(true)
+				return ctx.Err()
+			case <-letGo:
+				return nil
+			}
+		}}
+		l, _ := layerOf("/mnt/e", b, blob)
+		s.Enqueue(context.Background(), l)
+		<-inFlight
+		if !s.walksEagerly("/mnt/e") {
+			t.Error("not eager before any rate was measured")
+		}
+		s.BeginDemand() // a read misses while the first chunk is in flight
+		s.Preempt()
+		synctest.Wait()
+		if stopped.Load() {
+			t.Fatal("a read stopped the eager walk's chunk")
+		}
+		close(letGo)
+		start := time.Now()
+		if err := res.wait(t, "/mnt/e"); err != nil {
+			t.Fatal(err)
+		}
+		s.EndDemand()
+		if s.walksEagerly("/mnt/e") {
+			t.Error("still eager after its walk ended")
+		}
+		if took := time.Since(start); took >= quiet {
+			t.Errorf("eager walk took %v after its first chunk, want no wait for reads or the quiet period (%v)", took, quiet)
+		}
+		blob.mu.Lock()
+		defer blob.mu.Unlock()
+		if len(blob.reads) != 4 {
+			t.Errorf("reads at %v, want 4: each chunk once, while the read waited", blob.reads)
+		}
+	})
+}
+
+// A layer larger than Options.EagerBytes still yields to reads, and an
+// eager one still yields to mounts.
+func TestEagerLayerYieldsToMounts(t *testing.T) {
+	// In a bubble, synctest.Wait tells when the workers are blocked.
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBlob(t, 16, 1<<20, 4)
+		for _, tc := range []struct {
+			name  string
+			eager int64
+			stop  func(s *Scheduler) (resume func())
+		}{
+			{"mount stops an eager chunk", b.table.CompressedSize, func(s *Scheduler) func() { s.BeginMount(); return s.EndMount }},
+			{"read stops a chunk of a layer too large to be eager", b.table.CompressedSize - 1, func(s *Scheduler) func() { s.BeginDemand(); s.Preempt(); return s.EndDemand }},
+		} {
+			res := newResults()
+			s := newTestScheduler(Options{ChunkSize: 1, Workers: 1, EagerBytes: tc.eager}, res.onDone)
+			inFlight := make(chan struct{})
+			blob := &fakeBlob{data: b.blob, before: stopFirstFetch(inFlight)}
+			l, _ := layerOf("/mnt/y", b, blob)
+			s.Enqueue(context.Background(), l)
+			<-inFlight
+			resume := tc.stop(s)
+			synctest.Wait()
+			blob.mu.Lock()
+			n := len(blob.reads)
+			blob.mu.Unlock()
+			if n != 1 {
+				t.Errorf("%s: %d range requests while held, want only the stopped one", tc.name, n)
+			}
+			resume()
+			if err := res.wait(t, "/mnt/y"); err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			if len(blob.reads) != 5 {
+				t.Errorf("%s: %d reads, want the stopped chunk again and the other 3", tc.name, len(blob.reads))
+			}
+			s.Close()
+		}
+	})
+}
+
+// On a link too slow for the layer to cross it within Options.EagerTime
+// at the rate its first chunk measured, the walk yields to reads again.
+func TestEagerNeedsFastLink(t *testing.T) {
+	// In a bubble the link's pace is a fake clock, and synctest.Wait tells
+	// when the workers are blocked.
+	synctest.Test(t, func(t *testing.T) {
+		b := newTestBlob(t, 17, 8<<20, 4)
+		res := newResults()
+		// The link carries a quarter of the layer a second: 4 s for all of
+		// it, until it is measured.
+		var measured atomic.Bool
+		rate := func() (float64, bool) { return float64(b.table.CompressedSize) / 4, measured.Load() }
+		s := newTestScheduler(Options{ChunkSize: 1, Workers: 1, EagerBytes: b.table.CompressedSize, EagerTime: time.Second, LinkRate: rate}, res.onDone)
+		defer s.Close()
+		inFlight := make(chan struct{})
+		var n atomic.Int32
+		var stopped atomic.Bool
+		blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
+			switch n.Add(1) {
+			case 1: // the first chunk measures the link
+				measured.Store(true)
+			case 2:
+				close(inFlight)
+				<-ctx.Done()
+				stopped.Store(true)
+				return ctx.Err()
+			}
+			return nil
+		}}
+		l, _ := layerOf("/mnt/s", b, blob)
+		s.Enqueue(context.Background(), l)
+		<-inFlight
+		if s.walksEagerly("/mnt/s") {
+			t.Error("eager at the measured rate: the layer takes 4 s, EagerTime is 1 s")
+		}
+		s.Preempt() // a read misses: the chunk in flight stops
+		synctest.Wait()
+		if !stopped.Load() {
+			t.Fatal("a read did not stop the chunk of a layer the link is too slow for")
+		}
+		if err := res.wait(t, "/mnt/s"); err != nil {
+			t.Fatal(err)
+		}
+		blob.mu.Lock()
+		defer blob.mu.Unlock()
+		if len(blob.reads) != 5 {
+			t.Errorf("reads at %v, want 5: the stopped chunk again", blob.reads)
+		}
+	})
+}
+
+// The layers walked eagerly at once fit in Options.EagerBytes together: of
+// two that do not, one yields to reads until the other's walk ends.
+func TestEagerBytesNodeWide(t *testing.T) {
+	// In a bubble, synctest.Wait tells when the workers are blocked.
+	synctest.Test(t, func(t *testing.T) {
+		ba, bb := newTestBlob(t, 18, 256<<10, 2), newTestBlob(t, 19, 256<<10, 2)
+		res := newResults()
+		s := newTestScheduler(Options{ChunkSize: 1, Workers: 2, EagerBytes: max(ba.table.CompressedSize, bb.table.CompressedSize)}, res.onDone)
+		defer s.Close()
+		inFlight, letGo := make(chan string, 2), make(chan struct{})
+		var stopped sync.Map
+		mk := func(b testBlob, key string) Layer {
+			var once sync.Once
+			blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
+				first := false
+				once.Do(func() { first = true })
+				if !first {
+					return nil
+				}
+				inFlight <- key
+				select {
+				case <-ctx.Done():
+					stopped.Store(key, true)
+					return ctx.Err()
+				case <-letGo:
+					return nil
+				}
+			}}
+			l, _ := layerOf(key, b, blob)
+			return l
+		}
+		s.Enqueue(context.Background(), mk(ba, "/mnt/a"))
+		s.Enqueue(context.Background(), mk(bb, "/mnt/b"))
+		<-inFlight
+		<-inFlight
+		eagerA, eagerB := s.walksEagerly("/mnt/a"), s.walksEagerly("/mnt/b")
+		if eagerA == eagerB {
+			t.Fatalf("eager walks: a %v, b %v; want exactly one (EagerBytes fits one)", eagerA, eagerB)
+		}
+		s.Preempt()
+		synctest.Wait()
+		_, stoppedA := stopped.Load("/mnt/a")
+		_, stoppedB := stopped.Load("/mnt/b")
+		if stoppedA == eagerA || stoppedB == eagerB {
+			t.Errorf("stopped by a read: a %v, b %v; want only the walk that is not eager", stoppedA, stoppedB)
+		}
+		close(letGo)
+		for _, key := range []string{"/mnt/a", "/mnt/b"} {
+			if err := res.wait(t, key); err != nil {
+				t.Fatalf("%s: %v", key, err)
+			}
+		}
+	})
+}
+
+// On a fast link no layer is walked eagerly: reads are quick there, and the
+// walk's CPU waits for the container's start (Options.FastLink).
+func TestNoEagerWalkOnFastLink(t *testing.T) {
+	b := newTestBlob(t, 20, 256<<10, 2)
+	for _, fast := range []bool{false, true} {
+		s := newTestScheduler(Options{Workers: 1, EagerBytes: b.table.CompressedSize, FastLink: func() bool { return fast }}, nil)
+		l, _ := layerOf("/mnt/f", b, &fakeBlob{data: b.blob})
+		if got := s.eager(l); got == fast {
+			t.Errorf("fast link %v: eager %v", fast, got)
+		}
+		s.releaseEager(l.Key)
+		s.Close()
+	}
 }
