@@ -739,6 +739,29 @@ func stopFirstFetch(inFlight chan struct{}) func(context.Context, int64) error {
 	}
 }
 
+// holdFirstFetch is a fakeBlob's before that holds the first fetch of the
+// layer under key, once it sent key on inFlight, until letGo is closed or
+// its context ends (the chunk is stopped: then stopped records key); later
+// fetches go through.
+func holdFirstFetch(key string, inFlight chan<- string, letGo <-chan struct{}, stopped *sync.Map) func(context.Context, int64) error {
+	var once sync.Once
+	return func(ctx context.Context, _ int64) error {
+		first := false
+		once.Do(func() { first = true })
+		if !first {
+			return nil
+		}
+		inFlight <- key
+		select {
+		case <-ctx.Done():
+			stopped.Store(key, true)
+			return ctx.Err()
+		case <-letGo:
+			return nil
+		}
+	}
+}
+
 func TestPreemptStopsChunkInFlight(t *testing.T) {
 	// In a bubble, synctest.Wait tells when the workers are blocked.
 	synctest.Test(t, func(t *testing.T) {
@@ -831,22 +854,7 @@ func TestPreemptSparesChunkReadsWaitFor(t *testing.T) {
 		var stopped sync.Map
 		mk := func(seed uint64, key string) (Layer, *fakeSpans) {
 			b := newTestBlob(t, seed, 256<<10, 2)
-			var once sync.Once
-			blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
-				first := false
-				once.Do(func() { first = true })
-				if !first {
-					return nil
-				}
-				inFlight <- key
-				select {
-				case <-ctx.Done():
-					stopped.Store(key, true)
-					return ctx.Err()
-				case <-letGo:
-					return nil
-				}
-			}}
+			blob := &fakeBlob{data: b.blob, before: holdFirstFetch(key, inFlight, letGo, &stopped)}
 			return layerOf(key, b, blob)
 		}
 		la, spansA := mk(13, "/mnt/a")
@@ -1040,22 +1048,7 @@ func TestEagerBytesNodeWide(t *testing.T) {
 		inFlight, letGo := make(chan string, 2), make(chan struct{})
 		var stopped sync.Map
 		mk := func(b testBlob, key string) Layer {
-			var once sync.Once
-			blob := &fakeBlob{data: b.blob, before: func(ctx context.Context, _ int64) error {
-				first := false
-				once.Do(func() { first = true })
-				if !first {
-					return nil
-				}
-				inFlight <- key
-				select {
-				case <-ctx.Done():
-					stopped.Store(key, true)
-					return ctx.Err()
-				case <-letGo:
-					return nil
-				}
-			}}
+			blob := &fakeBlob{data: b.blob, before: holdFirstFetch(key, inFlight, letGo, &stopped)}
 			l, _ := layerOf(key, b, blob)
 			return l
 		}
