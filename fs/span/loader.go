@@ -95,12 +95,16 @@ func (l *Loader) Reserve(ctx context.Context, first, last int) int {
 }
 
 // Waited reports whether a read waits for one of the spans [first, last]
-// the walk reserved: a preemption (Preempter) spares their chunk.
+// the walk reserved, or for span first-1 while the walk still holds it: a
+// preemption (Preempter) spares their chunk. The walk's stream holds the
+// end of a span back until it decodes the next chunk's first bytes, so a
+// read of the span before a chunk waits for that chunk too; stopping it
+// would throw its bytes away and inflate the span from its checkpoint.
 func (l *Loader) Waited(first, last int) bool {
 	c := l.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for i := max(first, 0); i <= last && i < len(c.calls); i++ {
+	for i := max(first-1, 0); i <= last && i < len(c.calls); i++ {
 		if cl := c.calls[i]; cl != nil && cl.reserved && cl.waited {
 			return true
 		}
