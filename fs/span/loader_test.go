@@ -184,4 +184,3 @@ func TestReadOfReservedSpanPreempts(t *testing.T) {
 		}
 	})
 }
-
