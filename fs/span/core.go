@@ -196,7 +196,10 @@ func callAt(calls []*call, k int) *call {
 // cached, nor being fetched, nor failed recently, in requests of at most
 // maxReq compressed bytes; nobody waits for them yet. They are fetched on
 // behalf of reads (read-ahead, neighbours): the Demand is told while each
-// runs, so that the background walk does not compete with them.
+// runs, so that the background walk does not compete with them. A span the
+// walk is fetching is marked as waited for (Loader.Waited), as a read
+// would: the preemption these fetches start spares the walk's chunk that
+// already brings it, rather than throw its bytes away and fetch it again.
 func (c *core) fetchAhead(ctx context.Context, first, last int, maxReq int64) {
 	c.probe(ctx, first, last)
 	c.mu.Lock()
@@ -206,6 +209,9 @@ func (c *core) fetchAhead(ctx context.Context, first, last int, maxReq int64) {
 	}
 	var fresh []int
 	for i := first; i <= last; i++ {
+		if cl := c.calls[i]; cl != nil && cl.reserved {
+			cl.waited = true
+		}
 		if c.state[i] == cached || c.calls[i] != nil || c.hold.recent(i) != nil {
 			continue
 		}

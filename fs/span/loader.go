@@ -94,8 +94,9 @@ func (l *Loader) Reserve(ctx context.Context, first, last int) int {
 	return i - 1
 }
 
-// Waited reports whether a read waits for one of the spans [first, last]
-// the walk reserved, or for span first-1 while the walk still holds it: a
+// Waited reports whether a read (or a read-ahead on behalf of reads) waits
+// for one of the spans [first, last] the walk reserved, or for span first-1
+// while the walk still holds it: a
 // preemption (Preempter) spares their chunk. The walk's stream holds the
 // end of a span back until it decodes the next chunk's first bytes, so a
 // read of the span before a chunk waits for that chunk too; stopping it

@@ -184,3 +184,53 @@ func TestReadOfReservedSpanPreempts(t *testing.T) {
 		}
 	})
 }
+
+// TestReadAheadOfReservedSpanSpares: a read-ahead that wants a span the
+// walk is fetching leaves it to the walk, and the preemption its other
+// fetches start spares that chunk (Waited), so its bytes are not thrown
+// away and fetched again.
+func TestReadAheadOfReservedSpanSpares(t *testing.T) {
+	l := buildLayer(t, 25, []int{1000, 1000, 1000, 1000, 1000}, true)
+	f := &fakeFetcher{blob: l.blob}
+	d := &preemptingDemand{}
+	m := newManager(t, l, f, cache.NewMemory(), func(o *Options) {
+		o.Demand = d
+		o.ReadAhead = 1 << 20
+		o.ReadAheadRequest = 1 // one span per request
+	})
+	ld := m.Loader()
+	p := make([]byte, 400)
+	if _, err := m.FetchAt(t.Context(), p, 0); err != nil { // span 0: a demand fetch
+		t.Fatal(err)
+	}
+	if got := ld.Reserve(t.Context(), 2, 2); got != 2 {
+		t.Fatalf("Reserve: %d", got)
+	}
+	// Reading on into span 1 starts a run: the spans after it come ahead.
+	for off := int64(400); off < 2000; off += 400 {
+		if _, err := m.FetchAt(t.Context(), p, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.c.wg.Wait()
+	d.mu.Lock()
+	preempts := d.preempts
+	d.mu.Unlock()
+	if preempts < 2 {
+		t.Fatalf("%d preemptions, want the read-ahead's too", preempts)
+	}
+	if !ld.Waited(2, 2) {
+		t.Error("the walk's chunk of span 2, which the read-ahead wants, is not spared")
+	}
+	if got := f.fetchesPerSpan(l.table); got[2] != 0 || got[3] != 1 {
+		t.Errorf("fetches per span = %v, want span 2 left to the walk and span 3 fetched ahead", got)
+	}
+	base := l.table.Spans[2].CompressedStart
+	if err := ld.Load(t.Context(), 2, 2, l.blob[base:l.table.Spans[2].CompressedEnd], base); err != nil {
+		t.Fatal(err)
+	}
+	ld.Release(2, 2)
+	if n, _ := m.Cached(); n != 4 { // spans 0-3: span 4 is beyond the window
+		t.Errorf("cached spans = %d, want 4", n)
+	}
+}
