@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fastsoci/soci-snapshotter/config"
 	"github.com/fastsoci/soci-snapshotter/integration/harness"
 	"github.com/fastsoci/soci-snapshotter/integration/image"
 	"github.com/fastsoci/soci-snapshotter/integration/shaper"
@@ -561,8 +562,13 @@ func addClientUsage(r *Run, ps *os.ProcessState) {
 
 // waitFullyLocal waits until the daemon has logged every lazily mounted
 // layer as fully local and returns when it saw that; ok is false when the
-// daemon mounted nothing lazily or did not finish within the run's bound.
+// daemon mounted nothing lazily, does not fetch in the background ([background_fetch]
+// disable in its config: nothing would end the wait but the run's bound), or did
+// not finish within the run's bound.
 func waitFullyLocal(ctx context.Context, d *harness.Daemon) (time.Time, bool) {
+	if !walks(d.Config) {
+		return time.Time{}, false
+	}
 	mounts, err := harness.Mounts(d.Root)
 	if err != nil {
 		return time.Time{}, false
@@ -586,6 +592,18 @@ func waitFullyLocal(ctx context.Context, d *harness.Daemon) (time.Time, bool) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// walks reports whether the daemon whose config file is path makes its
+// layers fully local in the background; a file it cannot read or parse
+// counts as yes (the wait is bounded by the run's context anyway).
+func walks(path string) bool {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return true
+	}
+	c, err := config.Parse(data)
+	return err != nil || !c.BackgroundFetch.Disable
 }
 
 // nerdctlCmd is Env.Nerdctl as a command whose output can be streamed.
