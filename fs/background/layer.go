@@ -353,22 +353,30 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 // eager reports whether l is walked without yielding to reads now (see
 // Options.EagerBytes and EagerTime), claiming its share of EagerBytes
 // when there is room: the layers walked eagerly on the node together are
-// at most EagerBytes. The walk gives the claim back when it ends
-// (releaseEager).
+// at most EagerBytes. A layer the link's rate does not let walk eagerly
+// now holds no claim (it gives back one it held), so that it does not
+// keep a smaller layer from walking eagerly. The walk gives the claim back
+// when it ends (releaseEager).
 func (s *Scheduler) eager(l Layer) bool {
 	size := l.Table.CompressedSize
 	if s.opts.EagerBytes <= 0 || size > s.opts.EagerBytes {
 		return false
 	}
-	s.eagerMu.Lock()
-	_, held := s.eagerKeys[l.Key]
-	if !held && s.eagerHeld+size <= s.opts.EagerBytes {
-		s.eagerKeys[l.Key] = size
-		s.eagerHeld += size
-		held = true
+	if !s.fastEnough(size) || s.fastLink() {
+		s.releaseEager(l.Key)
+		return false
 	}
-	s.eagerMu.Unlock()
-	return held && s.fastEnough(size) && !s.fastLink()
+	s.eagerMu.Lock()
+	defer s.eagerMu.Unlock()
+	if _, held := s.eagerKeys[l.Key]; held {
+		return true
+	}
+	if s.eagerHeld+size > s.opts.EagerBytes {
+		return false
+	}
+	s.eagerKeys[l.Key] = size
+	s.eagerHeld += size
+	return true
 }
 
 // releaseEager gives back the claim of the walk of key, if any.

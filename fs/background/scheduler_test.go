@@ -1090,3 +1090,38 @@ func TestNoEagerWalkOnFastLink(t *testing.T) {
 		s.Close()
 	}
 }
+
+// A layer the link is too slow to walk eagerly holds no share of
+// EagerBytes: a smaller layer that crosses the link in time walks eagerly
+// beside it, and a layer that becomes too slow gives its share back.
+func TestEagerShareOnlyWhileEager(t *testing.T) {
+	big, small := newTestBlob(t, 21, 512<<10, 2), newTestBlob(t, 22, 64<<10, 2)
+	sizeBig, sizeSmall := big.table.CompressedSize, small.table.CompressedSize
+	// The big layer needs 2 s at this rate, the small one well under 1 s.
+	rate := float64(sizeBig) / 2
+	s := newTestScheduler(Options{Workers: 1, EagerBytes: sizeBig + sizeSmall - 1, EagerTime: time.Second,
+		LinkRate: func() (float64, bool) { return rate, true }}, nil)
+	defer s.Close()
+	lb, _ := layerOf("/mnt/big", big, &fakeBlob{data: big.blob})
+	ls, _ := layerOf("/mnt/small", small, &fakeBlob{data: small.blob})
+	if s.eager(lb) {
+		t.Fatal("the big layer walks eagerly on a link too slow for it")
+	}
+	if !s.eager(ls) {
+		t.Fatal("the small layer does not walk eagerly: the big one kept its share")
+	}
+	s.releaseEager(ls.Key)
+	// At four times the rate the big layer crosses in time and claims; slowed
+	// down again, it gives the share back.
+	rate *= 4
+	if !s.eager(lb) {
+		t.Fatal("the big layer does not walk eagerly on a link fast enough for it")
+	}
+	rate /= 4
+	if s.eager(lb) {
+		t.Fatal("the big layer still walks eagerly after the link slowed down")
+	}
+	if !s.eager(ls) {
+		t.Error("the small layer does not walk eagerly: the big one kept its share after the link slowed down")
+	}
+}
