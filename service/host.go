@@ -85,6 +85,15 @@ func RunHost(ctx context.Context, cfg *config.Config, root, id string) error {
 		lookup = remote.ChainCredentials(creds.Lookup, kube)
 	}
 	fsOpts := fsOptions(cfg, filepath.Join(root, "fs"), m, lookup)
+	if b := fsOpts.Background; b != nil && b.OnIdle != nil {
+		// At rest the host also unmaps the executable's pages its mounts
+		// and walks mapped.
+		free := b.OnIdle
+		b.OnIdle = func() {
+			free()
+			releaseExecutable(ctx, "walks over")
+		}
+	}
 	if cfg.ContentStore.Type == config.ContentStoreContainerd {
 		// SOCI indices and zTOCs are read from containerd's content store
 		// (where `soci create` leaves them) before the registry.
