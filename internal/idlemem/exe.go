@@ -1,9 +1,11 @@
 package idlemem
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"syscall"
@@ -39,11 +41,12 @@ func ReleaseExecutable() (int64, error) {
 // releaseFile unmaps the resident pages of this process's read-only
 // private mappings of the file id that hold no private copies.
 func releaseFile(id fileID) (int64, error) {
-	smaps, err := os.ReadFile("/proc/self/smaps")
+	smaps, err := os.Open("/proc/self/smaps")
 	if err != nil {
-		return 0, fmt.Errorf("read smaps: %w", err)
+		return 0, fmt.Errorf("open smaps: %w", err)
 	}
 	ms, err := fileMappings(smaps, id)
+	smaps.Close()
 	if err != nil {
 		return 0, err
 	}
@@ -71,8 +74,9 @@ type mapping struct {
 
 // fileMappings returns the mappings of a /proc/PID/smaps text that map the
 // file privately, readable and not writable (r-xp, r--p), with pages
-// resident and none of them anonymous (copied).
-func fileMappings(smaps []byte, file fileID) ([]mapping, error) {
+// resident and none of them anonymous (copied). It reads line by line and
+// allocates little: a process at rest is what it runs in.
+func fileMappings(smaps io.Reader, file fileID) ([]mapping, error) {
 	var out []mapping
 	var cur *mapping // the mapping whose fields are being read, if a candidate
 	var anon, rss int64 = -1, -1
@@ -83,37 +87,36 @@ func fileMappings(smaps []byte, file fileID) ([]mapping, error) {
 		}
 		cur, anon, rss = nil, -1, -1
 	}
-	for len(smaps) > 0 {
-		line := smaps
-		if i := bytes.IndexByte(smaps, '\n'); i >= 0 {
-			line, smaps = smaps[:i], smaps[i+1:]
-		} else {
-			smaps = nil
+	sc := bufio.NewScanner(smaps)
+	sc.Buffer(make([]byte, 0, 4096), 2*4096+256) // a header holds a path of up to PATH_MAX
+	for sc.Scan() {
+		line := sc.Bytes()
+		first := line
+		if i := bytes.IndexAny(line, " \t"); i >= 0 {
+			first = line[:i]
 		}
-		f := bytes.Fields(line)
-		if len(f) == 0 {
+		if len(first) == 0 {
 			continue
 		}
-		if key, ok := bytes.CutSuffix(f[0], []byte(":")); ok {
-			if cur == nil || len(f) < 2 {
+		if key, ok := bytes.CutSuffix(first, []byte(":")); ok {
+			if cur == nil || !(string(key) == "Rss" || string(key) == "Anonymous") {
 				continue
 			}
-			switch string(key) {
-			case "Rss", "Anonymous":
-				kb, err := strconv.ParseInt(string(f[1]), 10, 64)
-				if err != nil || kb < 0 {
-					return nil, fmt.Errorf("smaps line %q: %w", line, errors.Join(err, errors.New("bad size")))
-				}
-				if string(key) == "Rss" {
-					rss = kb << 10
-				} else {
-					anon = kb << 10
-				}
+			v, _, _ := bytes.Cut(bytes.TrimLeft(line[len(first):], " \t"), []byte(" "))
+			kb, err := strconv.ParseInt(string(v), 10, 64)
+			if err != nil || kb < 0 {
+				return nil, fmt.Errorf("smaps line %q: %w", line, errors.Join(err, errors.New("bad size")))
+			}
+			if string(key) == "Rss" {
+				rss = kb << 10
+			} else {
+				anon = kb << 10
 			}
 			continue
 		}
 		// A mapping's header: address perms offset dev inode [path].
 		flush()
+		f := bytes.Fields(line)
 		if len(f) < 5 {
 			return nil, fmt.Errorf("smaps line %q: too few fields", line)
 		}
@@ -134,6 +137,9 @@ func fileMappings(smaps []byte, file fileID) ([]mapping, error) {
 			(fileID{dev.major, dev.minor, inode}) == file {
 			cur = &mapping{start: start, end: end}
 		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read smaps: %w", err)
 	}
 	flush()
 	return out, nil

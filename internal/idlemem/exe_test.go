@@ -54,7 +54,7 @@ func TestExeMappings(t *testing.T) {
 		// The executable replaced on disk (an upgrade): same inode, path suffixed.
 		smapsEntry("7f0000030000-7f0000040000 r-xp 00000000 fe:1a2 4242   /usr/bin/soci-snapshotter-grpc (deleted)", 12, 0),
 	}, "")
-	got, err := fileMappings([]byte(smaps), exe)
+	got, err := fileMappings(strings.NewReader(smaps), exe)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func TestExeMappings(t *testing.T) {
 func TestExeMappingsMissingAnonymous(t *testing.T) {
 	exe := fileID{major: 8, minor: 1, inode: 9}
 	smaps := "00402000-01136000 r-xp 00002000 08:01 9 /bin/x\nRss: 100 kB\nVmFlags: rd ex\n"
-	got, err := fileMappings([]byte(smaps), exe)
+	got, err := fileMappings(strings.NewReader(smaps), exe)
 	if err != nil || len(got) != 0 {
 		t.Fatalf("got %#v, %v; want none", got, err)
 	}
@@ -96,7 +96,7 @@ func TestExeMappingsMalformed(t *testing.T) {
 		"00402000-01136000 r-xp 00002000 08:01 9 /bin/x\nRss: -4 kB\n",
 		"00402000-01136000 r-xp 00002000 08:01 9 /bin/x\nAnonymous: many kB\n",
 	} {
-		if got, err := fileMappings([]byte(smaps), exe); err == nil {
+		if got, err := fileMappings(strings.NewReader(smaps), exe); err == nil {
 			t.Errorf("%q: got %#v, want an error", smaps, got)
 		}
 	}
