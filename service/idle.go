@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"net/http"
 
 	"github.com/containerd/log"
 
@@ -19,4 +20,13 @@ func releaseExecutable(ctx context.Context, why string) {
 		return
 	}
 	l.Debug(why + ": unmapped the executable's resident pages (they stay in the page cache)")
+}
+
+// touching serves h and touches rel after each request: a process's calls
+// are its bursts of work.
+func touching(h http.Handler, rel *idlemem.Releaser) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer rel.Touch()
+		h.ServeHTTP(w, r)
+	})
 }

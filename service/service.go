@@ -304,6 +304,7 @@ func (s *Service) Serve(ctx context.Context, l net.Listener) error {
 	idleCtx, stopIdle := context.WithCancel(ctx)
 	defer stopIdle()
 	go s.idle.Run(idleCtx)
+	s.idle.Touch() // start-up is a burst too: a daemon no call reaches releases its pages as well
 	served := make(chan error, 1)
 	go func() { served <- s.server.Serve(l) }()
 	notify(ctx, "READY=1")
