@@ -19,6 +19,7 @@ import (
 	"github.com/fastsoci/soci-snapshotter/fs/index/ctdcontent"
 	"github.com/fastsoci/soci-snapshotter/fs/remote"
 	"github.com/fastsoci/soci-snapshotter/fusehost"
+	"github.com/fastsoci/soci-snapshotter/internal/idlemem"
 	"github.com/fastsoci/soci-snapshotter/internal/version"
 )
 
@@ -85,6 +86,23 @@ func RunHost(ctx context.Context, cfg *config.Config, root, id string) error {
 		lookup = remote.ChainCredentials(creds.Lookup, kube)
 	}
 	fsOpts := fsOptions(cfg, filepath.Join(root, "fs"), m, lookup)
+	// Start-up, each burst of protocol calls (mounts, unmounts, the
+	// daemon's checks, scrapes) and the walks map code; once they are over
+	// and the calls quiet the host unmaps the executable's pages. Its heap
+	// at rest is live (the trees of mounted layers, go-fuse's waiting
+	// readers), so that is all it releases then.
+	rest := idlemem.New(idlemem.Options{
+		Release: func(uint64) {},
+		OnQuiet: func() { releaseExecutable(ctx, "calls quiet") },
+	})
+	rest.Touch()
+	if b := fsOpts.Background; b != nil && b.OnIdle != nil {
+		free := b.OnIdle
+		b.OnIdle = func() {
+			free()
+			rest.Touch()
+		}
+	}
 	if cfg.ContentStore.Type == config.ContentStoreContainerd {
 		// SOCI indices and zTOCs are read from containerd's content store
 		// (where `soci create` leaves them) before the registry.
@@ -126,7 +144,10 @@ func RunHost(ctx context.Context, cfg *config.Config, root, id string) error {
 		// http://host/debug/pprof/heap.
 		opts.Debug = pprofHandler()
 	}
-	srv := fusehost.Serve(ctx, l, fusehost.NewServer(opts).Handler())
+	restCtx, stopRest := context.WithCancel(ctx)
+	defer stopRest()
+	go rest.Run(restCtx)
+	srv := fusehost.Serve(ctx, l, touching(fusehost.NewServer(opts).Handler(), rest))
 	log.G(ctx).WithField("socket", socket).WithField("pid", os.Getpid()).Info("FUSE host serving")
 
 	var closeErr error

@@ -188,7 +188,7 @@ func (s *Service) start(ctx context.Context, cfg *config.Config, root string) (e
 	s.idle = idlemem.New(idlemem.Options{Release: func(free uint64) {
 		idlemem.ReturnFree()
 		log.G(ctx).WithField("bytes", free).Debug("calls quiet: returned the heap's free memory to the system")
-	}})
+	}, OnQuiet: func() { releaseExecutable(ctx, "calls quiet") }})
 	server := grpc.NewServer(grpc.ChainUnaryInterceptor(s.touchUnary), grpc.ChainStreamInterceptor(s.touchStream))
 	snapshotsapi.RegisterSnapshotsServer(server, snapshotservice.FromSnapshotter(sn))
 	if s.cri != nil {
@@ -304,6 +304,7 @@ func (s *Service) Serve(ctx context.Context, l net.Listener) error {
 	idleCtx, stopIdle := context.WithCancel(ctx)
 	defer stopIdle()
 	go s.idle.Run(idleCtx)
+	s.idle.Touch() // start-up is a burst too: a daemon no call reaches releases its pages as well
 	served := make(chan error, 1)
 	go func() { served <- s.server.Serve(l) }()
 	notify(ctx, "READY=1")

@@ -29,6 +29,10 @@ type Options struct {
 	Free func() uint64
 	// Release returns them (ReturnFree); free is what Free reported.
 	Release func(free uint64)
+	// OnQuiet, if set, runs after every quiet period, before the check of
+	// MinFree (ReleaseExecutable: a burst maps code whether or not it
+	// leaves garbage).
+	OnQuiet func()
 }
 
 // Defaults of Options.
@@ -91,6 +95,9 @@ func (r *Releaser) Run(ctx context.Context) {
 			case <-r.opts.After(r.opts.Quiet):
 				break quiet
 			}
+		}
+		if r.opts.OnQuiet != nil {
+			r.opts.OnQuiet()
 		}
 		if free := r.opts.Free(); free >= r.opts.MinFree {
 			r.opts.Release(free)

@@ -78,3 +78,35 @@ func TestHeapFree(t *testing.T) {
 		t.Fatalf("%s: kind %v", freeMetric, s[0].Value.Kind())
 	}
 }
+
+// TestOnQuietEveryPeriod: OnQuiet runs after each quiet period, also when
+// too little is free for Release.
+func TestOnQuietEveryPeriod(t *testing.T) {
+	timers := &fakeTimers{ch: make(chan chan time.Time)}
+	quiet := make(chan struct{}, 10)
+	released := make(chan struct{}, 10)
+	r := New(Options{After: timers.after, Free: func() uint64 { return 0 },
+		Release: func(uint64) { released <- struct{}{} }, OnQuiet: func() { quiet <- struct{}{} }})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	for burst := 1; burst <= 2; burst++ {
+		r.Touch()
+		timers.next(t) <- time.Time{}
+		select {
+		case <-quiet:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("burst %d: no OnQuiet after its quiet period", burst)
+		}
+	}
+	r.Touch()
+	timers.next(t) // Run is done with the second burst
+	if n := len(quiet); n != 0 {
+		t.Fatalf("%d OnQuiet calls more than quiet periods", n)
+	}
+	if n := len(released); n != 0 {
+		t.Fatalf("%d releases with nothing free", n)
+	}
+}
