@@ -75,6 +75,9 @@ type tree struct {
 	blocks        uint64       // 4 KiB blocks of file data
 	pass          *passthrough // Options.Passthrough; nil: off
 	closed        bool         // unmounted: no new passthrough copies (BackingFiles.mu)
+	// noXattrs: no node has an extended attribute to report (see
+	// Getxattr).
+	noXattrs bool
 }
 
 // NewRoot validates toc and builds the whole tree of the layer in memory:
@@ -96,7 +99,8 @@ func NewRoot(toc TOC, r Reader, opts Options) (fusefs.InodeEmbedder, error) {
 	if err := b.build(toc.Entries); err != nil {
 		return nil, err
 	}
-	t := &tree{r: r, readCtx: context.Background(), disableXattrs: opts.DisableXattrs, opLog: opts.OperationLog, onOpen: opts.OnOpen, files: b.files, blocks: b.blocks}
+	t := &tree{r: r, readCtx: context.Background(), disableXattrs: opts.DisableXattrs, opLog: opts.OperationLog, onOpen: opts.OnOpen, files: b.files, blocks: b.blocks,
+		noXattrs: !mayHaveXattrs(toc.Entries, opts.DisableXattrs)}
 	if p := opts.Passthrough; p != nil {
 		if p.Files == nil || p.Local == nil {
 			return nil, fmt.Errorf("layer passthrough without a store or a local reader: %w", errdefs.ErrInvalidArgument)
