@@ -248,6 +248,9 @@ func (f *FS) serve(ctx context.Context, mountpoint string, t source.Target, l *i
 		lo.OnOpen = rec.Opened
 	}
 	lo.Passthrough = f.passthrough(spans, l.Spans)
+	if rec == nil {
+		lo.Local = localSpans{l: spans.Loader(), t: l.Spans}
+	}
 	root, err := layer.NewRoot(l.TOC, spans, lo)
 	if err != nil {
 		spans.Close()

@@ -6,6 +6,7 @@ import (
 	golog "log"
 	"math"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -37,6 +38,12 @@ type Options struct {
 	// OnOpen, when not nil, is called with the path ("/a/b") of every
 	// file opened ([prefetch] record_until_file).
 	OnOpen func(path string)
+	// Local, when not nil, lets the first read of a small file also
+	// hand the kernel the rest of the file when it is all local (see
+	// Read): one READ request per file instead of two or more. Nil while
+	// demand reads are being recorded, which would miss what the kernel
+	// then reads from its page cache.
+	Local LocalReader
 	// Passthrough, when not nil, serves local files through FUSE
 	// passthrough once ProbePassthrough accepted the mount; every open is
 	// then answered (no FUSE no_open). A layer with few large files
@@ -75,6 +82,12 @@ type tree struct {
 	blocks        uint64       // 4 KiB blocks of file data
 	pass          *passthrough // Options.Passthrough; nil: off
 	closed        bool         // unmounted: no new passthrough copies (BackingFiles.mu)
+	// noXattrs: no node has an extended attribute to report (see
+	// Getxattr).
+	noXattrs bool
+	local    LocalReader // Options.Local
+	// storeBufs holds buffers of StoreMaxBytes for storeRest.
+	storeBufs sync.Pool
 }
 
 // NewRoot validates toc and builds the whole tree of the layer in memory:
@@ -96,7 +109,8 @@ func NewRoot(toc TOC, r Reader, opts Options) (fusefs.InodeEmbedder, error) {
 	if err := b.build(toc.Entries); err != nil {
 		return nil, err
 	}
-	t := &tree{r: r, readCtx: context.Background(), disableXattrs: opts.DisableXattrs, opLog: opts.OperationLog, onOpen: opts.OnOpen, files: b.files, blocks: b.blocks}
+	t := &tree{r: r, readCtx: context.Background(), disableXattrs: opts.DisableXattrs, opLog: opts.OperationLog, onOpen: opts.OnOpen, files: b.files, blocks: b.blocks,
+		noXattrs: !mayHaveXattrs(toc.Entries, opts.DisableXattrs), local: opts.Local}
 	if p := opts.Passthrough; p != nil {
 		if p.Files == nil || p.Local == nil {
 			return nil, fmt.Errorf("layer passthrough without a store or a local reader: %w", errdefs.ErrInvalidArgument)

@@ -151,6 +151,9 @@ func (i *inode) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off 
 	want := min(int64(len(dest)), n.size-off)
 	got, err := i.t.r.FetchAt(i.t.readCtx, dest[:want], n.offset+off)
 	if int64(got) == want && (err == nil || errors.Is(err, io.EOF)) {
+		if off == 0 && want < n.size && n.size <= StoreMaxBytes && i.t.local != nil {
+			i.storeRest(want)
+		}
 		return fuse.ReadResultData(dest[:got]), 0
 	}
 	if err == nil || errors.Is(err, io.EOF) {
@@ -159,6 +162,33 @@ func (i *inode) Read(ctx context.Context, f fusefs.FileHandle, dest []byte, off 
 	log.G(ctx).WithError(err).WithField("ino", n.ino).WithField("offset", off).
 		Debugf("failed to read the file: layer read of %d bytes failed after %d", want, got)
 	return nil, syscall.EIO
+}
+
+// StoreMaxBytes bounds the files whose first read also stores the rest of
+// the file in the kernel's page cache (Options.Local): a program reading a
+// file in small steps gets it in one READ instead of two or more (the
+// kernel's read-ahead starts at 32 KiB), at the cost of a copy of the
+// rest, which a reader of the file's head only does not need.
+const StoreMaxBytes = 128 << 10
+
+// storeRest hands the kernel the file's bytes from `from` to its end
+// (FUSE notify store) when they are all local, before the READ that read
+// its head is answered: the kernel then finds them cached and sends no
+// READ for them. Bytes that are not all local are left to READ requests;
+// so is a refusal by the kernel. The pages the kernel's read-ahead locked
+// for this READ end before `from`; a concurrent reader's READ of the rest
+// is answered by another of go-fuse's readers meanwhile.
+func (i *inode) storeRest(from int64) {
+	bp, _ := i.t.storeBufs.Get().(*[]byte)
+	if bp == nil {
+		b := make([]byte, StoreMaxBytes)
+		bp = &b
+	}
+	defer i.t.storeBufs.Put(bp)
+	rest := (*bp)[:i.n.size-from]
+	if i.t.local.ReadLocal(i.t.readCtx, rest, i.n.offset+from) {
+		_ = i.WriteCache(from, rest) // refused: READ requests fetch the rest
+	}
 }
 
 // Statfs describes the layer: its data blocks and inodes, nothing free.

@@ -2,6 +2,7 @@ package layer
 
 import (
 	"context"
+	"path"
 	"slices"
 	"syscall"
 )
@@ -9,8 +10,16 @@ import (
 // Getxattr returns one extended attribute. Following go-fuse, a dest too
 // small for the value (including the size probe with an empty dest)
 // yields the value's size and ERANGE.
+//
+// A layer in which no node has an attribute answers ENOSYS: the kernel then
+// sends no more GETXATTR on the mount and answers EOPNOTSUPP itself, where
+// it would otherwise ask once per file overlayfs looks up (its metacopy
+// check) and per exec (security.capability) for nothing.
 func (i *inode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
 	i.logOp("getxattr", "")
+	if i.t.noXattrs {
+		return 0, syscall.ENOSYS
+	}
 	var (
 		v  string
 		ok bool
@@ -50,6 +59,20 @@ func (i *inode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Err
 		off++
 	}
 	return uint32(size), 0
+}
+
+// mayHaveXattrs reports whether a tree built from entries can have an
+// extended attribute to report: an entry with xattrs (unless disabled) or
+// an opaque marker. It errs on the side of yes: an entry whose xattrs a
+// later one replaces still counts.
+func mayHaveXattrs(entries []Entry, disabled bool) bool {
+	for i := range entries {
+		e := &entries[i]
+		if !disabled && len(e.Xattrs) > 0 || path.Base(e.Name) == opaqueMarker {
+			return true
+		}
+	}
+	return false
 }
 
 // xattrNames lists the names Getxattr answers for.
