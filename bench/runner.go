@@ -139,7 +139,7 @@ func executeOnLink(ctx context.Context, cfg Config, registry string, shaping har
 	}
 	for _, info := range rep.Workloads {
 		for i := 0; i < cfg.Runs; i++ {
-			for _, c := range columns(info, snaps) {
+			for _, c := range rotate(columns(info, snaps), i) {
 				done++
 				run := runOnce(ctx, cfg, link, c.snapshotter, c.daemonConfig(cfg), info.Name, c.ref, i, &rep.DropCaches)
 				rep.Results = append(rep.Results, run)
@@ -151,6 +151,20 @@ func executeOnLink(ctx context.Context, cfg Config, registry string, shaping har
 		}
 	}
 	return rep, nil
+}
+
+// rotate returns the columns of round i in the order the round runs them:
+// rotated left by i, so that no snapshotter always runs right after the
+// same one. The run after overlayfs's pull of a large image is slower on
+// a machine whose file system frees the unpacked layers (removed before the
+// next run) in the background, which a fixed order charged to one column
+// every time. Ratios pair runs by round, whatever the order.
+func rotate(cols []column, i int) []column {
+	if len(cols) == 0 {
+		return cols
+	}
+	k := i % len(cols)
+	return append(slices.Clone(cols[k:]), cols[:k]...)
 }
 
 // column is one snapshotter running one image of a workload.

@@ -3,6 +3,7 @@ package bench
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -28,5 +29,29 @@ func TestWalks(t *testing.T) {
 	}
 	if !walks(filepath.Join(dir, "missing.toml")) {
 		t.Error("a missing config: walks = false, want true (the run's bound ends the wait)")
+	}
+}
+
+// TestRotate: each round runs the columns in a different order, every
+// column once, and round n (the number of columns) is back to the first.
+func TestRotate(t *testing.T) {
+	cols := []column{{snapshotter: snapshotter{name: "overlayfs"}}, {snapshotter: snapshotter{name: "soci"}}, {snapshotter: snapshotter{name: "ref"}}}
+	names := func(cs []column) string {
+		var out []string
+		for _, c := range cs {
+			out = append(out, c.name)
+		}
+		return strings.Join(out, ",")
+	}
+	for i, want := range []string{"overlayfs,soci,ref", "soci,ref,overlayfs", "ref,overlayfs,soci", "overlayfs,soci,ref"} {
+		if got := names(rotate(cols, i)); got != want {
+			t.Errorf("round %d: %s, want %s", i, got, want)
+		}
+	}
+	if got := names(cols); got != "overlayfs,soci,ref" {
+		t.Errorf("rotate changed its argument: %s", got)
+	}
+	if got := rotate(nil, 3); len(got) != 0 {
+		t.Errorf("rotate(nil) = %v", got)
 	}
 }
