@@ -46,24 +46,12 @@ func passMount(t *testing.T, b *tocBuilder, local *fakeLocal, maxBytes int64) (s
 	mo := MountOptions(MountConfig{})
 	c := &notifyFS{countingFS: &countingFS{RawFileSystem: fusefs.NewNodeFS(root, mo), n: map[string]int{}},
 		released: make(chan struct{}, 100)}
-	dir := t.TempDir()
-	server, err := fuse.NewServer(c, dir, &mo.MountOptions)
-	if err != nil {
-		t.Fatalf("mount: %v", err)
-	}
-	go server.Serve()
-	t.Cleanup(func() {
-		if err := server.Unmount(); err != nil {
-			t.Errorf("unmount: %v", err)
-		}
+	dir, server := serveRaw(t, c, &mo.MountOptions, func() {
 		ClosePassthrough(root)
 		if n := files.Bytes(); n != 0 {
 			t.Errorf("%d bytes of copies left after the layer closed", n)
 		}
 	})
-	if err := server.WaitMount(); err != nil {
-		t.Fatal(err)
-	}
 	if err := ProbePassthrough(root, server); err != nil {
 		t.Skipf("the kernel refuses FUSE passthrough: %v", err)
 	}
@@ -289,16 +277,7 @@ func TestPassthroughSmallFilesKeepNoOpen(t *testing.T) {
 	}
 	mo := MountOptions(MountConfig{})
 	c := &countingFS{RawFileSystem: fusefs.NewNodeFS(root, mo), n: map[string]int{}}
-	dir := t.TempDir()
-	server, err := fuse.NewServer(c, dir, &mo.MountOptions)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go server.Serve()
-	defer server.Unmount()
-	if err := server.WaitMount(); err != nil {
-		t.Fatal(err)
-	}
+	dir, server := serveRaw(t, c, &mo.MountOptions, nil)
 	if err := ProbePassthrough(root, server); err != nil {
 		t.Fatalf("probe of a layer without passthrough: %v", err)
 	}

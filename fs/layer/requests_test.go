@@ -73,8 +73,17 @@ func mountCounting(t *testing.T, root fusefs.InodeEmbedder) (string, *countingFS
 	requireFUSE(t)
 	o := MountOptions(MountConfig{})
 	c := &countingFS{RawFileSystem: fusefs.NewNodeFS(root, o), n: map[string]int{}}
+	dir, _ := serveRaw(t, c, &o.MountOptions, nil)
+	return dir, c
+}
+
+// serveRaw mounts fs on a temporary directory with opts, serves it, and
+// returns once the mount is up; the test's cleanup unmounts it and then
+// runs after (nil: nothing).
+func serveRaw(t *testing.T, fs fuse.RawFileSystem, opts *fuse.MountOptions, after func()) (string, *fuse.Server) {
+	t.Helper()
 	dir := t.TempDir()
-	server, err := fuse.NewServer(c, dir, &o.MountOptions)
+	server, err := fuse.NewServer(fs, dir, opts)
 	if err != nil {
 		t.Fatalf("mount: %v", err)
 	}
@@ -83,11 +92,14 @@ func mountCounting(t *testing.T, root fusefs.InodeEmbedder) (string, *countingFS
 		if err := server.Unmount(); err != nil {
 			t.Errorf("unmount: %v", err)
 		}
+		if after != nil {
+			after()
+		}
 	})
 	if err := server.WaitMount(); err != nil {
 		t.Fatal(err)
 	}
-	return dir, c
+	return dir, server
 }
 
 // TestFewRequestsPerFile: a directory walk gets the entries with their
