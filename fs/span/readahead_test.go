@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/fastsoci/soci-snapshotter/fs/cache"
@@ -218,6 +219,12 @@ func (d *demandCount) get() (n, peak int) {
 // TestReadAheadIsDemand: a read-ahead fetch is a demand while it runs (the
 // background walk yields to it), and ends being one when it is done.
 func TestReadAheadIsDemand(t *testing.T) {
+	// In a bubble, synctest.Wait tells when the read has counted itself:
+	// it does so after it started its fetch and the fetches ahead.
+	synctest.Test(t, func(t *testing.T) { readAheadIsDemand(t) })
+}
+
+func readAheadIsDemand(t *testing.T) {
 	l := buildLayer(t, 36, []int{1000, 1000, 1000, 1000}, false)
 	f := &fakeFetcher{blob: l.blob}
 	d := &demandCount{}
@@ -244,6 +251,7 @@ func TestReadAheadIsDemand(t *testing.T) {
 	for range 3 {
 		<-started
 	}
+	synctest.Wait() // the read waits for its span, the fetches for the gate
 	if n, _ := d.get(); n != 3 {
 		t.Errorf("demands while the read and its read-ahead wait = %d, want 3", n)
 	}
