@@ -726,16 +726,24 @@ func TestOnIdleAfterLastWalk(t *testing.T) {
 // it closed inFlight, until its context ends (the chunk is stopped); later
 // fetches go through.
 func stopFirstFetch(inFlight chan struct{}) func(context.Context, int64) error {
-	var once sync.Once
-	return func(ctx context.Context, _ int64) error {
-		first := false
-		once.Do(func() { first = true })
-		if !first {
-			return nil
-		}
+	return onFirstFetch(func(ctx context.Context) error {
 		close(inFlight)
 		<-ctx.Done()
 		return ctx.Err()
+	})
+}
+
+// onFirstFetch is a fakeBlob's before that runs first for the first fetch
+// only; later fetches go through.
+func onFirstFetch(first func(context.Context) error) func(context.Context, int64) error {
+	var once sync.Once
+	return func(ctx context.Context, _ int64) error {
+		isFirst := false
+		once.Do(func() { isFirst = true })
+		if !isFirst {
+			return nil
+		}
+		return first(ctx)
 	}
 }
 
@@ -744,13 +752,7 @@ func stopFirstFetch(inFlight chan struct{}) func(context.Context, int64) error {
 // its context ends (the chunk is stopped: then stopped records key); later
 // fetches go through.
 func holdFirstFetch(key string, inFlight chan<- string, letGo <-chan struct{}, stopped *sync.Map) func(context.Context, int64) error {
-	var once sync.Once
-	return func(ctx context.Context, _ int64) error {
-		first := false
-		once.Do(func() { first = true })
-		if !first {
-			return nil
-		}
+	return onFirstFetch(func(ctx context.Context) error {
 		inFlight <- key
 		select {
 		case <-ctx.Done():
@@ -759,7 +761,7 @@ func holdFirstFetch(key string, inFlight chan<- string, letGo <-chan struct{}, s
 		case <-letGo:
 			return nil
 		}
-	}
+	})
 }
 
 func TestPreemptStopsChunkInFlight(t *testing.T) {

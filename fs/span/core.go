@@ -77,8 +77,8 @@ type call struct {
 	data []byte
 	err  error
 	// reserved: a background walk fetches the span (see Loader.Reserve);
-	// Load or Release completes the call. waited: a read waits for it
-	// (Loader.Waited). Both guarded by core.mu.
+	// Load or Release completes the call. waited: a read waits for it,
+	// or a read-ahead wanted it (Loader.Waited). Both guarded by core.mu.
 	reserved, waited bool
 }
 
