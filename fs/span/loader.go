@@ -96,8 +96,8 @@ func (l *Loader) Reserve(ctx context.Context, first, last int) int {
 
 // Waited reports whether a read (or a read-ahead on behalf of reads) waits
 // for one of the spans [first, last] the walk reserved, or for span first-1
-// while the walk still holds it: a
-// preemption (Preempter) spares their chunk. The walk's stream holds the
+// while the walk still holds it: a preemption (Preempter) spares their
+// chunk. The walk's stream holds the
 // end of a span back until it decodes the next chunk's first bytes, so a
 // read of the span before a chunk waits for that chunk too; stopping it
 // would throw its bytes away and inflate the span from its checkpoint.
