@@ -33,11 +33,23 @@ func TestReleaseAfterQuiet(t *testing.T) {
 	timers := &fakeTimers{ch: make(chan chan time.Time)}
 	var free atomic.Uint64
 	released := make(chan struct{}, 10)
-	r := New(Options{After: timers.after, Free: free.Load, Release: func(uint64) { released <- struct{}{} }})
+	// OnQuiet tells when Run ended a quiet period: a Touch sent before
+	// that could be taken as activity within the period instead.
+	quiets := make(chan struct{}, 10)
+	r := New(Options{After: timers.after, Free: free.Load, Release: func(uint64) { released <- struct{}{} },
+		OnQuiet: func() { quiets <- struct{}{} }})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { r.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
+	quiet := func() {
+		t.Helper()
+		select {
+		case <-quiets:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the quiet period did not end")
+		}
+	}
 
 	free.Store(DefaultMinFree)
 	r.Touch()
@@ -46,6 +58,7 @@ func TestReleaseAfterQuiet(t *testing.T) {
 	second := timers.next(t)
 	first <- time.Time{} // a stale timer is not waited on any more
 	second <- time.Time{}
+	quiet()
 	select {
 	case <-released:
 	case <-time.After(10 * time.Second):
@@ -56,12 +69,11 @@ func TestReleaseAfterQuiet(t *testing.T) {
 	free.Store(DefaultMinFree - 1)
 	r.Touch()
 	timers.next(t) <- time.Time{}
-	// The next burst's timer is armed only once Run is done with the
-	// last one: free can change without racing its check.
-	r.Touch()
-	third := timers.next(t)
+	quiet()
 	free.Store(DefaultMinFree)
-	third <- time.Time{}
+	r.Touch()
+	timers.next(t) <- time.Time{}
+	quiet()
 	r.Touch()
 	timers.next(t) // Run is done with the third burst
 	if n := len(released); n != 1 {
