@@ -230,7 +230,8 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 			}
 		}
 		eager = s.eager(l) // the link's rate may have been measured since
-		if err := s.waitIdle(ctx, eager, settle); err != nil {
+		round, err := s.waitIdle(ctx, eager, settle)
+		if err != nil {
 			return res, err
 		}
 		chunk := func(k int) (lo, hi int64) {
@@ -250,6 +251,11 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		if err != nil {
 			return res, err
 		}
+		if round.Err() != nil { // preempted while waiting for room: yield first
+			hold.walkDone()
+			hold.streamDone()
+			continue
+		}
 		// Reserve the chunk's spans only now, after yielding to demand
 		// reads: those reads may have brought some of them in.
 		if k = l.Spans.Reserve(ctx, i, k); k < i {
@@ -262,7 +268,7 @@ func (s *Scheduler) complete(ctx context.Context, j *job) (walkResult, error) {
 		}
 		lo, hi = chunk(k)
 		buf := make([]byte, hi-lo)
-		cctx, preempted, stop := s.chunkContext(ctx, eager, func() bool { return l.Spans.Waited(i, k) })
+		cctx, preempted, stop := s.chunkContext(ctx, round, func() bool { return l.Spans.Waited(i, k) })
 		err = s.fetch(cctx, l.Blob, buf, lo)
 		stop()
 		if err != nil {
@@ -476,7 +482,7 @@ func (s *Scheduler) hashLocal(ctx context.Context, j *job, i int, sink func([]by
 // hashGap fetches blob[from:to) and feeds it into h; settle is called
 // before it waits for the link (eager: see Options.EagerBytes).
 func (s *Scheduler) hashGap(ctx context.Context, blob span.Fetcher, sink func([]byte, func()), from, to int64, eager bool, settle func()) (int64, error) {
-	if err := s.waitIdle(ctx, eager, settle); err != nil {
+	if _, err := s.waitIdle(ctx, eager, settle); err != nil {
 		return 0, err
 	}
 	buf := make([]byte, to-from)

@@ -411,17 +411,14 @@ func (s *Scheduler) preemptLocked(mount bool) {
 	}
 }
 
-// chunkContext is ctx, also canceled when the walk is preempted (see
-// Preempt; with eager, only by a mount) before stop is called, unless
-// spared says that a read waits for the chunk; preempted reports whether a
-// preemption happened.
-func (s *Scheduler) chunkContext(ctx context.Context, eager bool, spared func() bool) (cctx context.Context, preempted func() bool, stop func()) {
-	s.demandMu.Lock()
-	round := s.round
-	if eager {
-		round = s.mountRound
-	}
-	s.demandMu.Unlock()
+// chunkContext is ctx, also canceled once round (what waitIdle returned)
+// is, that is when the walk is preempted (see Preempt; for an eager walk,
+// only by a mount), before stop is called, unless spared says that a read
+// waits for the chunk; preempted reports whether a preemption happened. A
+// preemption between waitIdle and the fetch (while the worker waited for
+// room in the budget, which the preempted chunks then freed) cancels the
+// chunk at once: it would share the link with the reads it should yield to.
+func (s *Scheduler) chunkContext(ctx, round context.Context, spared func() bool) (cctx context.Context, preempted func() bool, stop func()) {
 	cctx, cancel := context.WithCancel(ctx)
 	unhook := context.AfterFunc(round, func() {
 		if !spared() {
@@ -436,13 +433,14 @@ var _ span.Demand = (*Scheduler)(nil)
 // waitIdle returns once no demand or mount is in progress, none has ended
 // for Options.Quiet and no mount on a fast link for Options.MountQuiet, or
 // with ctx's error; with eager (see Options.EagerBytes), once no layer is
-// being mounted and none has on a fast link for Options.MountQuiet.
-func (s *Scheduler) waitIdle(ctx context.Context, eager bool, beforeWait func()) error {
+// being mounted and none has on a fast link for Options.MountQuiet. It
+// returns the preemption round it found idle (see chunkContext).
+func (s *Scheduler) waitIdle(ctx context.Context, eager bool, beforeWait func()) (context.Context, error) {
 	for {
 		s.demandMu.Lock()
-		idle, busy, until := s.idle, s.demand > 0 || s.mounts > 0, s.quietUntil
+		idle, busy, until, round := s.idle, s.demand > 0 || s.mounts > 0, s.quietUntil, s.round
 		if eager {
-			idle, busy = s.noMounts, s.mounts > 0
+			idle, busy, round = s.noMounts, s.mounts > 0, s.mountRound
 		} else if !s.lastEnd.IsZero() {
 			until = later(until, s.lastEnd.Add(s.opts.Quiet))
 		}
@@ -457,17 +455,17 @@ func (s *Scheduler) waitIdle(ctx context.Context, eager bool, beforeWait func())
 			case <-idle:
 				continue
 			case <-ctx.Done():
-				return ctx.Err()
+				return nil, ctx.Err()
 			}
 		}
 		if err := ctx.Err(); err != nil {
-			return err
+			return nil, err
 		}
 		if wait <= 0 {
-			return nil
+			return round, nil
 		}
 		if err := sleep(ctx, wait); err != nil {
-			return err
+			return nil, err
 		}
 	}
 }

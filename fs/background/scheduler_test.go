@@ -1127,3 +1127,47 @@ func TestEagerShareOnlyWhileEager(t *testing.T) {
 		t.Error("the small layer does not walk eagerly: the big one kept its share after the link slowed down")
 	}
 }
+
+// A worker that waited for room in the budget while a read preempted the
+// walk does not take the room the stopped chunk freed to start its own
+// chunk at once: it yields to the read (Options.Quiet) like the others.
+func TestPreemptedWhileWaitingForRoom(t *testing.T) {
+	// In a bubble, synctest.Wait tells when the workers are blocked, and
+	// the clock is fake.
+	synctest.Test(t, func(t *testing.T) {
+		const quiet = 5 * time.Second // within results.wait's 10 s
+		ba, bb := newTestBlob(t, 21, 256<<10, 2), newTestBlob(t, 22, 256<<10, 2)
+		res := newResults()
+		// Room for one chunk of either layer at a time.
+		s := newTestScheduler(Options{ChunkSize: 1, Workers: 2, Quiet: quiet, MaxMemory: ba.table.CompressedSize / 2}, res.onDone)
+		defer s.Close()
+		inFlight := make(chan struct{})
+		blobA := &fakeBlob{data: ba.blob, before: stopFirstFetch(inFlight)}
+		blobB := &fakeBlob{data: bb.blob}
+		la, _ := layerOf("/mnt/a", ba, blobA)
+		lb, _ := layerOf("/mnt/b", bb, blobB)
+		s.Enqueue(context.Background(), la)
+		<-inFlight // a's first chunk holds the budget
+		s.Enqueue(context.Background(), lb)
+		synctest.Wait() // b's worker waits for room
+		blobB.mu.Lock()
+		before := len(blobB.reads)
+		blobB.mu.Unlock()
+		if before != 0 {
+			t.Fatalf("layer b fetched %d chunks while a's held the budget", before)
+		}
+		s.Preempt() // a read's fetch starts: a's chunk stops, its room is free
+		synctest.Wait()
+		blobB.mu.Lock()
+		during := len(blobB.reads)
+		blobB.mu.Unlock()
+		if during != 0 {
+			t.Errorf("layer b started %d chunks right after the preemption, want none before the quiet period", during)
+		}
+		for _, key := range []string{"/mnt/a", "/mnt/b"} {
+			if err := res.wait(t, key); err != nil {
+				t.Fatalf("%s: %v", key, err)
+			}
+		}
+	})
+}
