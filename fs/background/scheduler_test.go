@@ -96,6 +96,13 @@ func (f *fakeBlob) FetchAt(ctx context.Context, p []byte, off int64) (int, error
 	return n, nil
 }
 
+// fetches returns how many fetches were made so far.
+func (f *fakeBlob) fetches() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.reads)
+}
+
 // fakeSpans verifies span digests like a span manager and records loads.
 type fakeSpans struct {
 	table  span.Table
@@ -368,9 +375,7 @@ func TestPausesWhileDemandWaits(t *testing.T) {
 		s.Enqueue(context.Background(), l)
 		<-started
 		synctest.Wait() // every worker blocks: the one in flight waits for the demand read
-		blob.mu.Lock()
-		n := len(blob.reads)
-		blob.mu.Unlock()
+		n := blob.fetches()
 		if n != 1 {
 			t.Errorf("%d range requests while a demand read waited, want only the one in flight", n)
 		}
@@ -820,9 +825,7 @@ func testMountHoldsWalk(t *testing.T, fast bool) {
 		<-inFlight
 		s.BeginMount() // the next layer of the image mounts: the chunk in flight stops
 		synctest.Wait()
-		blob.mu.Lock()
-		n := len(blob.reads)
-		blob.mu.Unlock()
+		n := blob.fetches()
 		if n != 1 {
 			t.Errorf("%d range requests while a layer mounted, want only the preempted one", n)
 		}
@@ -969,9 +972,7 @@ func TestEagerLayerYieldsToMounts(t *testing.T) {
 			<-inFlight
 			resume := tc.stop(s)
 			synctest.Wait()
-			blob.mu.Lock()
-			n := len(blob.reads)
-			blob.mu.Unlock()
+			n := blob.fetches()
 			if n != 1 {
 				t.Errorf("%s: %d range requests while held, want only the stopped one", tc.name, n)
 			}
@@ -1150,17 +1151,13 @@ func TestPreemptedWhileWaitingForRoom(t *testing.T) {
 		<-inFlight // a's first chunk holds the budget
 		s.Enqueue(context.Background(), lb)
 		synctest.Wait() // b's worker waits for room
-		blobB.mu.Lock()
-		before := len(blobB.reads)
-		blobB.mu.Unlock()
+		before := blobB.fetches()
 		if before != 0 {
 			t.Fatalf("layer b fetched %d chunks while a's held the budget", before)
 		}
 		s.Preempt() // a read's fetch starts: a's chunk stops, its room is free
 		synctest.Wait()
-		blobB.mu.Lock()
-		during := len(blobB.reads)
-		blobB.mu.Unlock()
+		during := blobB.fetches()
 		if during != 0 {
 			t.Errorf("layer b started %d chunks right after the preemption, want none before the quiet period", during)
 		}
