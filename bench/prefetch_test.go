@@ -99,3 +99,14 @@ func TestPrefetchTable(t *testing.T) {
 		t.Errorf("table has a row for overlayfs, which did not run:\n%s", out)
 	}
 }
+
+func TestWaitsFullyLocal(t *testing.T) {
+	for name, want := range map[string]bool{
+		Ours: true, OursPrefetch: true, Overlayfs: false,
+		"reference": false, "reference+prefetch": false, // a --compare build in a Prefetch workload
+	} {
+		if got := waitsFullyLocal(name); got != want {
+			t.Errorf("waitsFullyLocal(%q) = %v, want %v", name, got, want)
+		}
+	}
+}

@@ -472,6 +472,14 @@ func stopNode(n *node) error {
 	return err
 }
 
+// waitsFullyLocal says whether a run of snapshotter waits for its layers
+// to be fully local: only our daemon logs that, and a --compare build may
+// be another snapshotter (the reference), whose wait would only end at the
+// run's bound; in a Prefetch workload it runs as "<name>+prefetch".
+func waitsFullyLocal(snapshotter string) bool {
+	return snapshotter == Ours || snapshotter == OursPrefetch
+}
+
 // measure pulls ref and runs it until the container prints "ready" and exits.
 func measure(ctx context.Context, n *node, link *harness.ShapedLink, plugin, ref string, r *Run) error {
 	base, conns := link.Served(), link.Connections()
@@ -518,8 +526,7 @@ func measure(ctx context.Context, n *node, link *harness.ShapedLink, plugin, ref
 	r.PullSeconds = pulled.Sub(start).Seconds()
 	r.RunSeconds = ready.Sub(pulled).Seconds()
 	r.TTRSeconds = ready.Sub(start).Seconds()
-	// Only our daemon reports layers as fully local (in its log).
-	if n.daemon != nil && (r.Snapshotter == Ours || strings.HasSuffix(r.Snapshotter, "+prefetch")) {
+	if n.daemon != nil && waitsFullyLocal(r.Snapshotter) {
 		if local, ok := waitFullyLocal(ctx, n.daemon); ok {
 			secs := local.Sub(ready).Seconds()
 			r.FullyLocalSeconds = &secs

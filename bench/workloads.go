@@ -70,6 +70,7 @@ func Workloads() []Workload {
 			"one unpack per image; reads 1 MiB", Spec: parallelSpec, DaemonConfig: ParallelIndexedConfig},
 		withPrefetch("many-files", manyFilesSpec),
 		withPrefetch("import-chain", importChainSpec),
+		withPrefetch("sparse-1g", func(p []byte) image.Spec { return sparseSpec(p, 5, 200<<20) }),
 		{Name: "sparse-small", Description: "~96 MB incompressible over 2 layers; reads 3 MiB of it (quick profile)", Spec: func(p []byte) image.Spec {
 			return sparseSpec(p, 2, 48<<20)
 		}},
