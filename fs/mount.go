@@ -90,6 +90,7 @@ func (f *FS) Mount(ctx context.Context, mountpoint string, labels map[string]str
 		job := prefetchJob{
 			ref: t.ImageRef, layer: layerDigest, artifact: art, nspans: len(l.Spans.Spans),
 			reader: f.indices, spans: m.spans, slots: f.prefetchSlots, metrics: f.opts.Metrics,
+			ztocs: f.indices.ZTOCsLocal(idx.Digest),
 		}
 		if f.bg != nil {
 			job.demand = f.bg

@@ -41,6 +41,10 @@ type prefetchJob struct {
 	// quiet time passed, so they never share the link with the spans the
 	// image's containers were recorded to need first.
 	demand span.Demand
+	// ztocs, when not nil, is closed once the image's zTOC downloads
+	// have ended (index.Store.ZTOCsLocal): the spans are fetched after
+	// them, so that they do not delay the mounts of the next layers.
+	ztocs <-chan struct{}
 }
 
 // startPrefetch runs job in the background, detached from the mount's
@@ -82,6 +86,14 @@ func (j prefetchJob) run(ctx context.Context) {
 	if len(idx) == 0 {
 		lg.Debug("prefetch artifact lists no spans")
 		return
+	}
+	if j.ztocs != nil {
+		select {
+		case <-j.ztocs:
+		case <-ctx.Done():
+			lg.Debug("prefetch stopped: layer unmounted")
+			return
+		}
 	}
 	res, err := j.spans.Prefetch(ctx, idx, j.slots)
 	j.metrics.Prefetched(res.Spans, res.Bytes)

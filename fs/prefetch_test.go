@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -173,4 +174,44 @@ func counter(t *testing.T, m *metrics.Metrics, name string) float64 {
 	}
 	t.Fatalf("no metric %s", name)
 	return 0
+}
+
+// TestPrefetchAfterZTOCs: the spans are fetched only once the image's zTOC
+// downloads have ended (the next layers' mounts wait for those); an
+// unmount meanwhile ends the job without fetching.
+func TestPrefetchAfterZTOCs(t *testing.T) {
+	// In a bubble, synctest.Wait tells when the job is blocked.
+	synctest.Test(t, func(t *testing.T) {
+		s := blockingSpans{got: make(chan []int, 1)}
+		ztocs := make(chan struct{})
+		job := testJob(fakeArtifacts{spans: []int{3}}, s, nil)
+		job.ztocs = ztocs
+		done := make(chan struct{})
+		startPrefetch(t.Context(), job, done)
+		synctest.Wait()
+		select {
+		case got := <-s.got:
+			t.Fatalf("spans %v prefetched while the zTOCs were downloading", got)
+		case <-done:
+			t.Fatal("prefetch ended before the zTOCs were local")
+		default:
+		}
+		close(ztocs)
+		<-done
+		if got := <-s.got; !slices.Equal(got, []int{3}) {
+			t.Errorf("spans prefetched = %v, want [3]", got)
+		}
+
+		job.ztocs = make(chan struct{}) // never closed
+		done = make(chan struct{})
+		stop := startPrefetch(t.Context(), job, done)
+		synctest.Wait()
+		stop() // unmounted
+		<-done
+		select {
+		case got := <-s.got:
+			t.Errorf("spans %v prefetched after the unmount", got)
+		default:
+		}
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -28,7 +29,7 @@ const prefetchParallel = 2
 // it is nil when an earlier call started them.
 func (s *Store) Prefetch(ctx context.Context, ref string, idx *Index) <-chan struct{} {
 	s.mu.Lock()
-	started := s.prefetched[idx.Digest]
+	_, started := s.prefetched[idx.Digest]
 	if !started && len(s.prefetched) >= maxCachedIndices {
 		// Marks of indices no longer cached: Prefetch would find their
 		// zTOCs on disk anyway.
@@ -38,7 +39,11 @@ func (s *Store) Prefetch(ctx context.Context, ref string, idx *Index) <-chan str
 			}
 		}
 	}
-	s.prefetched[idx.Digest] = true
+	var done chan struct{}
+	if !started {
+		done = make(chan struct{})
+		s.prefetched[idx.Digest] = done
+	}
 	s.mu.Unlock()
 	if started {
 		return nil
@@ -68,11 +73,23 @@ func (s *Store) Prefetch(ctx context.Context, ref string, idx *Index) <-chan str
 			}
 		}()
 	}
-	done := make(chan struct{})
 	go func() {
 		wg.Wait()
 		log.G(ctx).WithField("index", idx.Digest).Debug("zTOCs of the index are local")
 		close(done)
 	}()
 	return done
+}
+
+// ZTOCsLocal returns a channel closed once the zTOC downloads Prefetch
+// started for index d have ended (nil: none was started, or they were
+// forgotten). A layer's prefetch of spans waits for it: the mounts of the
+// image's next layers wait for those zTOCs, containerd's pull ends with
+// the last mount, and the container, which reads the prefetched spans, is
+// created only after it. On a link both share, spans fetched first would
+// only delay the pull.
+func (s *Store) ZTOCsLocal(d digest.Digest) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.prefetched[d]
 }

@@ -24,15 +24,24 @@ func TestPrefetch(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if s.ZTOCsLocal(idx.Digest) != nil {
+			t.Error("ZTOCsLocal has a channel before Prefetch")
+		}
 		done := s.Prefetch(ctx, testRef, idx)
 		if again := s.Prefetch(ctx, testRef, idx); again != nil { // a second call starts nothing
 			t.Error("a second Prefetch of the index returned a channel")
 		}
+		local := s.ZTOCsLocal(idx.Digest) // what a layer's prefetch of spans waits for
+		if local == nil {
+			t.Fatal("ZTOCsLocal has no channel while Prefetch runs")
+		}
 		synctest.Wait() // the prefetch has ended
-		select {
-		case <-done:
-		default:
-			t.Error("Prefetch's channel still open once its work ended")
+		for name, ch := range map[string]<-chan struct{}{"Prefetch's": done, "ZTOCsLocal's": local} {
+			select {
+			case <-ch:
+			default:
+				t.Errorf("%s channel still open once the work ended", name)
+			}
 		}
 		if _, ok := s.readBlob(ctx, f.ztoc.Digest); !ok {
 			t.Fatal("zTOC not on local disk once Prefetch's work ended")

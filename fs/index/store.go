@@ -83,8 +83,8 @@ type Store struct {
 	mu         sync.Mutex
 	answers    map[string]answer
 	indices    map[digest.Digest]*Index
-	indexBytes int64                  // sum of the cached indices' sizes
-	prefetched map[digest.Digest]bool // indices whose zTOCs Prefetch has started
+	indexBytes int64                           // sum of the cached indices' sizes
+	prefetched map[digest.Digest]chan struct{} // indices whose zTOCs Prefetch has started: closed once those downloads ended
 }
 
 // answer is a remembered Find result. A zero expires never expires.
@@ -119,7 +119,7 @@ func New(opts Options) (*Store, error) {
 		staging: st,
 		root:    opts.Root, reg: opts.Registry, source: opts.ContentSource, v1: opts.V1, v2: opts.V2,
 		negativeTTL: opts.NegativeTTL, timeout: opts.Timeout, lim: opts.Limits.withDefaults(), now: time.Now,
-		answers: map[string]answer{}, indices: map[digest.Digest]*Index{}, prefetched: map[digest.Digest]bool{},
+		answers: map[string]answer{}, indices: map[digest.Digest]*Index{}, prefetched: map[digest.Digest]chan struct{}{},
 	}
 	s.loads = semaphore.NewWeighted(s.lim.MaxZTOCHeapBytes)
 	if s.negativeTTL <= 0 {
