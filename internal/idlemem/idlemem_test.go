@@ -33,11 +33,12 @@ func TestReleaseAfterQuiet(t *testing.T) {
 	timers := &fakeTimers{ch: make(chan chan time.Time)}
 	var free atomic.Uint64
 	released := make(chan struct{}, 10)
-	// OnQuiet tells when Run ended a quiet period: a Touch sent before
-	// that could be taken as activity within the period instead.
-	quiets := make(chan struct{}, 10)
-	r := New(Options{After: timers.after, Free: free.Load, Release: func(uint64) { released <- struct{}{} },
-		OnQuiet: func() { quiets <- struct{}{} }})
+	// checks tells when Run ended a quiet period and read free: a Touch
+	// sent before that could be taken as activity within the period, and
+	// a Store could race the read.
+	checks := make(chan struct{}, 10)
+	r := New(Options{After: timers.after, Release: func(uint64) { released <- struct{}{} },
+		Free: func() uint64 { defer func() { checks <- struct{}{} }(); return free.Load() }})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { r.Run(ctx); close(done) }()
@@ -45,7 +46,7 @@ func TestReleaseAfterQuiet(t *testing.T) {
 	quiet := func() {
 		t.Helper()
 		select {
-		case <-quiets:
+		case <-checks:
 		case <-time.After(10 * time.Second):
 			t.Fatal("the quiet period did not end")
 		}
