@@ -90,10 +90,11 @@ func RunHost(ctx context.Context, cfg *config.Config, root, id string) error {
 	// daemon's checks, scrapes) and the walks map code; once they are over
 	// and the calls quiet the host unmaps the executable's pages. Its heap
 	// at rest is live (the trees of mounted layers, go-fuse's waiting
-	// readers), so that is all it releases then.
+	// readers; the walks' garbage is returned when they end, OnIdle), so
+	// that is all it releases then.
 	rest := idlemem.New(idlemem.Options{
-		Release: func(uint64) {},
-		OnQuiet: func() { releaseExecutable(ctx, "calls quiet") },
+		KeepHeap: true,
+		OnQuiet:  func() { releaseExecutable(ctx, "calls quiet") },
 	})
 	rest.Touch()
 	if b := fsOpts.Background; b != nil && b.OnIdle != nil {

@@ -33,6 +33,11 @@ type Options struct {
 	// MinFree (ReleaseExecutable: a burst maps code whether or not it
 	// leaves garbage).
 	OnQuiet func()
+	// KeepHeap: only OnQuiet runs after a quiet period; the heap is
+	// neither measured nor released (Free, Release and MinFree are
+	// unused), for a process that returns its garbage itself when its
+	// work ends.
+	KeepHeap bool
 }
 
 // Defaults of Options.
@@ -98,6 +103,9 @@ func (r *Releaser) Run(ctx context.Context) {
 		}
 		if r.opts.OnQuiet != nil {
 			r.opts.OnQuiet()
+		}
+		if r.opts.KeepHeap {
+			continue
 		}
 		if free := r.opts.Free(); free >= r.opts.MinFree {
 			r.opts.Release(free)

@@ -123,3 +123,30 @@ func TestOnQuietEveryPeriod(t *testing.T) {
 		t.Fatalf("%d releases with nothing free", n)
 	}
 }
+
+// TestKeepHeap: with KeepHeap a quiet period runs OnQuiet only: the heap
+// is neither measured nor released.
+func TestKeepHeap(t *testing.T) {
+	timers := &fakeTimers{ch: make(chan chan time.Time)}
+	quiet := make(chan struct{}, 10)
+	var measured, released atomic.Int32
+	r := New(Options{After: timers.after, KeepHeap: true, OnQuiet: func() { quiet <- struct{}{} },
+		Free: func() uint64 { measured.Add(1); return DefaultMinFree }, Release: func(uint64) { released.Add(1) }})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	r.Touch()
+	timers.next(t) <- time.Time{}
+	select {
+	case <-quiet:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no OnQuiet after the quiet period")
+	}
+	r.Touch()
+	timers.next(t) // Run is done with the first burst
+	if m, n := measured.Load(), released.Load(); m != 0 || n != 0 {
+		t.Fatalf("heap measured %d times and released %d times, want neither", m, n)
+	}
+}
